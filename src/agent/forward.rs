@@ -1,0 +1,111 @@
+//! Forwarding an agent request with the gateway's own upstream client: the request as the
+//! agent sent it (path, query, headers, body bytes), plus `X-Forwarded-*`.
+
+use crate::edge::{write_local, write_upstream, LocalAnswer};
+use crate::ironic::error::upstream_unavailable;
+use crate::metrics::Outcome as Counted;
+use crate::plugin::RequestCtx;
+use crate::upstream::headers::{forwarded_values, is_hop_by_hop};
+use crate::upstream::{UpstreamError, UpstreamResponse};
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use super::AgentRequest;
+
+/// The upstream request for the agent's request, carrying `body_len` bytes of body.
+pub fn upstream_request(
+    session: &Session,
+    tls: bool,
+    body_len: usize,
+) -> pingora::Result<RequestHeader> {
+    let src = session.req_header();
+    let pq = src.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = RequestHeader::build(
+        src.method.clone(),
+        pq.as_bytes(),
+        Some(src.headers.len() + 4),
+    )?;
+    for (name, value) in src.headers.iter() {
+        let n = name.as_str();
+        if is_hop_by_hop(n)
+            || n.eq_ignore_ascii_case("content-length")
+            || n.eq_ignore_ascii_case("expect")
+            || n.starts_with("x-forwarded-")
+        {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    for (name, value) in forwarded_values(&src.headers, client_ip, tls) {
+        req.insert_header(name, value)?;
+    }
+    if body_len > 0 || src.method == http::Method::POST {
+        req.insert_header("Content-Length", body_len.to_string())?;
+    }
+    Ok(req)
+}
+
+/// Sends the agent's request upstream and returns the answer (not yet written).
+pub async fn send(
+    r: &AgentRequest<'_>,
+    session: &Session,
+    ctx: &RequestCtx,
+    body: &[u8],
+) -> Result<UpstreamResponse, UpstreamError> {
+    let tls = session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .is_some_and(|a| r.edge.tls_ports.contains(&a.port()));
+    let req = upstream_request(session, tls, body.len())
+        .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
+    r.edge.metrics.upstream_request(ctx.route);
+    let result = r.edge.upstream.send(&req, body).await;
+    match &result {
+        Ok(resp) => r.edge.versions.observe_headers(&resp.header.headers),
+        Err(e) => {
+            r.edge.metrics.upstream_error(ctx.route);
+            log::warn!("{} forward failed: {e}", ctx.route.label());
+        }
+    }
+    result
+}
+
+/// Writes an upstream answer (with `body` in place of its own, e.g. with a token removed).
+pub async fn relay(
+    r: &AgentRequest<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: &UpstreamResponse,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    write_upstream(session, resp, body).await?;
+    r.edge.metrics.request(ctx.route, Counted::Forwarded);
+    ctx.answered_locally = Some(false);
+    ctx.status = Some(resp.status());
+    Ok(())
+}
+
+/// The answer when the upstream could not be asked: Ironic's 503.
+pub async fn unavailable(
+    r: &AgentRequest<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    let e = upstream_unavailable();
+    write_local(
+        session,
+        &LocalAnswer::error(&e),
+        Some(&r.info),
+        Some(r.version),
+    )
+    .await?;
+    r.edge.metrics.request(ctx.route, Counted::Forwarded);
+    ctx.answered_locally = Some(false);
+    ctx.status = Some(e.status);
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! The `ironic_edge:` section of the proxy conf: its keys, their defaults and their validation.
+//!
+//! Pingora reads the same YAML file for its own server keys and ignores this section; this
+//! module ignores Pingora's keys. Every problem is reported as `field.path: reason` so that
+//! `ironic-edge -t` can name the bad field.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which requests other than the agent endpoints are forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutePolicy {
+    /// Every request is forwarded.
+    All,
+    /// Only what a ramdisk needs (`/`, `/v1`, lookup, heartbeat, continue_inspection); the rest
+    /// gets Ironic's 403. For split-horizon deployments where the provisioning network must not
+    /// reach the admin API.
+    Ramdisk,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: String,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub ca_file: String,
+    pub verify_tls: bool,
+    pub version_refresh_seconds: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "http://127.0.0.1:6385".into(),
+            connect_timeout_ms: 2000,
+            read_timeout_ms: 65_000,
+            write_timeout_ms: 10_000,
+            ca_file: String::new(),
+            verify_tls: true,
+            version_refresh_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    pub password: String,
+    pub key_prefix: String,
+    pub command_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password: String::new(),
+            key_prefix: "ironic-edge:".into(),
+            command_timeout_ms: 250,
+            connect_timeout_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    pub not_found_ttl_seconds: u64,
+    pub flight_wait_ms: u64,
+    pub conflict_retries: u32,
+    pub conflict_budget_ms: u64,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            not_found_ttl_seconds: 5,
+            flight_wait_ms: 5000,
+            conflict_retries: 3,
+            conflict_budget_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    pub token_mismatch_forward_seconds: u64,
+    pub not_found_ttl_seconds: u64,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            token_mismatch_forward_seconds: 30,
+            not_found_ttl_seconds: 10,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The gateway's own section, `ironic_edge:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    pub listeners: Vec<Listener>,
+    pub ops_address: String,
+    pub route_policy: RoutePolicy,
+    pub upstream: UpstreamConfig,
+    pub redis: RedisConfig,
+    pub lookup: LookupConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub node_ttl_seconds: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            listeners: vec![Listener {
+                address: "127.0.0.1:6380".into(),
+                tls: None,
+            }],
+            ops_address: "127.0.0.1:9380".into(),
+            route_policy: RoutePolicy::All,
+            upstream: UpstreamConfig::default(),
+            redis: RedisConfig::default(),
+            lookup: LookupConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            node_ttl_seconds: 86_400,
+        }
+    }
+}
+
+/// The upstream Ironic, parsed from `upstream.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub tls: bool,
+    /// Host name or IP as written (the TLS SNI and certificate name).
+    pub host: String,
+    pub port: u16,
+    /// The resolved address, resolved once at start-up (never per request).
+    pub addr: SocketAddr,
+    /// A path prefix the Ironic API is mounted under (empty or `/something`, no trailing `/`).
+    pub base_path: String,
+}
+
+#[derive(Deserialize)]
+struct FileLayout {
+    #[serde(default)]
+    ironic_edge: Option<EdgeConfig>,
+}
+
+impl EdgeConfig {
+    /// Parses the `ironic_edge:` section out of the whole proxy conf text. A missing section
+    /// means every default.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let layout: FileLayout = serde_yaml::from_str(text).map_err(|e| yaml_error(&e))?;
+        let cfg = layout.ironic_edge.unwrap_or_default();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("conf", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::new(
+                "ironic_edge.listeners",
+                "at least one listener is required",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let field = format!("ironic_edge.listeners[{i}].address");
+            parse_socket_addr(&l.address).map_err(|r| ConfigError::new(&field, r))?;
+            if let Some(tls) = &l.tls {
+                for (name, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                    if !p.is_file() {
+                        return Err(ConfigError::new(
+                            format!("ironic_edge.listeners[{i}].tls.{name}"),
+                            format!("no such file: {}", p.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        let ops = parse_socket_addr(&self.ops_address)
+            .map_err(|r| ConfigError::new("ironic_edge.ops_address", r))?;
+        if !ops.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "ironic_edge.ops_address",
+                "must be a loopback address (metrics and status are not for the provisioning network)",
+            ));
+        }
+        self.upstream_target()?;
+        let u = &self.upstream;
+        positive(
+            "ironic_edge.upstream.connect_timeout_ms",
+            u.connect_timeout_ms,
+        )?;
+        positive("ironic_edge.upstream.read_timeout_ms", u.read_timeout_ms)?;
+        positive("ironic_edge.upstream.write_timeout_ms", u.write_timeout_ms)?;
+        positive(
+            "ironic_edge.upstream.version_refresh_seconds",
+            u.version_refresh_seconds,
+        )?;
+        if !u.ca_file.is_empty() && !Path::new(&u.ca_file).is_file() {
+            return Err(ConfigError::new(
+                "ironic_edge.upstream.ca_file",
+                format!("no such file: {}", u.ca_file),
+            ));
+        }
+        self.redis_connection_info()?;
+        positive(
+            "ironic_edge.redis.command_timeout_ms",
+            self.redis.command_timeout_ms,
+        )?;
+        positive(
+            "ironic_edge.redis.connect_timeout_ms",
+            self.redis.connect_timeout_ms,
+        )?;
+        if self.redis.key_prefix.chars().any(|c| c.is_whitespace()) {
+            return Err(ConfigError::new(
+                "ironic_edge.redis.key_prefix",
+                "must not contain white space",
+            ));
+        }
+        positive(
+            "ironic_edge.lookup.not_found_ttl_seconds",
+            self.lookup.not_found_ttl_seconds,
+        )?;
+        positive(
+            "ironic_edge.lookup.flight_wait_ms",
+            self.lookup.flight_wait_ms,
+        )?;
+        if self.lookup.conflict_retries > 10 {
+            return Err(ConfigError::new(
+                "ironic_edge.lookup.conflict_retries",
+                "at most 10",
+            ));
+        }
+        positive(
+            "ironic_edge.heartbeat.not_found_ttl_seconds",
+            self.heartbeat.not_found_ttl_seconds,
+        )?;
+        positive(
+            "ironic_edge.heartbeat.token_mismatch_forward_seconds",
+            self.heartbeat.token_mismatch_forward_seconds,
+        )?;
+        if self.heartbeat.max_body_bytes < 4096 || self.heartbeat.max_body_bytes > 16 * 1024 * 1024
+        {
+            return Err(ConfigError::new(
+                "ironic_edge.heartbeat.max_body_bytes",
+                "must be between 4096 and 16777216",
+            ));
+        }
+        positive("ironic_edge.node_ttl_seconds", self.node_ttl_seconds)?;
+        Ok(())
+    }
+
+    /// The upstream Ironic's address, resolved now (at start-up, not per request).
+    pub fn upstream_target(&self) -> Result<UpstreamTarget, ConfigError> {
+        let field = "ironic_edge.upstream.url";
+        let url = url::Url::parse(&self.upstream.url)
+            .map_err(|e| ConfigError::new(field, e.to_string()))?;
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(ConfigError::new(
+                    field,
+                    format!("scheme must be http or https, not {other}"),
+                ))
+            }
+        };
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(ConfigError::new(
+                field,
+                "must not carry a query, fragment or credentials",
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(ConfigError::new(field, "has no host")),
+        };
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let addr = resolve(&host, port).map_err(|r| ConfigError::new(field, r))?;
+        let base_path = url.path().trim_end_matches('/').to_string();
+        Ok(UpstreamTarget {
+            tls,
+            host,
+            port,
+            addr,
+            base_path,
+        })
+    }
+
+    /// The Redis connection settings: `redis.url` with `redis.password` applied.
+    pub fn redis_connection_info(&self) -> Result<redis::ConnectionInfo, ConfigError> {
+        use redis::IntoConnectionInfo;
+        let field = "ironic_edge.redis.url";
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("redis+unix://")
+            || self.redis.url.starts_with("unix://"))
+        {
+            return Err(ConfigError::new(
+                field,
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        let info = self
+            .redis
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| ConfigError::new(field, e.to_string()))?;
+        if self.redis.password.is_empty() {
+            return Ok(info);
+        }
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(&self.redis.password);
+        Ok(info.set_redis_settings(settings))
+    }
+
+    pub fn redis_command_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis.command_timeout_ms)
+    }
+}
+
+fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(field, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an IP:port address"))
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))
+}
+
+/// serde_yaml names the path of the bad field in its message (`ironic_edge.lookup: unknown
+/// field ...`); keep that path as the field.
+fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
+    let msg = e.to_string();
+    match msg.split_once(": ") {
+        Some((path, reason)) if path.starts_with("ironic_edge") && !path.contains(' ') => {
+            ConfigError::new(path, reason)
+        }
+        _ => ConfigError::new("conf", msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg = EdgeConfig::from_yaml("---\nversion: 1\n").unwrap();
+        assert_eq!(cfg, EdgeConfig::default());
+    }
+
+    #[test]
+    fn shipped_conf_is_valid() {
+        let text = include_str!("../conf/ironic-edge.yaml");
+        let cfg = EdgeConfig::from_yaml(text).unwrap();
+        assert_eq!(cfg.route_policy, RoutePolicy::All);
+        assert_eq!(cfg.upstream_target().unwrap().port, 6385);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err =
+            EdgeConfig::from_yaml("ironic_edge:\n  lookup:\n    not_found_ttl: 3\n").unwrap_err();
+        assert_eq!(err.field, "ironic_edge.lookup");
+        assert!(err.reason.contains("not_found_ttl"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err =
+            EdgeConfig::from_yaml("ironic_edge:\n  heartbeat:\n    not_found_ttl_seconds: soon\n")
+                .unwrap_err();
+        assert_eq!(err.field, "ironic_edge.heartbeat.not_found_ttl_seconds");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                "ironic_edge:\n  upstream:\n    url: ftp://x\n",
+                "ironic_edge.upstream.url",
+            ),
+            (
+                "ironic_edge:\n  upstream:\n    url: 'not a url'\n",
+                "ironic_edge.upstream.url",
+            ),
+            (
+                "ironic_edge:\n  redis:\n    url: 'http://x'\n",
+                "ironic_edge.redis.url",
+            ),
+            (
+                "ironic_edge:\n  ops_address: '0.0.0.0:9000'\n",
+                "ironic_edge.ops_address",
+            ),
+            ("ironic_edge:\n  listeners: []\n", "ironic_edge.listeners"),
+            (
+                "ironic_edge:\n  listeners:\n    - address: 'nowhere'\n",
+                "ironic_edge.listeners[0].address",
+            ),
+            (
+                "ironic_edge:\n  route_policy: some\n",
+                "ironic_edge.route_policy",
+            ),
+            (
+                "ironic_edge:\n  lookup:\n    not_found_ttl_seconds: 0\n",
+                "ironic_edge.lookup.not_found_ttl_seconds",
+            ),
+            (
+                "ironic_edge:\n  heartbeat:\n    max_body_bytes: 10\n",
+                "ironic_edge.heartbeat.max_body_bytes",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = EdgeConfig::from_yaml(text).unwrap_err();
+            assert_eq!(err.field, field, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn upstream_target_parts() {
+        let mut cfg = EdgeConfig::default();
+        cfg.upstream.url = "https://127.0.0.1:8443/baremetal/".into();
+        let t = cfg.upstream_target().unwrap();
+        assert!(t.tls);
+        assert_eq!(t.port, 8443);
+        assert_eq!(t.base_path, "/baremetal");
+        cfg.upstream.url = "http://[::1]/".into();
+        let t = cfg.upstream_target().unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.base_path.as_str()),
+            ("::1", 80, "")
+        );
+    }
+
+    #[test]
+    fn redis_password_overrides_url() {
+        let mut cfg = EdgeConfig::default();
+        cfg.redis.url = "redis://:old@127.0.0.1:6379/3".into();
+        cfg.redis.password = "new".into();
+        let info = cfg.redis_connection_info().unwrap();
+        assert_eq!(info.redis_settings().password(), Some("new"));
+        assert_eq!(info.redis_settings().db(), 3);
+    }
+}

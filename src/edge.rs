@@ -1,0 +1,164 @@
+//! The gateway's shared state, built once at start-up and shared by every request, and the
+//! one way local answers are written (so that they carry Ironic's headers).
+
+use crate::config::EdgeConfig;
+use crate::ironic::error::version_header_values;
+use crate::ironic::{ApiVersion, HeaderSet, IronicError};
+use crate::metrics::Metrics;
+use crate::store::EdgeStore;
+use crate::upstream::{UpstreamClient, UpstreamInfo, UpstreamResponse, VersionState};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use rand::RngCore;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub struct Edge {
+    pub config: EdgeConfig,
+    pub store: Arc<dyn EdgeStore>,
+    pub upstream: Arc<UpstreamClient>,
+    pub versions: Arc<VersionState>,
+    pub metrics: Arc<Metrics>,
+    /// Whether the listeners speak TLS (for `X-Forwarded-Proto`), by local port.
+    pub tls_ports: Vec<u16>,
+}
+
+/// A fresh Ironic-style request id, `req-<uuid4>`.
+pub fn request_id() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "req-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A response the gateway writes itself.
+pub struct LocalAnswer {
+    pub status: u16,
+    /// `Some` for JSON bodies; a 202 heartbeat has no Content-Type.
+    pub content_type: Option<&'static str>,
+    pub body: Bytes,
+    pub header_set: HeaderSet,
+    pub allow: Option<&'static str>,
+}
+
+impl LocalAnswer {
+    pub fn error(e: &IronicError) -> Self {
+        LocalAnswer {
+            status: e.status,
+            content_type: Some("application/json"),
+            body: Bytes::from(e.body.clone()),
+            header_set: e.headers,
+            allow: e.allow,
+        }
+    }
+
+    /// Heartbeat accepted: 202, `Content-Length: 0`, no Content-Type.
+    pub fn accepted() -> Self {
+        LocalAnswer {
+            status: 202,
+            content_type: None,
+            body: Bytes::new(),
+            header_set: HeaderSet::Versions,
+            allow: None,
+        }
+    }
+}
+
+/// Writes a local answer with the headers Ironic would send, in Ironic's order.
+pub async fn write_local(
+    session: &mut Session,
+    answer: &LocalAnswer,
+    info: Option<&UpstreamInfo>,
+    version: Option<ApiVersion>,
+) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(answer.status, Some(8))?;
+    if let (Some(info), Some(v)) = (info, version) {
+        for (name, value) in version_header_values(answer.header_set, &info.range, v) {
+            resp.append_header(name, value)?;
+        }
+    } else if let Some(info) = info {
+        if answer.header_set != HeaderSet::None {
+            for (name, value) in
+                version_header_values(HeaderSet::RangeOnly, &info.range, info.range.min)
+            {
+                resp.append_header(name, value)?;
+            }
+        }
+    }
+    if let Some(allow) = answer.allow {
+        resp.append_header("Allow", allow)?;
+    }
+    if let Some(ct) = answer.content_type {
+        resp.append_header("Content-Type", ct)?;
+    }
+    resp.append_header("Content-Length", answer.body.len().to_string())?;
+    let rid = request_id();
+    resp.append_header("x-openstack-request-id", rid.as_str())?;
+    resp.append_header("openstack-request-id", rid.as_str())?;
+    resp.append_header("Date", httpdate::fmt_http_date(SystemTime::now()))?;
+    if let Some(server) = info.and_then(|i| i.server.as_deref()) {
+        resp.append_header("Server", server)?;
+    }
+    let empty = answer.body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session
+            .write_response_body(Some(answer.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Relays a buffered upstream answer to the client: status, headers (hop-by-hop removed,
+/// `Content-Length` set to the body) and body.
+pub async fn write_upstream(
+    session: &mut Session,
+    resp: &UpstreamResponse,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    let mut out = ResponseHeader::build(resp.header.status, Some(resp.header.headers.len() + 1))?;
+    for (name, value) in resp.header.headers.iter() {
+        let n = name.as_str();
+        if crate::upstream::headers::is_hop_by_hop(n) || n.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
+        out.append_header(name.clone(), value.clone())?;
+    }
+    let no_body = body.is_empty();
+    if !(no_body && resp.header.status.as_u16() == 204) {
+        out.insert_header("Content-Length", body.len().to_string())?;
+    }
+    session
+        .write_response_header(Box::new(out), no_body)
+        .await?;
+    if !no_body {
+        session
+            .write_response_body(Some(body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_look_like_ironics() {
+        let a = request_id();
+        assert_eq!(a.len(), 40);
+        assert!(a.starts_with("req-"));
+        assert_eq!(&a[18..19], "4", "version 4 uuid");
+        assert_ne!(a, request_id());
+    }
+}

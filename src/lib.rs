@@ -1,0 +1,21 @@
+//! ironic-edge: a Pingora gateway in front of the OpenStack Ironic API.
+//!
+//! Where things live:
+//! - [`ironic`]: Ironic's own rules, without I/O (API versions, error bodies, MACs, parameters).
+//! - [`agent`]: the agent-endpoints plugin: the lookup path and the heartbeat path.
+//! - [`store`]: what the gateway remembers, behind a trait; Redis is the real implementation.
+//! - [`upstream`]: talking to Ironic (forwarded agent requests, version discovery).
+//! - [`plugin`], [`proxy`], [`server`], [`config`]: the gateway around them.
+
+pub mod agent;
+pub mod config;
+pub mod edge;
+pub mod ironic;
+pub mod metrics;
+pub mod ops;
+pub mod plugin;
+pub mod proxy;
+pub mod route_policy;
+pub mod server;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,38 @@
+//! `ironic-edge`: loads the proxy conf, validates all of it (Pingora's keys, the gateway's
+//! section, every plugin) before bootstrap, and runs the server. A bad configuration exits 1
+//! naming the field.
+
+use pingora::server::configuration::Opt;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opt = Opt::parse_args();
+    let prepared = match ironic_edge::server::prepare(opt.conf.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("config error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if opt.test {
+        // Building the plugins checks their sections too, without binding anything.
+        match ironic_edge::server::check_plugins(&prepared) {
+            Ok(()) => {
+                println!("configuration OK");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("config error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    match ironic_edge::server::build(Some(opt), prepared) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("config error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

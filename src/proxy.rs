@@ -1,0 +1,178 @@
+//! The `ProxyHttp` implementation, kept thin: it runs the plugin list from
+//! `request_filter`, forwards everything else to the pre-built upstream peer with
+//! `X-Forwarded-*`, answers an unreachable upstream with Ironic's 503, and logs.
+
+use crate::edge::{write_local, Edge, LocalAnswer};
+use crate::ironic::error::upstream_unavailable;
+use crate::metrics::Outcome as Counted;
+use crate::plugin::{Outcome, Plugin, RequestCtx};
+use crate::upstream::headers::forwarded_values;
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+
+pub struct EdgeProxy {
+    edge: Arc<Edge>,
+    plugins: Vec<Box<dyn Plugin>>,
+}
+
+impl EdgeProxy {
+    pub fn new(edge: Arc<Edge>, plugins: Vec<Box<dyn Plugin>>) -> Self {
+        EdgeProxy { edge, plugins }
+    }
+
+    fn listener_is_tls(&self, session: &Session) -> bool {
+        session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| self.edge.tls_ports.contains(&a.port()))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        for plugin in &self.plugins {
+            if plugin.handle(session, ctx).await? == Outcome::Answered {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(self.edge.upstream.peer().clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        for (name, value) in forwarded_values(
+            &session.req_header().headers,
+            client_ip,
+            self.listener_is_tls(session),
+        ) {
+            upstream_request.insert_header(name, value)?;
+        }
+        let base = &self.edge.upstream.target().base_path;
+        if !base.is_empty() {
+            let pq = upstream_request
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let uri = format!("{base}{pq}").parse::<http::Uri>().map_err(|e| {
+                pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "upstream path", e)
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        self.edge.metrics.upstream_request(ctx.route);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        use pingora::ErrorSource;
+        let code = match e.esource() {
+            // The upstream could not be reached or broke off: Ironic's own 503 shape, not a
+            // proxy page, so clients parse it like any Ironic error.
+            ErrorSource::Upstream => {
+                self.edge.metrics.upstream_error(ctx.route);
+                let answer = LocalAnswer::error(&upstream_unavailable());
+                let info = self.edge.versions.get();
+                if let Err(we) = write_local(session, &answer, info.as_ref(), None).await {
+                    log::debug!("could not write the 503: {we}");
+                }
+                503
+            }
+            ErrorSource::Downstream => match e.etype() {
+                pingora::ErrorType::ReadError
+                | pingora::ErrorType::WriteError
+                | pingora::ErrorType::ConnectionClosed => 0,
+                _ => {
+                    let _ = session.respond_error(400).await;
+                    400
+                }
+            },
+            _ => {
+                let _ = session.respond_error(500).await;
+                500
+            }
+        };
+        ctx.status = Some(code);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Pingora puts this in its own error logs; the default shows the query string, which may
+    /// carry a heartbeat's token.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        format!(
+            "{} {}",
+            session.req_header().method,
+            session.req_header().uri.path()
+        )
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        e: Option<&pingora::Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        if ctx.answered_locally.is_none() && ctx.status.is_none() {
+            self.edge.metrics.request(ctx.route, Counted::Forwarded);
+        }
+        let status = ctx
+            .status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let how = match ctx.answered_locally {
+            Some(true) => "local",
+            _ => "upstream",
+        };
+        // The path only: query strings may carry heartbeat tokens.
+        log::info!(
+            "{} {} {} {} {}ms{}",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            status,
+            how,
+            ctx.started.elapsed().as_millis(),
+            e.map(|e| format!(" error={}", e.etype().as_str()))
+                .unwrap_or_default()
+        );
+    }
+}

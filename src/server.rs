@@ -1,0 +1,132 @@
+//! Builds the Pingora server from a validated configuration: the proxy service with its
+//! plugin list, the ops listener, and the background services.
+
+use crate::config::{ConfigError, EdgeConfig};
+use crate::edge::Edge;
+use crate::metrics::Metrics;
+use crate::ops::OpsApp;
+use crate::proxy::EdgeProxy;
+use crate::store::redis::RedisStore;
+use crate::upstream::{UpstreamClient, VersionDiscovery, VersionState};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything needed to run, checked: what `-t` validates and what `main` runs.
+pub struct Prepared {
+    pub server_conf: ServerConf,
+    pub edge_conf: EdgeConfig,
+}
+
+/// Loads and validates the whole conf: Pingora's keys and the `ironic_edge:` section.
+pub fn prepare(conf_path: Option<&str>) -> Result<Prepared, ConfigError> {
+    let (server_conf, edge_conf) = match conf_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new("conf", format!("cannot read {path}: {e}")))?;
+            let server_conf = ServerConf::from_yaml(&text)
+                .map_err(|e| ConfigError::new("conf", e.to_string()))?;
+            (server_conf, EdgeConfig::from_yaml(&text)?)
+        }
+        None => (ServerConf::default(), EdgeConfig::default()),
+    };
+    let mut server_conf = server_conf;
+    if server_conf.threads == 0 {
+        return Err(ConfigError::new("threads", "must be greater than 0"));
+    }
+    // Passthrough requests to an https upstream verify against the same CA as the agent client.
+    if !edge_conf.upstream.ca_file.is_empty() {
+        server_conf.ca_file = Some(edge_conf.upstream.ca_file.clone());
+    }
+    // Build the parts that can fail on configuration now, so that `-t` catches them too.
+    RedisStore::new(&edge_conf)?;
+    Ok(Prepared {
+        server_conf,
+        edge_conf,
+    })
+}
+
+/// The shared state every request uses.
+fn build_edge(edge_conf: &EdgeConfig) -> Result<Arc<Edge>, ConfigError> {
+    let target = edge_conf.upstream_target()?;
+    let tls_ports = edge_conf
+        .listeners
+        .iter()
+        .filter(|l| l.tls.is_some())
+        .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port())
+        .collect();
+    Ok(Arc::new(Edge {
+        config: edge_conf.clone(),
+        store: Arc::new(RedisStore::new(edge_conf)?),
+        upstream: Arc::new(UpstreamClient::new(edge_conf, target)),
+        versions: Arc::new(VersionState::default()),
+        metrics: Arc::new(Metrics::default()),
+        tls_ports,
+    }))
+}
+
+/// Builds every plugin from its configuration, as `build` would, without starting anything.
+pub fn check_plugins(prepared: &Prepared) -> Result<(), ConfigError> {
+    let edge = build_edge(&prepared.edge_conf)?;
+    crate::plugin::build_plugins(&edge).map(|_| ())
+}
+
+/// Builds the server (not yet running).
+pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError> {
+    let Prepared {
+        server_conf,
+        edge_conf,
+    } = prepared;
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
+    let edge = build_edge(&edge_conf)?;
+    let (upstream, versions, metrics) = (
+        edge.upstream.clone(),
+        edge.versions.clone(),
+        edge.metrics.clone(),
+    );
+
+    let plugins = crate::plugin::build_plugins(&edge)?;
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        EdgeProxy::new(edge.clone(), plugins),
+        "ironic-edge",
+    );
+    for (i, l) in edge_conf.listeners.iter().enumerate() {
+        match &l.tls {
+            None => proxy.add_tcp(&l.address),
+            Some(tls) => {
+                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+                proxy.add_tls(&l.address, &cert, &key).map_err(|e| {
+                    ConfigError::new(format!("ironic_edge.listeners[{i}].tls"), e.to_string())
+                })?;
+            }
+        }
+    }
+    server.add_service(proxy);
+
+    let mut ops = Service::new(
+        "ironic-edge ops".to_string(),
+        OpsApp {
+            metrics,
+            versions: versions.clone(),
+        },
+    );
+    ops.add_tcp(&edge_conf.ops_address);
+    server.add_service(ops);
+
+    server.add_service(background_service(
+        "upstream versions",
+        VersionDiscovery {
+            client: upstream,
+            state: versions,
+            refresh: Duration::from_secs(edge_conf.upstream.version_refresh_seconds),
+        },
+    ));
+    Ok(server)
+}

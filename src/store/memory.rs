@@ -1,0 +1,224 @@
+//! An in-process [`EdgeStore`] with the same semantics as the Redis one (TTLs included), for
+//! unit tests of the agent paths and for running without Redis in a single process.
+
+use super::{EdgeStore, FlightResult, FlightState, NodeRecord, StoreError, StoreResult};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+enum Entry {
+    Flag,
+    Text(String),
+    Node(NodeRecord),
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<String, (Entry, Option<Instant>)>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, (Entry, Option<Instant>)>) -> T,
+    ) -> StoreResult<T> {
+        let mut map = self
+            .entries
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        let now = Instant::now();
+        map.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
+        Ok(f(&mut map))
+    }
+
+    fn set(&self, key: String, entry: Entry, ttl: Duration, nx: bool) -> StoreResult<bool> {
+        self.with(|m| {
+            if nx && m.contains_key(&key) {
+                return false;
+            }
+            m.insert(key, (entry, Some(Instant::now() + ttl)));
+            true
+        })
+    }
+
+    fn exists(&self, key: &str) -> StoreResult<bool> {
+        self.with(|m| m.contains_key(key))
+    }
+
+    fn update_node(
+        &self,
+        uuid: &str,
+        ttl: Duration,
+        f: impl FnOnce(&mut NodeRecord),
+    ) -> StoreResult<()> {
+        self.with(|m| {
+            let key = format!("node:{uuid}");
+            let mut rec = match m.get(&key) {
+                Some((Entry::Node(r), _)) => r.clone(),
+                _ => NodeRecord::default(),
+            };
+            f(&mut rec);
+            m.insert(key, (Entry::Node(rec), Some(Instant::now() + ttl)));
+        })
+    }
+}
+
+#[async_trait]
+impl EdgeStore for MemoryStore {
+    async fn lookup_not_found(&self, key: &str) -> StoreResult<bool> {
+        self.exists(&format!("lookup:nf:{key}"))
+    }
+    async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()> {
+        self.set(format!("lookup:nf:{key}"), Entry::Flag, ttl, false)
+            .map(|_| ())
+    }
+    async fn begin_flight(&self, key: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        self.set(
+            format!("lookup:flight:{key}"),
+            Entry::Text(owner.into()),
+            ttl,
+            true,
+        )
+    }
+    async fn flight_state(&self, key: &str) -> StoreResult<FlightState> {
+        self.with(|m| {
+            if let Some((Entry::Text(t), _)) = m.get(&format!("lookup:result:{key}")) {
+                return FlightState::Done(super::redis::decode_result(t));
+            }
+            if m.contains_key(&format!("lookup:flight:{key}")) {
+                FlightState::Running
+            } else {
+                FlightState::Gone
+            }
+        })
+    }
+    async fn end_flight(
+        &self,
+        key: &str,
+        owner: &str,
+        result: &FlightResult,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.with(|m| {
+            m.insert(
+                format!("lookup:result:{key}"),
+                (
+                    Entry::Text(super::redis::encode_result(result)),
+                    Some(Instant::now() + ttl),
+                ),
+            );
+            let fk = format!("lookup:flight:{key}");
+            if matches!(m.get(&fk), Some((Entry::Text(o), _)) if o == owner) {
+                m.remove(&fk);
+            }
+        })
+    }
+    async fn node(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
+        self.with(|m| match m.get(&format!("node:{uuid}")) {
+            Some((Entry::Node(r), _)) => Some(r.clone()),
+            _ => None,
+        })
+    }
+    async fn record_token_minted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        _node_data: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.update_node(uuid, ttl, |r| {
+            r.token_hash = Some(token_hash.into());
+            r.agent_url = None;
+        })
+    }
+    async fn record_heartbeat_accepted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        agent_url: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.update_node(uuid, ttl, |r| {
+            r.token_hash = Some(token_hash.into());
+            r.agent_url = Some(agent_url.into());
+        })
+    }
+    async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
+        self.with(|m| {
+            if let Some((Entry::Node(r), _)) = m.get_mut(&format!("node:{uuid}")) {
+                r.token_hash = None;
+                r.agent_url = None;
+            }
+        })
+    }
+    async fn claim_mismatch_forward(&self, uuid: &str, interval: Duration) -> StoreResult<bool> {
+        self.set(format!("hb:mismatch:{uuid}"), Entry::Flag, interval, true)
+    }
+    async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
+        self.exists(&format!("hb:nf:{ident}"))
+    }
+    async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()> {
+        self.set(format!("hb:nf:{ident}"), Entry::Flag, ttl, false)
+            .map(|_| ())
+    }
+    async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()> {
+        self.with(|m| {
+            m.remove(&format!("hb:nf:{ident}"));
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn flight_and_expiry() {
+        let s = MemoryStore::new();
+        assert!(s
+            .begin_flight("k", "a", Duration::from_secs(5))
+            .await
+            .unwrap());
+        assert!(!s
+            .begin_flight("k", "b", Duration::from_secs(5))
+            .await
+            .unwrap());
+        assert_eq!(s.flight_state("k").await.unwrap(), FlightState::Running);
+        s.end_flight(
+            "k",
+            "a",
+            &FlightResult::AskUpstream,
+            Duration::from_millis(30),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.flight_state("k").await.unwrap(),
+            FlightState::Done(FlightResult::AskUpstream)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.flight_state("k").await.unwrap(), FlightState::Gone);
+    }
+
+    #[tokio::test]
+    async fn node_records() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(5);
+        assert_eq!(s.node("u").await.unwrap(), None);
+        s.record_token_minted("u", "h1", b"{}", ttl).await.unwrap();
+        s.record_heartbeat_accepted("u", "h1", "https://a:9999", ttl)
+            .await
+            .unwrap();
+        s.record_token_minted("u", "h2", b"{}", ttl).await.unwrap();
+        let r = s.node("u").await.unwrap().unwrap();
+        assert_eq!((r.token_hash.as_deref(), r.agent_url), (Some("h2"), None));
+        s.forget_token("u").await.unwrap();
+        assert_eq!(s.node("u").await.unwrap().unwrap().token_hash, None);
+    }
+}

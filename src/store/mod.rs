@@ -1,0 +1,100 @@
+//! What the gateway remembers between requests and shares between its processes, behind the
+//! [`EdgeStore`] trait. [`redis::RedisStore`] is the real implementation; every call it makes
+//! has a deadline, and the callers treat any [`StoreError`] as "nothing known" and forward.
+
+pub mod memory;
+pub mod redis;
+pub mod token_hash;
+
+use async_trait::async_trait;
+use std::fmt;
+use std::time::Duration;
+
+/// The store could not answer in time (down, frozen, or an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the gateway knows about one node, from traffic it forwarded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Salted hash of the node's current agent token ([`token_hash`]), if known.
+    pub token_hash: Option<String>,
+    /// The `callback_url` (normalised) of the last heartbeat Ironic accepted with that token.
+    pub agent_url: Option<String>,
+}
+
+/// The outcome of a lookup flight, shared with the identical lookups that waited for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlightResult {
+    /// Ironic's answer, to repeat to every waiter (errors only: never a 200, which carries
+    /// node data and a token that belongs to one caller).
+    Shared { status: u16, body: String },
+    /// The answer was a success: each waiter asks Ironic itself.
+    AskUpstream,
+}
+
+/// Where a flight stands, as seen by a waiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlightState {
+    Running,
+    Done(FlightResult),
+    /// No leader and no result (the leader died, or its result expired).
+    Gone,
+}
+
+#[async_trait]
+pub trait EdgeStore: Send + Sync {
+    /// Is an upstream 404 for this lookup key still remembered?
+    async fn lookup_not_found(&self, key: &str) -> StoreResult<bool>;
+    async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()>;
+
+    /// Tries to become the one process that sends this lookup upstream. `true`: lead it.
+    async fn begin_flight(&self, key: &str, owner: &str, ttl: Duration) -> StoreResult<bool>;
+    async fn flight_state(&self, key: &str) -> StoreResult<FlightState>;
+    /// Publishes the result for the waiters (kept `ttl`) and ends the flight.
+    async fn end_flight(
+        &self,
+        key: &str,
+        owner: &str,
+        result: &FlightResult,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+
+    async fn node(&self, uuid: &str) -> StoreResult<Option<NodeRecord>>;
+    /// A new token was minted for the node: remember its hash, forget the old `agent_url`,
+    /// and keep the node data (already masked by the caller) for later use.
+    async fn record_token_minted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        node_data: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Ironic accepted a heartbeat with this token and `callback_url`.
+    async fn record_heartbeat_accepted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        agent_url: &str,
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Ironic no longer knows the token we had (it was wiped).
+    async fn forget_token(&self, uuid: &str) -> StoreResult<()>;
+    /// Claims the right to forward one token-mismatched heartbeat of this node for `interval`.
+    async fn claim_mismatch_forward(&self, uuid: &str, interval: Duration) -> StoreResult<bool>;
+
+    async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool>;
+    async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()>;
+    /// A node became known (a lookup found it): drop any cached heartbeat 404 for it.
+    async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()>;
+}

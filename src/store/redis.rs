@@ -1,0 +1,340 @@
+//! The Redis implementation of [`EdgeStore`].
+//!
+//! One multiplexed `ConnectionManager` per process, created lazily inside the runtime that
+//! first needs it (one made outside a runtime panics, one made on a temporary runtime loses
+//! its driver). Reconnects are few and short, and every call has a hard deadline on top, so a
+//! down or frozen Redis costs a request at most `command_timeout_ms` before it is forwarded.
+//!
+//! Keys (all under `key_prefix`; lookup keys are hashed so that MAC lists never appear):
+//! - `lookup:nf:<sha256(key)>`: an upstream 404 for that lookup, with a short TTL
+//! - `lookup:flight:<sha256(key)>` / `lookup:result:<sha256(key)>`: single flight
+//! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
+//! - `hb:nf:<ident>`, `hb:mismatch:<uuid>`: heartbeat 404 cache, mismatch forward slot
+
+use super::{EdgeStore, FlightResult, FlightState, NodeRecord, StoreError, StoreResult};
+use crate::config::EdgeConfig;
+use async_trait::async_trait;
+use once_cell::sync::OnceCell;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+pub struct RedisStore {
+    client: redis::Client,
+    manager: OnceCell<ConnectionManager>,
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl RedisStore {
+    pub fn new(cfg: &EdgeConfig) -> Result<Self, crate::config::ConfigError> {
+        let info = cfg.redis_connection_info()?;
+        let client = redis::Client::open(info)
+            .map_err(|e| crate::config::ConfigError::new("ironic_edge.redis.url", e.to_string()))?;
+        Ok(RedisStore {
+            client,
+            manager: OnceCell::new(),
+            prefix: cfg.redis.key_prefix.clone(),
+            timeout: cfg.redis_command_timeout(),
+            connect_timeout: Duration::from_millis(cfg.redis.connect_timeout_ms),
+        })
+    }
+
+    fn manager(&self) -> StoreResult<ConnectionManager> {
+        self.manager
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(200))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_connection_timeout(Some(self.connect_timeout));
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .cloned()
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError("deadline exceeded".into())),
+        }
+    }
+
+    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError("deadline exceeded".into())),
+        }
+    }
+
+    fn lookup_key(&self, kind: &str, key: &str) -> String {
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}lookup:{kind}:{hex}", self.prefix)
+    }
+
+    fn node_key(&self, uuid: &str) -> String {
+        format!("{}node:{uuid}", self.prefix)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl EdgeStore for RedisStore {
+    async fn lookup_not_found(&self, key: &str) -> StoreResult<bool> {
+        self.run(redis::cmd("EXISTS").arg(self.lookup_key("nf", key)).clone())
+            .await
+    }
+
+    async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()> {
+        self.run(
+            redis::cmd("SET")
+                .arg(self.lookup_key("nf", key))
+                .arg("1")
+                .arg("PX")
+                .arg(millis(ttl))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn begin_flight(&self, key: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let reply: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.lookup_key("flight", key))
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .clone(),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn flight_state(&self, key: &str) -> StoreResult<FlightState> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.lookup_key("result", key))
+            .cmd("EXISTS")
+            .arg(self.lookup_key("flight", key));
+        let (result, running): (Option<String>, bool) = self.run_pipe(pipe).await?;
+        if let Some(text) = result {
+            return Ok(FlightState::Done(decode_result(&text)));
+        }
+        Ok(if running {
+            FlightState::Running
+        } else {
+            FlightState::Gone
+        })
+    }
+
+    async fn end_flight(
+        &self,
+        key: &str,
+        owner: &str,
+        result: &FlightResult,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        // Publish the result, then release the flight only if it is still ours (it may have
+        // expired and been taken by another process meanwhile).
+        let script = redis::Script::new(
+            r"redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+              if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+              return 1",
+        );
+        let mut conn = self.manager()?;
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.lookup_key("flight", key))
+            .key(self.lookup_key("result", key))
+            .arg(owner)
+            .arg(encode_result(result))
+            .arg(millis(ttl));
+        let call = invocation.invoke_async::<i64>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError("deadline exceeded".into())),
+        }
+    }
+
+    async fn node(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET")
+            .arg(self.node_key(uuid))
+            .arg("token")
+            .cmd("HGET")
+            .arg(self.node_key(uuid))
+            .arg("agent_url")
+            .cmd("EXISTS")
+            .arg(self.node_key(uuid));
+        let (token_hash, agent_url, exists): (Option<String>, Option<String>, bool) =
+            self.run_pipe(pipe).await?;
+        Ok(exists.then_some(NodeRecord {
+            token_hash,
+            agent_url,
+        }))
+    }
+
+    async fn record_token_minted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        node_data: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let key = self.node_key(uuid);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("token")
+            .arg(token_hash)
+            .arg("node")
+            .arg(node_data)
+            .ignore()
+            .cmd("HDEL")
+            .arg(&key)
+            .arg("agent_url")
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        self.run_pipe(pipe).await
+    }
+
+    async fn record_heartbeat_accepted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        agent_url: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let key = self.node_key(uuid);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("token")
+            .arg(token_hash)
+            .arg("agent_url")
+            .arg(agent_url)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        self.run_pipe(pipe).await
+    }
+
+    async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
+        self.run(
+            redis::cmd("HDEL")
+                .arg(self.node_key(uuid))
+                .arg("token")
+                .arg("agent_url")
+                .clone(),
+        )
+        .await
+    }
+
+    async fn claim_mismatch_forward(&self, uuid: &str, interval: Duration) -> StoreResult<bool> {
+        let reply: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{}hb:mismatch:{uuid}", self.prefix))
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(interval))
+                    .clone(),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
+        self.run(
+            redis::cmd("EXISTS")
+                .arg(format!("{}hb:nf:{ident}", self.prefix))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()> {
+        self.run(
+            redis::cmd("SET")
+                .arg(format!("{}hb:nf:{ident}", self.prefix))
+                .arg("1")
+                .arg("PX")
+                .arg(millis(ttl))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()> {
+        self.run(
+            redis::cmd("DEL")
+                .arg(format!("{}hb:nf:{ident}", self.prefix))
+                .clone(),
+        )
+        .await
+    }
+}
+
+/// `<status> <body>` (the body of an Ironic error answer; never a success body).
+pub(crate) fn encode_result(r: &FlightResult) -> String {
+    match r {
+        FlightResult::Shared { status, body } => format!("{status} {body}"),
+        FlightResult::AskUpstream => "ask".to_string(),
+    }
+}
+
+pub(crate) fn decode_result(text: &str) -> FlightResult {
+    match text.split_once(' ') {
+        Some((status, body)) => match status.parse::<u16>() {
+            Ok(status) if (400..600).contains(&status) => FlightResult::Shared {
+                status,
+                body: body.to_string(),
+            },
+            _ => FlightResult::AskUpstream,
+        },
+        None => FlightResult::AskUpstream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flight_results_round_trip() {
+        let shared = FlightResult::Shared {
+            status: 404,
+            body: "{\"error_message\": \"x y\"}".into(),
+        };
+        assert_eq!(decode_result(&encode_result(&shared)), shared);
+        assert_eq!(
+            decode_result(&encode_result(&FlightResult::AskUpstream)),
+            FlightResult::AskUpstream
+        );
+        // Anything unexpected means: ask upstream (the safe answer).
+        assert_eq!(decode_result("200 {}"), FlightResult::AskUpstream);
+        assert_eq!(decode_result("garbage"), FlightResult::AskUpstream);
+    }
+}
