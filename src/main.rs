@@ -28,6 +28,9 @@ fn main() -> ExitCode {
             }
         }
     }
+    // The conf was read already; Pingora would warn that it ignores the path.
+    let mut opt = opt;
+    opt.conf = None;
     match ironic_edge::server::build(Some(opt), prepared) {
         Ok(server) => server.run_forever(),
         Err(e) => {
