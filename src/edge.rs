@@ -55,7 +55,7 @@ impl LocalAnswer {
     pub fn error(e: &IronicError) -> Self {
         LocalAnswer {
             status: e.status,
-            content_type: Some("application/json"),
+            content_type: Some(e.content_type()),
             body: Bytes::from(e.body.clone()),
             header_set: e.headers,
             allow: e.allow,
@@ -126,13 +126,19 @@ pub async fn write_upstream(
     resp: &UpstreamResponse,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    let mut out = ResponseHeader::build(resp.header.status, Some(resp.header.headers.len() + 1))?;
-    for (name, value) in resp.header.headers.iter() {
-        let n = name.as_str();
-        if crate::upstream::headers::is_hop_by_hop(n) || n.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        out.append_header(name.clone(), value.clone())?;
+    // A clone keeps Ironic's header spelling (Pingora remembers the case it received).
+    let mut out = resp.header.clone();
+    let drop: Vec<http::HeaderName> = out
+        .headers
+        .keys()
+        .filter(|n| {
+            crate::upstream::headers::is_hop_by_hop(n.as_str())
+                || *n == http::header::CONTENT_LENGTH
+        })
+        .cloned()
+        .collect();
+    for name in drop {
+        out.remove_header(&name);
     }
     let no_body = body.is_empty();
     if !(no_body && resp.header.status.as_u16() == 204) {

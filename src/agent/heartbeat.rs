@@ -10,8 +10,11 @@
 
 use super::forward;
 use super::AgentRequest;
+use crate::edge::Edge;
 use crate::ironic::error::{callback_url_changed, invalid_token, node_not_found};
-use crate::ironic::heartbeat::{check_heartbeat, CheckedHeartbeat, HeartbeatRejection};
+use crate::ironic::heartbeat::{
+    check_body_limit, check_heartbeat_with_agent_url, CheckedHeartbeat, HeartbeatRejection,
+};
 use crate::ironic::{ident, IronicError};
 use crate::plugin::RequestCtx;
 use crate::store::{token_hash, NodeRecord, StoreError};
@@ -50,37 +53,54 @@ pub fn decide(hb: &CheckedHeartbeat, record: Option<&NodeRecord>) -> Decision {
     }
 }
 
-pub async fn handle(
-    r: &AgentRequest<'_>,
-    ident: &str,
+/// Reads the body (bounded) and applies Ironic's JSON body limits, which Ironic enforces
+/// before anything else. The outer error is the connection's; the inner one is the answer.
+pub async fn read_checked_body(
+    edge: &Edge,
     session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> pingora::Result<()> {
-    let content_type = session
+) -> pingora::Result<Result<Bytes, IronicError>> {
+    let content_type = content_type(session);
+    let too_large = || {
+        IronicError::flat(
+            413,
+            "Request body is too large. Please contact the service administrator.",
+        )
+    };
+    let Some(body) = read_body(session, edge.config.heartbeat.max_body_bytes).await? else {
+        return Ok(Err(too_large()));
+    };
+    Ok(check_body_limit(content_type.as_deref(), &body).map(|()| body))
+}
+
+fn content_type(session: &Session) -> Option<String> {
+    session
         .req_header()
         .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let limit = r.edge.config.heartbeat.max_body_bytes;
-    let body = match read_body(session, limit).await? {
-        Some(b) => b,
-        None => {
-            let e = IronicError::flat(
-                413,
-                "Request body is too large. Please contact the service administrator.",
-            );
-            return r.answer_error(session, ctx, &e).await;
-        }
-    };
+        .map(str::to_string)
+}
+
+pub async fn handle(
+    r: &AgentRequest<'_>,
+    ident: &str,
+    body: &Bytes,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    let content_type = content_type(session);
     let query = session.req_header().uri.query().map(str::to_string);
-    let checked = check_heartbeat(
-        ident,
-        query.as_deref(),
-        content_type.as_deref(),
-        &body,
-        r.version,
-    );
+    let check = |agent_url: Option<&str>| {
+        check_heartbeat_with_agent_url(
+            ident,
+            query.as_deref(),
+            content_type.as_deref(),
+            body,
+            r.version,
+            agent_url,
+        )
+    };
+    let checked = check(None);
     let store = &r.edge.store;
     let checked = match checked {
         Err(HeartbeatRejection::BeforeNodeLookup(e)) => {
@@ -92,11 +112,19 @@ pub async fn handle(
                 return r.answer_error(session, ctx, &node_not_found(ident)).await;
             }
             match store.node(ident).await {
-                Ok(Some(_)) => return r.answer_error(session, ctx, &e).await,
+                Ok(Some(rec)) => {
+                    // With the accepted agent_url known, Ironic's "callback_url changed" check
+                    // (between the scheme and the token checks) applies too.
+                    let e = match check(rec.agent_url.as_deref()) {
+                        Err(HeartbeatRejection::AfterNodeLookup(e2)) => e2,
+                        _ => e,
+                    };
+                    return r.answer_error(session, ctx, &e).await;
+                }
                 Ok(None) => {}
                 Err(err) => store_error(r, &err),
             }
-            return forward_and_learn(r, ident, None, None, session, ctx, &body).await;
+            return forward_and_learn(r, ident, None, None, session, ctx, body).await;
         }
         Ok(c) => c,
     };
@@ -132,7 +160,7 @@ pub async fn handle(
         record.as_ref(),
         session,
         ctx,
-        &body,
+        body,
     )
     .await
 }

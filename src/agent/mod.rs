@@ -115,14 +115,24 @@ impl Plugin for AgentPlugin {
         let Some(info) = self.edge.versions.get() else {
             return Ok(Outcome::Forward);
         };
-        let negotiated = version::negotiate(&req.headers, &info.range);
-        let version = match negotiated {
+        // A heartbeat's body is read first: Ironic's JSON body limits answer before version
+        // negotiation (413/400 win over 406).
+        let body = match &route {
+            AgentRoute::Heartbeat { .. } => {
+                match heartbeat::read_checked_body(&self.edge, session).await? {
+                    Ok(body) => Some(body),
+                    Err(e) => {
+                        answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
+                        return Ok(Outcome::Answered);
+                    }
+                }
+            }
+            AgentRoute::Lookup => None,
+        };
+        let version = match version::negotiate(&session.req_header().headers, &info.range) {
             Ok(v) => v,
             Err(e) => {
-                write_local(session, &LocalAnswer::error(&e), Some(&info), None).await?;
-                self.edge.metrics.request(ctx.route, Counted::Local);
-                ctx.answered_locally = Some(true);
-                ctx.status = Some(e.status);
+                answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
                 return Ok(Outcome::Answered);
             }
         };
@@ -131,14 +141,29 @@ impl Plugin for AgentPlugin {
             info,
             version,
         };
-        match route {
-            AgentRoute::Lookup => lookup::handle(&request, &self.flights, session, ctx).await?,
-            AgentRoute::Heartbeat { ident } => {
-                heartbeat::handle(&request, &ident, session, ctx).await?
+        match (route, body) {
+            (AgentRoute::Heartbeat { ident }, Some(body)) => {
+                heartbeat::handle(&request, &ident, &body, session, ctx).await?
             }
+            _ => lookup::handle(&request, &self.flights, session, ctx).await?,
         }
         Ok(Outcome::Answered)
     }
+}
+
+/// An error answered before a version is negotiated (body limits, 406).
+async fn answer_unversioned(
+    edge: &Edge,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    info: &UpstreamInfo,
+    e: &IronicError,
+) -> pingora::Result<()> {
+    write_local(session, &LocalAnswer::error(e), Some(info), None).await?;
+    edge.metrics.request(ctx.route, Counted::Local);
+    ctx.answered_locally = Some(true);
+    ctx.status = Some(e.status);
+    Ok(())
 }
 
 #[cfg(test)]
