@@ -11,6 +11,7 @@ pub mod agent;
 pub mod config;
 pub mod edge;
 pub mod ironic;
+pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod plugin;

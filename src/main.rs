@@ -6,7 +6,7 @@ use pingora::server::configuration::Opt;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    ironic_edge::logging::init();
     let opt = Opt::parse_args();
     let prepared = match ironic_edge::server::prepare(opt.conf.as_deref()) {
         Ok(p) => p,

@@ -173,28 +173,26 @@ impl RealIronic {
     /// `PUT /v1/nodes/{uuid}/states/power {"target": "power off"}` straight to Ironic (wipes
     /// the agent token and agent_url), then waits until the token is really gone.
     pub fn power_off(&self, uuid: &str) {
-        let script = format!(
-            r#"
+        let script = r#"
 import sys, time, requests
 url, uuid = sys.argv[1], sys.argv[2]
-h = {{'X-OpenStack-Ironic-API-Version': 'latest'}}
+h = {'X-OpenStack-Ironic-API-Version': 'latest'}
 for _ in range(40):
-    r = requests.put(f'{{url}}/v1/nodes/{{uuid}}/states/power', json={{'target': 'power off'}}, headers=h, timeout=30)
+    r = requests.put(f'{url}/v1/nodes/{uuid}/states/power', json={'target': 'power off'}, headers=h, timeout=30)
     if r.status_code == 202:
         break
     time.sleep(0.25)
 else:
-    sys.exit(f'power off: {{r.status_code}} {{r.text}}')
+    sys.exit(f'power off: {r.status_code} {r.text}')
 for _ in range(120):
-    n = requests.get(f'{{url}}/v1/nodes/{{uuid}}', headers=h, timeout=30).json()
+    n = requests.get(f'{url}/v1/nodes/{uuid}', headers=h, timeout=30).json()
     if n.get('target_power_state') is None and 'agent_secret_token' not in n['driver_internal_info']:
         sys.exit(0)
     time.sleep(0.25)
 sys.exit('token not wiped')
-"#
-        );
+"#;
         let out = Command::new(venv_python())
-            .args(["-c", &script, &self.url, uuid])
+            .args(["-c", script, &self.url, uuid])
             .output()
             .expect("python");
         assert!(

@@ -1,0 +1,171 @@
+//! A stateful mini Ironic on top of [`FakeIronic`]: nodes with MACs, token minting on the first
+//! lookup (raw once, `******` afterwards, the raw stored token leaked below 1.62 as Ironic
+//! does), and the heartbeat checks of the API and conductor (unknown node, changed
+//! `callback_url`, missing or wrong token). Answers are Ironic's exact ones, so a test can
+//! compare what the agent gets whether the gateway answered or forwarded.
+
+use super::fake_ironic::{Ctx, FakeIronic, FakeResponse, Recorded};
+use super::ironic;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub uuid: String,
+    pub macs: Vec<String>,
+    pub token: Option<String>,
+    pub agent_url: Option<String>,
+}
+
+#[derive(Default)]
+pub struct MiniIronic {
+    nodes: Mutex<Vec<Node>>,
+}
+
+fn minor(v: &str) -> u32 {
+    v.split_once('.')
+        .and_then(|(_, m)| m.parse().ok())
+        .unwrap_or(1)
+}
+
+/// `urlparse(...).geturl()` for the cases tests use: the scheme lower-cased.
+pub fn normalise_callback(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+        None => url.to_string(),
+    }
+}
+
+impl MiniIronic {
+    /// Installs the lookup and heartbeat routes on `fake`.
+    pub fn install(fake: &FakeIronic) -> Arc<MiniIronic> {
+        let mini = Arc::new(MiniIronic::default());
+        // Ironic's router also takes `/lookup`, a trailing `/`, and `.json` below 1.91.
+        for path in ["/v1/lookup", "/v1/lookup/", "/lookup", "/v1/lookup.json"] {
+            let m = mini.clone();
+            fake.route("GET", path, move |req, ctx| m.lookup(req, ctx));
+        }
+        for path in ["/v1/heartbeat/*", "/heartbeat/*"] {
+            let m = mini.clone();
+            fake.route("POST", path, move |req, ctx| m.heartbeat(req, ctx));
+        }
+        mini
+    }
+
+    /// Adds a node with these MACs; returns its UUID.
+    pub fn add_node(&self, macs: &[&str]) -> String {
+        let uuid = ironic::random_uuid();
+        self.nodes.lock().unwrap().push(Node {
+            uuid: uuid.clone(),
+            macs: macs.iter().map(|m| m.to_ascii_lowercase()).collect(),
+            token: None,
+            agent_url: None,
+        });
+        uuid
+    }
+
+    /// Power off / reboot: the token and `agent_url` are wiped.
+    pub fn wipe(&self, uuid: &str) {
+        for n in self.nodes.lock().unwrap().iter_mut() {
+            if n.uuid == uuid {
+                n.token = None;
+                n.agent_url = None;
+            }
+        }
+    }
+
+    pub fn node(&self, uuid: &str) -> Option<Node> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|n| n.uuid == uuid)
+            .cloned()
+    }
+
+    pub fn lookup(&self, req: &Recorded, ctx: &Ctx) -> FakeResponse {
+        let ver = ctx.negotiated(req);
+        if minor(&ver) < 22 {
+            return ctx.lookup_not_found(req);
+        }
+        let mut node_uuid = None;
+        let mut macs: Vec<String> = Vec::new();
+        for (k, v) in form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "node_uuid" => node_uuid = Some(v.to_string()),
+                "addresses" => macs.extend(v.split(',').map(|m| m.trim().to_ascii_lowercase())),
+                _ => {}
+            }
+        }
+        let mut nodes = self.nodes.lock().unwrap();
+        let found = nodes.iter_mut().find(|n| match &node_uuid {
+            Some(u) => &n.uuid == u,
+            None => n.macs.iter().any(|m| macs.contains(m)),
+        });
+        let Some(node) = found else {
+            return ctx.lookup_not_found(req);
+        };
+        let token = if minor(&ver) >= 62 {
+            match &node.token {
+                Some(_) => Some("******".to_string()),
+                None => {
+                    let t = ironic::random_token();
+                    node.token = Some(t.clone());
+                    Some(t)
+                }
+            }
+        } else {
+            node.token.clone() // Ironic's leak below 1.62
+        };
+        ctx.lookup_ok(req, &node.uuid, token.as_deref())
+    }
+
+    pub fn heartbeat(&self, req: &Recorded, ctx: &Ctx) -> FakeResponse {
+        let ver = ctx.negotiated(req);
+        if minor(&ver) < 22 {
+            return ctx.lookup_not_found(req);
+        }
+        let mut ident = req
+            .path
+            .trim_start_matches("/v1")
+            .trim_start_matches("/heartbeat/")
+            .to_string();
+        if minor(&ver) < 91 {
+            if let Some(stripped) = ident.strip_suffix(".json") {
+                ident = stripped.to_string();
+            }
+        }
+        let mut params: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        for (k, v) in form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
+            params.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+        }
+        if let serde_json::Value::Object(m) = req.json() {
+            params.extend(m);
+        }
+        let mut nodes = self.nodes.lock().unwrap();
+        let Some(node) = nodes.iter_mut().find(|n| n.uuid == ident) else {
+            return ctx.node_not_found(req, &ident);
+        };
+        let Some(cb) = params.get("callback_url").and_then(|v| v.as_str()) else {
+            return ctx.error(req, 400, "Missing mandatory parameter: callback_url");
+        };
+        let cb = normalise_callback(cb);
+        if let Some(known) = &node.agent_url {
+            if *known != cb {
+                return ctx.error(req, 400, ironic::CALLBACK_CHANGED);
+            }
+        }
+        let token = params.get("agent_token").and_then(|v| v.as_str());
+        let Some(token) = token else {
+            return ctx.error(
+                req,
+                400,
+                "Agent token is required for heartbeat processing.",
+            );
+        };
+        if node.token.as_deref() != Some(token) {
+            return ctx.invalid_token(req);
+        }
+        node.agent_url = Some(cb);
+        ctx.heartbeat_accepted(req)
+    }
+}
