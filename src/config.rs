@@ -147,6 +147,71 @@ impl Default for HeartbeatConfig {
     }
 }
 
+/// How the sync service authenticates to the Ironic API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncAuthType {
+    Noauth,
+    HttpBasic,
+    Token,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncAuth {
+    #[serde(rename = "type")]
+    pub kind: SyncAuthType,
+    pub username: String,
+    pub password: String,
+    /// Sent as `X-Auth-Token` (a keystone token or an application credential's token).
+    pub token: String,
+}
+
+impl Default for SyncAuth {
+    fn default() -> Self {
+        SyncAuth {
+            kind: SyncAuthType::Noauth,
+            username: String::new(),
+            password: String::new(),
+            token: String::new(),
+        }
+    }
+}
+
+/// The node sync: a node index in Redis kept fresh from the Ironic API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub enabled: bool,
+    /// The staleness bound: a sync round runs this often, and an index older than twice
+    /// this (plus 2 s) is not used.
+    pub interval_seconds: u64,
+    /// A full round (which also notices deletions) this often; the others fetch changes only.
+    pub full_resync_seconds: u64,
+    pub page_size: u32,
+    /// One gateway process syncs at a time; another takes over this long after it dies.
+    pub lease_seconds: u64,
+    /// Ironic's `[api]restrict_lookup` and `[deploy]fast_track`, to decide lookups as it does.
+    pub restrict_lookup: bool,
+    pub fast_track_default: bool,
+    pub auth: SyncAuth,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            enabled: true,
+            interval_seconds: 10,
+            full_resync_seconds: 600,
+            page_size: 500,
+            lease_seconds: 5,
+            restrict_lookup: true,
+            fast_track_default: false,
+            auth: SyncAuth::default(),
+        }
+    }
+}
+
 /// The gateway's own section, `ironic_edge:`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +223,7 @@ pub struct EdgeConfig {
     pub redis: RedisConfig,
     pub lookup: LookupConfig,
     pub heartbeat: HeartbeatConfig,
+    pub sync: SyncConfig,
     pub node_ttl_seconds: u64,
 }
 
@@ -174,6 +240,7 @@ impl Default for EdgeConfig {
             redis: RedisConfig::default(),
             lookup: LookupConfig::default(),
             heartbeat: HeartbeatConfig::default(),
+            sync: SyncConfig::default(),
             node_ttl_seconds: 86_400,
         }
     }
@@ -308,6 +375,38 @@ impl EdgeConfig {
             ));
         }
         positive("ironic_edge.node_ttl_seconds", self.node_ttl_seconds)?;
+        let sync = &self.sync;
+        positive("ironic_edge.sync.interval_seconds", sync.interval_seconds)?;
+        positive("ironic_edge.sync.lease_seconds", sync.lease_seconds)?;
+        if sync.full_resync_seconds < sync.interval_seconds {
+            return Err(ConfigError::new(
+                "ironic_edge.sync.full_resync_seconds",
+                "must be at least interval_seconds",
+            ));
+        }
+        if !(10..=1000).contains(&sync.page_size) {
+            return Err(ConfigError::new(
+                "ironic_edge.sync.page_size",
+                "must be between 10 and 1000",
+            ));
+        }
+        match sync.auth.kind {
+            SyncAuthType::Noauth => {}
+            SyncAuthType::HttpBasic if sync.auth.username.is_empty() => {
+                return Err(ConfigError::new(
+                    "ironic_edge.sync.auth.username",
+                    "required for http_basic",
+                ));
+            }
+            SyncAuthType::HttpBasic => {}
+            SyncAuthType::Token if sync.auth.token.is_empty() => {
+                return Err(ConfigError::new(
+                    "ironic_edge.sync.auth.token",
+                    "required for type token",
+                ));
+            }
+            SyncAuthType::Token => {}
+        }
         Ok(())
     }
 

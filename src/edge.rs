@@ -22,6 +22,9 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Whether the listeners speak TLS (for `X-Forwarded-Proto`), by local port.
     pub tls_ports: Vec<u16>,
+    /// Changes the gateway forwarded, for the node sync (bounded; dropped when full: the
+    /// next sync round finds them anyway).
+    pub sync_events: tokio::sync::mpsc::Sender<crate::sync::SyncEvent>,
 }
 
 /// A fresh Ironic-style request id, `req-<uuid4>`.

@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod route_policy;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod upstream;

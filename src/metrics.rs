@@ -51,6 +51,7 @@ pub struct Metrics {
     upstream_requests: [AtomicU64; 3],
     upstream_errors: [AtomicU64; 3],
     store_errors: AtomicU64,
+    sync_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -65,6 +66,9 @@ impl Metrics {
     }
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn sync_request(&self) {
+        self.sync_requests.fetch_add(1, Ordering::Relaxed);
     }
     pub fn requests(&self, route: Route, outcome: Outcome) -> u64 {
         self.requests[route as usize][outcome as usize].load(Ordering::Relaxed)
@@ -114,6 +118,15 @@ impl Metrics {
             out,
             "ironic_edge_store_errors_total {}",
             self.store_errors.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP ironic_edge_sync_requests_total Requests the node sync sent to Ironic.\n",
+        );
+        out.push_str("# TYPE ironic_edge_sync_requests_total counter\n");
+        let _ = writeln!(
+            out,
+            "ironic_edge_sync_requests_total {}",
+            self.sync_requests.load(Ordering::Relaxed)
         );
         out
     }

@@ -159,6 +159,12 @@ impl ProxyHttp for EdgeProxy {
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
+        if ctx.answered_locally.is_none() && (200..400).contains(&status) {
+            let req = session.req_header();
+            if let Some(event) = crate::sync::event_for(req.method.as_str(), req.uri.path()) {
+                let _ = self.edge.sync_events.try_send(event);
+            }
+        }
         let how = match ctx.answered_locally {
             Some(true) => "local",
             _ => "upstream",

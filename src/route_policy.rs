@@ -63,10 +63,10 @@ impl Plugin for RoutePolicyPlugin {
             crate::ironic::version::negotiate(&session.req_header().headers, &i.range).ok()
         });
         let err = access_denied(&path);
-        write_local(session, &LocalAnswer::error(&err), info.as_ref(), version).await?;
         self.edge.metrics.request(ctx.route, Counted::Denied);
         ctx.answered_locally = Some(true);
         ctx.status = Some(err.status);
+        write_local(session, &LocalAnswer::error(&err), info.as_ref(), version).await?;
         Ok(Outcome::Answered)
     }
 }

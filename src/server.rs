@@ -49,8 +49,16 @@ pub fn prepare(conf_path: Option<&str>) -> Result<Prepared, ConfigError> {
     })
 }
 
-/// The shared state every request uses.
-fn build_edge(edge_conf: &EdgeConfig) -> Result<Arc<Edge>, ConfigError> {
+/// The shared state every request uses, and the receiving end of its sync events.
+fn build_edge(
+    edge_conf: &EdgeConfig,
+) -> Result<
+    (
+        Arc<Edge>,
+        tokio::sync::mpsc::Receiver<crate::sync::SyncEvent>,
+    ),
+    ConfigError,
+> {
     let target = edge_conf.upstream_target()?;
     let tls_ports = edge_conf
         .listeners
@@ -59,19 +67,22 @@ fn build_edge(edge_conf: &EdgeConfig) -> Result<Arc<Edge>, ConfigError> {
         .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
         .map(|a| a.port())
         .collect();
-    Ok(Arc::new(Edge {
+    let (sync_events, events_rx) = tokio::sync::mpsc::channel(1024);
+    let edge = Arc::new(Edge {
         config: edge_conf.clone(),
         store: Arc::new(RedisStore::new(edge_conf)?),
         upstream: Arc::new(UpstreamClient::new(edge_conf, target)),
         versions: Arc::new(VersionState::default()),
         metrics: Arc::new(Metrics::default()),
         tls_ports,
-    }))
+        sync_events,
+    });
+    Ok((edge, events_rx))
 }
 
 /// Builds every plugin from its configuration, as `build` would, without starting anything.
 pub fn check_plugins(prepared: &Prepared) -> Result<(), ConfigError> {
-    let edge = build_edge(&prepared.edge_conf)?;
+    let (edge, _) = build_edge(&prepared.edge_conf)?;
     crate::plugin::build_plugins(&edge).map(|_| ())
 }
 
@@ -84,7 +95,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
 
-    let edge = build_edge(&edge_conf)?;
+    let (edge, sync_events) = build_edge(&edge_conf)?;
     let (upstream, versions, metrics) = (
         edge.upstream.clone(),
         edge.versions.clone(),
@@ -120,6 +131,10 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
     ops.add_tcp(&edge_conf.ops_address);
     server.add_service(ops);
 
+    server.add_service(background_service(
+        "node sync",
+        crate::sync::NodeSync::new(edge.clone(), sync_events),
+    ));
     server.add_service(background_service(
         "upstream versions",
         VersionDiscovery {

@@ -42,6 +42,7 @@ fn real_agent_through_the_gateway_against_real_ironic() {
     });
     let mut cfg = GatewayConfig::new(&ironic.url, &redis.url());
     cfg.set("ironic_edge.lookup.not_found_ttl_seconds", 30)
+        .set("ironic_edge.sync.enabled", true)
         .set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 30);
     let gw = Gateway::start(cfg);
     wait_versions_known(&gw);

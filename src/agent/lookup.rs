@@ -9,17 +9,21 @@
 use super::flight::{FlightAnswer, Flights};
 use super::forward;
 use super::AgentRequest;
+use crate::config::SyncConfig;
 use crate::edge::LocalAnswer;
 use crate::ironic::error::resource_not_found;
-use crate::ironic::lookup::check_lookup;
+use crate::ironic::lookup::{check_lookup, LookupQuery};
+use crate::ironic::states::lookup_allowed;
 use crate::ironic::token::{lookup_token, replace_token, LookupToken, MASK};
 use crate::ironic::{version, HeaderSet};
 use crate::plugin::RequestCtx;
 use crate::store::{token_hash, FlightResult};
+use crate::store::{FastTrack, IndexedNode};
 use crate::upstream::UpstreamResponse;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use rand::Rng;
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// What the leader of a lookup flight got.
@@ -43,6 +47,9 @@ pub async fn handle(
             "lookup: ignoring invalid MAC addresses {:?}",
             query.invalid_macs
         );
+    }
+    if index_verdict(r, &query).await == IndexVerdict::NotFound {
+        return r.answer_error(session, ctx, &resource_not_found()).await;
     }
     let key = query.cache_key();
     let cfg = &r.edge.config.lookup;
@@ -94,6 +101,109 @@ pub async fn handle(
             Asked::Unreachable => forward::unavailable(r, session, ctx).await,
         },
     }
+}
+
+/// What the node index says of a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexVerdict {
+    /// Ironic would answer 404 (no such node, MACs of no node or of two nodes, a state in
+    /// which lookup is refused).
+    NotFound,
+    /// Only Ironic can answer (or the index cannot tell).
+    AskIronic,
+}
+
+/// Decides a lookup from the index: `macs_to_nodes` is the node of each valid MAC, `node`
+/// the one node the request designates (if the index has it). Pure.
+pub fn decide_from_index(
+    query: &LookupQuery,
+    macs_to_nodes: &[Option<String>],
+    node: Option<&IndexedNode>,
+    sync: &SyncConfig,
+) -> IndexVerdict {
+    if query.node_uuid.is_none() {
+        let distinct: HashSet<&str> = macs_to_nodes.iter().flatten().map(String::as_str).collect();
+        if distinct.len() != 1 {
+            return IndexVerdict::NotFound;
+        }
+    }
+    let Some(node) = node else {
+        // A uuid the index does not know is unknown to Ironic too; a MAC whose node entry is
+        // missing is an inconsistency of the index: let Ironic answer.
+        return if query.node_uuid.is_some() {
+            IndexVerdict::NotFound
+        } else {
+            IndexVerdict::AskIronic
+        };
+    };
+    let fast_track = match node.fast_track {
+        FastTrack::Default => sync.fast_track_default,
+        FastTrack::On => true,
+        FastTrack::Off => false,
+        // Ironic answers 400 for this: only Ironic can say it.
+        FastTrack::Invalid => return IndexVerdict::AskIronic,
+    };
+    if lookup_allowed(&node.provision_state, fast_track, sync.restrict_lookup) {
+        IndexVerdict::AskIronic
+    } else {
+        IndexVerdict::NotFound
+    }
+}
+
+/// Consults the index if it is fresh (see `fresh_ms`) and complete.
+async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdict {
+    let sync = &r.edge.config.sync;
+    if !sync.enabled {
+        return IndexVerdict::AskIronic;
+    }
+    // Ironic matches node_uuid verbatim (case-sensitively on SQLite, not on MySQL): only the
+    // canonical form, which the index holds, is decided here.
+    if let Some(u) = &query.node_uuid {
+        let canonical =
+            u.len() == 36 && crate::ironic::ident::is_uuid_like(u) && *u == u.to_ascii_lowercase();
+        if !canonical {
+            return IndexVerdict::AskIronic;
+        }
+    }
+    let store = &r.edge.store;
+    // Rounds start every interval and take a moment: allow two intervals and a margin.
+    let fresh_ms = 2 * 1000 * sync.interval_seconds + 2000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    match store.index_synced_at().await {
+        Ok(Some(at)) if now.saturating_sub(at) <= fresh_ms => {}
+        Ok(_) => return IndexVerdict::AskIronic,
+        Err(e) => {
+            store_error(r, &e);
+            return IndexVerdict::AskIronic;
+        }
+    }
+    let (macs_to_nodes, uuid) = match &query.node_uuid {
+        Some(u) => (Vec::new(), Some(u.clone())),
+        None => match store.index_macs(&query.macs).await {
+            Ok(m) => {
+                let first = m.iter().flatten().next().cloned();
+                (m, first)
+            }
+            Err(e) => {
+                store_error(r, &e);
+                return IndexVerdict::AskIronic;
+            }
+        },
+    };
+    let node = match uuid {
+        Some(u) => match store.index_node(&u).await {
+            Ok(n) => n,
+            Err(e) => {
+                store_error(r, &e);
+                return IndexVerdict::AskIronic;
+            }
+        },
+        None => None,
+    };
+    decide_from_index(query, &macs_to_nodes, node.as_ref(), sync)
 }
 
 /// Asks Ironic, retrying a 409 (node locked while minting the token: it fails fast since
@@ -211,6 +321,97 @@ fn store_error(r: &AgentRequest<'_>, e: &crate::store::StoreError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(state: &str, fast_track: FastTrack) -> IndexedNode {
+        IndexedNode {
+            uuid: "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".into(),
+            name: None,
+            provision_state: state.into(),
+            fast_track,
+            maintenance: false,
+            token_held: false,
+            agent_url: None,
+        }
+    }
+
+    fn by_macs(macs: &[&str]) -> LookupQuery {
+        LookupQuery {
+            node_uuid: None,
+            macs: macs.iter().map(|m| m.to_string()).collect(),
+            invalid_macs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn index_decisions() {
+        let sync = SyncConfig::default();
+        let u = || Some("1be26c0b-03f2-4d2e-ae87-c02d7f33c123".to_string());
+        let q = by_macs(&["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+        // No MAC known: 404.
+        assert_eq!(
+            decide_from_index(&q, &[None, None], None, &sync),
+            IndexVerdict::NotFound
+        );
+        // MACs of two nodes: 404.
+        assert_eq!(
+            decide_from_index(&q, &[u(), Some("other".into())], None, &sync),
+            IndexVerdict::NotFound
+        );
+        // One node, lookup state: ask Ironic (it mints the token).
+        let cw = node("clean wait", FastTrack::Default);
+        assert_eq!(
+            decide_from_index(&q, &[u(), None], Some(&cw), &sync),
+            IndexVerdict::AskIronic
+        );
+        // Wrong state, fast track aware.
+        let m = node("manageable", FastTrack::Default);
+        assert_eq!(
+            decide_from_index(&q, &[u(), u()], Some(&m), &sync),
+            IndexVerdict::NotFound
+        );
+        let m_ft = node("manageable", FastTrack::On);
+        assert_eq!(
+            decide_from_index(&q, &[u(), u()], Some(&m_ft), &sync),
+            IndexVerdict::AskIronic
+        );
+        let ft_default_on = SyncConfig {
+            fast_track_default: true,
+            ..SyncConfig::default()
+        };
+        assert_eq!(
+            decide_from_index(&q, &[u()], Some(&m), &ft_default_on),
+            IndexVerdict::AskIronic
+        );
+        let active = node("active", FastTrack::On);
+        assert_eq!(
+            decide_from_index(&q, &[u()], Some(&active), &sync),
+            IndexVerdict::NotFound
+        );
+        // Junk fast track: Ironic's 400, not ours to give.
+        let junk = node("manageable", FastTrack::Invalid);
+        assert_eq!(
+            decide_from_index(&q, &[u()], Some(&junk), &sync),
+            IndexVerdict::AskIronic
+        );
+        // A known MAC whose node entry is missing: ask Ironic.
+        assert_eq!(
+            decide_from_index(&q, &[u()], None, &sync),
+            IndexVerdict::AskIronic
+        );
+        // By uuid: unknown is 404, the MACs do not matter.
+        let by_uuid = LookupQuery {
+            node_uuid: u(),
+            ..by_macs(&["52:54:00:00:00:09"])
+        };
+        assert_eq!(
+            decide_from_index(&by_uuid, &[], None, &sync),
+            IndexVerdict::NotFound
+        );
+        assert_eq!(
+            decide_from_index(&by_uuid, &[], Some(&cw), &sync),
+            IndexVerdict::AskIronic
+        );
+    }
 
     #[test]
     fn node_uuid_is_read_from_the_answer() {

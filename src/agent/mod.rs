@@ -70,11 +70,12 @@ impl AgentRequest<'_> {
         ctx: &mut RequestCtx,
         a: &LocalAnswer,
     ) -> pingora::Result<()> {
-        write_local(session, a, Some(&self.info), Some(self.version)).await?;
+        // Counted before the answer leaves, so that a client reading the metrics after the
+        // answer always sees it.
         self.edge.metrics.request(ctx.route, Counted::Local);
         ctx.answered_locally = Some(true);
         ctx.status = Some(a.status);
-        Ok(())
+        write_local(session, a, Some(&self.info), Some(self.version)).await
     }
 }
 
@@ -159,11 +160,10 @@ async fn answer_unversioned(
     info: &UpstreamInfo,
     e: &IronicError,
 ) -> pingora::Result<()> {
-    write_local(session, &LocalAnswer::error(e), Some(info), None).await?;
     edge.metrics.request(ctx.route, Counted::Local);
     ctx.answered_locally = Some(true);
     ctx.status = Some(e.status);
-    Ok(())
+    write_local(session, &LocalAnswer::error(e), Some(info), None).await
 }
 
 #[cfg(test)]

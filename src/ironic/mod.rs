@@ -22,6 +22,7 @@ pub mod lookup;
 pub mod params;
 pub mod pyjson;
 mod pyprintable;
+pub mod states;
 pub mod token;
 pub mod urlparse;
 pub mod version;

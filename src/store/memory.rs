@@ -1,7 +1,10 @@
 //! An in-process [`EdgeStore`] with the same semantics as the Redis one (TTLs included), for
 //! unit tests of the agent paths and for running without Redis in a single process.
 
-use super::{EdgeStore, FlightResult, FlightState, NodeRecord, StoreError, StoreResult};
+use super::{
+    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
+    StoreResult,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +15,7 @@ enum Entry {
     Flag,
     Text(String),
     Node(NodeRecord),
+    Indexed(IndexedNode),
 }
 
 #[derive(Default)]
@@ -170,6 +174,80 @@ impl EdgeStore for MemoryStore {
     async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()> {
         self.with(|m| {
             m.remove(&format!("hb:nf:{ident}"));
+        })
+    }
+
+    async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
+        self.with(|m| match m.get("idx:synced_at") {
+            Some((Entry::Text(t), _)) => t.parse().ok(),
+            _ => None,
+        })
+    }
+    async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.with(|m| {
+            macs.iter()
+                .map(|mac| match m.get(&format!("idx:mac:{mac}")) {
+                    Some((Entry::Text(u), _)) => Some(u.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+    async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
+        self.with(|m| match m.get(&format!("idx:node:{uuid}")) {
+            Some((Entry::Indexed(n), _)) => Some(n.clone()),
+            _ => None,
+        })
+    }
+    async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
+        self.with(|m| {
+            let mut nodes = Vec::new();
+            let mut macs = Vec::new();
+            for k in m.keys() {
+                if let Some(u) = k.strip_prefix("idx:node:") {
+                    nodes.push(u.to_string());
+                } else if let Some(mac) = k.strip_prefix("idx:mac:") {
+                    macs.push(mac.to_string());
+                }
+            }
+            (nodes, macs)
+        })
+    }
+    async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
+        self.with(|m| {
+            for n in &u.nodes {
+                m.insert(
+                    format!("idx:node:{}", n.uuid),
+                    (Entry::Indexed(n.clone()), None),
+                );
+            }
+            for (mac, uuid) in &u.ports {
+                m.insert(format!("idx:mac:{mac}"), (Entry::Text(uuid.clone()), None));
+            }
+            for uuid in &u.removed_nodes {
+                m.remove(&format!("idx:node:{uuid}"));
+            }
+            for mac in &u.removed_macs {
+                m.remove(&format!("idx:mac:{mac}"));
+            }
+            if let Some(at) = u.synced_at_ms {
+                m.insert("idx:synced_at".into(), (Entry::Text(at.to_string()), None));
+            }
+        })
+    }
+    async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        self.with(|m| {
+            let key = format!("lease:{name}");
+            match m.get(&key) {
+                Some((Entry::Text(o), _)) if o != owner => false,
+                _ => {
+                    m.insert(
+                        key,
+                        (Entry::Text(owner.to_string()), Some(Instant::now() + ttl)),
+                    );
+                    true
+                }
+            }
         })
     }
 }

@@ -33,6 +33,44 @@ pub struct NodeRecord {
     pub agent_url: Option<String>,
 }
 
+/// A node's `driver_info.fast_track` as Ironic reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastTrack {
+    /// Not set: Ironic's `[deploy]fast_track` applies.
+    Default,
+    On,
+    Off,
+    /// A value Ironic refuses (its lookup answers 400): never decided at the edge.
+    Invalid,
+}
+
+/// What the node index knows of one node (kept fresh by the sync service).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexedNode {
+    pub uuid: String,
+    pub name: Option<String>,
+    pub provision_state: String,
+    pub fast_track: FastTrack,
+    pub maintenance: bool,
+    /// `agent_secret_token` present in `driver_internal_info`.
+    pub token_held: bool,
+    pub agent_url: Option<String>,
+}
+
+/// One write to the index: entries to set and entries to drop, and the time of the round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexUpdate {
+    pub nodes: Vec<IndexedNode>,
+    /// `(mac, node uuid)`.
+    pub ports: Vec<(String, String)>,
+    pub removed_nodes: Vec<String>,
+    pub removed_macs: Vec<String>,
+    /// Unix milliseconds of the round, written as the index's freshness; `None` for an
+    /// event-driven refresh that does not vouch for the whole index.
+    pub synced_at_ms: Option<u64>,
+}
+
 /// The outcome of a lookup flight, shared with the identical lookups that waited for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlightResult {
@@ -97,4 +135,15 @@ pub trait EdgeStore: Send + Sync {
     async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()>;
     /// A node became known (a lookup found it): drop any cached heartbeat 404 for it.
     async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()>;
+
+    /// Unix milliseconds of the last completed sync round (`None`: no complete index).
+    async fn index_synced_at(&self) -> StoreResult<Option<u64>>;
+    /// The node uuid of each MAC (same order), from the index.
+    async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>>;
+    async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>>;
+    /// Every node uuid and MAC in the index (for a full round to find what disappeared).
+    async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)>;
+    async fn index_write(&self, update: &IndexUpdate) -> StoreResult<()>;
+    /// Takes or renews the lease `name` for `owner`; `true` while `owner` holds it.
+    async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool>;
 }

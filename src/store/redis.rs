@@ -10,8 +10,14 @@
 //! - `lookup:flight:<sha256(key)>` / `lookup:result:<sha256(key)>`: single flight
 //! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
 //! - `hb:nf:<ident>`, `hb:mismatch:<uuid>`: heartbeat 404 cache, mismatch forward slot
+//! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), sets `idx:nodes`, `idx:macs`,
+//!   `idx:synced_at`: the node index the sync service keeps
+//! - `lease:<name>`: leases (one syncing process at a time)
 
-use super::{EdgeStore, FlightResult, FlightState, NodeRecord, StoreError, StoreResult};
+use super::{
+    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
+    StoreResult,
+};
 use crate::config::EdgeConfig;
 use async_trait::async_trait;
 use once_cell::sync::OnceCell;
@@ -294,6 +300,133 @@ impl EdgeStore for RedisStore {
                 .clone(),
         )
         .await
+    }
+
+    async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
+        self.run(redis::cmd("GET").arg(self.idx("synced_at")).clone())
+            .await
+    }
+
+    async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if macs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for m in macs {
+            cmd.arg(self.idx(&format!("mac:{m}")));
+        }
+        self.run(cmd).await
+    }
+
+    async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
+        let text: Option<String> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(self.idx(&format!("node:{uuid}")))
+                    .clone(),
+            )
+            .await?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SMEMBERS")
+            .arg(self.idx("nodes"))
+            .cmd("SMEMBERS")
+            .arg(self.idx("macs"));
+        self.run_pipe(pipe).await
+    }
+
+    async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
+        // Large rounds are written in slices, each one pipelined, so that no single call
+        // holds Redis (or misses its deadline) for long.
+        const SLICE: usize = 500;
+        for chunk in u.nodes.chunks(SLICE) {
+            let mut pipe = redis::pipe();
+            for n in chunk {
+                let text = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
+                pipe.cmd("SET")
+                    .arg(self.idx(&format!("node:{}", n.uuid)))
+                    .arg(text)
+                    .ignore();
+                pipe.cmd("SADD")
+                    .arg(self.idx("nodes"))
+                    .arg(&n.uuid)
+                    .ignore();
+            }
+            self.run_pipe::<()>(pipe).await?;
+        }
+        for chunk in u.ports.chunks(SLICE) {
+            let mut pipe = redis::pipe();
+            for (mac, uuid) in chunk {
+                pipe.cmd("SET")
+                    .arg(self.idx(&format!("mac:{mac}")))
+                    .arg(uuid)
+                    .ignore();
+                pipe.cmd("SADD").arg(self.idx("macs")).arg(mac).ignore();
+            }
+            self.run_pipe::<()>(pipe).await?;
+        }
+        for chunk in u.removed_nodes.chunks(SLICE) {
+            let mut pipe = redis::pipe();
+            for uuid in chunk {
+                pipe.cmd("DEL")
+                    .arg(self.idx(&format!("node:{uuid}")))
+                    .ignore();
+                pipe.cmd("SREM").arg(self.idx("nodes")).arg(uuid).ignore();
+            }
+            self.run_pipe::<()>(pipe).await?;
+        }
+        for chunk in u.removed_macs.chunks(SLICE) {
+            let mut pipe = redis::pipe();
+            for mac in chunk {
+                pipe.cmd("DEL")
+                    .arg(self.idx(&format!("mac:{mac}")))
+                    .ignore();
+                pipe.cmd("SREM").arg(self.idx("macs")).arg(mac).ignore();
+            }
+            self.run_pipe::<()>(pipe).await?;
+        }
+        if let Some(at) = u.synced_at_ms {
+            self.run::<()>(redis::cmd("SET").arg(self.idx("synced_at")).arg(at).clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
+        let script = redis::Script::new(
+            r"local cur = redis.call('GET', KEYS[1])
+              if cur == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+              if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+              return 0",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{}lease:{name}", self.prefix))
+            .arg(owner)
+            .arg(millis(ttl));
+        let held: i64 = self.run_script(invocation).await?;
+        Ok(held == 1)
+    }
+}
+
+impl RedisStore {
+    fn idx(&self, rest: &str) -> String {
+        format!("{}idx:{rest}", self.prefix)
+    }
+
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Err(_) => Err(StoreError("deadline exceeded".into())),
+        }
     }
 }
 

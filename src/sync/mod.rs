@@ -1,0 +1,470 @@
+//! The node sync: a background service that keeps the node index in Redis fresh from the
+//! Ironic API (uuid, name, provision state, fast track, maintenance, token held, agent_url,
+//! port MACs), so that lookups Ironic would refuse can be answered at the edge.
+//!
+//! Cheap for Ironic: one process syncs at a time (a lease in Redis); a round asks only for
+//! what changed since the last one (nodes sorted by `updated_at` and by `created_at`, ports
+//! by `created_at`, newest first, until older than the watermark: three small requests when
+//! nothing changed), and a full round, which also notices deletions, runs rarely. Changes the
+//! gateway forwards itself (power and provision actions, node and port edits) refresh the
+//! affected node at once.
+
+pub mod api;
+pub mod timestamp;
+
+use crate::config::SyncConfig;
+use crate::edge::Edge;
+use crate::ironic::states::parse_fast_track;
+use crate::store::{FastTrack, IndexUpdate, IndexedNode};
+use api::IronicApi;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Node fields of a full listing; `driver_info` for fast track, `driver_internal_info` for the
+/// token. (Ironic refuses `updated_at`/`created_at` in `fields`: the listings of changed nodes
+/// use `/v1/nodes/detail`, which has them, and only ever return the few changed nodes.)
+pub const NODE_FIELDS: &str =
+    "uuid,name,provision_state,driver_info,maintenance,driver_internal_info";
+pub const PORT_FIELDS: &str = "uuid,address,node_uuid,updated_at,created_at";
+
+/// The listings a round makes: `(collection, path, fields)`.
+const NODES_FULL: (&str, &str, Option<&str>) = ("nodes", "/v1/nodes", Some(NODE_FIELDS));
+const NODES_CHANGED: (&str, &str, Option<&str>) = ("nodes", "/v1/nodes/detail", None);
+const PORTS: (&str, &str, Option<&str>) = ("ports", "/v1/ports", Some(PORT_FIELDS));
+
+/// Changes are looked for this far before the newest timestamp seen, for clock skew between
+/// Ironic hosts and for transactions that commit late.
+const OVERLAP_SECONDS: i64 = 30;
+
+/// Reads one node of the API's answer into an index entry.
+pub fn indexed_node(v: &Value) -> Option<IndexedNode> {
+    let uuid = v.get("uuid")?.as_str()?.to_string();
+    let fast_track = match v.get("driver_info").and_then(|d| d.get("fast_track")) {
+        None | Some(Value::Null) => FastTrack::Default,
+        Some(ft) => match parse_fast_track(ft) {
+            Some(true) => FastTrack::On,
+            Some(false) => FastTrack::Off,
+            None => FastTrack::Invalid,
+        },
+    };
+    let dii = v.get("driver_internal_info");
+    Some(IndexedNode {
+        uuid,
+        name: v.get("name").and_then(|n| n.as_str()).map(str::to_string),
+        provision_state: v.get("provision_state")?.as_str()?.to_string(),
+        fast_track,
+        maintenance: v
+            .get("maintenance")
+            .and_then(|m| m.as_bool())
+            .unwrap_or(false),
+        token_held: dii
+            .and_then(|d| d.get("agent_secret_token"))
+            .is_some_and(|t| !t.is_null()),
+        agent_url: dii
+            .and_then(|d| d.get("agent_url"))
+            .and_then(|u| u.as_str())
+            .map(str::to_string),
+    })
+}
+
+fn port_entry(v: &Value) -> Option<(String, String)> {
+    let mac = v.get("address")?.as_str()?.to_ascii_lowercase();
+    let node = v.get("node_uuid")?.as_str()?.to_string();
+    Some((mac, node))
+}
+
+/// The newest of `updated_at`/`created_at`, in seconds.
+fn changed_at(v: &Value) -> Option<i64> {
+    let ts = |k: &str| {
+        v.get(k)
+            .and_then(|t| t.as_str())
+            .and_then(timestamp::seconds)
+    };
+    ts("updated_at").max(ts("created_at"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Newest change seen (seconds), for nodes and for ports.
+    node_mark: Option<i64>,
+    port_mark: Option<i64>,
+    last_full: Option<Instant>,
+    last_round: Option<Instant>,
+    /// Set when a forwarded request deleted something: the next round is a full one.
+    full_wanted: bool,
+}
+
+/// What a forwarded request changed, as far as the index is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A node was changed (an action, an edit): refresh it now.
+    Refresh(String),
+    /// Something was created: an incremental round now finds it.
+    RoundNow,
+    /// Something was deleted: only a full round notices.
+    FullRound,
+}
+
+/// Which index event a forwarded, successful request means (`None`: nothing changed).
+pub fn event_for(method: &str, path: &str) -> Option<SyncEvent> {
+    if matches!(method, "GET" | "HEAD" | "OPTIONS") {
+        return None;
+    }
+    let path = path.trim_end_matches('/');
+    if let Some(rest) = path.strip_prefix("/v1/nodes/") {
+        let ident = rest.split('/').next().filter(|i| !i.is_empty())?;
+        let whole_node = !rest.contains('/');
+        return Some(if method == "DELETE" && whole_node {
+            SyncEvent::FullRound
+        } else {
+            SyncEvent::Refresh(ident.to_string())
+        });
+    }
+    match path {
+        "/v1/nodes" | "/v1/ports" => Some(SyncEvent::RoundNow),
+        p if p.starts_with("/v1/ports/") => Some(if method == "DELETE" {
+            SyncEvent::FullRound
+        } else {
+            SyncEvent::RoundNow
+        }),
+        _ => None,
+    }
+}
+
+pub struct NodeSync {
+    edge: Arc<Edge>,
+    api: IronicApi,
+    cfg: SyncConfig,
+    owner: String,
+    state: Mutex<SyncState>,
+    events: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<SyncEvent>>,
+}
+
+impl NodeSync {
+    pub fn new(edge: Arc<Edge>, events: tokio::sync::mpsc::Receiver<SyncEvent>) -> Self {
+        let cfg = edge.config.sync.clone();
+        NodeSync {
+            api: IronicApi::new(edge.clone(), &cfg.auth),
+            owner: crate::edge::request_id(),
+            edge,
+            cfg,
+            state: Mutex::new(SyncState::default()),
+            events: tokio::sync::Mutex::new(events),
+        }
+    }
+
+    async fn on_event(&self, event: SyncEvent) {
+        match event {
+            SyncEvent::Refresh(ident) => self.refresh_node(&ident).await,
+            SyncEvent::RoundNow => self.with_state(|s| s.last_round = None).unwrap_or(()),
+            SyncEvent::FullRound => self.want_full_round(),
+        }
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut SyncState) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Asks for a full round next time (something may have been deleted).
+    pub fn want_full_round(&self) {
+        self.with_state(|s| s.full_wanted = true);
+    }
+
+    /// One sync round; `Ok(true)` if it was a full one.
+    pub async fn round(&self) -> Result<bool, String> {
+        let full = self
+            .with_state(|s| {
+                s.full_wanted
+                    || s.node_mark.is_none()
+                    || s.last_full.is_none_or(|t| {
+                        t.elapsed() >= Duration::from_secs(self.cfg.full_resync_seconds)
+                    })
+            })
+            .unwrap_or(true);
+        let started = now_ms();
+        let page = self.cfg.page_size;
+        let (nodes, ports, node_mark, port_mark) = if full {
+            // The newest change before the listing starts is where the next round resumes
+            // (the light full listing carries no timestamps).
+            let mut probe = Vec::new();
+            for key in ["updated_at", "created_at"] {
+                probe.extend(
+                    self.api
+                        .list(NODES_CHANGED, Some((key, None)), 1, true)
+                        .await?,
+                );
+            }
+            let nodes = self.api.list(NODES_FULL, None, page, false).await?;
+            let ports = self.api.list(PORTS, None, page, false).await?;
+            (
+                nodes,
+                ports,
+                probe.iter().filter_map(changed_at).max(),
+                None,
+            )
+        } else {
+            let (nm, pm) = self
+                .with_state(|s| (s.node_mark, s.port_mark))
+                .unwrap_or_default();
+            let since = |m: Option<i64>| m.map(|m| m - OVERLAP_SECONDS);
+            let mut nodes = Vec::new();
+            let mut ports = Vec::new();
+            for key in ["updated_at", "created_at"] {
+                nodes.extend(
+                    self.api
+                        .list(NODES_CHANGED, Some((key, since(nm))), page, false)
+                        .await?,
+                );
+            }
+            // New ports only: a port is rarely edited in place (the gateway's own forwarded
+            // edits refresh at once; others wait for the full round), and never-edited ports
+            // have no `updated_at` to page by.
+            ports.extend(
+                self.api
+                    .list(PORTS, Some(("created_at", since(pm))), page, false)
+                    .await?,
+            );
+            (nodes, ports, nm, pm)
+        };
+        let mut update = IndexUpdate {
+            nodes: nodes.iter().filter_map(indexed_node).collect(),
+            ports: ports.iter().filter_map(port_entry).collect(),
+            synced_at_ms: Some(started),
+            ..IndexUpdate::default()
+        };
+        dedupe(&mut update);
+        if full {
+            let (old_nodes, old_macs) = self
+                .edge
+                .store
+                .index_members()
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen_nodes: HashSet<&str> = update.nodes.iter().map(|n| n.uuid.as_str()).collect();
+            let seen_macs: HashSet<&str> = update.ports.iter().map(|p| p.0.as_str()).collect();
+            update.removed_nodes = old_nodes
+                .into_iter()
+                .filter(|u| !seen_nodes.contains(u.as_str()))
+                .collect();
+            update.removed_macs = old_macs
+                .into_iter()
+                .filter(|m| !seen_macs.contains(m.as_str()))
+                .collect();
+        }
+        self.edge
+            .store
+            .index_write(&update)
+            .await
+            .map_err(|e| e.to_string())?;
+        let newest =
+            |items: &[Value], old: Option<i64>| items.iter().filter_map(changed_at).max().max(old);
+        let (nm, pm) = (newest(&nodes, node_mark), newest(&ports, port_mark));
+        self.with_state(|s| {
+            s.node_mark = nm.or(Some(0));
+            s.port_mark = pm.or(Some(0));
+            s.last_round = Some(Instant::now());
+            if full {
+                s.last_full = Some(Instant::now());
+                s.full_wanted = false;
+            }
+        });
+        log::debug!(
+            "node sync: {} round, {} nodes and {} ports written, {} nodes and {} ports removed",
+            if full { "full" } else { "incremental" },
+            update.nodes.len(),
+            update.ports.len(),
+            update.removed_nodes.len(),
+            update.removed_macs.len()
+        );
+        Ok(full)
+    }
+
+    /// Refreshes one node (and its ports) now: after the gateway forwarded a change to it.
+    pub async fn refresh_node(&self, ident: &str) {
+        match self.api.node_with_ports(ident).await {
+            Ok(Some((node, ports))) => {
+                let Some(n) = indexed_node(&node) else { return };
+                let update = IndexUpdate {
+                    ports: ports.iter().filter_map(port_entry).collect(),
+                    nodes: vec![n],
+                    ..IndexUpdate::default()
+                };
+                if let Err(e) = self.edge.store.index_write(&update).await {
+                    log::debug!("node refresh of {ident}: {e}");
+                }
+            }
+            // Gone (deleted): the next round is a full one, which drops it and its ports.
+            Ok(None) => self.want_full_round(),
+            Err(e) => log::debug!("node refresh of {ident}: {e}"),
+        }
+    }
+
+    fn round_due(&self) -> bool {
+        self.with_state(|s| {
+            s.full_wanted
+                || s.last_round
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.interval_seconds))
+        })
+        .unwrap_or(true)
+    }
+}
+
+/// Keeps the last entry per node uuid and per MAC (a node changed twice within a round
+/// appears in both the `updated_at` and the `created_at` listings).
+fn dedupe(u: &mut IndexUpdate) {
+    let mut seen = HashSet::new();
+    u.nodes.reverse();
+    u.nodes.retain(|n| seen.insert(n.uuid.clone()));
+    let mut seen = HashSet::new();
+    u.ports.reverse();
+    u.ports.retain(|p| seen.insert(p.0.clone()));
+}
+
+#[async_trait]
+impl BackgroundService for NodeSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if !self.cfg.enabled {
+            return;
+        }
+        // The lease is renewed every tick, well inside its lifetime; a process that dies
+        // stops renewing, and another takes over within `lease_seconds` plus a tick.
+        let lease = Duration::from_secs(self.cfg.lease_seconds);
+        let tick = (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
+        let mut leading = false;
+        let mut events = self.events.lock().await;
+        loop {
+            let held = matches!(
+                self.edge.store.lease("sync", &self.owner, lease).await,
+                Ok(true)
+            );
+            if held != leading {
+                log::info!(
+                    "node sync: {}",
+                    if held {
+                        "this process syncs now"
+                    } else {
+                        "another process syncs"
+                    }
+                );
+                if !held {
+                    // Whoever syncs next starts from a full round of its own.
+                    self.with_state(|s| *s = SyncState::default());
+                }
+                leading = held;
+            }
+            if held && self.edge.versions.get().is_some() && self.round_due() {
+                if let Err(e) = self.round().await {
+                    log::warn!("node sync round failed: {e}");
+                    self.with_state(|s| s.last_round = Some(Instant::now()));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                Some(event) = events.recv() => {
+                    // Refreshes are idempotent writes: every process applies its own; round
+                    // requests only matter to the process that syncs.
+                    if held || matches!(event, SyncEvent::Refresh(_)) {
+                        self.on_event(event).await;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn node_entry_from_the_api() {
+        let v = json!({"uuid": "u1", "name": "n1", "provision_state": "manageable",
+            "driver_info": {"fast_track": "true", "ipmi_password": "******"}, "maintenance": false,
+            "driver_internal_info": {"agent_secret_token": "******", "agent_url": "https://a:9999"}});
+        let n = indexed_node(&v).unwrap();
+        assert_eq!(n.fast_track, FastTrack::On);
+        assert!(n.token_held);
+        assert_eq!(n.agent_url.as_deref(), Some("https://a:9999"));
+        let v = json!({"uuid": "u2", "name": null, "provision_state": "clean wait",
+            "driver_info": {"fast_track": "perhaps"}, "maintenance": true, "driver_internal_info": {}});
+        let n = indexed_node(&v).unwrap();
+        assert_eq!(
+            (n.fast_track, n.token_held, n.maintenance),
+            (FastTrack::Invalid, false, true)
+        );
+        let v = json!({"uuid": "u3", "provision_state": "active", "driver_info": {}});
+        assert_eq!(indexed_node(&v).unwrap().fast_track, FastTrack::Default);
+        assert!(indexed_node(&json!({"uuid": "u4"})).is_none());
+    }
+
+    #[test]
+    fn forwarded_changes_become_events() {
+        let refresh = |i: &str| Some(SyncEvent::Refresh(i.to_string()));
+        assert_eq!(event_for("PUT", "/v1/nodes/n1/states/power"), refresh("n1"));
+        assert_eq!(
+            event_for("PUT", "/v1/nodes/n1/states/provision"),
+            refresh("n1")
+        );
+        assert_eq!(event_for("PATCH", "/v1/nodes/n1"), refresh("n1"));
+        assert_eq!(
+            event_for("DELETE", "/v1/nodes/n1"),
+            Some(SyncEvent::FullRound)
+        );
+        assert_eq!(event_for("DELETE", "/v1/nodes/n1/traits/x"), refresh("n1"));
+        assert_eq!(event_for("POST", "/v1/nodes"), Some(SyncEvent::RoundNow));
+        assert_eq!(event_for("POST", "/v1/ports"), Some(SyncEvent::RoundNow));
+        assert_eq!(
+            event_for("PATCH", "/v1/ports/p1"),
+            Some(SyncEvent::RoundNow)
+        );
+        assert_eq!(
+            event_for("DELETE", "/v1/ports/p1"),
+            Some(SyncEvent::FullRound)
+        );
+        assert_eq!(event_for("GET", "/v1/nodes/n1"), None);
+        assert_eq!(event_for("POST", "/v1/lookup"), None);
+        assert_eq!(event_for("POST", "/v1/heartbeat/n1"), None);
+    }
+
+    #[test]
+    fn ports_are_lower_cased() {
+        let p = port_entry(&json!({"address": "52:54:00:AA:bb:01", "node_uuid": "u1"})).unwrap();
+        assert_eq!(p, ("52:54:00:aa:bb:01".to_string(), "u1".to_string()));
+    }
+
+    #[test]
+    fn dedupe_keeps_the_last() {
+        let node = |state: &str| IndexedNode {
+            uuid: "u".into(),
+            name: None,
+            provision_state: state.into(),
+            fast_track: FastTrack::Default,
+            maintenance: false,
+            token_held: false,
+            agent_url: None,
+        };
+        let mut u = IndexUpdate {
+            nodes: vec![node("enroll"), node("manageable")],
+            ports: vec![("m".into(), "a".into()), ("m".into(), "b".into())],
+            ..IndexUpdate::default()
+        };
+        dedupe(&mut u);
+        assert_eq!(u.nodes.len(), 1);
+        assert_eq!(u.nodes[0].provision_state, "manageable");
+        assert_eq!(u.ports, vec![("m".to_string(), "b".to_string())]);
+    }
+}
