@@ -260,6 +260,8 @@ restrict_lookup = ${IRONIC_RESTRICT_LOOKUP:-true}
 
 [agent]
 require_tls = $REQUIRE_TLS
+# agent_verify_ca certificates stay inside the run folder (default: /var/lib/ironic)
+certificates_path = $RUN_DIR/certificates
 
 [database]
 connection = sqlite:///$RUN_DIR/ironic.db

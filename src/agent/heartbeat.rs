@@ -17,7 +17,7 @@ use crate::ironic::heartbeat::{
 };
 use crate::ironic::{ident, IronicError};
 use crate::plugin::RequestCtx;
-use crate::store::{token_hash, NodeRecord, StoreError};
+use crate::store::{token_hash, IndexedNode, NodeRecord, StoreError};
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -32,11 +32,26 @@ pub enum Decision {
     ForwardIfSlot(IronicError),
 }
 
-pub fn decide(hb: &CheckedHeartbeat, record: Option<&NodeRecord>) -> Decision {
+///
+/// `ironic` is the node as the (fresh) index shows it: it overrides what the gateway learnt
+/// from traffic when Ironic has wiped the token or changed `agent_url` since (a power off
+/// made straight on Ironic, for example).
+pub fn decide(
+    hb: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    ironic: Option<&IndexedNode>,
+) -> Decision {
     let Some(stored) = record.and_then(|r| r.token_hash.as_deref()) else {
         return Decision::Forward;
     };
-    let agent_url = record.and_then(|r| r.agent_url.as_deref());
+    if ironic.is_some_and(|n| !n.token_held) {
+        // Ironic holds no token: whatever the agent sends, only Ironic can answer.
+        return Decision::Forward;
+    }
+    let agent_url = match ironic {
+        Some(n) => n.agent_url.as_deref(),
+        None => record.and_then(|r| r.agent_url.as_deref()),
+    };
     // Ironic compares the normalised callback_url with the stored agent_url before the token.
     let url_changed = agent_url.is_some_and(|u| u != hb.normalized_callback_url);
     let token = hb.request.agent_token.as_deref().unwrap_or_default();
@@ -53,23 +68,43 @@ pub fn decide(hb: &CheckedHeartbeat, record: Option<&NodeRecord>) -> Decision {
     }
 }
 
+/// The outcome of reading a heartbeat's body.
+pub enum BodyRead {
+    Body(Bytes),
+    /// Ironic's JSON body limits refuse it (413 too large, 400 too deep): answer this.
+    Refused(IronicError),
+    /// Declared larger than the gateway reads, and not JSON (which Ironic does not limit):
+    /// nothing was read, the proxy forwards it.
+    TooLargeToCheck,
+}
+
 /// Reads the body (bounded) and applies Ironic's JSON body limits, which Ironic enforces
-/// before anything else. The outer error is the connection's; the inner one is the answer.
-pub async fn read_checked_body(
-    edge: &Edge,
-    session: &mut Session,
-) -> pingora::Result<Result<Bytes, IronicError>> {
+/// before anything else.
+pub async fn read_checked_body(edge: &Edge, session: &mut Session) -> pingora::Result<BodyRead> {
     let content_type = content_type(session);
-    let too_large = || {
-        IronicError::flat(
+    let is_json = content_type.as_deref().is_some_and(|c| c.contains("json"));
+    let limit = edge.config.heartbeat.max_body_bytes;
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if !is_json && declared.is_some_and(|n| n > limit) {
+        return Ok(BodyRead::TooLargeToCheck);
+    }
+    let Some(body) = read_body(session, limit).await? else {
+        // JSON over the limit is Ironic's 413; a chunked non-JSON body over it gets the same
+        // answer (the part read cannot be put back).
+        return Ok(BodyRead::Refused(IronicError::flat(
             413,
             "Request body is too large. Please contact the service administrator.",
-        )
+        )));
     };
-    let Some(body) = read_body(session, edge.config.heartbeat.max_body_bytes).await? else {
-        return Ok(Err(too_large()));
-    };
-    Ok(check_body_limit(content_type.as_deref(), &body).map(|()| body))
+    Ok(match check_body_limit(content_type.as_deref(), &body) {
+        Ok(()) => BodyRead::Body(body),
+        Err(e) => BodyRead::Refused(e),
+    })
 }
 
 fn content_type(session: &Session) -> Option<String> {
@@ -108,37 +143,29 @@ pub async fn handle(
         }
         Err(HeartbeatRejection::AfterNodeLookup(e)) => {
             // Ironic says this only for a node that exists; otherwise "not found" wins.
-            if known_missing(r, ident).await {
+            let facts = node_facts(r, ident).await;
+            if facts.missing {
                 return r.answer_error(session, ctx, &node_not_found(ident)).await;
             }
-            match store.node(ident).await {
-                Ok(Some(rec)) => {
-                    // With the accepted agent_url known, Ironic's "callback_url changed" check
-                    // (between the scheme and the token checks) applies too.
-                    let e = match check(rec.agent_url.as_deref()) {
-                        Err(HeartbeatRejection::AfterNodeLookup(e2)) => e2,
-                        _ => e,
-                    };
-                    return r.answer_error(session, ctx, &e).await;
-                }
-                Ok(None) => {}
-                Err(err) => store_error(r, &err),
+            if facts.record.is_some() || facts.ironic.is_some() {
+                // With the node's agent_url known, Ironic's "callback_url changed" check
+                // (between the scheme and the token checks) applies too.
+                let e = match check(facts.agent_url()) {
+                    Err(HeartbeatRejection::AfterNodeLookup(e2)) => e2,
+                    _ => e,
+                };
+                return r.answer_error(session, ctx, &e).await;
             }
             return forward_and_learn(r, ident, None, None, session, ctx, body).await;
         }
         Ok(c) => c,
     };
-    if known_missing(r, ident).await {
+    let facts = node_facts(r, ident).await;
+    if facts.missing {
         return r.answer_error(session, ctx, &node_not_found(ident)).await;
     }
-    let record = match store.node(ident).await {
-        Ok(rec) => rec,
-        Err(err) => {
-            store_error(r, &err);
-            None
-        }
-    };
-    match decide(&checked, record.as_ref()) {
+    let record = facts.record.clone();
+    match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
         Decision::Forward => {}
         Decision::Answer(e) => return r.answer_error(session, ctx, &e).await,
         Decision::ForwardIfSlot(e) => {
@@ -238,6 +265,62 @@ fn is_invalid_token_answer(body: &[u8]) -> bool {
     body.windows(needle.len()).any(|w| w == needle)
 }
 
+/// What is known of the heartbeat's node before deciding.
+struct NodeFacts {
+    /// Ironic would answer `Node X could not be found.` (a cached upstream 404, or a fresh
+    /// index without this UUID).
+    missing: bool,
+    /// What the gateway learnt from traffic.
+    record: Option<NodeRecord>,
+    /// The node as the fresh index shows it (UUID idents only: the index is keyed by UUID).
+    ironic: Option<IndexedNode>,
+}
+
+impl NodeFacts {
+    /// Ironic's `agent_url` as best known: the index's, else the one Ironic last accepted.
+    fn agent_url(&self) -> Option<&str> {
+        match &self.ironic {
+            Some(n) => n.agent_url.as_deref(),
+            None => self.record.as_ref().and_then(|r| r.agent_url.as_deref()),
+        }
+    }
+}
+
+async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
+    if known_missing(r, ident).await {
+        return NodeFacts {
+            missing: true,
+            record: None,
+            ironic: None,
+        };
+    }
+    let canonical_uuid = ident.len() == 36 && ident::is_uuid_like(ident);
+    let indexed = if canonical_uuid {
+        r.indexed_node(ident).await
+    } else {
+        None
+    };
+    if matches!(indexed, Some(None)) {
+        return NodeFacts {
+            missing: true,
+            record: None,
+            ironic: None,
+        };
+    }
+    let record = match r.edge.store.node(ident).await {
+        Ok(rec) => rec,
+        Err(err) => {
+            store_error(r, &err);
+            None
+        }
+    };
+    NodeFacts {
+        missing: false,
+        record,
+        ironic: indexed.flatten(),
+    }
+}
+
 async fn known_missing(r: &AgentRequest<'_>, ident: &str) -> bool {
     match r.edge.store.heartbeat_not_found(ident).await {
         Ok(v) => v,
@@ -303,9 +386,12 @@ mod tests {
 
     #[test]
     fn unknown_node_or_token_is_forwarded() {
-        assert_eq!(decide(&hb("t", "https://a:9999"), None), Decision::Forward);
         assert_eq!(
-            decide(&hb("t", "https://a:9999"), Some(&rec(None, None))),
+            decide(&hb("t", "https://a:9999"), None, None),
+            Decision::Forward
+        );
+        assert_eq!(
+            decide(&hb("t", "https://a:9999"), Some(&rec(None, None)), None),
             Decision::Forward
         );
     }
@@ -314,13 +400,14 @@ mod tests {
     fn matching_token_is_forwarded() {
         let r = rec(Some("good"), Some("https://a:9999"));
         assert_eq!(
-            decide(&hb("good", "https://a:9999"), Some(&r)),
+            decide(&hb("good", "https://a:9999"), Some(&r), None),
             Decision::Forward
         );
         assert_eq!(
             decide(
                 &hb("good", "https://a:9999"),
-                Some(&rec(Some("good"), None))
+                Some(&rec(Some("good"), None)),
+                None
             ),
             Decision::Forward
         );
@@ -330,7 +417,7 @@ mod tests {
     fn changed_callback_with_matching_token_is_refused() {
         let r = rec(Some("good"), Some("https://a:9999"));
         assert_eq!(
-            decide(&hb("good", "https://b:9999"), Some(&r)),
+            decide(&hb("good", "https://b:9999"), Some(&r), None),
             Decision::Answer(callback_url_changed())
         );
     }
@@ -339,13 +426,47 @@ mod tests {
     fn mismatched_token_gets_one_forward_slot() {
         let r = rec(Some("good"), Some("https://a:9999"));
         assert_eq!(
-            decide(&hb("bad", "https://a:9999"), Some(&r)),
+            decide(&hb("bad", "https://a:9999"), Some(&r), None),
             Decision::ForwardIfSlot(invalid_token())
         );
         // Ironic checks the URL first, so that is the message when both differ.
         assert_eq!(
-            decide(&hb("bad", "https://b:9999"), Some(&r)),
+            decide(&hb("bad", "https://b:9999"), Some(&r), None),
             Decision::ForwardIfSlot(callback_url_changed())
+        );
+    }
+
+    #[test]
+    fn ironic_view_overrides_what_traffic_taught() {
+        let r = rec(Some("good"), Some("https://a:9999"));
+        let mut view = IndexedNode {
+            uuid: "n".into(),
+            name: None,
+            provision_state: "manageable".into(),
+            fast_track: crate::store::FastTrack::On,
+            maintenance: false,
+            token_held: false,
+            agent_url: None,
+        };
+        // Wiped on Ironic (a power off made there): Ironic must answer, whatever was sent.
+        assert_eq!(
+            decide(&hb("good", "https://b:9999"), Some(&r), Some(&view)),
+            Decision::Forward
+        );
+        assert_eq!(
+            decide(&hb("bad", "https://b:9999"), Some(&r), Some(&view)),
+            Decision::Forward
+        );
+        // Token still held, agent_url as Ironic has it now.
+        view.token_held = true;
+        view.agent_url = Some("https://b:9999".into());
+        assert_eq!(
+            decide(&hb("good", "https://b:9999"), Some(&r), Some(&view)),
+            Decision::Forward
+        );
+        assert_eq!(
+            decide(&hb("good", "https://a:9999"), Some(&r), Some(&view)),
+            Decision::Answer(callback_url_changed())
         );
     }
 

@@ -166,19 +166,8 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
         }
     }
     let store = &r.edge.store;
-    // Rounds start every interval and take a moment: allow two intervals and a margin.
-    let fresh_ms = 2 * 1000 * sync.interval_seconds + 2000;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    match store.index_synced_at().await {
-        Ok(Some(at)) if now.saturating_sub(at) <= fresh_ms => {}
-        Ok(_) => return IndexVerdict::AskIronic,
-        Err(e) => {
-            store_error(r, &e);
-            return IndexVerdict::AskIronic;
-        }
+    if !r.index_is_fresh().await {
+        return IndexVerdict::AskIronic;
     }
     let (macs_to_nodes, uuid) = match &query.node_uuid {
         Some(u) => (Vec::new(), Some(u.clone())),
@@ -204,6 +193,21 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
         None => None,
     };
     decide_from_index(query, &macs_to_nodes, node.as_ref(), sync)
+}
+
+/// Forwards a lookup as it is (an alias path) and relays the answer without a stored token.
+pub async fn forward_protected(
+    r: &AgentRequest<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    match forward::send(r, session, ctx, b"").await {
+        Ok(resp) => {
+            let body = protect_token(r, &resp);
+            forward::relay(r, session, ctx, &resp, &body).await
+        }
+        Err(_) => forward::unavailable(r, session, ctx).await,
+    }
 }
 
 /// Asks Ironic, retrying a 409 (node locked while minting the token: it fails fast since

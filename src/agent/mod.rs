@@ -45,6 +45,46 @@ pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
     }
 }
 
+/// Ironic answers in JSON only when the client accepts it (its error middleware turns a
+/// missing or `*/*` Accept into JSON); any other Accept gets webob's own 406 page, which only
+/// Ironic can write, so such requests are forwarded.
+pub fn accepts_json(accept: Option<&str>) -> bool {
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return true;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            let p = p.trim().to_ascii_lowercase();
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        !refused && matches!(media.as_str(), "*/*" | "application/*" | "application/json")
+    })
+}
+
+/// Whether a path Ironic routes to the lookup controller, other than the two forms the
+/// plugin answers (`/lookup`, `.json` and `.xml` suffixes, trailing slashes,
+/// percent-encoded letters): such lookups are forwarded, but the answer still never carries
+/// a stored token below 1.62.
+pub fn is_lookup_alias(path: &str) -> bool {
+    let decoded: Vec<u8> = percent_encoding::percent_decode(path.as_bytes()).collect();
+    let Ok(p) = std::str::from_utf8(&decoded) else {
+        return false;
+    };
+    // Ironic's JSON-extension middleware and router forgive a suffix and slashes on either
+    // side of it (`/v1/lookup/.json`).
+    let p = p.trim_end_matches('/');
+    let p = p
+        .strip_suffix(".json")
+        .or_else(|| p.strip_suffix(".xml"))
+        .unwrap_or(p);
+    let p = p.trim_end_matches('/');
+    matches!(p, "/lookup" | "/v1/lookup")
+}
+
 /// What every agent-path handler needs for one request.
 pub struct AgentRequest<'a> {
     pub edge: &'a Edge,
@@ -53,6 +93,38 @@ pub struct AgentRequest<'a> {
 }
 
 impl AgentRequest<'_> {
+    /// Whether the node index is on, complete and fresh: rounds start every
+    /// `sync.interval_seconds` and take a moment, so two intervals and a margin.
+    pub async fn index_is_fresh(&self) -> bool {
+        let sync = &self.edge.config.sync;
+        if !sync.enabled {
+            return false;
+        }
+        let fresh_ms = 2 * 1000 * sync.interval_seconds + 2000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        match self.edge.store.index_synced_at().await {
+            Ok(Some(at)) => now.saturating_sub(at) <= fresh_ms,
+            Ok(None) => false,
+            Err(e) => {
+                self.edge.metrics.store_error();
+                log::warn!("node index: {e}");
+                false
+            }
+        }
+    }
+
+    /// Ironic's view of a node from a fresh index: `Some(None)` if the index says the node
+    /// does not exist, `None` if the index cannot tell.
+    pub async fn indexed_node(&self, uuid: &str) -> Option<Option<crate::store::IndexedNode>> {
+        if !self.index_is_fresh().await {
+            return None;
+        }
+        self.edge.store.index_node(uuid).await.ok()
+    }
+
     /// Writes an Ironic error answer made at the edge.
     pub async fn answer_error(
         &self,
@@ -93,6 +165,30 @@ impl AgentPlugin {
     }
 }
 
+impl AgentPlugin {
+    /// A lookup on an alias path: forwarded with the plugin's client so that the answer can be
+    /// cleaned of a stored token below 1.62 (Ironic returns it to anyone there).
+    async fn forward_alias_lookup(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Outcome> {
+        let Some(info) = self.edge.versions.get() else {
+            return Ok(Outcome::Forward);
+        };
+        // An unparseable version gets Ironic's own answer (no token in a 406).
+        let version = version::negotiate(&session.req_header().headers, &info.range)
+            .unwrap_or(info.range.max);
+        let request = AgentRequest {
+            edge: &self.edge,
+            info,
+            version,
+        };
+        lookup::forward_protected(&request, session, ctx).await?;
+        Ok(Outcome::Answered)
+    }
+}
+
 #[async_trait]
 impl Plugin for AgentPlugin {
     fn name(&self) -> &'static str {
@@ -105,6 +201,18 @@ impl Plugin for AgentPlugin {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Outcome> {
         let req = session.req_header();
+        let accept = req.headers.get("accept").and_then(|v| v.to_str().ok());
+        if !accepts_json(accept) {
+            return Ok(Outcome::Forward);
+        }
+        let path = req.uri.path();
+        if req.method == http::Method::GET
+            && is_lookup_alias(path)
+            && classify("GET", path).is_none()
+        {
+            ctx.route = Route::Lookup;
+            return self.forward_alias_lookup(session, ctx).await;
+        }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
             return Ok(Outcome::Forward);
         };
@@ -121,11 +229,13 @@ impl Plugin for AgentPlugin {
         let body = match &route {
             AgentRoute::Heartbeat { .. } => {
                 match heartbeat::read_checked_body(&self.edge, session).await? {
-                    Ok(body) => Some(body),
-                    Err(e) => {
+                    heartbeat::BodyRead::Body(body) => Some(body),
+                    heartbeat::BodyRead::Refused(e) => {
                         answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
                         return Ok(Outcome::Answered);
                     }
+                    // Larger than the gateway reads and not JSON: Ironic has no limit there.
+                    heartbeat::BodyRead::TooLargeToCheck => return Ok(Outcome::Forward),
                 }
             }
             AgentRoute::Lookup => None,
@@ -169,6 +279,48 @@ async fn answer_unversioned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_headers() {
+        for a in [
+            None,
+            Some(""),
+            Some("*/*"),
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("text/html, application/json;q=0.5"),
+            Some("application/*"),
+        ] {
+            assert!(accepts_json(a), "{a:?}");
+        }
+        for a in [
+            "text/html",
+            "image/png",
+            "application/xml",
+            "application/json;q=0",
+            "text/*",
+        ] {
+            assert!(!accepts_json(Some(a)), "{a}");
+        }
+    }
+
+    #[test]
+    fn lookup_aliases() {
+        for p in [
+            "/lookup",
+            "/lookup/",
+            "/lookup.json",
+            "/v1/lookup.json",
+            "/v1/%6Cookup",
+            "/v1/lookup.xml",
+            "/v1/lookup/.json",
+        ] {
+            assert!(is_lookup_alias(p), "{p}");
+        }
+        for p in ["/v1/lookups", "/v1/nodes", "//v1/lookup", "/v2/lookup"] {
+            assert!(!is_lookup_alias(p), "{p}");
+        }
+    }
 
     #[test]
     fn routes() {
