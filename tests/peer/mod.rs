@@ -104,36 +104,9 @@ impl RealIronic {
             peer.log_tail()
         );
         peer.url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let seed: Value = serde_json::from_str(
-            &std::fs::read_to_string(peer.run_dir.path().join("seed.json")).expect("seed.json"),
-        )
-        .expect("seed.json is JSON");
-        let strs = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|m| m.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        peer.nodes = seed["nodes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|n| SeededNode {
-                        uuid: n["uuid"].as_str().unwrap_or_default().to_string(),
-                        name: n["name"].as_str().unwrap_or_default().to_string(),
-                        macs: strs(&n["macs"]),
-                        provision_state: n["provision_state"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        peer.unknown_macs = strs(&seed["unknown_macs"]);
+        let (nodes, unknown_macs) = read_seed_file(&peer.run_dir.path().join("seed.json"));
+        peer.nodes = nodes;
+        peer.unknown_macs = unknown_macs;
         peer
     }
 
@@ -143,6 +116,46 @@ impl RealIronic {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Seeds `count` more nodes in `state` (same states as [`PeerOptions::state`]) into this
+    /// running instance (`ironic-peer-up.sh --seed-only`) and returns them. MACs never collide
+    /// with earlier seeds (the seeder counts the nodes already in the database).
+    pub fn seed_more(
+        &self,
+        count: usize,
+        state: &'static str,
+        ports_per_node: usize,
+    ) -> Vec<SeededNode> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let file = self.run_dir.path().join(format!(
+            "seed-more-{}.json",
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let out = Command::new("bash")
+            .arg(scripts_dir().join("ironic-peer-up.sh"))
+            .arg("--seed-only")
+            .arg("--run-dir")
+            .arg(self.run_dir.path())
+            .args(["--seed", &count.to_string(), "--state", state])
+            .args(["--ports-per-node", &ports_per_node.to_string()])
+            .arg("--seed-file")
+            .arg(&file)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run ironic-peer-up.sh --seed-only");
+        assert!(
+            out.status.success(),
+            "ironic-peer-up.sh --seed-only failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        read_seed_file(&file).0
+    }
+
+    /// The run folder (config, database, log, seed files).
+    pub fn run_dir(&self) -> &std::path::Path {
+        self.run_dir.path()
     }
 
     pub fn log_tail(&self) -> String {
@@ -173,6 +186,12 @@ impl RealIronic {
     /// `PUT /v1/nodes/{uuid}/states/power {"target": "power off"}` straight to Ironic (wipes
     /// the agent token and agent_url), then waits until the token is really gone.
     pub fn power_off(&self, uuid: &str) {
+        self.power_off_via(&self.url, uuid)
+    }
+
+    /// The same power off, sent to `base_url` (e.g. the gateway, which proxies it), with the
+    /// wait for the wiped token made through the same URL.
+    pub fn power_off_via(&self, base_url: &str, uuid: &str) {
         let script = r#"
 import sys, time, requests
 url, uuid = sys.argv[1], sys.argv[2]
@@ -192,7 +211,7 @@ for _ in range(120):
 sys.exit('token not wiped')
 "#;
         let out = Command::new(venv_python())
-            .args(["-c", script, &self.url, uuid])
+            .args(["-c", script, base_url, uuid])
             .output()
             .expect("python");
         assert!(
@@ -231,6 +250,38 @@ sys.exit('token not wiped')
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// The nodes and unknown MACs of a seed file written by `ironic-seed.py`.
+pub fn read_seed_file(path: &std::path::Path) -> (Vec<SeededNode>, Vec<String>) {
+    let seed: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("seed file"))
+        .expect("seed JSON");
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let nodes = seed["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| SeededNode {
+                    uuid: n["uuid"].as_str().unwrap_or_default().to_string(),
+                    name: n["name"].as_str().unwrap_or_default().to_string(),
+                    macs: strs(&n["macs"]),
+                    provision_state: n["provision_state"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (nodes, strs(&seed["unknown_macs"]))
 }
 
 impl Drop for RealIronic {
