@@ -51,8 +51,11 @@ deps:
 stop:
 	bash scripts/run-local.sh stop
 
+# Test binaries run one after the other; within one, at most TEST_THREADS tests at once (the
+# conformance and sync tests each run a real Ironic: more at once only slows a 2-core machine).
+TEST_THREADS ?= 4
 test: venv
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS)
 
 bench:
 	@test -f scripts/bench.sh || { echo "scripts/bench.sh is missing" >&2; exit 1; }

@@ -60,6 +60,22 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(self.edge.upstream.peer().clone()))
     }
 
+    /// Counts a proxied answer before it leaves, so that a client reading the metrics after
+    /// the answer always sees it.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if ctx.answered_locally.is_none() {
+            self.edge.metrics.request(ctx.route, Counted::Forwarded);
+            ctx.answered_locally = Some(false);
+            ctx.status = Some(upstream_response.status.as_u16());
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -152,14 +168,18 @@ impl ProxyHttp for EdgeProxy {
         e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
-        if ctx.answered_locally.is_none() && ctx.status.is_none() {
+        if ctx.answered_locally.is_none()
+            && ctx.status.is_none()
+            && session.response_written().is_none()
+        {
+            // Nothing reached the client (the connection broke first): still a forwarded request.
             self.edge.metrics.request(ctx.route, Counted::Forwarded);
         }
         let status = ctx
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        if ctx.answered_locally.is_none() && (200..400).contains(&status) {
+        if ctx.answered_locally != Some(true) && (200..400).contains(&status) {
             let req = session.req_header();
             if let Some(event) = crate::sync::event_for(req.method.as_str(), req.uri.path()) {
                 let _ = self.edge.sync_events.try_send(event);
