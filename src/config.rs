@@ -132,6 +132,10 @@ impl Default for LookupConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatConfig {
+    /// In states where Ironic only records heartbeats, a verified heartbeat identical to the
+    /// last one Ironic accepted less than this long ago is answered 202 at the edge (0: never).
+    /// At most 240, so that `agent_last_heartbeat` stays well inside fast track's 300 s.
+    pub coalesce_seconds: u64,
     pub token_mismatch_forward_seconds: u64,
     pub not_found_ttl_seconds: u64,
     pub max_body_bytes: usize,
@@ -140,6 +144,7 @@ pub struct HeartbeatConfig {
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         HeartbeatConfig {
+            coalesce_seconds: 60,
             token_mismatch_forward_seconds: 30,
             not_found_ttl_seconds: 10,
             max_body_bytes: 1024 * 1024,
@@ -372,6 +377,12 @@ impl EdgeConfig {
             return Err(ConfigError::new(
                 "ironic_edge.heartbeat.max_body_bytes",
                 "must be between 4096 and 16777216",
+            ));
+        }
+        if self.heartbeat.coalesce_seconds > 240 {
+            return Err(ConfigError::new(
+                "ironic_edge.heartbeat.coalesce_seconds",
+                "at most 240 (Ironic's fast track needs a recorded heartbeat every 300 s)",
             ));
         }
         positive("ironic_edge.node_ttl_seconds", self.node_ttl_seconds)?;

@@ -190,3 +190,85 @@ fn two_gateways_one_syncs_and_the_other_takes_over() {
     eprintln!("take-over after {took:?}");
     assert_eq!(lookup(&follower, &ironic.unknown_macs[1]), (404, true));
 }
+
+const LOCAL_HEARTBEATS: &str = "ironic_edge_requests_total{route=\"heartbeat\",outcome=\"local\"}";
+const UPSTREAM_HEARTBEATS: &str = "ironic_edge_upstream_requests_total{route=\"heartbeat\"}";
+
+/// The heartbeat shield: in a record-only state (manageable, fast track) a verified heartbeat
+/// identical to the last one Ironic accepted is answered 202 at the edge, at least one per
+/// window still reaches Ironic, and anything different is forwarded.
+#[test]
+fn identical_heartbeats_in_record_only_states_are_coalesced() {
+    let redis = RedisServer::start();
+    let ironic = RealIronic::start(PeerOptions {
+        seed: 1,
+        ..PeerOptions::default()
+    });
+    let mut cfg = sync_config(&ironic, &redis, 1);
+    cfg.set("ironic_edge.heartbeat.coalesce_seconds", 4);
+    let gw = Gateway::start(cfg);
+    let n0 = ironic.nodes[0].clone();
+    eventually(Duration::from_secs(15), "the first sync", || {
+        lookup(&gw, &ironic.unknown_macs[0]) == (404, true)
+    });
+    let r = http::send(gw.addr(), &common::lookup(&n0.macs[0]));
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(token.len(), 43, "{}", r.text());
+    let beat = || {
+        http::send(
+            gw.addr(),
+            &common::heartbeat(&n0.uuid, "https://127.0.0.1:9999", &token),
+        )
+    };
+    // The first heartbeat reaches Ironic (and may meet its lock while it records agent_url).
+    eventually(
+        Duration::from_secs(10),
+        "a first accepted heartbeat",
+        || beat().status == 202,
+    );
+    // Once the index shows the recorded agent_url, repeats are accepted at the edge.
+    eventually(
+        Duration::from_secs(8),
+        "a heartbeat accepted at the edge",
+        || {
+            let before = metric(&gw, LOCAL_HEARTBEATS);
+            beat().status == 202 && metric(&gw, LOCAL_HEARTBEATS) > before
+        },
+    );
+    let (local0, up0) = (
+        metric(&gw, LOCAL_HEARTBEATS),
+        metric(&gw, UPSTREAM_HEARTBEATS),
+    );
+    for _ in 0..5 {
+        let r = beat();
+        assert_eq!((r.status, r.text()), (202, String::new()));
+        assert!(!r.has_header("Content-Type"), "{:?}", r.headers);
+    }
+    assert_eq!(metric(&gw, LOCAL_HEARTBEATS), local0 + 5);
+    assert_eq!(
+        metric(&gw, UPSTREAM_HEARTBEATS),
+        up0,
+        "no repeat reached Ironic"
+    );
+    // A different heartbeat (a new agent version) is forwarded.
+    let changed = http::send(
+        gw.addr(),
+        &Request::post(&format!("/v1/heartbeat/{}", n0.uuid)).version("1.68").json_body(&format!(
+            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"13.0.1\"}}"
+        )),
+    );
+    assert!(matches!(changed.status, 202 | 409), "{}", changed.text());
+    assert_eq!(metric(&gw, UPSTREAM_HEARTBEATS), up0 + 1);
+    // After the window, the same heartbeat reaches Ironic again.
+    std::thread::sleep(Duration::from_secs(5));
+    let up1 = metric(&gw, UPSTREAM_HEARTBEATS);
+    let _ = beat();
+    assert_eq!(
+        metric(&gw, UPSTREAM_HEARTBEATS),
+        up1 + 1,
+        "one per window reaches Ironic"
+    );
+}

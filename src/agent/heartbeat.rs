@@ -10,11 +10,12 @@
 
 use super::forward;
 use super::AgentRequest;
-use crate::edge::Edge;
+use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::{callback_url_changed, invalid_token, node_not_found};
 use crate::ironic::heartbeat::{
     check_body_limit, check_heartbeat_with_agent_url, CheckedHeartbeat, HeartbeatRejection,
 };
+use crate::ironic::states::{HEARTBEAT_DRIVES_WORK, HEARTBEAT_RECORD_ONLY};
 use crate::ironic::{ident, IronicError};
 use crate::plugin::RequestCtx;
 use crate::store::{token_hash, IndexedNode, NodeRecord, StoreError};
@@ -66,6 +67,81 @@ pub fn decide(
     } else {
         Decision::ForwardIfSlot(invalid_token())
     }
+}
+
+/// What the heartbeat shield does with a heartbeat that is to be forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shield {
+    Forward,
+    /// Answer 202 at the edge: Ironic would only record it again.
+    Accept,
+}
+
+/// Everything of a heartbeat Ironic records, but the token (which the token hash covers).
+pub fn fingerprint(hb: &CheckedHeartbeat) -> String {
+    use sha2::{Digest, Sha256};
+    let q = &hb.request;
+    let mut h = Sha256::new();
+    for part in [
+        Some(hb.normalized_callback_url.as_str()),
+        q.agent_version.as_deref(),
+        q.agent_verify_ca.as_deref(),
+        q.agent_status.as_deref(),
+        q.agent_status_message.as_deref(),
+    ] {
+        // Presence and length first, so that no two different heartbeats collide by layout.
+        match part {
+            Some(p) => h.update(format!("+{}:", p.len()).as_bytes()),
+            None => h.update(b"-"),
+        }
+        h.update(part.unwrap_or_default().as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The state-aware heartbeat shield. In states where heartbeats drive work (`wait call-back`,
+/// `clean wait`, `rescue wait`, `service wait`) or an unknown state, every heartbeat reaches
+/// Ironic. In states where Ironic only records them, a heartbeat whose token the gateway
+/// verified and that is identical to the last one Ironic accepted less than `coalesce` ago is
+/// accepted at the edge: at least one per `coalesce` still reaches Ironic, so
+/// `agent_last_heartbeat` stays fresh for fast track. Pure.
+pub fn shield(
+    hb: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    ironic: Option<&IndexedNode>,
+    now_ms: u64,
+    coalesce: Duration,
+) -> Shield {
+    let (Some(record), Some(node)) = (record, ironic) else {
+        return Shield::Forward;
+    };
+    let token = hb.request.agent_token.as_deref().unwrap_or_default();
+    let verified = node.token_held
+        && record
+            .token_hash
+            .as_deref()
+            .is_some_and(|h| token_hash::verify_token(h, token));
+    let record_only = HEARTBEAT_RECORD_ONLY.contains(&node.provision_state.as_str())
+        && !HEARTBEAT_DRIVES_WORK.contains(&node.provision_state.as_str());
+    let recent_same = record.last_heartbeat.as_ref().is_some_and(|(fp, at)| {
+        *fp == fingerprint(hb) && now_ms.saturating_sub(*at) < coalesce.as_millis() as u64
+    });
+    if verified
+        && record_only
+        && recent_same
+        && node.agent_url.as_deref() == Some(hb.normalized_callback_url.as_str())
+    {
+        Shield::Accept
+    } else {
+        Shield::Forward
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The outcome of reading a heartbeat's body.
@@ -166,7 +242,20 @@ pub async fn handle(
     }
     let record = facts.record.clone();
     match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
-        Decision::Forward => {}
+        Decision::Forward => {
+            let coalesce = Duration::from_secs(r.edge.config.heartbeat.coalesce_seconds);
+            if shield(
+                &checked,
+                record.as_ref(),
+                facts.ironic.as_ref(),
+                now_ms(),
+                coalesce,
+            ) == Shield::Accept
+            {
+                log::debug!("heartbeat for {ident}: same as the one Ironic accepted recently; 202 at the edge");
+                return r.answer_local(session, ctx, &LocalAnswer::accepted()).await;
+            }
+        }
         Decision::Answer(e) => return r.answer_error(session, ctx, &e).await,
         Decision::ForwardIfSlot(e) => {
             let interval =
@@ -220,18 +309,30 @@ async fn forward_and_learn(
                         .as_deref()
                         .is_some_and(|h| token_hash::verify_token(h, token))
             });
-            if canonical && !unchanged {
-                let ttl = Duration::from_secs(cfg.node_ttl_seconds);
-                store
-                    .record_heartbeat_accepted(
-                        ident,
-                        &token_hash::hash_token(token),
-                        &hb.normalized_callback_url,
-                        ttl,
-                    )
-                    .await
-            } else {
+            if !canonical {
                 Ok(())
+            } else {
+                let ttl = Duration::from_secs(cfg.node_ttl_seconds);
+                let recorded = if unchanged {
+                    Ok(())
+                } else {
+                    store
+                        .record_heartbeat_accepted(
+                            ident,
+                            &token_hash::hash_token(token),
+                            &hb.normalized_callback_url,
+                            ttl,
+                        )
+                        .await
+                };
+                match recorded {
+                    Ok(()) => {
+                        store
+                            .record_heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
+                            .await
+                    }
+                    e => e,
+                }
             }
         }
         (404, _) => {
@@ -381,6 +482,7 @@ mod tests {
         NodeRecord {
             token_hash: token.map(token_hash::hash_token),
             agent_url: url.map(str::to_string),
+            last_heartbeat: None,
         }
     }
 
@@ -467,6 +569,98 @@ mod tests {
         assert_eq!(
             decide(&hb("good", "https://a:9999"), Some(&r), Some(&view)),
             Decision::Answer(callback_url_changed())
+        );
+    }
+
+    fn indexed(state: &str, agent_url: Option<&str>) -> IndexedNode {
+        IndexedNode {
+            uuid: "n".into(),
+            name: None,
+            provision_state: state.into(),
+            fast_track: crate::store::FastTrack::On,
+            maintenance: false,
+            token_held: true,
+            agent_url: agent_url.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn shield_coalesces_only_verified_repeats_in_record_only_states() {
+        let url = "https://a:9999";
+        let beat = hb("good", url);
+        let mut r = rec(Some("good"), Some(url));
+        let now = 1_000_000;
+        let window = Duration::from_secs(60);
+        r.last_heartbeat = Some((fingerprint(&beat), now - 10_000));
+        let node = indexed("manageable", Some(url));
+        assert_eq!(
+            shield(&beat, Some(&r), Some(&node), now, window),
+            Shield::Accept
+        );
+        // At least one per window reaches Ironic.
+        assert_eq!(
+            shield(&beat, Some(&r), Some(&node), now + 60_000, window),
+            Shield::Forward
+        );
+        // Heartbeats drive work here: every one is forwarded.
+        for state in HEARTBEAT_DRIVES_WORK {
+            assert_eq!(
+                shield(
+                    &beat,
+                    Some(&r),
+                    Some(&indexed(state, Some(url))),
+                    now,
+                    window
+                ),
+                Shield::Forward
+            );
+        }
+        // Unknown state, unverified token, a changed field, coalescing off: forwarded.
+        assert_eq!(shield(&beat, Some(&r), None, now, window), Shield::Forward);
+        assert_eq!(
+            shield(&hb("bad", url), Some(&r), Some(&node), now, window),
+            Shield::Forward
+        );
+        let mut other = hb("good", url);
+        other.request.agent_version = Some("13.0.1".into());
+        assert_eq!(
+            shield(&other, Some(&r), Some(&node), now, window),
+            Shield::Forward
+        );
+        assert_eq!(
+            shield(&beat, Some(&r), Some(&node), now, Duration::ZERO),
+            Shield::Forward
+        );
+        // Ironic holds no token, or another agent_url: Ironic must see it.
+        let mut wiped = node.clone();
+        wiped.token_held = false;
+        assert_eq!(
+            shield(&beat, Some(&r), Some(&wiped), now, window),
+            Shield::Forward
+        );
+        assert_eq!(
+            shield(
+                &beat,
+                Some(&r),
+                Some(&indexed("manageable", None)),
+                now,
+                window
+            ),
+            Shield::Forward
+        );
+    }
+
+    #[test]
+    fn fingerprints_tell_fields_apart() {
+        let mut a = hb("t", "https://a:9999");
+        let b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        a.request.agent_status = Some("".into());
+        assert_ne!(fingerprint(&a), fingerprint(&b), "empty is not absent");
+        assert_eq!(
+            fingerprint(&hb("t1", "u")),
+            fingerprint(&hb("t2", "u")),
+            "the token is not part of it"
         );
     }
 

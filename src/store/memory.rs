@@ -139,6 +139,7 @@ impl EdgeStore for MemoryStore {
         self.update_node(uuid, ttl, |r| {
             r.token_hash = Some(token_hash.into());
             r.agent_url = None;
+            r.last_heartbeat = None;
         })
     }
     async fn record_heartbeat_accepted(
@@ -153,11 +154,24 @@ impl EdgeStore for MemoryStore {
             r.agent_url = Some(agent_url.into());
         })
     }
+    async fn record_heartbeat_forwarded(
+        &self,
+        uuid: &str,
+        fingerprint: &str,
+        at_ms: u64,
+    ) -> StoreResult<()> {
+        self.with(|m| {
+            if let Some((Entry::Node(r), _)) = m.get_mut(&format!("node:{uuid}")) {
+                r.last_heartbeat = Some((fingerprint.to_string(), at_ms));
+            }
+        })
+    }
     async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
         self.with(|m| {
             if let Some((Entry::Node(r), _)) = m.get_mut(&format!("node:{uuid}")) {
                 r.token_hash = None;
                 r.agent_url = None;
+                r.last_heartbeat = None;
             }
         })
     }

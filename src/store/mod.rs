@@ -31,6 +31,9 @@ pub struct NodeRecord {
     pub token_hash: Option<String>,
     /// The `callback_url` (normalised) of the last heartbeat Ironic accepted with that token.
     pub agent_url: Option<String>,
+    /// The last heartbeat Ironic accepted: its fingerprint (everything but the token, which
+    /// `token_hash` covers) and when, in Unix milliseconds.
+    pub last_heartbeat: Option<(String, u64)>,
 }
 
 /// A node's `driver_info.fast_track` as Ironic reads it.
@@ -125,6 +128,13 @@ pub trait EdgeStore: Send + Sync {
         token_hash: &str,
         agent_url: &str,
         ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Remembers the last heartbeat Ironic accepted (fingerprint, Unix ms).
+    async fn record_heartbeat_forwarded(
+        &self,
+        uuid: &str,
+        fingerprint: &str,
+        at_ms: u64,
     ) -> StoreResult<()>;
     /// Ironic no longer knows the token we had (it was wiped).
     async fn forget_token(&self, uuid: &str) -> StoreResult<()>;

@@ -177,21 +177,49 @@ impl EdgeStore for RedisStore {
     }
 
     async fn node(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HGET")
-            .arg(self.node_key(uuid))
-            .arg("token")
-            .cmd("HGET")
-            .arg(self.node_key(uuid))
-            .arg("agent_url")
-            .cmd("EXISTS")
-            .arg(self.node_key(uuid));
-        let (token_hash, agent_url, exists): (Option<String>, Option<String>, bool) =
-            self.run_pipe(pipe).await?;
-        Ok(exists.then_some(NodeRecord {
-            token_hash,
-            agent_url,
+        let fields: Vec<Option<String>> = self
+            .run(
+                redis::cmd("HMGET")
+                    .arg(self.node_key(uuid))
+                    .arg("token")
+                    .arg("agent_url")
+                    .arg("hb_fp")
+                    .arg("hb_at")
+                    .arg("node")
+                    .clone(),
+            )
+            .await?;
+        if fields.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let field = |i: usize| fields.get(i).cloned().flatten();
+        let last_heartbeat = match (field(2), field(3).and_then(|a| a.parse().ok())) {
+            (Some(fp), Some(at)) => Some((fp, at)),
+            _ => None,
+        };
+        Ok(Some(NodeRecord {
+            token_hash: field(0),
+            agent_url: field(1),
+            last_heartbeat,
         }))
+    }
+
+    async fn record_heartbeat_forwarded(
+        &self,
+        uuid: &str,
+        fingerprint: &str,
+        at_ms: u64,
+    ) -> StoreResult<()> {
+        self.run(
+            redis::cmd("HSET")
+                .arg(self.node_key(uuid))
+                .arg("hb_fp")
+                .arg(fingerprint)
+                .arg("hb_at")
+                .arg(at_ms)
+                .clone(),
+        )
+        .await
     }
 
     async fn record_token_minted(
@@ -214,6 +242,8 @@ impl EdgeStore for RedisStore {
             .cmd("HDEL")
             .arg(&key)
             .arg("agent_url")
+            .arg("hb_fp")
+            .arg("hb_at")
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
@@ -252,6 +282,8 @@ impl EdgeStore for RedisStore {
                 .arg(self.node_key(uuid))
                 .arg("token")
                 .arg("agent_url")
+                .arg("hb_fp")
+                .arg("hb_at")
                 .clone(),
         )
         .await
