@@ -139,6 +139,14 @@ pub struct HeartbeatConfig {
     pub token_mismatch_forward_seconds: u64,
     pub not_found_ttl_seconds: u64,
     pub max_body_bytes: usize,
+    /// When Ironic fails (unreachable, timeout, 5xx), a heartbeat whose token the gateway
+    /// verified gets 202; the latest one of each node is kept (sealed) and relayed once Ironic
+    /// is back. Needs `seal_key_file`.
+    pub relay_when_upstream_fails: bool,
+    /// Relayed heartbeats in flight at once.
+    pub relay_concurrency: usize,
+    /// A kept heartbeat older than this is dropped (the agent has sent newer ones since).
+    pub relay_ttl_seconds: u64,
 }
 
 impl Default for HeartbeatConfig {
@@ -148,6 +156,9 @@ impl Default for HeartbeatConfig {
             token_mismatch_forward_seconds: 30,
             not_found_ttl_seconds: 10,
             max_body_bytes: 1024 * 1024,
+            relay_when_upstream_fails: true,
+            relay_concurrency: 8,
+            relay_ttl_seconds: 3600,
         }
     }
 }
@@ -230,6 +241,10 @@ pub struct EdgeConfig {
     pub heartbeat: HeartbeatConfig,
     pub sync: SyncConfig,
     pub node_ttl_seconds: u64,
+    /// A file holding the sealing key (32 random bytes, base64): what must carry an agent
+    /// token through Redis is encrypted with it. The same key on every gateway process.
+    /// Empty: nothing is sealed, and the features that need it are off.
+    pub seal_key_file: String,
 }
 
 impl Default for EdgeConfig {
@@ -247,6 +262,7 @@ impl Default for EdgeConfig {
             heartbeat: HeartbeatConfig::default(),
             sync: SyncConfig::default(),
             node_ttl_seconds: 86_400,
+            seal_key_file: String::new(),
         }
     }
 }
@@ -386,6 +402,17 @@ impl EdgeConfig {
             ));
         }
         positive("ironic_edge.node_ttl_seconds", self.node_ttl_seconds)?;
+        if !(1..=256).contains(&self.heartbeat.relay_concurrency) {
+            return Err(ConfigError::new(
+                "ironic_edge.heartbeat.relay_concurrency",
+                "must be between 1 and 256",
+            ));
+        }
+        positive(
+            "ironic_edge.heartbeat.relay_ttl_seconds",
+            self.heartbeat.relay_ttl_seconds,
+        )?;
+        self.seal_key()?;
         let sync = &self.sync;
         positive("ironic_edge.sync.interval_seconds", sync.interval_seconds)?;
         positive("ironic_edge.sync.lease_seconds", sync.lease_seconds)?;
@@ -489,6 +516,33 @@ impl EdgeConfig {
             .clone()
             .set_password(&self.redis.password);
         Ok(info.set_redis_settings(settings))
+    }
+
+    /// The sealing key, read from `seal_key_file` (`None` when none is configured).
+    pub fn seal_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        use base64::Engine;
+        let field = "ironic_edge.seal_key_file";
+        if self.seal_key_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.seal_key_file).map_err(|e| {
+            ConfigError::new(field, format!("cannot read {}: {e}", self.seal_key_file))
+        })?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| {
+                ConfigError::new(
+                    field,
+                    "the file must hold base64 (for example: openssl rand -base64 32)",
+                )
+            })?;
+        if key.len() != 32 {
+            return Err(ConfigError::new(
+                field,
+                format!("the key must be 32 bytes, not {}", key.len()),
+            ));
+        }
+        Ok(Some(key))
     }
 
     pub fn redis_command_timeout(&self) -> Duration {

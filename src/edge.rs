@@ -25,6 +25,9 @@ pub struct Edge {
     /// Changes the gateway forwarded, for the node sync (bounded; dropped when full: the
     /// next sync round finds them anyway).
     pub sync_events: tokio::sync::mpsc::Sender<crate::sync::SyncEvent>,
+    /// Seals what must carry an agent token through Redis (`seal_key_file`); `None`: the
+    /// features that need it are off.
+    pub sealer: Option<Arc<crate::store::seal::Sealer>>,
 }
 
 /// A fresh Ironic-style request id, `req-<uuid4>`.

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod ops;
 pub mod plugin;
 pub mod proxy;
+pub mod relay;
 pub mod route_policy;
 pub mod server;
 pub mod store;

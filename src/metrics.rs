@@ -52,6 +52,8 @@ pub struct Metrics {
     upstream_errors: [AtomicU64; 3],
     store_errors: AtomicU64,
     sync_requests: AtomicU64,
+    heartbeats_deferred: AtomicU64,
+    heartbeats_relayed: AtomicU64,
 }
 
 impl Metrics {
@@ -69,6 +71,12 @@ impl Metrics {
     }
     pub fn sync_request(&self) {
         self.sync_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn heartbeat_deferred(&self) {
+        self.heartbeats_deferred.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn heartbeat_relayed(&self) {
+        self.heartbeats_relayed.fetch_add(1, Ordering::Relaxed);
     }
     pub fn requests(&self, route: Route, outcome: Outcome) -> u64 {
         self.requests[route as usize][outcome as usize].load(Ordering::Relaxed)
@@ -127,6 +135,20 @@ impl Metrics {
             out,
             "ironic_edge_sync_requests_total {}",
             self.sync_requests.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP ironic_edge_heartbeats_deferred_total Verified heartbeats accepted while Ironic failed, kept for the relay.\n");
+        out.push_str("# TYPE ironic_edge_heartbeats_deferred_total counter\n");
+        let _ = writeln!(
+            out,
+            "ironic_edge_heartbeats_deferred_total {}",
+            self.heartbeats_deferred.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP ironic_edge_heartbeats_relayed_total Kept heartbeats Ironic has received since.\n");
+        out.push_str("# TYPE ironic_edge_heartbeats_relayed_total counter\n");
+        let _ = writeln!(
+            out,
+            "ironic_edge_heartbeats_relayed_total {}",
+            self.heartbeats_relayed.load(Ordering::Relaxed)
         );
         out
     }

@@ -76,6 +76,10 @@ fn build_edge(
         metrics: Arc::new(Metrics::default()),
         tls_ports,
         sync_events,
+        sealer: edge_conf
+            .seal_key()?
+            .and_then(|k| crate::store::seal::Sealer::new(&k))
+            .map(Arc::new),
     });
     Ok((edge, events_rx))
 }
@@ -131,6 +135,10 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
     ops.add_tcp(&edge_conf.ops_address);
     server.add_service(ops);
 
+    server.add_service(background_service(
+        "heartbeat relay",
+        crate::relay::HeartbeatRelay::new(edge.clone()),
+    ));
     server.add_service(background_service(
         "node sync",
         crate::sync::NodeSync::new(edge.clone(), sync_events),

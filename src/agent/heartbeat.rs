@@ -232,7 +232,7 @@ pub async fn handle(
                 };
                 return r.answer_error(session, ctx, &e).await;
             }
-            return forward_and_learn(r, ident, None, None, session, ctx, body).await;
+            return forward_and_learn(r, ident, None, None, false, session, ctx, body).await;
         }
         Ok(c) => c,
     };
@@ -269,11 +269,15 @@ pub async fn handle(
             }
         }
     }
+    // Verified: the token the gateway knows, and Ironic (as far as the index shows) holds one.
+    let verified = is_verified(Some(&checked), record.as_ref())
+        && facts.ironic.as_ref().is_none_or(|n| n.token_held);
     forward_and_learn(
         r,
         ident,
         Some(&checked),
         record.as_ref(),
+        verified,
         session,
         ctx,
         body,
@@ -282,16 +286,29 @@ pub async fn handle(
 }
 
 /// Forwards the heartbeat with the agent's exact body and learns from Ironic's answer.
+#[allow(clippy::too_many_arguments)]
 async fn forward_and_learn(
     r: &AgentRequest<'_>,
     ident: &str,
     checked: Option<&CheckedHeartbeat>,
     record: Option<&NodeRecord>,
+    verified: bool,
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    let resp = match forward::send(r, session, ctx, body).await {
+    let sent = forward::send(r, session, ctx, body).await;
+    // Ironic failing (unreachable, timing out, 5xx): a verified heartbeat is kept for the
+    // relay and accepted, rather than sending the agent into its 5-10 s retry mode.
+    let failed = sent.as_ref().map_or(true, |resp| resp.status() >= 500);
+    if failed && r.edge.config.heartbeat.relay_when_upstream_fails && verified {
+        let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
+        if crate::relay::defer(r.edge, ident, &pending).await {
+            log::info!("heartbeat for {ident}: Ironic failed; accepted and kept for the relay");
+            return r.answer_local(session, ctx, &LocalAnswer::accepted()).await;
+        }
+    }
+    let resp = match sent {
         Ok(resp) => resp,
         Err(_) => return forward::unavailable(r, session, ctx).await,
     };
@@ -359,6 +376,20 @@ async fn forward_and_learn(
     }
     let body = resp.body.clone();
     forward::relay(r, session, ctx, &resp, &body).await
+}
+
+/// Does the heartbeat carry the token the gateway knows for the node (a UUID ident)?
+fn is_verified(checked: Option<&CheckedHeartbeat>, record: Option<&NodeRecord>) -> bool {
+    let (Some(hb), Some(stored)) = (checked, record.and_then(|r| r.token_hash.as_deref())) else {
+        return false;
+    };
+    let canonical =
+        hb.request.node_ident.len() == 36 && ident::is_uuid_like(&hb.request.node_ident);
+    canonical
+        && token_hash::verify_token(
+            stored,
+            hb.request.agent_token.as_deref().unwrap_or_default(),
+        )
 }
 
 fn is_invalid_token_answer(body: &[u8]) -> bool {

@@ -191,6 +191,41 @@ impl EdgeStore for MemoryStore {
         })
     }
 
+    async fn put_pending_heartbeat(
+        &self,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let text = sealed.iter().map(|b| format!("{b:02x}")).collect();
+        self.set(format!("pending:hb:{uuid}"), Entry::Text(text), ttl, false)
+            .map(|_| ())
+    }
+    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>> {
+        self.with(|m| {
+            let key = m.keys().find(|k| k.starts_with("pending:hb:")).cloned()?;
+            let (entry, _) = m.remove(&key)?;
+            let Entry::Text(hex) = entry else { return None };
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect();
+            Some((key.trim_start_matches("pending:hb:").to_string(), bytes))
+        })
+    }
+    async fn requeue_pending_heartbeat(
+        &self,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let text = sealed.iter().map(|b| format!("{b:02x}")).collect();
+        self.set(format!("pending:hb:{uuid}"), Entry::Text(text), ttl, true)
+            .map(|_| ())
+    }
+    async fn pending_heartbeats(&self) -> StoreResult<u64> {
+        self.with(|m| m.keys().filter(|k| k.starts_with("pending:hb:")).count() as u64)
+    }
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
         self.with(|m| match m.get("idx:synced_at") {
             Some((Entry::Text(t), _)) => t.parse().ok(),

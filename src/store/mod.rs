@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod seal;
 pub mod token_hash;
 
 use async_trait::async_trait;
@@ -145,6 +146,24 @@ pub trait EdgeStore: Send + Sync {
     async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()>;
     /// A node became known (a lookup found it): drop any cached heartbeat 404 for it.
     async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()>;
+
+    /// Keeps a node's latest heartbeat (sealed) for the relay; a newer one replaces it.
+    async fn put_pending_heartbeat(
+        &self,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Takes one pending heartbeat (and removes it: whoever takes it relays it).
+    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>>;
+    /// Puts back a heartbeat whose relay failed, unless a newer one arrived meanwhile.
+    async fn requeue_pending_heartbeat(
+        &self,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    async fn pending_heartbeats(&self) -> StoreResult<u64>;
 
     /// Unix milliseconds of the last completed sync round (`None`: no complete index).
     async fn index_synced_at(&self) -> StoreResult<Option<u64>>;

@@ -13,6 +13,7 @@
 //! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), sets `idx:nodes`, `idx:macs`,
 //!   `idx:synced_at`: the node index the sync service keeps
 //! - `lease:<name>`: leases (one syncing process at a time)
+//! - `pending:hb:<uuid>` (sealed), set `pending:hb`: heartbeats waiting for Ironic
 
 use super::{
     EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
@@ -329,6 +330,80 @@ impl EdgeStore for RedisStore {
         self.run(
             redis::cmd("DEL")
                 .arg(format!("{}hb:nf:{ident}", self.prefix))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn put_pending_heartbeat(
+        &self,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(format!("{}pending:hb:{uuid}", self.prefix))
+            .arg(sealed)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .ignore()
+            .cmd("SADD")
+            .arg(format!("{}pending:hb", self.prefix))
+            .arg(uuid)
+            .ignore();
+        self.run_pipe(pipe).await
+    }
+
+    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>> {
+        // Pop and read in one step: exactly one taker relays each heartbeat.
+        let script = redis::Script::new(
+            r"while true do
+                local u = redis.call('SPOP', KEYS[1])
+                if not u then return nil end
+                local v = redis.call('GET', ARGV[1] .. u)
+                if v then
+                  redis.call('DEL', ARGV[1] .. u)
+                  return {u, v}
+                end
+              end",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{}pending:hb", self.prefix))
+            .arg(format!("{}pending:hb:", self.prefix));
+        let taken: Option<(String, Vec<u8>)> = self.run_script(invocation).await?;
+        Ok(taken)
+    }
+
+    async fn requeue_pending_heartbeat(
+        &self,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let script = redis::Script::new(
+            r"if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
+                redis.call('SADD', KEYS[2], ARGV[3])
+              end
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{}pending:hb:{uuid}", self.prefix))
+            .key(format!("{}pending:hb", self.prefix))
+            .arg(sealed)
+            .arg(ttl.as_secs().max(1))
+            .arg(uuid);
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
+    }
+
+    async fn pending_heartbeats(&self) -> StoreResult<u64> {
+        self.run(
+            redis::cmd("SCARD")
+                .arg(format!("{}pending:hb", self.prefix))
                 .clone(),
         )
         .await

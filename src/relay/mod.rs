@@ -1,0 +1,263 @@
+//! The heartbeat relay. While Ironic fails (unreachable, timing out, 5xx, 503 for no free
+//! conductor workers), a heartbeat whose token the gateway verified gets 202 at the edge
+//! instead of an error (an error would send the agent into its 5-10 s retry mode and make the
+//! storm worse), and the node's latest heartbeat is kept in Redis, sealed, since it carries
+//! the agent token. This background service relays each kept heartbeat to Ironic once it
+//! answers again, a bounded number at a time: every node's latest heartbeat reaches Ironic,
+//! and none twice (a kept heartbeat is taken out of Redis by exactly one relayer).
+
+use crate::edge::Edge;
+use async_trait::async_trait;
+use base64::Engine;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What is sealed: the heartbeat exactly as the agent sent it (path with query, the headers
+/// Ironic reads, body bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingHeartbeat {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// base64
+    pub body: String,
+}
+
+/// The request headers worth keeping: what Ironic reads to parse and version a heartbeat.
+const KEPT_HEADERS: [&str; 6] = [
+    "content-type",
+    "x-openstack-ironic-api-version",
+    "openstack-api-version",
+    "accept",
+    "user-agent",
+    "x-openstack-request-id",
+];
+
+impl PendingHeartbeat {
+    pub fn from_request(req: &RequestHeader, body: &[u8]) -> Self {
+        let headers = req
+            .headers
+            .iter()
+            .filter(|(n, _)| KEPT_HEADERS.contains(&n.as_str()))
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        PendingHeartbeat {
+            path: req
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string(),
+            headers,
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+        }
+    }
+
+    fn request(&self, host: &str) -> Option<(RequestHeader, Vec<u8>)> {
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(&self.body)
+            .ok()?;
+        let mut req =
+            RequestHeader::build("POST", self.path.as_bytes(), Some(self.headers.len() + 2))
+                .ok()?;
+        for (n, v) in &self.headers {
+            req.append_header(n.clone(), v.as_str()).ok()?;
+        }
+        req.insert_header("Host", host).ok()?;
+        req.insert_header("Content-Length", body.len().to_string())
+            .ok()?;
+        Some((req, body))
+    }
+}
+
+/// Seals and keeps a heartbeat for the relay; `false` if it could not be kept (no key, Redis
+/// down), in which case the caller must not pretend Ironic got it.
+pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool {
+    let Some(sealer) = edge.sealer.as_ref() else {
+        return false;
+    };
+    let Ok(plain) = serde_json::to_vec(pending) else {
+        return false;
+    };
+    let Some(sealed) = sealer.seal("heartbeat", &plain) else {
+        return false;
+    };
+    let ttl = Duration::from_secs(edge.config.heartbeat.relay_ttl_seconds);
+    match edge.store.put_pending_heartbeat(uuid, &sealed, ttl).await {
+        Ok(()) => {
+            edge.metrics.heartbeat_deferred();
+            true
+        }
+        Err(e) => {
+            edge.metrics.store_error();
+            log::warn!("heartbeat of {uuid} could not be kept for the relay: {e}");
+            false
+        }
+    }
+}
+
+pub struct HeartbeatRelay {
+    edge: Arc<Edge>,
+}
+
+/// What one relay attempt came to.
+enum Relayed {
+    /// Nothing was waiting.
+    Idle,
+    Done,
+    /// Ironic still fails: put back, try later.
+    Failed,
+}
+
+impl HeartbeatRelay {
+    pub fn new(edge: Arc<Edge>) -> Self {
+        HeartbeatRelay { edge }
+    }
+
+    async fn relay_one(&self) -> Relayed {
+        let Some(sealer) = self.edge.sealer.as_ref() else {
+            return Relayed::Idle;
+        };
+        let (uuid, sealed) = match self.edge.store.take_pending_heartbeat().await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Relayed::Idle,
+            Err(_) => return Relayed::Failed,
+        };
+        let pending = sealer
+            .open("heartbeat", &sealed)
+            .and_then(|plain| serde_json::from_slice::<PendingHeartbeat>(&plain).ok());
+        let t = self.edge.upstream.target();
+        let Some((req, body)) = pending.and_then(|p| p.request(&format!("{}:{}", t.host, t.port)))
+        else {
+            log::warn!(
+                "a kept heartbeat of {uuid} could not be opened (another seal key?): dropped"
+            );
+            return Relayed::Done;
+        };
+        self.edge
+            .metrics
+            .upstream_request(crate::metrics::Route::Heartbeat);
+        match self.edge.upstream.send(&req, &body).await {
+            Ok(resp) if resp.status() < 500 => {
+                // Ironic has it (or refuses it for good, e.g. a token wiped meanwhile).
+                self.edge.metrics.heartbeat_relayed();
+                log::info!("relayed the kept heartbeat of {uuid}: {}", resp.status());
+                Relayed::Done
+            }
+            outcome => {
+                if let Err(e) = &outcome {
+                    log::debug!("relay of {uuid}: {e}");
+                }
+                let ttl = Duration::from_secs(self.edge.config.heartbeat.relay_ttl_seconds);
+                if let Err(e) = self
+                    .edge
+                    .store
+                    .requeue_pending_heartbeat(&uuid, &sealed, ttl)
+                    .await
+                {
+                    log::warn!("kept heartbeat of {uuid} lost: {e}");
+                }
+                Relayed::Failed
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HeartbeatRelay {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if self.edge.sealer.is_none() || !self.edge.config.heartbeat.relay_when_upstream_fails {
+            return;
+        }
+        let concurrency = self.edge.config.heartbeat.relay_concurrency;
+        loop {
+            // A wave of at most `concurrency` relays; an empty queue or a failing Ironic
+            // pauses the next wave.
+            let wave: Vec<Relayed> = futures_join(concurrency, || self.relay_one()).await;
+            let pause = if wave.iter().any(|r| matches!(r, Relayed::Failed)) {
+                Duration::from_secs(1)
+            } else if wave.iter().all(|r| matches!(r, Relayed::Idle)) {
+                Duration::from_millis(500)
+            } else {
+                Duration::ZERO
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Runs `n` copies of a future concurrently and collects their outputs.
+async fn futures_join<T, F, Fut>(n: usize, make: F) -> Vec<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut set = Vec::with_capacity(n);
+    for _ in 0..n {
+        set.push(make());
+    }
+    let mut out = Vec::with_capacity(n);
+    // Poll them together: a small join-all without another dependency.
+    let mut pinned: Vec<_> = set.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.extend(done.into_iter().flatten());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_ironic_reads() {
+        let mut req = RequestHeader::build("POST", b"/v1/heartbeat/u?x=1", None).unwrap();
+        req.insert_header("Content-Type", "application/json")
+            .unwrap();
+        req.insert_header("X-OpenStack-Ironic-API-Version", "1.68")
+            .unwrap();
+        req.insert_header("Cookie", "nope").unwrap();
+        let p = PendingHeartbeat::from_request(&req, b"{\"a\": 1}");
+        assert_eq!(p.path, "/v1/heartbeat/u?x=1");
+        assert_eq!(p.headers.len(), 2);
+        let (rebuilt, body) = p.request("ironic:6385").unwrap();
+        assert_eq!(body, b"{\"a\": 1}");
+        assert_eq!(rebuilt.headers.get("content-length").unwrap(), "8");
+        assert_eq!(
+            rebuilt
+                .headers
+                .get("x-openstack-ironic-api-version")
+                .unwrap(),
+            "1.68"
+        );
+        assert!(rebuilt.headers.get("cookie").is_none());
+    }
+
+    #[tokio::test]
+    async fn join_runs_all() {
+        let out = futures_join(4, || async { 7 }).await;
+        assert_eq!(out, vec![7, 7, 7, 7]);
+    }
+}

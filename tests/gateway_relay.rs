@@ -1,0 +1,167 @@
+//! The heartbeat relay: while Ironic fails, verified heartbeats get 202 at the edge and each
+//! node's latest one is kept (sealed); once Ironic answers again every node's latest heartbeat
+//! reaches it exactly once. Unverified heartbeats still see Ironic's failure.
+
+mod common;
+
+use common::{http, Env, FakeIronic, MiniIronic, Request};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NO_WORKERS: &str =
+    "Requested action cannot be performed due to lack of free conductor workers.";
+
+fn heartbeat_with_version(uuid: &str, token: &str, version: &str) -> Request {
+    Request::post(&format!("/v1/heartbeat/{uuid}"))
+        .version("1.68")
+        .json_body(&format!(
+            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"{version}\"}}"
+        ))
+}
+
+fn metric(env: &Env, name: &str) -> u64 {
+    env.gw
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+#[test]
+fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    // Ironic "without free conductor workers" while this is set.
+    let failing = Arc::new(AtomicBool::new(false));
+    {
+        let (failing, mini) = (failing.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if failing.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let nodes: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            let mac = format!("52:54:0a:00:00:0{i}");
+            (mini.add_node(&[mac.as_str()]), mac)
+        })
+        .collect();
+    let env = Env::start_with_fake(fake, |cfg| {
+        let key = cfg.dir.path().join("seal.key");
+        std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+        cfg.set("ironic_edge.seal_key_file", key.to_str().unwrap())
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+
+    // Each agent looks up (the token is minted and learnt) and heartbeats once.
+    let mut tokens = Vec::new();
+    for (uuid, mac) in &nodes {
+        let r = env.send(&common::lookup(mac));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let token = r.json()["config"]["agent_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = env.send(&heartbeat_with_version(uuid, &token, "13.0.0"));
+        assert_eq!(r.status, 202, "{}", r.text());
+        tokens.push(token);
+    }
+
+    // Ironic fails: verified heartbeats are accepted at the edge, the latest kept.
+    failing.store(true, Ordering::SeqCst);
+    for round in 1..=3 {
+        for ((uuid, _), token) in nodes.iter().zip(&tokens) {
+            let r = env.send(&heartbeat_with_version(
+                uuid,
+                token,
+                &format!("13.0.{round}"),
+            ));
+            assert_eq!(
+                (r.status, r.text()),
+                (202, String::new()),
+                "a verified heartbeat during the outage"
+            );
+        }
+    }
+    // An unverified one (wrong token, first mismatch forwarded) sees Ironic's failure.
+    let r = env.send(&heartbeat_with_version(
+        &nodes[0].0,
+        "not-the-token",
+        "13.0.9",
+    ));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(metric(&env, "ironic_edge_heartbeats_deferred_total"), 9);
+    // Kept sealed: no token in Redis.
+    for t in &tokens {
+        env.redis.assert_absent(t);
+    }
+
+    // Ironic is back: each node's latest heartbeat arrives, once.
+    env.fake.clear_log();
+    failing.store(false, Ordering::SeqCst);
+    let relayed = common::wait_for(Duration::from_secs(10), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 3).then_some(())
+    });
+    assert!(
+        relayed.is_some(),
+        "relay did not finish:\n{}",
+        env.gw.logs()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // (The version discovery's GET / goes on meanwhile: only heartbeats count here.)
+    let got: Vec<_> = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/heartbeat/"))
+        .collect();
+    assert_eq!(
+        got.len(),
+        3,
+        "one relayed heartbeat per node, none twice: {got:#?}"
+    );
+    for ((uuid, _), token) in nodes.iter().zip(&tokens) {
+        let hb: Vec<_> = got
+            .iter()
+            .filter(|r| r.path.contains(uuid.as_str()))
+            .collect();
+        assert_eq!(hb.len(), 1, "{uuid}");
+        let body = hb[0].json();
+        assert_eq!(
+            body["agent_version"], "13.0.3",
+            "the latest heartbeat of {uuid}"
+        );
+        assert_eq!(
+            body["agent_token"],
+            token.as_str(),
+            "the agent's own token, intact"
+        );
+        assert_eq!(hb[0].header("X-OpenStack-Ironic-API-Version"), Some("1.68"));
+    }
+    assert_eq!(metric(&env, "ironic_edge_heartbeats_relayed_total"), 3);
+}
+
+#[test]
+fn without_a_seal_key_ironics_failure_reaches_the_agent() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let uuid = mini.add_node(&["52:54:0b:00:00:01"]);
+    let env = Env::start_with_fake(fake, |_| {});
+    let r = env.send(&common::lookup("52:54:0b:00:00:01"));
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.fake.route("POST", "/v1/heartbeat/*", |req, ctx| {
+        ctx.error(req, 503, NO_WORKERS)
+    });
+    let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.faultstring().as_deref(), Some(NO_WORKERS));
+    let r = http::send(env.gw.ops_addr(), &Request::get("/metrics"));
+    assert!(r.text().contains("ironic_edge_heartbeats_deferred_total 0"));
+}
