@@ -113,6 +113,10 @@ impl Default for RedisConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LookupConfig {
     pub not_found_ttl_seconds: u64,
+    /// A lookup answer that minted a token is kept (sealed) this long for one replay to the
+    /// same caller (same request, same source address) whose answer was lost, until its first
+    /// heartbeat succeeds. 0: off. Needs `seal_key_file`.
+    pub replay_window_seconds: u64,
     pub flight_wait_ms: u64,
     pub conflict_retries: u32,
     pub conflict_budget_ms: u64,
@@ -122,6 +126,7 @@ impl Default for LookupConfig {
     fn default() -> Self {
         LookupConfig {
             not_found_ttl_seconds: 5,
+            replay_window_seconds: 60,
             flight_wait_ms: 5000,
             conflict_retries: 3,
             conflict_budget_ms: 2000,

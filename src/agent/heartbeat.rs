@@ -343,11 +343,15 @@ async fn forward_and_learn(
                         .await
                 };
                 match recorded {
-                    Ok(()) => {
-                        store
-                            .record_heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
-                            .await
-                    }
+                    // The agent's token works: no lost lookup answer to replay any more.
+                    Ok(()) => match store.drop_minted_answer(ident).await {
+                        Ok(()) => {
+                            store
+                                .record_heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
+                                .await
+                        }
+                        e => e,
+                    },
                     e => e,
                 }
             }

@@ -48,10 +48,14 @@ pub async fn handle(
             query.invalid_macs
         );
     }
+    let key = query.cache_key();
+    let caller = replay_key(&key, session);
+    if let Some(answer) = take_replay(r, caller.as_deref()).await {
+        return r.answer_local(session, ctx, &answer).await;
+    }
     if index_verdict(r, &query).await == IndexVerdict::NotFound {
         return r.answer_error(session, ctx, &resource_not_found()).await;
     }
-    let key = query.cache_key();
     let cfg = &r.edge.config.lookup;
     match r.edge.store.lookup_not_found(&key).await {
         Ok(true) => return r.answer_error(session, ctx, &resource_not_found()).await,
@@ -64,7 +68,9 @@ pub async fn handle(
         .run(&key, wait, || async {
             let asked = ask_with_conflict_retries(r, session, ctx).await;
             let shared = match &asked {
-                Asked::Answer(resp) => after_upstream_answer(r, &key, resp).await,
+                Asked::Answer(resp) => {
+                    after_upstream_answer(r, &key, caller.as_deref(), resp).await
+                }
                 Asked::Unreachable => {
                     let e = crate::ironic::error::upstream_unavailable();
                     FlightResult::Shared {
@@ -92,14 +98,32 @@ pub async fn handle(
             };
             r.answer_local(session, ctx, &a).await
         }
-        FlightAnswer::AskUpstream => match ask_with_conflict_retries(r, session, ctx).await {
-            Asked::Answer(resp) => {
-                let _ = after_upstream_answer(r, &key, &resp).await;
-                let body = protect_token(r, &resp);
-                forward::relay(r, session, ctx, &resp, &body).await
+        // The flight this caller joined minted a token: if it was this caller's own earlier
+        // attempt (same request, same address), it gets that answer, once.
+        FlightAnswer::AskUpstream if r.edge.sealer.is_some() && caller.is_some() => {
+            match take_replay(r, caller.as_deref()).await {
+                Some(answer) => r.answer_local(session, ctx, &answer).await,
+                None => ask_and_relay(r, &key, caller.as_deref(), session, ctx).await,
             }
-            Asked::Unreachable => forward::unavailable(r, session, ctx).await,
-        },
+        }
+        FlightAnswer::AskUpstream => ask_and_relay(r, &key, caller.as_deref(), session, ctx).await,
+    }
+}
+
+async fn ask_and_relay(
+    r: &AgentRequest<'_>,
+    key: &str,
+    caller: Option<&str>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    match ask_with_conflict_retries(r, session, ctx).await {
+        Asked::Answer(resp) => {
+            let _ = after_upstream_answer(r, key, caller, &resp).await;
+            let body = protect_token(r, &resp);
+            forward::relay(r, session, ctx, &resp, &body).await
+        }
+        Asked::Unreachable => forward::unavailable(r, session, ctx).await,
     }
 }
 
@@ -245,6 +269,7 @@ async fn ask_with_conflict_retries(
 async fn after_upstream_answer(
     r: &AgentRequest<'_>,
     key: &str,
+    caller: Option<&str>,
     resp: &UpstreamResponse,
 ) -> FlightResult {
     let status = resp.status();
@@ -276,9 +301,67 @@ async fn after_upstream_answer(
             if let Err(e) = store.forget_heartbeat_not_found(&uuid).await {
                 store_error(r, &e);
             }
+            keep_for_replay(r, caller, &uuid, body).await;
         }
     }
     FlightResult::AskUpstream
+}
+
+/// Whom a kept minted answer belongs to: the normalised request and the caller's address.
+fn replay_key(key: &str, session: &Session) -> Option<String> {
+    let ip = session.client_addr()?.as_inet()?.ip();
+    Some(format!("{key}\0{ip}"))
+}
+
+/// The purpose a kept minted answer is sealed for.
+const MINTED: &str = "minted-lookup";
+
+/// Keeps the answer that carried a freshly minted token, sealed, for one replay.
+async fn keep_for_replay(r: &AgentRequest<'_>, caller: Option<&str>, uuid: &str, body: &[u8]) {
+    let window = r.edge.config.lookup.replay_window_seconds;
+    let (Some(sealer), Some(caller)) = (r.edge.sealer.as_ref(), caller) else {
+        return;
+    };
+    if window == 0 {
+        return;
+    }
+    let Some(sealed) = sealer.seal(MINTED, body) else {
+        return;
+    };
+    if let Err(e) = r
+        .edge
+        .store
+        .put_minted_answer(caller, uuid, &sealed, Duration::from_secs(window))
+        .await
+    {
+        store_error(r, &e);
+    }
+}
+
+/// A kept minted answer for this caller, taken (so handed out at most once).
+async fn take_replay(r: &AgentRequest<'_>, caller: Option<&str>) -> Option<LocalAnswer> {
+    let (Some(sealer), Some(caller)) = (r.edge.sealer.as_ref(), caller) else {
+        return None;
+    };
+    if r.edge.config.lookup.replay_window_seconds == 0 || r.version < version::AGENT_TOKEN {
+        return None;
+    }
+    let sealed = match r.edge.store.take_minted_answer(caller).await {
+        Ok(found) => found?,
+        Err(e) => {
+            store_error(r, &e);
+            return None;
+        }
+    };
+    let body = sealer.open(MINTED, &sealed)?;
+    log::info!("lookup: the caller's earlier answer was lost; handing its minted answer over once");
+    Some(LocalAnswer {
+        status: 200,
+        content_type: Some("application/json"),
+        body: Bytes::from(body),
+        header_set: HeaderSet::Versions,
+        allow: None,
+    })
 }
 
 /// Below 1.62 Ironic returns the stored token itself to anyone who asks; the gateway answers

@@ -191,6 +191,46 @@ impl EdgeStore for MemoryStore {
         })
     }
 
+    async fn put_minted_answer(
+        &self,
+        replay_key: &str,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let text = sealed.iter().map(|b| format!("{b:02x}")).collect();
+        self.set(
+            format!("minted:{replay_key}"),
+            Entry::Text(text),
+            ttl,
+            false,
+        )?;
+        self.set(
+            format!("minted-of:{uuid}"),
+            Entry::Text(replay_key.to_string()),
+            ttl,
+            false,
+        )
+        .map(|_| ())
+    }
+    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.with(|m| match m.remove(&format!("minted:{replay_key}")) {
+            Some((Entry::Text(hex), _)) => Some(
+                (0..hex.len())
+                    .step_by(2)
+                    .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+    async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
+        self.with(|m| {
+            if let Some((Entry::Text(k), _)) = m.remove(&format!("minted-of:{uuid}")) {
+                m.remove(&format!("minted:{k}"));
+            }
+        })
+    }
     async fn put_pending_heartbeat(
         &self,
         uuid: &str,

@@ -147,6 +147,20 @@ pub trait EdgeStore: Send + Sync {
     /// A node became known (a lookup found it): drop any cached heartbeat 404 for it.
     async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()>;
 
+    /// Keeps a minted lookup answer (sealed) for one replay to the same caller, `ttl` long;
+    /// the node remembers it so that its first accepted heartbeat drops it.
+    async fn put_minted_answer(
+        &self,
+        replay_key: &str,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()>;
+    /// Takes (and removes) a kept minted answer: it is handed out at most once.
+    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Drops the node's kept minted answer (its agent's token works: nothing was lost).
+    async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()>;
+
     /// Keeps a node's latest heartbeat (sealed) for the relay; a newer one replaces it.
     async fn put_pending_heartbeat(
         &self,

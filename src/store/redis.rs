@@ -14,6 +14,7 @@
 //!   `idx:synced_at`: the node index the sync service keeps
 //! - `lease:<name>`: leases (one syncing process at a time)
 //! - `pending:hb:<uuid>` (sealed), set `pending:hb`: heartbeats waiting for Ironic
+//! - `lookup:minted:<sha256(key, caller)>` (sealed): a minted answer kept for one replay
 
 use super::{
     EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
@@ -333,6 +334,51 @@ impl EdgeStore for RedisStore {
                 .clone(),
         )
         .await
+    }
+
+    async fn put_minted_answer(
+        &self,
+        replay_key: &str,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        let key = self.lookup_key("minted", replay_key);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(sealed)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .ignore()
+            .cmd("HSET")
+            .arg(self.node_key(uuid))
+            .arg("minted")
+            .arg(&key)
+            .ignore();
+        self.run_pipe(pipe).await
+    }
+
+    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.run(
+            redis::cmd("GETDEL")
+                .arg(self.lookup_key("minted", replay_key))
+                .clone(),
+        )
+        .await
+    }
+
+    async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
+        let script = redis::Script::new(
+            r"local k = redis.call('HGET', KEYS[1], 'minted')
+              if k then redis.call('DEL', k) redis.call('HDEL', KEYS[1], 'minted') end
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.node_key(uuid));
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
     }
 
     async fn put_pending_heartbeat(

@@ -176,6 +176,21 @@ impl Client {
         Self::try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
     }
 
+    /// A client over a connection the test made itself (e.g. from another source address).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        let addr = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+        let _ = stream.set_nodelay(true);
+        Client {
+            addr,
+            stream,
+            buf: Vec::new(),
+            closed: false,
+        }
+    }
+
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
