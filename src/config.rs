@@ -65,6 +65,10 @@ pub struct Listener {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub url: String,
+    /// Agent requests (lookups, heartbeats) in flight to Ironic at once; 0: no cap.
+    pub max_agent_requests_in_flight: usize,
+    /// Agent requests waiting for a place (one per node); past that they are refused.
+    pub max_agent_requests_queued: usize,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
@@ -77,6 +81,8 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             url: "http://127.0.0.1:6385".into(),
+            max_agent_requests_in_flight: 32,
+            max_agent_requests_queued: 4096,
             connect_timeout_ms: 2000,
             read_timeout_ms: 65_000,
             write_timeout_ms: 10_000,

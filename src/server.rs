@@ -80,6 +80,12 @@ fn build_edge(
             .seal_key()?
             .and_then(|k| crate::store::seal::Sealer::new(&k))
             .map(Arc::new),
+        gate: (edge_conf.upstream.max_agent_requests_in_flight > 0).then(|| {
+            crate::upstream::gate::UpstreamGate::new(
+                edge_conf.upstream.max_agent_requests_in_flight,
+                edge_conf.upstream.max_agent_requests_queued,
+            )
+        }),
     });
     Ok((edge, events_rx))
 }

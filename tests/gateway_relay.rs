@@ -165,3 +165,93 @@ fn without_a_seal_key_ironics_failure_reaches_the_agent() {
     let r = http::send(env.gw.ops_addr(), &Request::get("/metrics"));
     assert!(r.text().contains("ironic_edge_heartbeats_deferred_total 0"));
 }
+
+/// The concurrency cap: at most `max_agent_requests_in_flight` agent requests reach Ironic at
+/// once, one queued place per node; a verified heartbeat refused for lack of a place is
+/// accepted and relayed later, like one Ironic failed.
+#[test]
+fn the_upstream_cap_queues_and_relays_what_does_not_fit() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (mini, in_flight, most) = (mini.clone(), in_flight.clone(), most.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(400));
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            mini.heartbeat(req, ctx)
+        });
+    }
+    let nodes: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            let mac = format!("52:54:0d:00:00:0{i}");
+            (mini.add_node(&[mac.as_str()]), mac)
+        })
+        .collect();
+    let env = Env::start_with_fake(fake, |cfg| {
+        let key = cfg.dir.path().join("seal.key");
+        std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+        cfg.set("ironic_edge.seal_key_file", key.to_str().unwrap())
+            .set("ironic_edge.upstream.max_agent_requests_in_flight", 1)
+            .set("ironic_edge.upstream.max_agent_requests_queued", 1);
+    });
+    let tokens: Vec<String> = nodes
+        .iter()
+        .map(|(_, mac)| {
+            let r = env.send(&common::lookup(mac));
+            r.json()["config"]["agent_token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let addr = env.gw.addr();
+    let handles: Vec<_> = nodes
+        .iter()
+        .zip(&tokens)
+        .enumerate()
+        .map(|(i, ((uuid, _), token))| {
+            let req = heartbeat_with_version(uuid, token, "13.0.0");
+            std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 50 }));
+            std::thread::spawn(move || http::send(addr, &req).status)
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        vec![202, 202, 202],
+        "every verified heartbeat is accepted"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "never more than one in flight to Ironic"
+    );
+    assert_eq!(
+        metric(&env, "ironic_edge_heartbeats_deferred_total"),
+        1,
+        "the one without a place is kept"
+    );
+    let relayed = common::wait_for(Duration::from_secs(10), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 1).then_some(())
+    });
+    assert!(relayed.is_some(), "and relayed:\n{}", env.gw.logs());
+    let per_node: Vec<usize> = nodes
+        .iter()
+        .map(|(uuid, _)| {
+            env.fake
+                .requests()
+                .iter()
+                .filter(|r| r.path.contains(uuid.as_str()))
+                .count()
+        })
+        .collect();
+    assert_eq!(
+        per_node,
+        vec![1, 1, 1],
+        "each node's heartbeat reached Ironic exactly once"
+    );
+}

@@ -51,12 +51,25 @@ pub fn upstream_request(
 }
 
 /// Sends the agent's request upstream and returns the answer (not yet written).
+/// `node` is the request's node as far as it is known (the lookup key, the heartbeat's
+/// ident): the concurrency cap's queue holds one place per node.
 pub async fn send(
     r: &AgentRequest<'_>,
     session: &Session,
     ctx: &RequestCtx,
+    node: &str,
     body: &[u8],
 ) -> Result<UpstreamResponse, UpstreamError> {
+    let _permit = match &r.edge.gate {
+        Some(gate) => match gate.enter(node).await {
+            Ok(p) => Some(p),
+            Err(_) => {
+                log::warn!("{} not sent: the upstream queue is full", ctx.route.label());
+                return Err(UpstreamError::Busy);
+            }
+        },
+        None => None,
+    };
     let tls = session
         .server_addr()
         .and_then(|a| a.as_inet())

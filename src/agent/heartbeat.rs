@@ -297,7 +297,7 @@ async fn forward_and_learn(
     ctx: &mut RequestCtx,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    let sent = forward::send(r, session, ctx, body).await;
+    let sent = forward::send(r, session, ctx, ident, body).await;
     // Ironic failing (unreachable, timing out, 5xx): a verified heartbeat is kept for the
     // relay and accepted, rather than sending the agent into its 5-10 s retry mode.
     let failed = sent.as_ref().map_or(true, |resp| resp.status() >= 500);

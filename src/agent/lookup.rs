@@ -66,7 +66,7 @@ pub async fn handle(
     let wait = Duration::from_millis(cfg.flight_wait_ms);
     let answer = flights
         .run(&key, wait, || async {
-            let asked = ask_with_conflict_retries(r, session, ctx).await;
+            let asked = ask_with_conflict_retries(r, &key, session, ctx).await;
             let shared = match &asked {
                 Asked::Answer(resp) => {
                     after_upstream_answer(r, &key, caller.as_deref(), resp).await
@@ -117,7 +117,7 @@ async fn ask_and_relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
-    match ask_with_conflict_retries(r, session, ctx).await {
+    match ask_with_conflict_retries(r, key, session, ctx).await {
         Asked::Answer(resp) => {
             let _ = after_upstream_answer(r, key, caller, &resp).await;
             let body = protect_token(r, &resp);
@@ -225,7 +225,8 @@ pub async fn forward_protected(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
-    match forward::send(r, session, ctx, b"").await {
+    let node = session.req_header().uri.to_string();
+    match forward::send(r, session, ctx, &node, b"").await {
         Ok(resp) => {
             let body = protect_token(r, &resp);
             forward::relay(r, session, ctx, &resp, &body).await
@@ -239,6 +240,7 @@ pub async fn forward_protected(
 /// 5-30 s on a 409, so absorbing a short lock here saves the agent a long pause.
 async fn ask_with_conflict_retries(
     r: &AgentRequest<'_>,
+    key: &str,
     session: &Session,
     ctx: &RequestCtx,
 ) -> Asked {
@@ -246,7 +248,7 @@ async fn ask_with_conflict_retries(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.conflict_budget_ms);
     let mut attempt = 0u32;
     loop {
-        let resp = match forward::send(r, session, ctx, b"").await {
+        let resp = match forward::send(r, session, ctx, key, b"").await {
             Ok(resp) => resp,
             Err(_) => return Asked::Unreachable,
         };

@@ -137,6 +137,25 @@ impl HeartbeatRelay {
             );
             return Relayed::Done;
         };
+        // Relayed heartbeats count against the same cap as the agents' own requests.
+        let ttl = Duration::from_secs(self.edge.config.heartbeat.relay_ttl_seconds);
+        let _permit = match &self.edge.gate {
+            Some(gate) => match gate.enter(&uuid).await {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if let Err(e) = self
+                        .edge
+                        .store
+                        .requeue_pending_heartbeat(&uuid, &sealed, ttl)
+                        .await
+                    {
+                        log::warn!("kept heartbeat of {uuid} lost: {e}");
+                    }
+                    return Relayed::Failed;
+                }
+            },
+            None => None,
+        };
         self.edge
             .metrics
             .upstream_request(crate::metrics::Route::Heartbeat);
@@ -151,7 +170,6 @@ impl HeartbeatRelay {
                 if let Err(e) = &outcome {
                     log::debug!("relay of {uuid}: {e}");
                 }
-                let ttl = Duration::from_secs(self.edge.config.heartbeat.relay_ttl_seconds);
                 if let Err(e) = self
                     .edge
                     .store

@@ -23,6 +23,8 @@ pub enum UpstreamError {
     Exchange(String),
     /// The answer was larger than the agent paths accept.
     TooLarge,
+    /// The concurrency cap's queue had no place for it: not sent.
+    Busy,
 }
 
 impl fmt::Display for UpstreamError {
@@ -31,6 +33,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::Connect(e) => write!(f, "cannot connect to upstream: {e}"),
             UpstreamError::Exchange(e) => write!(f, "upstream exchange failed: {e}"),
             UpstreamError::TooLarge => write!(f, "upstream answer too large"),
+            UpstreamError::Busy => write!(f, "too many agent requests waiting for the upstream"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! itself, the pre-built peer, and the discovery of the upstream's API version range.
 
 pub mod client;
+pub mod gate;
 pub mod headers;
 pub mod versions;
 
