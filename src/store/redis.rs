@@ -64,22 +64,35 @@ impl RedisStore {
             .map_err(|e| StoreError(e.to_string()))
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
-        let mut conn = self.manager()?;
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+    /// Every call goes through here: the hard per-call deadline on top of the client's own
+    /// timeouts (it also covers waiting on a reconnect in progress).
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
             Err(_) => Err(StoreError("deadline exceeded".into())),
         }
     }
 
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        self.within(cmd.query_async::<T>(&mut conn)).await
+    }
+
     async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-            Err(_) => Err(StoreError("deadline exceeded".into())),
-        }
+        self.within(pipe.query_async::<T>(&mut conn)).await
+    }
+
+    async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        self.within(invocation.invoke_async::<T>(&mut conn)).await
     }
 
     fn lookup_key(&self, kind: &str, key: &str) -> String {
@@ -170,12 +183,9 @@ impl EdgeStore for RedisStore {
             .arg(owner)
             .arg(encode_result(result))
             .arg(millis(ttl));
-        let call = invocation.invoke_async::<i64>(&mut conn);
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-            Err(_) => Err(StoreError("deadline exceeded".into())),
-        }
+        self.within(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|_| ())
     }
 
     async fn node(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
@@ -521,25 +531,20 @@ impl EdgeStore for RedisStore {
             }
             self.run_pipe::<()>(pipe).await?;
         }
-        for chunk in u.removed_nodes.chunks(SLICE) {
-            let mut pipe = redis::pipe();
-            for uuid in chunk {
-                pipe.cmd("DEL")
-                    .arg(self.idx(&format!("node:{uuid}")))
-                    .ignore();
-                pipe.cmd("SREM").arg(self.idx("nodes")).arg(uuid).ignore();
+        for (kind, set, removed) in [
+            ("node", "nodes", &u.removed_nodes),
+            ("mac", "macs", &u.removed_macs),
+        ] {
+            for chunk in removed.chunks(SLICE) {
+                let mut pipe = redis::pipe();
+                for item in chunk {
+                    pipe.cmd("DEL")
+                        .arg(self.idx(&format!("{kind}:{item}")))
+                        .ignore();
+                    pipe.cmd("SREM").arg(self.idx(set)).arg(item).ignore();
+                }
+                self.run_pipe::<()>(pipe).await?;
             }
-            self.run_pipe::<()>(pipe).await?;
-        }
-        for chunk in u.removed_macs.chunks(SLICE) {
-            let mut pipe = redis::pipe();
-            for mac in chunk {
-                pipe.cmd("DEL")
-                    .arg(self.idx(&format!("mac:{mac}")))
-                    .ignore();
-                pipe.cmd("SREM").arg(self.idx("macs")).arg(mac).ignore();
-            }
-            self.run_pipe::<()>(pipe).await?;
         }
         if let Some(at) = u.synced_at_ms {
             self.run::<()>(redis::cmd("SET").arg(self.idx("synced_at")).arg(at).clone())
@@ -568,18 +573,6 @@ impl EdgeStore for RedisStore {
 impl RedisStore {
     fn idx(&self, rest: &str) -> String {
         format!("{}idx:{rest}", self.prefix)
-    }
-
-    async fn run_script<T: redis::FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-    ) -> StoreResult<T> {
-        let mut conn = self.manager()?;
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-            Err(_) => Err(StoreError("deadline exceeded".into())),
-        }
     }
 }
 
