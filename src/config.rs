@@ -211,7 +211,7 @@ impl Default for SyncAuth {
 pub struct SyncConfig {
     pub enabled: bool,
     /// The staleness bound: a sync round runs this often, and an index older than twice
-    /// this (plus 2 s) is not used.
+    /// this (plus 5 s) is not used.
     pub interval_seconds: u64,
     /// A full round (which also notices deletions) this often; the others fetch changes only.
     pub full_resync_seconds: u64,

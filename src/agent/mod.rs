@@ -94,13 +94,14 @@ pub struct AgentRequest<'a> {
 
 impl AgentRequest<'_> {
     /// Whether the node index is on, complete and fresh: rounds start every
-    /// `sync.interval_seconds` and take a moment, so two intervals and a margin.
+    /// `sync.interval_seconds` and take a moment (longer on a loaded Ironic), so two intervals
+    /// and a 5 s margin.
     pub async fn index_is_fresh(&self) -> bool {
         let sync = &self.edge.config.sync;
         if !sync.enabled {
             return false;
         }
-        let fresh_ms = 2 * 1000 * sync.interval_seconds + 2000;
+        let fresh_ms = 2 * 1000 * sync.interval_seconds + 5000;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
