@@ -134,7 +134,16 @@ impl IronicApi {
                 }
                 out.push(item);
             }
-            if first_page_only || reached_old || n < page_size as usize || marker.is_none() {
+            // A whole page of never-set timestamps and nothing dated yet: either every item is
+            // undated (then the `created_at` listing covers them) or PostgreSQL sorts a long run
+            // of them first; either way paging on would list everything every round.
+            let all_undated = order.is_some() && !seen_dated;
+            if first_page_only
+                || reached_old
+                || all_undated
+                || n < page_size as usize
+                || marker.is_none()
+            {
                 return Ok(out);
             }
         }
