@@ -28,11 +28,26 @@ use std::time::{Duration, Instant};
 
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// A free loopback port: binds 127.0.0.1:0 and takes the port (never the same one twice in
-/// this test process).
+/// A free loopback port for a server a test starts (never the same one twice in this test
+/// process). Chosen below the kernel's ephemeral range (32768 and up), where the source ports
+/// of outgoing connections come from: a port picked there could be taken by some connection
+/// between the pick and the server's bind (a gateway then retries its bind for 30 s).
 pub fn free_port() -> u16 {
+    use rand::Rng;
     let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let set = guard.get_or_insert_with(HashSet::new);
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let p: u16 = rng.gen_range(20_000..32_000);
+        if set.contains(&p) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            set.insert(p);
+            return p;
+        }
+    }
+    // A crowded range: fall back to a kernel-chosen port.
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let p = l.local_addr().unwrap().port();
