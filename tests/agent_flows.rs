@@ -202,7 +202,13 @@ fn agent_reboot_cycle_through_the_gateway() {
     // And the new agent is not disturbed by the stale one: its next heartbeat passes.
     let (lines, ok, out) = ironic.ipa_client(
         &gw.url(),
-        &["--macs", &macs, "--token", &token2, "--heartbeats", "1"],
+        &[
+            "--macs",
+            &macs,
+            &format!("--token={token2}"),
+            "--heartbeats",
+            "1",
+        ],
     );
     assert!(ok, "{out}");
     assert_eq!(step(&lines, "lookup")["agent_token"], "******", "{out}");
