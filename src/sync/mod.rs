@@ -368,7 +368,19 @@ impl BackgroundService for NodeSync {
                 leading = held;
             }
             if held && self.edge.versions.get().is_some() && self.round_due() {
-                if let Err(e) = self.round().await {
+                // A full round of a large fleet outlasts the lease: keep renewing it meanwhile,
+                // or another process takes over mid-round and starts a full round of its own.
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(tick).await;
+                        let _ = self.edge.store.lease("sync", &self.owner, lease).await;
+                    }
+                };
+                let outcome = tokio::select! {
+                    r = self.round() => r,
+                    _ = renew => Ok(false),
+                };
+                if let Err(e) = outcome {
                     log::warn!("node sync round failed: {e}");
                     self.with_state(|s| s.last_round = Some(Instant::now()));
                 }
