@@ -282,8 +282,18 @@ impl FakeIronic {
 
     /// Starts on a given port (to come back on the same address after [`FakeIronic::stop`]).
     pub fn start_on(port: u16) -> FakeIronic {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("fake ironic bind {port}: {e}"));
+        // Coming back on the same port right after a stop may race the old listener's close.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if std::time::Instant::now() < deadline && port != 0 => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("fake ironic bind {port}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             addr,
