@@ -29,7 +29,7 @@ IRONIC_EDGE_SCRIPTS ?= $(CURDIR)/scripts
 export REDIS_PORT IRONIC_PORT GATEWAY_PORT OPS_PORT DEMO_NODES DEMO_PORTS
 export IRONIC_PEER_VENV IRONIC_EDGE_SCRIPTS
 
-.PHONY: build run deps stop test venv bench lint fmt clean-run help
+.PHONY: build run deps stop test venv bench fleet-bench sync-cost lint fmt clean-run help
 
 help:
 	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -60,6 +60,14 @@ test: venv
 bench:
 	@test -f scripts/bench.sh || { echo "scripts/bench.sh is missing" >&2; exit 1; }
 	bash scripts/bench.sh
+
+# N simulated agents with IPA's timing, straight to Ironic and through the gateway, with an outage
+fleet-bench:
+	bash scripts/fleet-bench.sh
+
+# what the node sync costs Ironic at 1,000 and 10,000 nodes
+sync-cost:
+	bash scripts/sync-cost.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

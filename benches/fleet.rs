@@ -1,0 +1,2635 @@
+//! fleet: a fleet of simulated ironic-python-agent 13.0.0 ramdisks, run against the real Ironic
+//! directly and through ironic-edge in the same run (issue 4).
+//!
+//! `scripts/fleet-bench.sh` starts Redis, the real Ironic (seeded nodes) and the gateway and runs
+//! this bench; by hand:
+//!
+//! ```text
+//! cargo bench --bench fleet -- --seed SEED.json --ironic 127.0.0.1:PORT --relay 127.0.0.1:PORT
+//!     [--gateway URL --gateway-ops URL] [--targets direct,gateway] [--agents N] [--unknown M]
+//!     [--ramp S] [--settle S] [--steady S] [--outage S] [--recovery S]
+//!     [--reset-cmd CMD] [--outage-stop-cmd CMD] [--outage-start-cmd CMD] [--out DIR] [--label T]
+//! ```
+//! Every option can also come from the environment as `FLEET_<OPTION>` (`--outage-stop-cmd` =
+//! `FLEET_OUTAGE_STOP_CMD`); the command line wins. Without `--seed` it prints a note and exits 0
+//! (`cargo test --all-targets` runs bench targets too).
+//!
+//! Each agent is a state machine that follows IPA 13 (`ironic_api_client.py`, `agent.py`):
+//! - boot: `GET /` (version discovery, `default_version.version`, retried before every request
+//!   until it succeeds once; on failure that request uses 1.31, as IPA does);
+//! - lookup `GET /v1/lookup?addresses=<its MACs, percent-encoded>` at `min(server, 1.62)`, with
+//!   `Content-Type`/`Accept: application/json`, retried with tenacity's full-jitter exponential
+//!   back-off (after attempt n: sleep U(1, min(2^(n-1), 60)) s), plus 5/10/30/30.. s pauses on 409,
+//!   until a 200 with `node.uuid`; after 600 s of failures IPA exits and systemd restarts it 30 s
+//!   later (`RestartSec=30s` of the ramdisk's unit): a new boot;
+//! - the token is kept only if it is a raw token (>= 32 chars); `"******"` without a token is
+//!   fatal: IPA locks itself down (BRICKED: counted, the agent stops); no token at all leaves it
+//!   heartbeating without one (400 for ever: counted as "no token");
+//! - heartbeater start: a plain `GET <api_url>` reachability probe (no custom headers); if it fails
+//!   IPA finds no advertise address and the heartbeater thread dies (counted);
+//! - heartbeats `POST /v1/heartbeat/<uuid>` at `min(server, 1.68)` with IPA's JSON body
+//!   `{"callback_url": "https://<unique 127.x address>:9999", "agent_token": ..., "agent_version":
+//!   "13.0.0"}`: the first at once, the next `heartbeat_timeout x U(0.3, 0.6)` after a 202, and
+//!   `5 x U(1, 2)` s after any error, for ever ("retry mode": agents that ever entered it are
+//!   counted).
+//!
+//! Requests have IPA's 30 s timeout and go over one keep-alive connection per agent (requests'
+//! pool), dropped when the server closed it (urllib3's `is_connection_dropped`).
+//! `heartbeat_timeout` is what lookup returns (Ironic's `[api]ramdisk_heartbeat_timeout`, which
+//! `scripts/fleet-bench.sh` lowers through oslo.config's `OS_API__RAMDISK_HEARTBEAT_TIMEOUT`);
+//! `--agent-heartbeat-timeout S` overrides it in the agents only (reported as an override).
+//!
+//! Counting relay: the simulator listens on `--relay` and forwards every connection to the real
+//! Ironic (`--ironic`), counting the HTTP requests that reach Ironic (request heads, framed by
+//! Content-Length or chunked encoding). In the direct run the agents talk to the relay; in the
+//! gateway run the gateway's upstream is the relay, so both runs count "requests reaching Ironic"
+//! at the same place. When Ironic refuses connections (stopped), the relay closes its own listener
+//! too and reopens it once Ironic listens again, so clients see a refused connection as they would
+//! without it (the connection that found Ironic down is reset).
+//!
+//! A run per target: reset (`--reset-cmd`, run with `FLEET_TARGET=<target>` in its environment,
+//! as the outage commands are: e.g. restore the freshly seeded database so that every node mints
+//! a new token, and start the gateway only for its own run), agents boot spread uniformly over
+//! `--ramp` s, wait until every enrolled agent had a 202 (at most `--settle` s more), measure
+//! `--steady` s, then the outage: run
+//! `--outage-stop-cmd`, wait until `--outage` s after it started, run `--outage-start-cmd` (it
+//! returns when Ironic answers again), then wait until every live agent had a 202 after that (at
+//! most `--recovery` s). Reported per target: requests sent by agents, requests reaching Ironic and
+//! their ratio (the shield ratio), agent-visible errors by request and status, agents that entered
+//! the 5-10 s retry mode, bricked agents, p50/p99 latency per request type and phase, and the
+//! outage (errors during it, recovery time, the herd reaching Ironic after it).
+//! Results: `<out>/fleet.{md,json}` (+ time-stamped copies). Loopback targets only.
+
+#![recursion_limit = "256"]
+
+use rand::Rng;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ------------------------------------------------------------------------------------------
+// IPA 13.0.0 constants
+
+const IPA_VERSION: &str = "13.0.0";
+/// requests' default User-Agent (requests 2.34.2 in the peer venv).
+const USER_AGENT: &str = "python-requests/2.34.2";
+const MIN_IRONIC_VERSION: (u32, u32) = (1, 31);
+const AGENT_VERSION_VERSION: (u32, u32) = (1, 36);
+const AGENT_TOKEN_VERSION: (u32, u32) = (1, 62);
+const MAX_KNOWN_VERSION: (u32, u32) = (1, 68);
+/// `ipa-lookup-interval` (the minimum wait) and tenacity's maximum wait.
+const LOOKUP_MIN_WAIT: f64 = 1.0;
+const LOOKUP_MAX_WAIT: f64 = 60.0;
+/// `min_heartbeat_interval` x U(1.0, 2.0) after an error.
+const ERROR_INTERVAL: f64 = 5.0;
+const MAX_RESPONSE: usize = 16 << 20;
+
+// ------------------------------------------------------------------------------------------
+// configuration
+
+const OPTIONS: &[&str] = &[
+    "seed",
+    "ironic",
+    "relay",
+    "gateway",
+    "gateway-ops",
+    "targets",
+    "agents",
+    "unknown",
+    "extra-macs",
+    "ramp",
+    "settle",
+    "steady",
+    "outage",
+    "recovery",
+    "agent-heartbeat-timeout",
+    "request-timeout",
+    "lookup-timeout",
+    "restart-delay",
+    "reset-cmd",
+    "outage-stop-cmd",
+    "outage-start-cmd",
+    "outage-mode",
+    "cmd-timeout",
+    "ready-timeout",
+    "pause",
+    "out",
+    "label",
+];
+
+fn usage() -> String {
+    format!(
+        "usage: cargo bench --bench fleet -- --seed SEED.json --ironic HOST:PORT --relay HOST:PORT \
+         [--gateway URL --gateway-ops URL] [--OPTION VALUE ...]\noptions (env FLEET_<OPTION>): {}\n\
+         scripts/fleet-bench.sh starts Redis, the real Ironic and the gateway and runs it",
+        OPTIONS.join(" ")
+    )
+}
+
+#[derive(Clone, Debug)]
+struct NodeSeed {
+    uuid: String,
+    macs: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Endpoint {
+    addr: SocketAddr,
+    host: String,
+    url: String,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    seed_file: PathBuf,
+    nodes: Vec<NodeSeed>,
+    ironic: Endpoint,
+    relay: Endpoint,
+    gateway: Option<Endpoint>,
+    gateway_ops: Option<Endpoint>,
+    targets: Vec<String>,
+    agents: usize,
+    unknown: usize,
+    extra_macs: usize,
+    ramp: f64,
+    settle: f64,
+    steady: f64,
+    outage: f64,
+    recovery: f64,
+    hb_override: Option<f64>,
+    request_timeout: f64,
+    lookup_timeout: f64,
+    restart_delay: f64,
+    reset_cmd: Option<String>,
+    outage_stop_cmd: Option<String>,
+    outage_start_cmd: Option<String>,
+    outage_mode: String,
+    cmd_timeout: f64,
+    ready_timeout: f64,
+    pause: f64,
+    out_dir: PathBuf,
+    label: String,
+}
+
+fn parse_args() -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if matches!(
+            a.as_str(),
+            "--bench" | "--test" | "--nocapture" | "--quiet" | "-q"
+        ) {
+            continue;
+        }
+        // libtest's options (`cargo test --all-targets -- --test-threads=4`): not ours.
+        if a.starts_with("--test-threads") {
+            if a == "--test-threads" {
+                args.next();
+            }
+            continue;
+        }
+        if a == "-h" || a == "--help" {
+            println!("{}", usage());
+            std::process::exit(0);
+        }
+        let Some(key) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument {a:?}"));
+        };
+        let (k, v) = match key.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => {
+                let v = args
+                    .next()
+                    .ok_or_else(|| format!("--{key} needs a value"))?;
+                (key.to_string(), v)
+            }
+        };
+        if !OPTIONS.contains(&k.as_str()) {
+            return Err(format!("unknown option --{k}"));
+        }
+        m.insert(k, v);
+    }
+    for k in OPTIONS {
+        if m.contains_key(*k) {
+            continue;
+        }
+        let env = format!("FLEET_{}", k.to_uppercase().replace('-', "_"));
+        if let Ok(v) = std::env::var(&env) {
+            if !v.is_empty() {
+                m.insert(k.to_string(), v);
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// `http://host:port` or `host:port`, loopback only.
+fn endpoint(what: &str, s: &str) -> Result<Endpoint, String> {
+    let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '@']) {
+        return Err(format!("{what}: expected http://HOST:PORT, got {s:?}"));
+    }
+    let addr = rest
+        .to_socket_addrs()
+        .map_err(|e| format!("{what}: cannot resolve {rest}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{what}: {rest} resolves to nothing"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("{what}: refusing a non-loopback address {addr}"));
+    }
+    Ok(Endpoint {
+        addr,
+        host: rest.to_string(),
+        url: format!("http://{rest}"),
+    })
+}
+
+fn num(m: &BTreeMap<String, String>, k: &str, default: f64, max: f64) -> Result<f64, String> {
+    match m.get(k) {
+        None => Ok(default),
+        Some(s) => {
+            let v: f64 = s
+                .trim()
+                .parse()
+                .map_err(|_| format!("--{k}: not a number: {s}"))?;
+            if !(0.0..=max).contains(&v) || !v.is_finite() {
+                return Err(format!("--{k}: must be within 0..{max}: {s}"));
+            }
+            Ok(v)
+        }
+    }
+}
+
+fn load_seed(path: &PathBuf) -> Result<Vec<NodeSeed>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the seed file {}: {e}", path.display()))?;
+    let doc: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("seed file {}: not JSON: {e}", path.display()))?;
+    let mut nodes = Vec::new();
+    for n in doc
+        .get("nodes")
+        .and_then(Value::as_array)
+        .ok_or("seed file: no \"nodes\" list")?
+    {
+        let uuid = n
+            .get("uuid")
+            .and_then(Value::as_str)
+            .ok_or("seed file: a node without uuid")?;
+        let macs: Vec<String> = n
+            .get("macs")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if macs.is_empty() {
+            return Err(format!("seed file: node {uuid} has no MACs"));
+        }
+        nodes.push(NodeSeed {
+            uuid: uuid.to_string(),
+            macs,
+        });
+    }
+    Ok(nodes)
+}
+
+fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
+    let seed_file = PathBuf::from(m.get("seed").ok_or("--seed is required")?);
+    let nodes = load_seed(&seed_file)?;
+    let ironic = endpoint("--ironic", m.get("ironic").ok_or("--ironic is required")?)?;
+    let relay = endpoint("--relay", m.get("relay").ok_or("--relay is required")?)?;
+    let gateway = m
+        .get("gateway")
+        .map(|s| endpoint("--gateway", s))
+        .transpose()?;
+    let gateway_ops = m
+        .get("gateway-ops")
+        .map(|s| endpoint("--gateway-ops", s))
+        .transpose()?;
+    let default_targets = if gateway.is_some() {
+        "direct,gateway"
+    } else {
+        "direct"
+    };
+    let targets: Vec<String> = m
+        .get("targets")
+        .map(String::as_str)
+        .unwrap_or(default_targets)
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for t in &targets {
+        match t.as_str() {
+            "direct" => {}
+            "gateway" if gateway.is_some() => {}
+            "gateway" => return Err("target gateway needs --gateway".into()),
+            other => return Err(format!("unknown target {other:?} (direct, gateway)")),
+        }
+    }
+    if targets.is_empty() {
+        return Err("no targets".into());
+    }
+    let agents = num(&m, "agents", nodes.len() as f64, 1e6)? as usize;
+    if agents == 0 || agents > nodes.len() {
+        return Err(format!(
+            "--agents must be within 1..{} (the seeded nodes)",
+            nodes.len()
+        ));
+    }
+    let hb_override = match m.get("agent-heartbeat-timeout") {
+        Some(_) => Some(num(&m, "agent-heartbeat-timeout", 0.0, 3600.0)?).filter(|v| *v > 0.0),
+        None => None,
+    };
+    let stop = m.get("outage-stop-cmd").cloned().filter(|s| !s.is_empty());
+    let start = m.get("outage-start-cmd").cloned().filter(|s| !s.is_empty());
+    if stop.is_some() != start.is_some() {
+        return Err("--outage-stop-cmd and --outage-start-cmd go together".into());
+    }
+    Ok(Config {
+        seed_file,
+        nodes,
+        ironic,
+        relay,
+        gateway,
+        gateway_ops,
+        targets,
+        agents,
+        unknown: num(&m, "unknown", 0.0, 1e6)? as usize,
+        extra_macs: num(&m, "extra-macs", 1.0, 8.0)? as usize,
+        ramp: num(&m, "ramp", 30.0, 3600.0)?,
+        settle: num(&m, "settle", 60.0, 3600.0)?,
+        steady: num(&m, "steady", 60.0, 3600.0)?,
+        outage: num(&m, "outage", 30.0, 3600.0)?,
+        recovery: num(&m, "recovery", 120.0, 3600.0)?,
+        hb_override,
+        request_timeout: num(&m, "request-timeout", 30.0, 600.0)?.max(0.1),
+        lookup_timeout: num(&m, "lookup-timeout", 600.0, 86400.0)?,
+        restart_delay: num(&m, "restart-delay", 30.0, 3600.0)?,
+        reset_cmd: m.get("reset-cmd").cloned().filter(|s| !s.is_empty()),
+        outage_stop_cmd: stop,
+        outage_start_cmd: start,
+        outage_mode: m
+            .get("outage-mode")
+            .cloned()
+            .unwrap_or_else(|| "restart".into()),
+        cmd_timeout: num(&m, "cmd-timeout", 180.0, 3600.0)?,
+        ready_timeout: num(&m, "ready-timeout", 60.0, 3600.0)?,
+        pause: num(&m, "pause", 3.0, 600.0)?,
+        out_dir: PathBuf::from(
+            m.get("out")
+                .cloned()
+                .unwrap_or_else(|| "target/bench".into()),
+        ),
+        label: m.get("label").cloned().unwrap_or_default(),
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// clock and per-second timeline (shared by the agents and the relay)
+
+/// Timeline slots.
+const TL_SENT: usize = 0;
+const TL_ERR: usize = 1;
+const TL_IRONIC: usize = 2;
+const TL_HB_OK: usize = 3;
+const TL_SLOTS: usize = 4;
+
+struct Clock {
+    t0: Instant,
+    timeline: Mutex<Vec<[u64; TL_SLOTS]>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Clock {
+    fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+    fn at(&self, t: f64) -> Instant {
+        self.t0 + Duration::from_secs_f64(t.max(0.0))
+    }
+    fn tick(&self, t: f64, slot: usize) {
+        let sec = t.max(0.0) as usize;
+        let mut tl = lock(&self.timeline);
+        if tl.len() <= sec {
+            tl.resize(sec + 1, [0; TL_SLOTS]);
+        }
+        tl[sec][slot] += 1;
+    }
+    fn slice(&self, from: f64, to: f64) -> Vec<[u64; TL_SLOTS]> {
+        let tl = lock(&self.timeline);
+        let a = (from.max(0.0) as usize).min(tl.len());
+        let b = ((to.max(0.0) as usize) + 1).min(tl.len());
+        tl[a..b.max(a)].to_vec()
+    }
+}
+
+fn uniform(a: f64, b: f64) -> f64 {
+    if b <= a {
+        a
+    } else {
+        rand::thread_rng().gen_range(a..b)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// a small HTTP/1.1 client (one keep-alive connection, like requests' pool for sequential use)
+
+struct Resp {
+    status: u16,
+    body: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum ReqErr {
+    Refused,
+    ConnectOther(String),
+    Reset,
+    Closed,
+    Timeout,
+    Protocol(String),
+}
+
+impl ReqErr {
+    fn label(&self) -> String {
+        match self {
+            ReqErr::Refused => "conn-refused".into(),
+            ReqErr::ConnectOther(_) => "connect-error".into(),
+            ReqErr::Reset => "conn-reset".into(),
+            ReqErr::Closed => "conn-closed".into(),
+            ReqErr::Timeout => "timeout".into(),
+            ReqErr::Protocol(_) => "bad-response".into(),
+        }
+    }
+    fn detail(&self) -> String {
+        match self {
+            ReqErr::ConnectOther(s) | ReqErr::Protocol(s) => format!("{}: {s}", self.label()),
+            _ => self.label(),
+        }
+    }
+}
+
+fn io_err(e: std::io::Error) -> ReqErr {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe => ReqErr::Reset,
+        UnexpectedEof => ReqErr::Closed,
+        _ => ReqErr::Protocol(e.to_string()),
+    }
+}
+
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Http {
+    addr: SocketAddr,
+    host: String,
+    conn: Option<Conn>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Http {
+    fn new(ep: &Endpoint) -> Http {
+        Http {
+            addr: ep.addr,
+            host: ep.host.clone(),
+            conn: None,
+        }
+    }
+
+    /// Drop a pooled connection the server has closed (urllib3's is_connection_dropped).
+    fn drop_if_stale(&mut self) {
+        if let Some(c) = &self.conn {
+            let mut b = [0u8; 1];
+            let stale = match c.s.try_read(&mut b) {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if stale || !c.buf.is_empty() {
+                self.conn = None;
+            }
+        }
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Resp, ReqErr> {
+        match tokio::time::timeout(timeout, self.exchange(method, path, headers, body)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(ReqErr::Timeout)
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Resp, ReqErr> {
+        self.drop_if_stale();
+        let mut c = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let s = TcpStream::connect(self.addr).await.map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        ReqErr::Refused
+                    } else {
+                        ReqErr::ConnectOther(e.to_string())
+                    }
+                })?;
+                let _ = s.set_nodelay(true);
+                Conn {
+                    s,
+                    buf: Vec::with_capacity(4096),
+                }
+            }
+        };
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        for (k, v) in headers {
+            let _ = write!(req, "{k}: {v}\r\n");
+        }
+        if let Some(b) = body {
+            let _ = write!(req, "Content-Length: {}\r\n", b.len());
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        if let Some(b) = body {
+            bytes.extend_from_slice(b);
+        }
+        c.s.write_all(&bytes).await.map_err(io_err)?;
+        let (resp, keep) = read_response(&mut c, method == "HEAD").await?;
+        if keep {
+            self.conn = Some(c);
+        }
+        Ok(resp)
+    }
+}
+
+async fn fill(c: &mut Conn, want: usize) -> Result<(), ReqErr> {
+    let mut chunk = [0u8; 16384];
+    while c.buf.len() < want {
+        let n = c.s.read(&mut chunk).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(ReqErr::Closed);
+        }
+        c.buf.extend_from_slice(&chunk[..n]);
+        if c.buf.len() > MAX_RESPONSE {
+            return Err(ReqErr::Protocol("response too large".into()));
+        }
+    }
+    Ok(())
+}
+
+async fn read_line(c: &mut Conn) -> Result<Vec<u8>, ReqErr> {
+    loop {
+        if let Some(i) = find(&c.buf, b"\r\n") {
+            let line = c.buf[..i].to_vec();
+            c.buf.drain(..i + 2);
+            return Ok(line);
+        }
+        let want = c.buf.len() + 1;
+        fill(c, want).await?;
+    }
+}
+
+/// One response: (response, connection reusable).
+async fn read_response(c: &mut Conn, is_head: bool) -> Result<(Resp, bool), ReqErr> {
+    loop {
+        let parsed = {
+            let mut hs = [httparse::EMPTY_HEADER; 96];
+            let mut r = httparse::Response::new(&mut hs);
+            match r.parse(&c.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = r.code.unwrap_or(0);
+                    let mut len = None;
+                    let mut chunked = false;
+                    let mut close = r.version == Some(0);
+                    for h in r.headers.iter() {
+                        let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse::<usize>().ok();
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = v.contains("chunked");
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            if v.contains("close") {
+                                close = true;
+                            } else if v.contains("keep-alive") {
+                                close = false;
+                            }
+                        }
+                    }
+                    Some((n, status, len, chunked, close))
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => return Err(ReqErr::Protocol(format!("bad response head: {e}"))),
+            }
+        };
+        let Some((n, status, len, chunked, close)) = parsed else {
+            let want = c.buf.len() + 1;
+            if c.buf.len() > 65536 {
+                return Err(ReqErr::Protocol("response head too large".into()));
+            }
+            fill(c, want).await?;
+            continue;
+        };
+        c.buf.drain(..n);
+        if (100..200).contains(&status) {
+            continue; // 100 Continue and friends: the real answer follows
+        }
+        let no_body = is_head || status == 204 || status == 304;
+        let body = if no_body {
+            Vec::new()
+        } else if chunked {
+            let mut body = Vec::new();
+            loop {
+                let line = read_line(c).await?;
+                let text = String::from_utf8_lossy(&line);
+                let size_str = text.split(';').next().unwrap_or("").trim();
+                let size = usize::from_str_radix(size_str, 16)
+                    .map_err(|_| ReqErr::Protocol("bad chunk size".into()))?;
+                if size == 0 {
+                    // trailers until an empty line
+                    while !read_line(c).await?.is_empty() {}
+                    break;
+                }
+                fill(c, size + 2).await?;
+                body.extend_from_slice(&c.buf[..size]);
+                c.buf.drain(..size + 2);
+                if body.len() > MAX_RESPONSE {
+                    return Err(ReqErr::Protocol("response too large".into()));
+                }
+            }
+            body
+        } else if let Some(len) = len {
+            if len > MAX_RESPONSE {
+                return Err(ReqErr::Protocol("response too large".into()));
+            }
+            fill(c, len).await?;
+            let body = c.buf[..len].to_vec();
+            c.buf.drain(..len);
+            body
+        } else {
+            // delimited by the end of the connection
+            let mut chunk = [0u8; 16384];
+            loop {
+                let k = c.s.read(&mut chunk).await.map_err(io_err)?;
+                if k == 0 {
+                    break;
+                }
+                c.buf.extend_from_slice(&chunk[..k]);
+                if c.buf.len() > MAX_RESPONSE {
+                    return Err(ReqErr::Protocol("response too large".into()));
+                }
+            }
+            return Ok((
+                Resp {
+                    status,
+                    body: std::mem::take(&mut c.buf),
+                },
+                false,
+            ));
+        };
+        return Ok((Resp { status, body }, !close));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// the counting relay in front of Ironic
+
+const ROUTES: [&str; 4] = ["root", "lookup", "heartbeat", "other"];
+
+#[derive(Default)]
+struct RelayStats {
+    by_route: [AtomicU64; 4],
+    connections: AtomicU64,
+    refused: AtomicU64,
+    connect_failed: AtomicU64,
+    listener_closed: AtomicU64,
+    unparsed: AtomicU64,
+    upstream_down: AtomicBool,
+}
+
+impl RelayStats {
+    fn snapshot(&self) -> [u64; 4] {
+        let mut s = [0u64; 4];
+        for (i, c) in self.by_route.iter().enumerate() {
+            s[i] = c.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+fn route_of(method: &str, path: &str) -> usize {
+    let p = path.split(['?', '#']).next().unwrap_or("");
+    if method == "GET" && (p == "/" || p.is_empty()) {
+        0
+    } else if p.starts_with("/v1/lookup") {
+        1
+    } else if p.starts_with("/v1/heartbeat/") {
+        2
+    } else {
+        3
+    }
+}
+
+enum Framing {
+    Head,
+    Fixed(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkCrlf(u8),
+    Trailer,
+    Lost,
+}
+
+/// Counts the requests in one client-to-Ironic byte stream.
+struct ReqCounter {
+    acc: Vec<u8>,
+    state: Framing,
+}
+
+impl ReqCounter {
+    fn new() -> ReqCounter {
+        ReqCounter {
+            acc: Vec::new(),
+            state: Framing::Head,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8], stats: &RelayStats, clock: &Clock) {
+        while !data.is_empty() {
+            match &mut self.state {
+                Framing::Lost => return,
+                Framing::Head => {
+                    if self.acc.is_empty() {
+                        // tolerated empty lines between requests
+                        let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n');
+                        let k = skip.count();
+                        data = &data[k..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let before = self.acc.len();
+                    let from = before.saturating_sub(3);
+                    self.acc.extend_from_slice(data);
+                    let Some(pos) = find(&self.acc[from..], b"\r\n\r\n") else {
+                        if self.acc.len() > 1 << 20 {
+                            stats.unparsed.fetch_add(1, Ordering::Relaxed);
+                            self.state = Framing::Lost;
+                        }
+                        return;
+                    };
+                    let end = from + pos + 4;
+                    data = &data[end - before..];
+                    let mut hs = [httparse::EMPTY_HEADER; 96];
+                    let mut r = httparse::Request::new(&mut hs);
+                    let next = match r.parse(&self.acc[..end]) {
+                        Ok(httparse::Status::Complete(_)) => {
+                            let route = route_of(r.method.unwrap_or(""), r.path.unwrap_or(""));
+                            stats.by_route[route].fetch_add(1, Ordering::Relaxed);
+                            clock.tick(clock.now(), TL_IRONIC);
+                            let mut next = Framing::Head;
+                            for h in r.headers.iter() {
+                                let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                                if h.name.eq_ignore_ascii_case("transfer-encoding")
+                                    && v.contains("chunked")
+                                {
+                                    next = Framing::ChunkSize;
+                                    break;
+                                }
+                                if h.name.eq_ignore_ascii_case("content-length") {
+                                    match v.trim().parse::<u64>() {
+                                        Ok(0) => {}
+                                        Ok(n) => next = Framing::Fixed(n),
+                                        Err(_) => next = Framing::Lost,
+                                    }
+                                }
+                            }
+                            next
+                        }
+                        _ => Framing::Lost,
+                    };
+                    if matches!(next, Framing::Lost) {
+                        stats.unparsed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.acc.clear();
+                    self.state = next;
+                }
+                Framing::Fixed(n) => {
+                    let k = (*n).min(data.len() as u64);
+                    *n -= k;
+                    data = &data[k as usize..];
+                    if *n == 0 {
+                        self.state = Framing::Head;
+                    }
+                }
+                Framing::ChunkSize | Framing::Trailer => {
+                    let Some(i) = data.iter().position(|b| *b == b'\n') else {
+                        self.acc.extend_from_slice(data);
+                        return;
+                    };
+                    self.acc.extend_from_slice(&data[..=i]);
+                    data = &data[i + 1..];
+                    let line = String::from_utf8_lossy(&self.acc).trim().to_string();
+                    self.acc.clear();
+                    if matches!(self.state, Framing::Trailer) {
+                        if line.is_empty() {
+                            self.state = Framing::Head;
+                        }
+                    } else {
+                        let size = line.split(';').next().unwrap_or("").trim();
+                        self.state = match u64::from_str_radix(size, 16) {
+                            Ok(0) => Framing::Trailer,
+                            Ok(n) => Framing::ChunkData(n),
+                            Err(_) => {
+                                stats.unparsed.fetch_add(1, Ordering::Relaxed);
+                                Framing::Lost
+                            }
+                        };
+                    }
+                }
+                Framing::ChunkData(n) => {
+                    let k = (*n).min(data.len() as u64);
+                    *n -= k;
+                    data = &data[k as usize..];
+                    if *n == 0 {
+                        self.state = Framing::ChunkCrlf(2);
+                    }
+                }
+                Framing::ChunkCrlf(k) => {
+                    let take = (*k as usize).min(data.len());
+                    *k -= take as u8;
+                    data = &data[take..];
+                    if *k == 0 {
+                        self.state = Framing::ChunkSize;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn relay_conn(
+    client: TcpStream,
+    upstream: SocketAddr,
+    stats: Arc<RelayStats>,
+    clock: Arc<Clock>,
+) {
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+    let up = match tokio::time::timeout(Duration::from_secs(60), TcpStream::connect(upstream)).await
+    {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.upstream_down.store(true, Ordering::Relaxed);
+            let _ = client.set_zero_linger();
+            return;
+        }
+        _ => {
+            stats.connect_failed.fetch_add(1, Ordering::Relaxed);
+            let _ = client.set_zero_linger();
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let to_ironic = async {
+        let mut counter = ReqCounter::new();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            counter.feed(&buf[..n], &stats, &clock);
+            if uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let to_client = async {
+        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::select! {
+        _ = to_ironic => {}
+        _ = to_client => {}
+    }
+}
+
+async fn relay(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    stats: Arc<RelayStats>,
+    clock: Arc<Clock>,
+    first: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let mut first = Some(first);
+    loop {
+        let listener = loop {
+            match TcpListener::bind(listen).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Err(format!("relay: cannot listen on {listen}: {e}")));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        stats.upstream_down.store(false, Ordering::Relaxed);
+        if let Some(tx) = first.take() {
+            let _ = tx.send(Ok(()));
+        }
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((c, _)) => {
+                        tokio::spawn(relay_conn(c, upstream, stats.clone(), clock.clone()));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            if stats.upstream_down.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        // Ironic refuses connections: so does the relay, until Ironic listens again
+        drop(listener);
+        stats.listener_closed.fetch_add(1, Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(upstream)).await
+            {
+                drop(s);
+                break;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// agents
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    Root,
+    Lookup,
+    Heartbeat,
+    Probe,
+}
+
+const KINDS: [Kind; 4] = [Kind::Root, Kind::Lookup, Kind::Heartbeat, Kind::Probe];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Root => "GET /",
+            Kind::Lookup => "lookup",
+            Kind::Heartbeat => "heartbeat",
+            Kind::Probe => "probe",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Root => "root",
+            Kind::Lookup => "lookup",
+            Kind::Heartbeat => "heartbeat",
+            Kind::Probe => "probe",
+        }
+    }
+}
+
+const P_BOOT: u8 = 0;
+const P_STEADY: u8 = 1;
+const P_OUTAGE: u8 = 2;
+const P_RECOVERY: u8 = 3;
+const PHASES: [&str; 4] = ["boot", "steady", "outage", "recovery"];
+
+struct AgentSpec {
+    enrolled: bool,
+    /// the node the lookup must find
+    uuid: Option<String>,
+    lookup_path: String,
+    callback_url: String,
+    boot_at: f64,
+}
+
+#[derive(Default, Clone)]
+struct AgentRec {
+    boots: u32,
+    lookup_ok_at: Option<f64>,
+    token: bool,
+    bricked: Option<u8>,
+    no_token: bool,
+    heartbeater_died: bool,
+    first_hb_ok: Option<f64>,
+    hb_ok: u64,
+    hb_err: u64,
+    retry_phases: u8,
+    /// the last heartbeat failed: the agent is in the 5-10 s retry mode now
+    in_retry: bool,
+    /// in the retry mode when Ironic came back
+    in_retry_at_up: bool,
+    ok_after_up: Option<f64>,
+    errors: u64,
+}
+
+impl AgentRec {
+    fn lost(&self) -> bool {
+        self.bricked.is_some() || self.heartbeater_died
+    }
+}
+
+#[derive(Default)]
+struct RunState {
+    recs: Vec<AgentRec>,
+    /// (kind, phase, outcome) -> count, enrolled agents
+    counts: BTreeMap<(Kind, u8, String), u64>,
+    /// the same for agents whose machine is not enrolled
+    unknown_counts: BTreeMap<(Kind, u8, String), u64>,
+    /// latency (µs) of answered requests, enrolled agents
+    lat: BTreeMap<(Kind, u8), Vec<u32>>,
+    t_up: Option<f64>,
+    hb_timeouts: BTreeMap<String, u64>,
+    /// the first transport errors, for diagnosis
+    error_samples: Vec<String>,
+    /// lookups that answered another node than the agent's
+    wrong_node: u64,
+    /// the first body of each error status, per request kind
+    status_samples: BTreeMap<String, String>,
+}
+
+struct RunCtx {
+    cfg: Arc<Config>,
+    ep: Endpoint,
+    clock: Arc<Clock>,
+    phase: AtomicU8,
+    specs: Vec<AgentSpec>,
+    st: Mutex<RunState>,
+}
+
+struct LookupData {
+    uuid: String,
+    hb_timeout: f64,
+    token: Option<String>,
+}
+
+fn parse_lookup(body: &[u8]) -> Option<LookupData> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let uuid = v.pointer("/node/uuid")?.as_str()?.to_string();
+    let config = v.get("config")?;
+    let hb_timeout = config.get("heartbeat_timeout")?.as_f64()?;
+    let token = config
+        .get("agent_token")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Some(LookupData {
+        uuid,
+        hb_timeout,
+        token,
+    })
+}
+
+fn parse_version(body: &[u8]) -> Option<(u32, u32)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let s = v.pointer("/default_version/version")?.as_str()?;
+    let (a, b) = s.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn vstr(v: (u32, u32)) -> String {
+    format!("{}.{}", v.0, v.1)
+}
+
+/// Python's json.dumps of a str (ASCII content here).
+fn pystr(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+impl RunCtx {
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Relaxed)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.request_timeout)
+    }
+
+    fn rec<F: FnOnce(&mut AgentRec)>(&self, idx: usize, f: F) {
+        let mut st = lock(&self.st);
+        if let Some(r) = st.recs.get_mut(idx) {
+            f(r);
+        }
+    }
+
+    /// Record one request; returns whether the agent sees it as an error.
+    fn record(
+        &self,
+        idx: usize,
+        kind: Kind,
+        phase: u8,
+        t_send: f64,
+        res: &Result<Resp, ReqErr>,
+        started: Instant,
+    ) -> bool {
+        let enrolled = self.specs[idx].enrolled;
+        let (outcome, error) = match res {
+            Ok(r) => {
+                let ok = match kind {
+                    Kind::Root => r.status == 200,
+                    Kind::Lookup => r.status == 200,
+                    Kind::Heartbeat => r.status == 202,
+                    Kind::Probe => true,
+                };
+                (r.status.to_string(), !ok)
+            }
+            Err(e) => (e.label(), true),
+        };
+        // an unenrolled machine's lookup 404 is what Ironic must answer: not counted as an error
+        let expected = !enrolled && kind == Kind::Lookup && outcome == "404";
+        if error && !expected {
+            self.clock.tick(t_send, TL_ERR);
+        }
+        let mut st = lock(&self.st);
+        match res {
+            Err(e) => {
+                if st.error_samples.len() < 20 {
+                    let what = format!("t={:.1}s {} {}", t_send, kind.name(), e.detail());
+                    st.error_samples.push(what);
+                }
+            }
+            Ok(r) if error && !expected => {
+                let key = format!("{} {} {}", PHASES[phase as usize], kind.name(), r.status);
+                st.status_samples.entry(key).or_insert_with(|| {
+                    String::from_utf8_lossy(&r.body).chars().take(400).collect()
+                });
+            }
+            Ok(_) => {}
+        }
+        let map = if enrolled {
+            &mut st.counts
+        } else {
+            &mut st.unknown_counts
+        };
+        *map.entry((kind, phase, outcome)).or_insert(0) += 1;
+        if enrolled {
+            if res.is_ok() {
+                let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                st.lat.entry((kind, phase)).or_default().push(us);
+            }
+            if error {
+                if let Some(r) = st.recs.get_mut(idx) {
+                    r.errors += 1;
+                }
+            }
+        }
+        error
+    }
+
+    /// Send one request of an agent and record it; (answer, whether the agent sees an error).
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        idx: usize,
+        http: &mut Http,
+        kind: Kind,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (Result<Resp, ReqErr>, bool) {
+        let phase = self.phase();
+        let t = self.clock.now();
+        self.clock.tick(t, TL_SENT);
+        let started = Instant::now();
+        let res = http
+            .request(method, path, headers, body, self.timeout())
+            .await;
+        let err = self.record(idx, kind, phase, t, &res, started);
+        (res, err)
+    }
+
+    /// IPA's _get_ironic_api_version: GET / until it succeeds once; 1.31 meanwhile.
+    async fn api_version(
+        &self,
+        idx: usize,
+        http: &mut Http,
+        cached: &mut Option<(u32, u32)>,
+    ) -> (u32, u32) {
+        if let Some(v) = *cached {
+            return v;
+        }
+        let h = [
+            ("User-Agent", USER_AGENT),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Accept", "application/json"),
+            ("Connection", "keep-alive"),
+            ("Content-Type", "application/json"),
+        ];
+        let (res, _) = self.send(idx, http, Kind::Root, "GET", "/", &h, None).await;
+        match res.ok().and_then(|r| parse_version(&r.body)) {
+            Some(v) => {
+                *cached = Some(v);
+                v
+            }
+            None => MIN_IRONIC_VERSION,
+        }
+    }
+}
+
+async fn agent(ctx: Arc<RunCtx>, idx: usize) {
+    let spec = &ctx.specs[idx];
+    tokio::time::sleep_until(ctx.clock.at(spec.boot_at).into()).await;
+    loop {
+        ctx.rec(idx, |r| r.boots += 1);
+        match boot(&ctx, idx).await {
+            BootEnd::Restart => {
+                tokio::time::sleep(Duration::from_secs_f64(ctx.cfg.restart_delay)).await;
+            }
+            BootEnd::Stopped => return,
+        }
+    }
+}
+
+enum BootEnd {
+    /// the lookup timed out: IPA exits, systemd starts it again
+    Restart,
+    /// locked down or heartbeater dead: nothing more from this agent
+    Stopped,
+}
+
+async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
+    let spec = &ctx.specs[idx];
+    let cfg = &ctx.cfg;
+    let mut http = Http::new(&ctx.ep);
+    let mut version: Option<(u32, u32)> = None;
+    let started = Instant::now();
+    let mut attempt: i32 = 0;
+    let mut lock_pause = 0.0;
+    // ---- lookup (tenacity: retry while False, stop_after_delay(lookup_timeout))
+    let data = loop {
+        attempt += 1;
+        let v = ctx.api_version(idx, &mut http, &mut version).await;
+        let hv = vstr(v.min(AGENT_TOKEN_VERSION));
+        let h = [
+            ("User-Agent", USER_AGENT),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Accept", "application/json"),
+            ("Connection", "keep-alive"),
+            ("X-OpenStack-Ironic-API-Version", hv.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (res, _) = ctx
+            .send(
+                idx,
+                &mut http,
+                Kind::Lookup,
+                "GET",
+                &spec.lookup_path,
+                &h,
+                None,
+            )
+            .await;
+        match res {
+            Ok(r) if r.status == 409 => {
+                lock_pause = if lock_pause == 0.0 {
+                    5.0
+                } else if lock_pause == 5.0 {
+                    10.0
+                } else {
+                    30.0
+                };
+                tokio::time::sleep(Duration::from_secs_f64(lock_pause)).await;
+            }
+            Ok(r) if r.status == 200 => {
+                if let Some(d) = parse_lookup(&r.body) {
+                    break d;
+                }
+            }
+            _ => {}
+        }
+        if started.elapsed().as_secs_f64() >= cfg.lookup_timeout {
+            return BootEnd::Restart;
+        }
+        let high = 2f64
+            .powi(attempt - 1)
+            .clamp(LOOKUP_MIN_WAIT, LOOKUP_MAX_WAIT);
+        tokio::time::sleep(Duration::from_secs_f64(uniform(LOOKUP_MIN_WAIT, high))).await;
+    };
+    // ---- process_lookup_data
+    if spec.uuid.as_deref() != Some(data.uuid.as_str()) {
+        lock(&ctx.st).wrong_node += 1;
+    }
+    let now = ctx.clock.now();
+    let phase = ctx.phase();
+    let token = match data.token {
+        Some(t) if t.len() >= 32 => Some(t),
+        Some(t) if t == "******" => {
+            // no token from the command line: FATAL, lockdown
+            ctx.rec(idx, |r| {
+                r.lookup_ok_at = Some(now);
+                r.bricked = Some(phase);
+            });
+            return BootEnd::Stopped;
+        }
+        _ => None,
+    };
+    let has_token = token.is_some();
+    ctx.rec(idx, |r| {
+        r.lookup_ok_at = Some(now);
+        r.token = has_token;
+        r.no_token = !has_token;
+    });
+    let hb_timeout = cfg.hb_override.unwrap_or(data.hb_timeout);
+    {
+        let mut st = lock(&ctx.st);
+        *st.hb_timeouts
+            .entry(format!("{}", data.hb_timeout))
+            .or_insert(0) += 1;
+    }
+    // ---- heartbeater start: set_agent_advertise_addr -> a plain GET of the API URL
+    let mut probe = Http::new(&ctx.ep);
+    let h = [
+        ("User-Agent", USER_AGENT),
+        ("Accept-Encoding", "gzip, deflate"),
+        ("Accept", "*/*"),
+        ("Connection", "keep-alive"),
+    ];
+    let (res, _) = ctx
+        .send(idx, &mut probe, Kind::Probe, "GET", "/", &h, None)
+        .await;
+    drop(probe);
+    if res.is_err() {
+        // no reachable API URL, no advertise address: LookupAgentIPError ends the thread
+        ctx.rec(idx, |r| r.heartbeater_died = true);
+        return BootEnd::Stopped;
+    }
+    // ---- heartbeats
+    let path = format!("/v1/heartbeat/{}", data.uuid);
+    let mut next = Instant::now();
+    loop {
+        tokio::time::sleep_until(next.into()).await;
+        let v = ctx.api_version(idx, &mut http, &mut version).await;
+        let mut body = format!("{{\"callback_url\": {}", pystr(&spec.callback_url));
+        if v >= AGENT_TOKEN_VERSION {
+            match &token {
+                Some(t) => {
+                    let _ = write!(body, ", \"agent_token\": {}", pystr(t));
+                }
+                None => body.push_str(", \"agent_token\": null"),
+            }
+        }
+        if v >= AGENT_VERSION_VERSION {
+            let _ = write!(body, ", \"agent_version\": {}", pystr(IPA_VERSION));
+        }
+        body.push('}');
+        let hv = vstr(v.min(MAX_KNOWN_VERSION));
+        let h = [
+            ("User-Agent", USER_AGENT),
+            ("Accept-Encoding", "gzip, deflate"),
+            ("Accept", "application/json"),
+            ("Connection", "keep-alive"),
+            ("X-OpenStack-Ironic-API-Version", hv.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let phase = ctx.phase();
+        let (res, err) = ctx
+            .send(
+                idx,
+                &mut http,
+                Kind::Heartbeat,
+                "POST",
+                &path,
+                &h,
+                Some(body.as_bytes()),
+            )
+            .await;
+        let done = ctx.clock.now();
+        let interval = if err {
+            ctx.rec(idx, |r| {
+                r.hb_err += 1;
+                r.retry_phases |= 1 << phase;
+                r.in_retry = true;
+            });
+            ERROR_INTERVAL * uniform(1.0, 2.0)
+        } else {
+            ctx.clock.tick(done, TL_HB_OK);
+            let mut st = lock(&ctx.st);
+            let t_up = st.t_up;
+            if let Some(r) = st.recs.get_mut(idx) {
+                r.hb_ok += 1;
+                r.in_retry = false;
+                if r.first_hb_ok.is_none() {
+                    r.first_hb_ok = Some(done);
+                }
+                if let Some(up) = t_up {
+                    if done >= up && r.ok_after_up.is_none() {
+                        r.ok_after_up = Some(done);
+                    }
+                }
+            }
+            hb_timeout * uniform(0.3, 0.6)
+        };
+        drop(res);
+        next = Instant::now() + Duration::from_secs_f64(interval);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// helpers: commands, the gateway's ops endpoint
+
+async fn run_cmd(what: &str, cmd: &str, target: &str, limit: f64) -> Result<f64, String> {
+    let t0 = Instant::now();
+    println!("  [{what}] $ FLEET_TARGET={target} {cmd}");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("FLEET_TARGET", target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{what}: cannot run sh: {e}"))?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let took = t0.elapsed().as_secs_f64();
+                if status.success() {
+                    println!("  [{what}] done in {took:.1} s");
+                    return Ok(took);
+                }
+                return Err(format!("{what}: `{cmd}` failed ({status})"));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+        if t0.elapsed().as_secs_f64() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what}: `{cmd}` still running after {limit:.0} s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ops_get(ops: &Endpoint, path: &str) -> Result<String, String> {
+    let mut h = Http::new(ops);
+    match h
+        .request("GET", path, &[], None, Duration::from_secs(5))
+        .await
+    {
+        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(r) => Err(format!("{}{path}: status {}", ops.url, r.status)),
+        Err(e) => Err(format!("{}{path}: {e:?}", ops.url)),
+    }
+}
+
+async fn wait_gateway_ready(ops: &Endpoint, limit: f64) -> Result<(), String> {
+    let t0 = Instant::now();
+    let mut last = String::new();
+    while t0.elapsed().as_secs_f64() < limit {
+        match ops_get(ops, "/status").await {
+            Ok(body) => {
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                if v.pointer("/upstream/versions_known") == Some(&Value::Bool(true)) {
+                    return Ok(());
+                }
+                last = body;
+            }
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "the gateway is not ready after {limit:.0} s: {last}"
+    ))
+}
+
+/// `ironic_edge_*` samples of a Prometheus text page.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.starts_with("ironic_edge_") {
+            continue;
+        }
+        if let Some((k, v)) = line.rsplit_once(' ') {
+            if let Ok(x) = v.trim().parse::<f64>() {
+                m.insert(k.trim().to_string(), x);
+            }
+        }
+    }
+    m
+}
+
+// ------------------------------------------------------------------------------------------
+// one run against one target
+
+fn pct(sorted: &[u32], p: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(i).copied()
+}
+
+struct PhaseTimes {
+    start: f64,
+    /// [boot end, steady end, outage end (Ironic back), recovery end]
+    ends: [Option<f64>; 4],
+}
+
+async fn run_target(
+    cfg: Arc<Config>,
+    target: &str,
+    clock: Arc<Clock>,
+    relay: Arc<RelayStats>,
+) -> Result<Value, String> {
+    println!("\n== target {target}");
+    if let Some(cmd) = &cfg.reset_cmd {
+        run_cmd("reset", cmd, target, cfg.cmd_timeout).await?;
+    }
+    let (ep, ops) = if target == "gateway" {
+        let gw = cfg.gateway.clone().ok_or("no --gateway")?;
+        if let Some(ops) = &cfg.gateway_ops {
+            wait_gateway_ready(ops, cfg.ready_timeout).await?;
+        }
+        (gw, cfg.gateway_ops.clone())
+    } else {
+        (cfg.relay.clone(), None)
+    };
+    // Ironic must answer before the agents boot
+    {
+        let t0 = Instant::now();
+        loop {
+            let mut h = Http::new(&ep);
+            match h
+                .request("GET", "/", &[], None, Duration::from_secs(5))
+                .await
+            {
+                Ok(r) if r.status == 200 => break,
+                _ if t0.elapsed().as_secs_f64() > cfg.ready_timeout => {
+                    return Err(format!("{target}: {} does not answer GET /", ep.url))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+    let metrics_before = match &ops {
+        Some(o) => Some(parse_metrics(&ops_get(o, "/metrics").await?)),
+        None => None,
+    };
+
+    // the fleet: enrolled agents first, then machines that are not enrolled
+    let mut specs = Vec::new();
+    let total = cfg.agents + cfg.unknown;
+    for i in 0..total {
+        let k = i + 1;
+        let (enrolled, uuid, mut macs) = if i < cfg.agents {
+            let n = &cfg.nodes[i];
+            (true, Some(n.uuid.clone()), n.macs.clone())
+        } else {
+            let mac = format!(
+                "52:54:fc:{:02x}:{:02x}:{:02x}",
+                (k >> 16) & 255,
+                (k >> 8) & 255,
+                k & 255
+            );
+            (false, None, vec![mac])
+        };
+        // the machine's other NICs (not enrolled as ports)
+        for e in 0..cfg.extra_macs {
+            macs.push(format!(
+                "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+                0xfd - e,
+                (k >> 16) & 255,
+                (k >> 8) & 255,
+                k & 255
+            ));
+        }
+        let list = macs.join(",").replace(':', "%3A").replace(',', "%2C");
+        specs.push(AgentSpec {
+            enrolled,
+            uuid,
+            lookup_path: format!("/v1/lookup?addresses={list}"),
+            callback_url: format!(
+                "https://127.{}.{}.{}:9999",
+                (k >> 16) & 255,
+                (k >> 8) & 255,
+                k & 255
+            ),
+            boot_at: 0.0,
+        });
+    }
+    let t_start = clock.now() + 0.5;
+    for s in specs.iter_mut() {
+        s.boot_at = t_start + uniform(0.0, cfg.ramp);
+    }
+    let ctx = Arc::new(RunCtx {
+        cfg: cfg.clone(),
+        ep: ep.clone(),
+        clock: clock.clone(),
+        phase: AtomicU8::new(P_BOOT),
+        st: Mutex::new(RunState {
+            recs: vec![AgentRec::default(); total],
+            ..RunState::default()
+        }),
+        specs,
+    });
+    let relay_start = relay.snapshot();
+    println!(
+        "  {} enrolled + {} unenrolled agents booting over {:.0} s against {} ({})",
+        cfg.agents, cfg.unknown, cfg.ramp, target, ep.url
+    );
+    let handles: Vec<_> = (0..total)
+        .map(|i| tokio::spawn(agent(ctx.clone(), i)))
+        .collect();
+    tokio::time::sleep_until(clock.at(t_start).into()).await;
+
+    let all_up = |ctx: &RunCtx| -> (usize, usize) {
+        let st = lock(&ctx.st);
+        let mut up = 0;
+        let mut lost = 0;
+        for (i, r) in st.recs.iter().enumerate() {
+            if !ctx.specs[i].enrolled {
+                continue;
+            }
+            if r.lost() {
+                lost += 1;
+            } else if r.first_hb_ok.is_some() {
+                up += 1;
+            }
+        }
+        (up, lost)
+    };
+    // ---- boot: until every enrolled agent heartbeated (or is lost), at most ramp + settle
+    let boot_deadline = t_start + cfg.ramp + cfg.settle;
+    let mut fleet_up: Option<f64> = None;
+    let mut last_print = Instant::now();
+    loop {
+        let (up, lost) = all_up(&ctx);
+        let now = clock.now();
+        if up + lost >= cfg.agents && now >= t_start + cfg.ramp {
+            fleet_up = Some(now - t_start);
+            break;
+        }
+        if now >= boot_deadline {
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            println!(
+                "  t+{:.0}s: {up}/{} agents heartbeating, {lost} lost",
+                now - t_start,
+                cfg.agents
+            );
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut times = PhaseTimes {
+        start: t_start,
+        ends: [None; 4],
+    };
+    let mut relay_marks = vec![relay_start];
+    times.ends[0] = Some(clock.now());
+    relay_marks.push(relay.snapshot());
+    let (up, lost) = all_up(&ctx);
+    match fleet_up {
+        Some(t) => println!("  fleet up after {t:.1} s ({up} heartbeating, {lost} lost)"),
+        None => println!(
+            "  fleet NOT fully up after {:.0} s: {up}/{} heartbeating, {lost} lost",
+            cfg.ramp + cfg.settle,
+            cfg.agents
+        ),
+    }
+    // ---- steady
+    ctx.phase.store(P_STEADY, Ordering::Relaxed);
+    println!("  steady state: {:.0} s", cfg.steady);
+    tokio::time::sleep(Duration::from_secs_f64(cfg.steady)).await;
+    times.ends[1] = Some(clock.now());
+    relay_marks.push(relay.snapshot());
+    // ---- outage
+    let mut outage = Map::new();
+    if let (Some(stop), Some(start)) = (&cfg.outage_stop_cmd, &cfg.outage_start_cmd) {
+        ctx.phase.store(P_OUTAGE, Ordering::Relaxed);
+        let t_out = clock.now();
+        println!(
+            "  outage ({}): stopping Ironic for {:.0} s",
+            cfg.outage_mode, cfg.outage
+        );
+        let stop_took = run_cmd("outage stop", stop, target, cfg.cmd_timeout).await;
+        let stop_took = match stop_took {
+            Ok(t) => t,
+            Err(e) => {
+                for h in &handles {
+                    h.abort();
+                }
+                return Err(e);
+            }
+        };
+        tokio::time::sleep_until(clock.at(t_out + cfg.outage).into()).await;
+        let t_start_cmd = clock.now();
+        if let Err(e) = run_cmd("outage start", start, target, cfg.cmd_timeout).await {
+            for h in &handles {
+                h.abort();
+            }
+            return Err(e);
+        }
+        let t_up = clock.now();
+        {
+            let mut st = lock(&ctx.st);
+            st.t_up = Some(t_up);
+            for r in st.recs.iter_mut() {
+                r.in_retry_at_up = r.in_retry;
+            }
+        }
+        ctx.phase.store(P_RECOVERY, Ordering::Relaxed);
+        times.ends[2] = Some(t_up);
+        relay_marks.push(relay.snapshot());
+        println!(
+            "  Ironic back after {:.1} s; waiting for every agent's next 202 (at most {:.0} s)",
+            t_up - t_out,
+            cfg.recovery
+        );
+        // ---- recovery
+        let deadline = t_up + cfg.recovery;
+        let mut recovered_at = None;
+        loop {
+            let (pending, _) = {
+                let st = lock(&ctx.st);
+                let mut pending = 0;
+                for (i, r) in st.recs.iter().enumerate() {
+                    if ctx.specs[i].enrolled && !r.lost() && r.ok_after_up.is_none() {
+                        pending += 1;
+                    }
+                }
+                (pending, ())
+            };
+            let now = clock.now();
+            if pending == 0 {
+                recovered_at = Some(now);
+                break;
+            }
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        times.ends[3] = Some(clock.now());
+        relay_marks.push(relay.snapshot());
+        outage.insert("mode".into(), json!(cfg.outage_mode));
+        outage.insert("stop_started_s".into(), json!(t_out - t_start));
+        outage.insert("stop_cmd_s".into(), json!(stop_took));
+        outage.insert("start_cmd_started_s".into(), json!(t_start_cmd - t_start));
+        outage.insert("ironic_back_s".into(), json!(t_up - t_start));
+        outage.insert("down_s".into(), json!(t_up - t_out));
+        outage.insert(
+            "all_recovered_after_s".into(),
+            json!(recovered_at.map(|r| r - t_up)),
+        );
+    }
+    let t_end = clock.now();
+    for h in &handles {
+        h.abort();
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let metrics_after = match &ops {
+        Some(o) => ops_get(o, "/metrics").await.ok().map(|t| parse_metrics(&t)),
+        None => None,
+    };
+    let st = lock(&ctx.st);
+    let report = summarize(
+        &cfg,
+        target,
+        &ep,
+        &ctx,
+        &st,
+        &times,
+        &relay_marks,
+        fleet_up,
+        outage,
+        &clock,
+        t_end,
+        metrics_before,
+        metrics_after,
+    );
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    cfg: &Config,
+    target: &str,
+    ep: &Endpoint,
+    ctx: &RunCtx,
+    st: &RunState,
+    times: &PhaseTimes,
+    relay_marks: &[[u64; 4]],
+    fleet_up: Option<f64>,
+    outage: Map<String, Value>,
+    clock: &Clock,
+    t_end: f64,
+    metrics_before: Option<BTreeMap<String, f64>>,
+    metrics_after: Option<BTreeMap<String, f64>>,
+) -> Value {
+    // phase windows [from, to)
+    let mut windows: Vec<(u8, f64, f64)> = Vec::new();
+    let mut from = times.start;
+    for (p, end) in times.ends.iter().enumerate() {
+        if let Some(e) = end {
+            windows.push((p as u8, from, *e));
+            from = *e;
+        }
+    }
+    let mut phases = Map::new();
+    let mut pre = (0u64, 0u64);
+    for (i, (p, a, b)) in windows.iter().enumerate() {
+        let dur = (b - a).max(1e-9);
+        let sent: u64 = st
+            .counts
+            .iter()
+            .chain(st.unknown_counts.iter())
+            .filter(|((_, ph, _), _)| ph == p)
+            .map(|(_, n)| *n)
+            .sum();
+        let reached: Vec<u64> = (0..4)
+            .map(|r| relay_marks[i + 1][r].saturating_sub(relay_marks[i][r]))
+            .collect();
+        let reached_total: u64 = reached.iter().sum();
+        if *p == P_BOOT || *p == P_STEADY {
+            pre.0 += sent;
+            pre.1 += reached_total;
+        }
+        let mut lat = Map::new();
+        for k in KINDS {
+            if let Some(v) = st.lat.get(&(k, *p)) {
+                let mut v = v.clone();
+                v.sort_unstable();
+                lat.insert(
+                    k.key().into(),
+                    json!({"n": v.len(), "p50_ms": pct(&v, 0.5).map(|u| u as f64 / 1000.0),
+                           "p99_ms": pct(&v, 0.99).map(|u| u as f64 / 1000.0),
+                           "max_ms": v.last().map(|u| *u as f64 / 1000.0)}),
+                );
+            }
+        }
+        let mut errors = Map::new();
+        let mut err_total = 0;
+        for ((k, ph, o), n) in &st.counts {
+            if ph != p || is_ok(*k, o) {
+                continue;
+            }
+            err_total += n;
+            errors.insert(format!("{} {}", k.name(), o), json!(n));
+        }
+        let route_map: Map<String, Value> = ROUTES
+            .iter()
+            .zip(reached.iter())
+            .map(|(r, n)| (r.to_string(), json!(n)))
+            .collect();
+        phases.insert(
+            PHASES[*p as usize].into(),
+            json!({
+                "from_s": a - times.start, "to_s": b - times.start, "duration_s": dur,
+                "agent_requests": sent, "ironic_requests": reached_total,
+                "ironic_requests_by_route": route_map,
+                "agent_req_per_s": sent as f64 / dur, "ironic_req_per_s": reached_total as f64 / dur,
+                "shield_ratio": if sent > 0 { Some(reached_total as f64 / sent as f64) } else { None },
+                "agent_errors": err_total, "agent_errors_by_kind": errors, "latency": lat,
+            }),
+        );
+    }
+    // whole run
+    let sent_enrolled: u64 = st.counts.values().sum();
+    let sent_unknown: u64 = st.unknown_counts.values().sum();
+    let first = relay_marks.first().copied().unwrap_or([0; 4]);
+    let last = relay_marks.last().copied().unwrap_or([0; 4]);
+    let reached: Vec<u64> = (0..4).map(|r| last[r].saturating_sub(first[r])).collect();
+    let reached_total: u64 = reached.iter().sum();
+    let mut requests = Map::new();
+    for ((k, p, o), n) in &st.counts {
+        let e = requests
+            .entry(format!("{} {}", k.name(), o))
+            .or_insert_with(|| json!({}));
+        if let Some(m) = e.as_object_mut() {
+            m.insert(PHASES[*p as usize].into(), json!(n));
+        }
+    }
+    let mut unknown_requests = Map::new();
+    for ((k, _, o), n) in &st.unknown_counts {
+        let e = unknown_requests
+            .entry(format!("{} {}", k.name(), o))
+            .or_insert(json!(0));
+        *e = json!(e.as_u64().unwrap_or(0) + n);
+    }
+    let mut errors_by_kind = Map::new();
+    let mut errors_total = 0;
+    let mut errors_outside = 0;
+    for ((k, p, o), n) in &st.counts {
+        if is_ok(*k, o) {
+            continue;
+        }
+        errors_total += n;
+        if *p == P_BOOT || *p == P_STEADY {
+            errors_outside += n;
+        }
+        let e = errors_by_kind
+            .entry(format!("{} {}", k.name(), o))
+            .or_insert(json!(0));
+        *e = json!(e.as_u64().unwrap_or(0) + n);
+    }
+    let unknown_errors: u64 = st
+        .unknown_counts
+        .iter()
+        .filter(|((k, _, o), _)| !(is_ok(*k, o) || (*k == Kind::Lookup && o == "404")))
+        .map(|(_, n)| *n)
+        .sum();
+    let enrolled: Vec<(usize, &AgentRec)> = st
+        .recs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ctx.specs[*i].enrolled)
+        .collect();
+    let count = |f: &dyn Fn(&AgentRec) -> bool| enrolled.iter().filter(|(_, r)| f(r)).count();
+    let retry_any = count(&|r| r.retry_phases != 0);
+    let retry_outside = count(&|r| r.retry_phases & ((1 << P_BOOT) | (1 << P_STEADY)) != 0);
+    let retry_outage = count(&|r| r.retry_phases & ((1 << P_OUTAGE) | (1 << P_RECOVERY)) != 0);
+    let bricked = count(&|r| r.bricked.is_some());
+    let bricked_by_phase: Map<String, Value> = (0..4u8)
+        .map(|p| {
+            (
+                PHASES[p as usize].to_string(),
+                json!(count(&|r| r.bricked == Some(p))),
+            )
+        })
+        .collect();
+    let no_token = count(&|r| r.no_token);
+    let dead = count(&|r| r.heartbeater_died);
+    let looked_up = count(&|r| r.lookup_ok_at.is_some());
+    let heartbeating = count(&|r| r.first_hb_ok.is_some());
+    let restarts: u64 = st
+        .recs
+        .iter()
+        .map(|r| r.boots.saturating_sub(1) as u64)
+        .sum();
+    let mut outage = outage;
+    if let Some(t_up) = st.t_up {
+        let not_recovered = count(&|r| !r.lost() && r.ok_after_up.is_none());
+        let mut rec: Vec<f64> = enrolled
+            .iter()
+            .filter_map(|(_, r)| r.ok_after_up.map(|t| t - t_up))
+            .collect();
+        rec.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let q = |p: f64| -> Option<f64> {
+            if rec.is_empty() {
+                None
+            } else {
+                rec.get(((rec.len() - 1) as f64 * p).round() as usize)
+                    .copied()
+            }
+        };
+        outage.insert("agents_not_recovered".into(), json!(not_recovered));
+        let mut herd: Vec<f64> = enrolled
+            .iter()
+            .filter(|(_, r)| r.in_retry_at_up)
+            .filter_map(|(_, r)| r.ok_after_up.map(|t| t - t_up))
+            .collect();
+        herd.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        outage.insert(
+            "retry_mode_agents_at_up".into(),
+            json!(count(&|r| r.in_retry_at_up)),
+        );
+        outage.insert(
+            "retry_mode_agents_at_up_recovered".into(),
+            json!(herd.len()),
+        );
+        outage.insert(
+            "retry_mode_agents_recovered_after_up_s".into(),
+            json!({"p50": herd.get(herd.len().saturating_sub(1) / 2).copied(), "max": herd.last().copied()}),
+        );
+        outage.insert(
+            "recovery_after_up_s".into(),
+            json!({"p50": q(0.5), "p99": q(0.99), "max": q(1.0)}),
+        );
+        let tl = clock.slice(t_up, t_up + 30.0);
+        let peak = tl.iter().map(|s| s[TL_IRONIC]).max().unwrap_or(0);
+        let first10: u64 = tl.iter().take(10).map(|s| s[TL_IRONIC]).sum();
+        outage.insert("ironic_peak_req_per_s_after_up".into(), json!(peak));
+        outage.insert("ironic_requests_first_10s_after_up".into(), json!(first10));
+        outage.insert(
+            "bricked_during_outage_or_recovery".into(),
+            json!(count(&|r| matches!(
+                r.bricked,
+                Some(P_OUTAGE) | Some(P_RECOVERY)
+            ))),
+        );
+    }
+    let gateway_metrics = match (metrics_before, metrics_after) {
+        (Some(b), Some(a)) => {
+            let d: Map<String, Value> = a
+                .iter()
+                .filter_map(|(k, v)| {
+                    let dv = v - b.get(k).copied().unwrap_or(0.0);
+                    (dv != 0.0).then(|| (k.clone(), json!(dv)))
+                })
+                .collect();
+            Some(Value::Object(d))
+        }
+        _ => None,
+    };
+    let timeline: Vec<Value> = clock
+        .slice(times.start, t_end)
+        .iter()
+        .map(|s| json!(s))
+        .collect();
+    json!({
+        "target": target,
+        "url": ep.url,
+        "agents": {"enrolled": cfg.agents, "unenrolled": cfg.unknown,
+                   "extra_macs_per_agent": cfg.extra_macs},
+        "heartbeat_timeout_from_lookup": st.hb_timeouts,
+        "heartbeat_timeout_override": cfg.hb_override,
+        "fleet_up_s": fleet_up,
+        "duration_s": t_end - times.start,
+        "agent_requests": sent_enrolled + sent_unknown,
+        "agent_requests_enrolled": sent_enrolled,
+        "agent_requests_unenrolled": sent_unknown,
+        "ironic_requests": reached_total,
+        "ironic_requests_by_route": ROUTES.iter().zip(reached.iter()).map(|(r, n)| (r.to_string(), json!(n))).collect::<Map<String, Value>>(),
+        "shield_ratio": if sent_enrolled + sent_unknown > 0 { Some(reached_total as f64 / (sent_enrolled + sent_unknown) as f64) } else { None },
+        "agent_requests_before_outage": pre.0,
+        "ironic_requests_before_outage": pre.1,
+        "shield_ratio_before_outage": if pre.0 > 0 { Some(pre.1 as f64 / pre.0 as f64) } else { None },
+        "agent_errors": errors_total,
+        "agent_errors_outside_outage": errors_outside,
+        "agent_errors_by_kind": errors_by_kind,
+        "unenrolled_errors_other_than_404": unknown_errors,
+        "requests_by_kind_and_phase": requests,
+        "unenrolled_requests": unknown_requests,
+        "agents_looked_up": looked_up,
+        "agents_heartbeating": heartbeating,
+        "retry_mode_agents": retry_any,
+        "retry_mode_agents_outside_outage": retry_outside,
+        "retry_mode_agents_outage_or_recovery": retry_outage,
+        "bricked": bricked,
+        "bricked_by_phase": bricked_by_phase,
+        "no_token": no_token,
+        "heartbeater_died": dead,
+        "agent_restarts": restarts,
+        "transport_error_samples": st.error_samples,
+        "lookup_answered_another_node": st.wrong_node,
+        "error_body_samples": st.status_samples,
+        "phases": phases,
+        "outage": outage,
+        "gateway_metrics_delta": gateway_metrics,
+        "timeline_per_s": {"slots": ["agent_sent", "agent_errors", "ironic_reached", "heartbeat_202"],
+                           "from_s": times.start, "rows": timeline},
+    })
+}
+
+fn is_ok(k: Kind, outcome: &str) -> bool {
+    match k {
+        Kind::Root | Kind::Lookup => outcome == "200",
+        Kind::Heartbeat => outcome == "202",
+        Kind::Probe => outcome.parse::<u16>().is_ok(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// the report
+
+fn f1(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+fn ms(v: &Value) -> String {
+    match v.as_f64() {
+        None => "-".into(),
+        Some(m) if m < 10.0 => format!("{m:.1}"),
+        Some(m) => format!("{m:.0}"),
+    }
+}
+
+fn get<'a>(r: &'a Value, p: &str) -> &'a Value {
+    r.pointer(p).unwrap_or(&Value::Null)
+}
+
+fn u(r: &Value, p: &str) -> u64 {
+    get(r, p).as_u64().unwrap_or(0)
+}
+
+fn kinds_str(v: &Value) -> String {
+    match v.as_object() {
+        Some(m) if !m.is_empty() => {
+            let mut items: Vec<(String, u64)> = m
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect();
+            items.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            items
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        _ => String::new(),
+    }
+}
+
+fn with_kinds(n: u64, v: &Value) -> String {
+    let k = kinds_str(v);
+    if k.is_empty() {
+        n.to_string()
+    } else {
+        format!("{n} ({k})")
+    }
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.3}"))
+}
+
+fn lat_pair(r: &Value, phase: &str, kind: &str) -> String {
+    let base = format!("/phases/{phase}/latency/{kind}");
+    let n = u(r, &format!("{base}/n"));
+    if n == 0 {
+        return "-".into();
+    }
+    format!(
+        "{} / {} (n={n})",
+        ms(get(r, &format!("{base}/p50_ms"))),
+        ms(get(r, &format!("{base}/p99_ms")))
+    )
+}
+
+fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, f: &dyn Fn(&Value) -> String| {
+        rows.push((name.to_string(), reports.iter().map(f).collect()));
+    };
+    row("agents (enrolled + unenrolled)", &|r| {
+        format!(
+            "{} + {}",
+            u(r, "/agents/enrolled"),
+            u(r, "/agents/unenrolled")
+        )
+    });
+    row("heartbeat_timeout (s, from lookup)", &|r| {
+        let m = get(r, "/heartbeat_timeout_from_lookup")
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        match get(r, "/heartbeat_timeout_override").as_f64() {
+            Some(o) => format!("{o} (OVERRIDE; Ironic said {m})"),
+            None => m,
+        }
+    });
+    row("fleet up: every enrolled agent had a 202 (s)", &|r| {
+        f1(get(r, "/fleet_up_s").as_f64())
+    });
+    row("requests sent by agents (whole run)", &|r| {
+        u(r, "/agent_requests").to_string()
+    });
+    row("requests reaching Ironic (whole run)", &|r| {
+        with_kinds(
+            u(r, "/ironic_requests"),
+            get(r, "/ironic_requests_by_route"),
+        )
+    });
+    row(
+        "shield ratio Ironic / agents: boot + steady (whole run)",
+        &|r| {
+            format!(
+                "{} ({})",
+                ratio(get(r, "/shield_ratio_before_outage")),
+                ratio(get(r, "/shield_ratio"))
+            )
+        },
+    );
+    row("steady: agents req/s -> Ironic req/s (ratio)", &|r| {
+        format!(
+            "{} -> {} ({})",
+            f1(get(r, "/phases/steady/agent_req_per_s").as_f64()),
+            f1(get(r, "/phases/steady/ironic_req_per_s").as_f64()),
+            ratio(get(r, "/phases/steady/shield_ratio"))
+        )
+    });
+    row("agent-visible errors, enrolled agents (whole run)", &|r| {
+        with_kinds(u(r, "/agent_errors"), get(r, "/agent_errors_by_kind"))
+    });
+    row("  of which before the outage (boot + steady)", &|r| {
+        u(r, "/agent_errors_outside_outage").to_string()
+    });
+    row(
+        "unenrolled machines: lookups (-> 404) / other errors",
+        &|r| {
+            let lk: u64 = get(r, "/unenrolled_requests")
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| k.starts_with("lookup"))
+                        .map(|(_, v)| v.as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0);
+            let nf = u(r, "/unenrolled_requests/lookup 404");
+            format!(
+                "{lk} ({nf}) / {}",
+                u(r, "/unenrolled_errors_other_than_404")
+            )
+        },
+    );
+    row("agents that ever entered the 5-10 s retry mode", &|r| {
+        format!(
+            "{} (before the outage: {})",
+            u(r, "/retry_mode_agents"),
+            u(r, "/retry_mode_agents_outside_outage")
+        )
+    });
+    row("bricked agents (\"******\" without a token)", &|r| {
+        u(r, "/bricked").to_string()
+    });
+    row("agents without a token / heartbeater died", &|r| {
+        format!("{} / {}", u(r, "/no_token"), u(r, "/heartbeater_died"))
+    });
+    row(
+        "gateway: requests answered locally / forwarded (whole run)",
+        &|r| gateway_summary(get(r, "/gateway_metrics_delta")),
+    );
+    for (kind, label) in [
+        ("root", "GET /"),
+        ("lookup", "lookup"),
+        ("heartbeat", "heartbeat"),
+    ] {
+        row(&format!("boot: {label} p50 / p99 ms"), &|r| {
+            lat_pair(r, "boot", kind)
+        });
+    }
+    row("steady: heartbeat p50 / p99 ms", &|r| {
+        lat_pair(r, "steady", "heartbeat")
+    });
+    if has_outage {
+        row("outage: Ironic down for (s)", &|r| {
+            f1(get(r, "/outage/down_s").as_f64())
+        });
+        row("outage: agent errors while down", &|r| {
+            with_kinds(
+                u(r, "/phases/outage/agent_errors"),
+                get(r, "/phases/outage/agent_errors_by_kind"),
+            )
+        });
+        row("outage: requests reaching Ironic while down", &|r| {
+            u(r, "/phases/outage/ironic_requests").to_string()
+        });
+        row("recovery: every agent had a 202 again after (s)", &|r| {
+            let all = get(r, "/outage/all_recovered_after_s").as_f64();
+            match all {
+                Some(t) => format!(
+                    "{t:.1} (p50 {})",
+                    f1(get(r, "/outage/recovery_after_up_s/p50").as_f64())
+                ),
+                None => format!(
+                    "NOT within the limit: {} agents not recovered",
+                    u(r, "/outage/agents_not_recovered")
+                ),
+            }
+        });
+        row(
+            "recovery: agents in retry mode at the return: had a 202 since / at most after (s)",
+            &|r| {
+                format!(
+                    "{} of {} / {}",
+                    u(r, "/outage/retry_mode_agents_at_up_recovered"),
+                    u(r, "/outage/retry_mode_agents_at_up"),
+                    f1(get(r, "/outage/retry_mode_agents_recovered_after_up_s/max").as_f64())
+                )
+            },
+        );
+        row(
+            "recovery: Ironic peak req/s, requests in the first 10 s",
+            &|r| {
+                format!(
+                    "{} , {}",
+                    u(r, "/outage/ironic_peak_req_per_s_after_up"),
+                    u(r, "/outage/ironic_requests_first_10s_after_up")
+                )
+            },
+        );
+        row("recovery: agent errors", &|r| {
+            with_kinds(
+                u(r, "/phases/recovery/agent_errors"),
+                get(r, "/phases/recovery/agent_errors_by_kind"),
+            )
+        });
+        row("recovery: heartbeat p50 / p99 ms", &|r| {
+            lat_pair(r, "recovery", "heartbeat")
+        });
+        row("bricked during outage + recovery", &|r| {
+            u(r, "/outage/bricked_during_outage_or_recovery").to_string()
+        });
+    }
+    rows
+}
+
+/// `heartbeat 1200 / 300, lookup 20 / 530` from the deltas of
+/// `ironic_edge_requests_total{route,outcome}`.
+fn gateway_summary(delta: &Value) -> String {
+    let Some(m) = delta.as_object() else {
+        return "-".into();
+    };
+    let mut by_route: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+    for (k, v) in m {
+        let Some(labels) = k.strip_prefix("ironic_edge_requests_total{") else {
+            continue;
+        };
+        let label = |name: &str| -> String {
+            labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let e = by_route.entry(label("route")).or_default();
+        let n = v.as_f64().unwrap_or(0.0);
+        match label("outcome").as_str() {
+            "local" => e.0 += n,
+            "forwarded" => e.1 += n,
+            _ => e.2 += n,
+        }
+    }
+    if by_route.is_empty() {
+        return "-".into();
+    }
+    by_route
+        .iter()
+        .map(|(route, (l, f, o))| {
+            if *o > 0.0 {
+                format!("{route} {l:.0} / {f:.0} (+{o:.0} other)")
+            } else {
+                format!("{route} {l:.0} / {f:.0}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn text_table(head: &[String], rows: &[(String, Vec<String>)]) -> String {
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let mut ws: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for (_, cells) in rows {
+        for (i, c) in cells.iter().enumerate() {
+            if let Some(w) = ws.get_mut(i) {
+                *w = (*w).max(c.chars().count().min(70));
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = write!(out, "{:<w0$}", "");
+    for (h, w) in head.iter().zip(&ws) {
+        let _ = write!(out, "  {h:<w$}");
+    }
+    out.push('\n');
+    let total = w0 + ws.iter().map(|w| w + 2).sum::<usize>();
+    let _ = writeln!(out, "{}", "-".repeat(total));
+    for (name, cells) in rows {
+        let _ = write!(out, "{name:<w0$}");
+        for (c, w) in cells.iter().zip(&ws) {
+            let _ = write!(out, "  {c:<w$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn md_table(head: &[String], rows: &[(String, Vec<String>)]) -> String {
+    let mut out = String::from("| |");
+    for h in head {
+        let _ = write!(out, " {h} |");
+    }
+    out.push_str("\n| --- |");
+    for _ in head {
+        out.push_str(" --- |");
+    }
+    out.push('\n');
+    for (name, cells) in rows {
+        let _ = write!(out, "| {} |", name.trim().replace('|', "\\|"));
+        for c in cells {
+            let _ = write!(out, " {} |", c.replace('|', "\\|"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+
+async fn run(cfg: Config) -> Result<(), String> {
+    let cfg = Arc::new(cfg);
+    let started = SystemTime::now();
+    let clock = Arc::new(Clock {
+        t0: Instant::now(),
+        timeline: Mutex::new(Vec::new()),
+    });
+    let relay_stats = Arc::new(RelayStats::default());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(relay(
+        cfg.relay.addr,
+        cfg.ironic.addr,
+        relay_stats.clone(),
+        clock.clone(),
+        tx,
+    ));
+    rx.await
+        .map_err(|_| "the relay did not start".to_string())??;
+    println!(
+        "fleet: {} enrolled + {} unenrolled agents (IPA {IPA_VERSION} timing), targets {}; \
+         relay {} -> Ironic {}",
+        cfg.agents,
+        cfg.unknown,
+        cfg.targets.join(", "),
+        cfg.relay.host,
+        cfg.ironic.host
+    );
+    let mut reports = Vec::new();
+    for (i, t) in cfg.targets.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs_f64(cfg.pause)).await;
+        }
+        let r = run_target(cfg.clone(), t, clock.clone(), relay_stats.clone()).await?;
+        reports.push(r);
+    }
+    let has_outage = cfg.outage_stop_cmd.is_some();
+    let head: Vec<String> = cfg.targets.clone();
+    let rows = rows(&reports, has_outage);
+    let table = text_table(&head, &rows);
+    println!("\n{table}");
+    let stamp = started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string));
+    let settings = json!({
+        "agents": cfg.agents, "unknown": cfg.unknown, "extra_macs": cfg.extra_macs,
+        "ramp_s": cfg.ramp, "settle_max_s": cfg.settle, "steady_s": cfg.steady,
+        "outage_s": cfg.outage, "outage_mode": cfg.outage_mode, "recovery_max_s": cfg.recovery,
+        "heartbeat_timeout_override": cfg.hb_override, "request_timeout_s": cfg.request_timeout,
+        "lookup_timeout_s": cfg.lookup_timeout, "restart_delay_s": cfg.restart_delay,
+        "seed_file": cfg.seed_file.display().to_string(), "ironic": cfg.ironic.url,
+        "relay": cfg.relay.url, "gateway": cfg.gateway.as_ref().map(|g| g.url.clone()),
+    });
+    let doc = json!({
+        "bench": "fleet",
+        "started_unix": stamp,
+        "label": cfg.label,
+        "machine": {"cpus": cpus, "loadavg_1m_at_end": load},
+        "settings": settings,
+        "relay": {"connections": relay_stats.connections.load(Ordering::Relaxed),
+                  "refused_by_ironic": relay_stats.refused.load(Ordering::Relaxed),
+                  "connect_failed": relay_stats.connect_failed.load(Ordering::Relaxed),
+                  "listener_closed": relay_stats.listener_closed.load(Ordering::Relaxed),
+                  "unparsed_streams": relay_stats.unparsed.load(Ordering::Relaxed)},
+        "runs": reports,
+    });
+    let mut md = String::new();
+    let _ = writeln!(md, "# fleet ({stamp})\n");
+    if !cfg.label.is_empty() {
+        let _ = writeln!(md, "{}\n", cfg.label);
+    }
+    let hb = reports
+        .first()
+        .and_then(|r| get(r, "/heartbeat_timeout_from_lookup").as_object())
+        .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "{} enrolled agents (+ {} machines that are not enrolled) with IPA 13's timing, booting \
+         over {:.0} s, then {:.0} s of steady state{}. heartbeat_timeout {}{}. Requests reaching \
+         Ironic are counted at a relay in front of it (the same place in both runs). {} CPUs, \
+         load average {} at the end.\n",
+        cfg.agents,
+        cfg.unknown,
+        cfg.ramp,
+        cfg.steady,
+        if has_outage {
+            format!(
+                ", then Ironic stopped for {:.0} s ({}) and started again",
+                cfg.outage, cfg.outage_mode
+            )
+        } else {
+            String::new()
+        },
+        match cfg.hb_override {
+            Some(o) => format!("{o} s (COMPRESSED TIME: agents override what Ironic says)"),
+            None => format!("{hb} s, as Ironic's lookup returned it"),
+        },
+        if cfg.hb_override.is_none() {
+            " ([api]ramdisk_heartbeat_timeout lowered from 300 s to compress time)"
+        } else {
+            ""
+        },
+        cpus.map_or("?".into(), |c| c.to_string()),
+        load.clone().unwrap_or_else(|| "?".into())
+    );
+    md.push_str(&md_table(&head, &rows));
+    std::fs::create_dir_all(&cfg.out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.out_dir.display()))?;
+    let json_text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    for (name, text) in [
+        (format!("fleet-{stamp}.json"), &json_text),
+        (format!("fleet-{stamp}.md"), &md),
+        ("fleet.json".to_string(), &json_text),
+        ("fleet.md".to_string(), &md),
+    ] {
+        let p = cfg.out_dir.join(&name);
+        std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        if !name.contains('-') {
+            println!("results: {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let m = match parse_args() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fleet: {e}\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    if !m.contains_key("seed") {
+        println!(
+            "fleet: no seed file (--seed FILE or FLEET_SEED): nothing to do; run \
+             scripts/fleet-bench.sh"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match load_config(m) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleet: cannot start a runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
