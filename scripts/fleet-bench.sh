@@ -40,6 +40,9 @@
 #   CARGO, CARGO_TARGET_DIR, IRONIC_PEER_VENV (see scripts/ironic-peer-up.sh)
 # Defaults take about 7-8 minutes (build excluded): seeding ~1 min, each target ~3 min.
 set -euo pipefail
+# The whole script is one { ... } block: bash parses it before running it, so editing this file
+# while a bench runs cannot break the run.
+{
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROJECT_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
@@ -367,3 +370,4 @@ if [ "$WANT_GW" = 1 ] && grep -q 'panicked' "$RUN/ironic-edge.log" 2>/dev/null; 
 fi
 [ "$rc" = 0 ] && FAILED=0
 exit "$rc"
+}
