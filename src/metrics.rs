@@ -84,73 +84,80 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
-        out.push_str("# HELP ironic_edge_requests_total Requests by route template and how they were answered.\n");
-        out.push_str("# TYPE ironic_edge_requests_total counter\n");
+        let mut rows = Vec::new();
         for r in Route::ALL {
             for o in Outcome::ALL {
-                let _ = writeln!(
-                    out,
-                    "ironic_edge_requests_total{{route=\"{}\",outcome=\"{}\"}} {}",
-                    r.label(),
-                    o.label(),
-                    self.requests(r, o)
-                );
+                rows.push((
+                    format!("{{route=\"{}\",outcome=\"{}\"}}", r.label(), o.label()),
+                    self.requests(r, o),
+                ));
             }
         }
-        out.push_str(
-            "# HELP ironic_edge_upstream_requests_total Requests the gateway sent to Ironic.\n",
+        family(
+            &mut out,
+            "ironic_edge_requests_total",
+            "Requests by route template and how they were answered.",
+            &rows,
         );
-        out.push_str("# TYPE ironic_edge_upstream_requests_total counter\n");
-        for r in Route::ALL {
-            let _ = writeln!(
-                out,
-                "ironic_edge_upstream_requests_total{{route=\"{}\"}} {}",
-                r.label(),
-                self.upstream_requests[r as usize].load(Ordering::Relaxed)
-            );
+        let per_route = |counters: &[AtomicU64; 3]| -> Vec<(String, u64)> {
+            Route::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{{route=\"{}\"}}", r.label()),
+                        load(&counters[*r as usize]),
+                    )
+                })
+                .collect()
+        };
+        family(
+            &mut out,
+            "ironic_edge_upstream_requests_total",
+            "Requests the gateway sent to Ironic.",
+            &per_route(&self.upstream_requests),
+        );
+        family(
+            &mut out,
+            "ironic_edge_upstream_errors_total",
+            "Upstream exchanges that produced no answer.",
+            &per_route(&self.upstream_errors),
+        );
+        for (name, help, counter) in [
+            (
+                "ironic_edge_store_errors_total",
+                "Redis calls that failed or missed their deadline.",
+                &self.store_errors,
+            ),
+            (
+                "ironic_edge_sync_requests_total",
+                "Requests the node sync sent to Ironic.",
+                &self.sync_requests,
+            ),
+            (
+                "ironic_edge_heartbeats_deferred_total",
+                "Verified heartbeats accepted while Ironic failed, kept for the relay.",
+                &self.heartbeats_deferred,
+            ),
+            (
+                "ironic_edge_heartbeats_relayed_total",
+                "Kept heartbeats Ironic has received since.",
+                &self.heartbeats_relayed,
+            ),
+        ] {
+            family(&mut out, name, help, &[(String::new(), load(counter))]);
         }
-        out.push_str("# HELP ironic_edge_upstream_errors_total Upstream exchanges that produced no answer.\n");
-        out.push_str("# TYPE ironic_edge_upstream_errors_total counter\n");
-        for r in Route::ALL {
-            let _ = writeln!(
-                out,
-                "ironic_edge_upstream_errors_total{{route=\"{}\"}} {}",
-                r.label(),
-                self.upstream_errors[r as usize].load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP ironic_edge_store_errors_total Redis calls that failed or missed their deadline.\n");
-        out.push_str("# TYPE ironic_edge_store_errors_total counter\n");
-        let _ = writeln!(
-            out,
-            "ironic_edge_store_errors_total {}",
-            self.store_errors.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP ironic_edge_sync_requests_total Requests the node sync sent to Ironic.\n",
-        );
-        out.push_str("# TYPE ironic_edge_sync_requests_total counter\n");
-        let _ = writeln!(
-            out,
-            "ironic_edge_sync_requests_total {}",
-            self.sync_requests.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP ironic_edge_heartbeats_deferred_total Verified heartbeats accepted while Ironic failed, kept for the relay.\n");
-        out.push_str("# TYPE ironic_edge_heartbeats_deferred_total counter\n");
-        let _ = writeln!(
-            out,
-            "ironic_edge_heartbeats_deferred_total {}",
-            self.heartbeats_deferred.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP ironic_edge_heartbeats_relayed_total Kept heartbeats Ironic has received since.\n");
-        out.push_str("# TYPE ironic_edge_heartbeats_relayed_total counter\n");
-        let _ = writeln!(
-            out,
-            "ironic_edge_heartbeats_relayed_total {}",
-            self.heartbeats_relayed.load(Ordering::Relaxed)
-        );
         out
+    }
+}
+
+/// One counter family: its HELP and TYPE lines, then one line per label set.
+fn family(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{labels} {value}");
     }
 }
 
