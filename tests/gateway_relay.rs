@@ -51,9 +51,7 @@ fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
         })
         .collect();
     let env = Env::start_with_fake(fake, |cfg| {
-        let key = cfg.dir.path().join("seal.key");
-        std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
-        cfg.set("ironic_edge.seal_key_file", key.to_str().unwrap())
+        cfg.with_seal_key()
             .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
     });
 
@@ -192,9 +190,7 @@ fn the_upstream_cap_queues_and_relays_what_does_not_fit() {
         })
         .collect();
     let env = Env::start_with_fake(fake, |cfg| {
-        let key = cfg.dir.path().join("seal.key");
-        std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
-        cfg.set("ironic_edge.seal_key_file", key.to_str().unwrap())
+        cfg.with_seal_key()
             .set("ironic_edge.upstream.max_agent_requests_in_flight", 1)
             .set("ironic_edge.upstream.max_agent_requests_queued", 1);
     });

@@ -51,9 +51,7 @@ fn start() -> (Env, std::sync::Arc<MiniIronic>, Vec<(String, String)>) {
         })
         .collect();
     let env = Env::start_with_fake(fake, |cfg| {
-        let key = cfg.dir.path().join("seal.key");
-        std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
-        cfg.set("ironic_edge.seal_key_file", key.to_str().unwrap())
+        cfg.with_seal_key()
             .set("ironic_edge.lookup.replay_window_seconds", 30);
     });
     (env, mini, nodes)

@@ -131,6 +131,14 @@ impl GatewayConfig {
         self
     }
 
+    /// Writes a sealing key into the config's folder and points `seal_key_file` at it.
+    pub fn with_seal_key(&mut self) -> &mut Self {
+        let key = self.dir.path().join("seal.key");
+        std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+        let key = key.to_str().unwrap().to_string();
+        self.set("ironic_edge.seal_key_file", key)
+    }
+
     pub fn env(&mut self, k: &str, v: &str) -> &mut Self {
         self.env.retain(|(n, _)| n != k);
         self.env.push((k.into(), v.into()));
