@@ -69,6 +69,12 @@ pub struct UpstreamConfig {
     pub max_agent_requests_in_flight: usize,
     /// Agent requests waiting for a place (one per node); past that they are refused.
     pub max_agent_requests_queued: usize,
+    /// The gateway answers every agent request within this, counted from its arrival: IPA
+    /// gives up after 30 s (`http_request_timeout`), and an answer it never reads is worse than
+    /// an error (a lost lookup answer that minted a token bricks the agent). A request still
+    /// queued for the cap by then is not sent; a lookup still at Ironic gets 503 while its
+    /// answer is awaited and kept for the agent's retry.
+    pub agent_answer_within_ms: u64,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
@@ -83,6 +89,7 @@ impl Default for UpstreamConfig {
             url: "http://127.0.0.1:6385".into(),
             max_agent_requests_in_flight: 32,
             max_agent_requests_queued: 4096,
+            agent_answer_within_ms: 25_000,
             connect_timeout_ms: 2000,
             read_timeout_ms: 65_000,
             write_timeout_ms: 10_000,
@@ -123,7 +130,6 @@ pub struct LookupConfig {
     /// same caller (same request, same source address) whose answer was lost, until its first
     /// heartbeat succeeds. 0: off. Needs `seal_key_file`.
     pub replay_window_seconds: u64,
-    pub flight_wait_ms: u64,
     pub conflict_retries: u32,
     pub conflict_budget_ms: u64,
 }
@@ -132,8 +138,7 @@ impl Default for LookupConfig {
     fn default() -> Self {
         LookupConfig {
             not_found_ttl_seconds: 5,
-            replay_window_seconds: 60,
-            flight_wait_ms: 5000,
+            replay_window_seconds: 120,
             conflict_retries: 3,
             conflict_budget_ms: 2000,
         }
@@ -352,6 +357,12 @@ impl EdgeConfig {
         )?;
         positive("ironic_edge.upstream.read_timeout_ms", u.read_timeout_ms)?;
         positive("ironic_edge.upstream.write_timeout_ms", u.write_timeout_ms)?;
+        if !(1000..=30_000).contains(&u.agent_answer_within_ms) {
+            return Err(ConfigError::new(
+                "ironic_edge.upstream.agent_answer_within_ms",
+                "must be between 1000 and 30000 (IPA gives up after 30 s)",
+            ));
+        }
         positive(
             "ironic_edge.upstream.version_refresh_seconds",
             u.version_refresh_seconds,
@@ -380,10 +391,6 @@ impl EdgeConfig {
         positive(
             "ironic_edge.lookup.not_found_ttl_seconds",
             self.lookup.not_found_ttl_seconds,
-        )?;
-        positive(
-            "ironic_edge.lookup.flight_wait_ms",
-            self.lookup.flight_wait_ms,
         )?;
         if self.lookup.conflict_retries > 10 {
             return Err(ConfigError::new(

@@ -141,14 +141,14 @@ fn missing_config_file_exits_1() {
 #[test]
 fn bad_config_without_test_mode_exits_1_and_never_listens() {
     let mut cfg = GatewayConfig::new("http://127.0.0.1:6385", "redis://127.0.0.1:6379/0");
-    cfg.set("ironic_edge.lookup.flight_wait_ms", 0);
+    cfg.set("ironic_edge.upstream.agent_answer_within_ms", 40000);
     let listen = cfg.listen;
     let path = cfg.write();
     let out = run_bin(&["-c", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(
-        stderr.contains("config error: ironic_edge.lookup.flight_wait_ms:"),
+        stderr.contains("config error: ironic_edge.upstream.agent_answer_within_ms:"),
         "{stderr}"
     );
     assert!(std::net::TcpStream::connect(listen).is_err());

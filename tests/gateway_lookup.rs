@@ -392,9 +392,7 @@ fn node_uuid_alone_decides_the_cache_key() {
 
 #[test]
 fn single_flight_many_concurrent_lookups_one_upstream_request() {
-    let env = Env::start_with(|c| {
-        c.set("ironic_edge.lookup.flight_wait_ms", 4000);
-    });
+    let env = Env::start();
     env.fake.route("GET", "/v1/lookup", |req, ctx| {
         ctx.lookup_not_found(req).delay(Duration::from_millis(800))
     });

@@ -112,6 +112,47 @@ fn a_lost_lookup_answer_bricks_the_agent_directly_but_not_through_the_gateway() 
     assert_eq!(hb.status, 202, "{}", hb.text());
 }
 
+/// Ironic mints the token but answers after the agent's deadline (a loaded conductor). The
+/// agent gets 503 in time rather than a timeout, a retry meanwhile joins the lookup still at
+/// Ironic (no second one: that would get "******"), and the retry after it gets the minted
+/// answer.
+#[test]
+fn a_lookup_slower_than_the_agent_is_answered_503_and_its_answer_kept_for_the_retry() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let mac = "52:54:0c:00:01:01";
+    let uuid = mini.add_node(&[mac]);
+    let m = mini.clone();
+    fake.route("GET", "/v1/lookup", move |req, ctx| {
+        m.lookup(req, ctx).delay(Duration::from_millis(2500))
+    });
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.upstream.agent_answer_within_ms", 1000);
+    });
+
+    let first = env.send(&common::lookup(mac));
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert!(first.json()["error_message"].is_string(), "Ironic-shaped");
+    let meanwhile = env.send(&common::lookup(mac));
+    assert_eq!(meanwhile.status, 503, "{}", meanwhile.text());
+    assert_eq!(
+        env.fake.lookups(),
+        1,
+        "the retry joined the lookup at Ironic"
+    );
+
+    // Ironic answers 2.5 s after the first lookup; two 1 s deadlines have passed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let retry = env.send(&common::lookup(mac));
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    let token = token_of(&retry);
+    assert_eq!(token.len(), 43, "the minted token: {}", retry.text());
+    assert_eq!(env.fake.lookups(), 1, "answered at the edge");
+    let hb = env.send(&common::heartbeat(&uuid, "https://127.0.0.1:9999", &token));
+    assert_eq!(hb.status, 202, "{}", hb.text());
+}
+
 #[test]
 fn the_replay_is_for_the_same_caller_and_ends_with_the_first_heartbeat() {
     let (env, _mini, nodes) = start();

@@ -2,6 +2,9 @@
 //! being asked upstream wait for it instead of asking again, within one process (a watch
 //! channel) and across every process sharing the Redis (a lease key plus a result key).
 //!
+//! The flight runs in a task of its own; each caller waits for it only as long as its own
+//! agent waits (`Ticket::wait`).
+//!
 //! Only error answers are shared (404, 409, 5xx...). A success carries node data and, once, a
 //! freshly minted token that belongs to the caller who got it; each waiter of a successful
 //! flight asks Ironic itself, and so gets exactly what Ironic would have told it.
@@ -11,20 +14,31 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 /// How long a published result stays readable for waiters in other processes.
 const RESULT_TTL: Duration = Duration::from_secs(2);
 
-/// What a caller of [`Flights::run`] should do.
+/// What a caller of a flight should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlightAnswer<T> {
     /// This caller led the flight; here is its own outcome.
     Led(T),
     /// Another caller led it; repeat this shared answer.
     Shared { status: u16, body: String },
-    /// Ask the upstream yourself (the flight succeeded, vanished, or took too long).
+    /// Ask the upstream yourself (the flight succeeded, or vanished).
     AskUpstream,
+    /// The caller's time ran out while the flight was still running (it runs on).
+    StillRunning,
+}
+
+/// A caller's place in a flight: how to wait for its outcome.
+pub enum Ticket<T> {
+    /// This caller started the flight; its own outcome arrives here.
+    Leader(oneshot::Receiver<FlightAnswer<T>>),
+    /// Another caller of this process started it; its shared result arrives here.
+    Joiner(watch::Receiver<Option<FlightResult>>),
 }
 
 pub struct Flights {
@@ -33,8 +47,8 @@ pub struct Flights {
     local: Mutex<HashMap<String, watch::Receiver<Option<FlightResult>>>>,
 }
 
-/// Removes the local entry when the leader finishes, also if its future is dropped (the
-/// client went away): waiters then see the sender gone and ask upstream themselves.
+/// Removes the local entry when the flight's task ends, however it ends: later callers then
+/// start a new flight.
 struct LocalLead<'a> {
     flights: &'a Flights,
     key: String,
@@ -57,39 +71,63 @@ impl Flights {
         }
     }
 
-    /// Runs `lead` for the first caller of `key`, or waits (at most `wait`) for the caller
-    /// that is already running it. `lead` returns its own outcome and the result to share.
-    pub async fn run<T, F, Fut>(&self, key: &str, wait: Duration, lead: F) -> FlightAnswer<T>
+    /// Joins the flight of `key`, or starts one: `lead` then runs in a task of its own, to its
+    /// end even when no caller waits for it any more (a lookup that reached Ironic may mint a
+    /// token, and that answer must be kept for the agent's retry, never dropped half-way).
+    /// `lead` returns its own outcome and the result to share. `lease`: how long callers in
+    /// other processes wait for this flight before asking themselves.
+    pub fn join_or_start<T, F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        lease: Duration,
+        lead: F,
+    ) -> Ticket<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = (T, FlightResult)> + Send + 'static,
+    {
+        let tx = {
+            let mut m = match self.local.lock() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(rx) = m.get(key) {
+                return Ticket::Joiner(rx.clone());
+            }
+            let (tx, rx) = watch::channel(None);
+            m.insert(key.to_string(), rx);
+            tx
+        };
+        let (own_tx, own_rx) = oneshot::channel();
+        let flights = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            let answer = flights.lead(&key, lease, lead, &tx).await;
+            let _ = own_tx.send(answer);
+        });
+        Ticket::Leader(own_rx)
+    }
+
+    /// The flight's task: waits for another process leading the same key, or leads.
+    async fn lead<T, F, Fut>(
+        &self,
+        key: &str,
+        lease: Duration,
+        lead: F,
+        tx: &watch::Sender<Option<FlightResult>>,
+    ) -> FlightAnswer<T>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = (T, FlightResult)>,
     {
-        let joined = {
-            let Ok(mut m) = self.local.lock() else {
-                return FlightAnswer::AskUpstream;
-            };
-            match m.get(key) {
-                Some(rx) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    m.insert(key.to_string(), rx);
-                    Ok(tx)
-                }
-            }
-        };
-        let tx = match joined {
-            Err(rx) => return wait_local(rx, wait).await,
-            Ok(tx) => tx,
-        };
         let _lead = LocalLead {
             flights: self,
             key: key.to_string(),
         };
-
-        // This process leads locally; does another process lead already?
-        match self.store.begin_flight(key, &self.owner, wait).await {
+        match self.store.begin_flight(key, &self.owner, lease).await {
             Ok(false) => {
-                let answer = self.wait_remote(key, wait).await;
+                let answer = self.wait_remote(key, lease).await;
                 let shared = match &answer {
                     FlightAnswer::Shared { status, body } => FlightResult::Shared {
                         status: *status,
@@ -136,21 +174,31 @@ impl Flights {
     }
 }
 
-async fn wait_local<T>(
-    mut rx: watch::Receiver<Option<FlightResult>>,
-    wait: Duration,
-) -> FlightAnswer<T> {
-    let outcome = tokio::time::timeout(wait, rx.wait_for(|r| r.is_some())).await;
-    match outcome {
-        Ok(Ok(r)) => match r.as_ref() {
-            Some(FlightResult::Shared { status, body }) => FlightAnswer::Shared {
-                status: *status,
-                body: body.clone(),
+impl<T> Ticket<T> {
+    /// Waits for the flight's outcome until `until` at most.
+    pub async fn wait(self, until: Instant) -> FlightAnswer<T> {
+        match self {
+            Ticket::Leader(rx) => match tokio::time::timeout_at(until, rx).await {
+                Ok(Ok(answer)) => answer,
+                // The task ended without an outcome (it cannot, short of a panic).
+                Ok(Err(_)) => FlightAnswer::AskUpstream,
+                Err(_) => FlightAnswer::StillRunning,
             },
-            _ => FlightAnswer::AskUpstream,
-        },
-        // Timed out, or the leader went away without a result.
-        _ => FlightAnswer::AskUpstream,
+            Ticket::Joiner(mut rx) => {
+                match tokio::time::timeout_at(until, rx.wait_for(|r| r.is_some())).await {
+                    Ok(Ok(r)) => match r.as_ref() {
+                        Some(FlightResult::Shared { status, body }) => FlightAnswer::Shared {
+                            status: *status,
+                            body: body.clone(),
+                        },
+                        _ => FlightAnswer::AskUpstream,
+                    },
+                    // The task went away without a result.
+                    Ok(Err(_)) => FlightAnswer::AskUpstream,
+                    Err(_) => FlightAnswer::StillRunning,
+                }
+            }
+        }
     }
 }
 
@@ -167,15 +215,31 @@ mod tests {
         }
     }
 
+    /// Joins or starts the flight and waits for it at most `wait`.
+    async fn run<T, F, Fut>(f: &Arc<Flights>, wait: Duration, lead: F) -> FlightAnswer<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = (T, FlightResult)> + Send + 'static,
+    {
+        f.join_or_start("k", wait, lead)
+            .wait(Instant::now() + wait)
+            .await
+    }
+
+    fn flights() -> Arc<Flights> {
+        Arc::new(Flights::new(Arc::new(MemoryStore::new())))
+    }
+
     #[tokio::test]
     async fn concurrent_callers_share_one_lead() {
-        let flights = Arc::new(Flights::new(Arc::new(MemoryStore::new())));
+        let flights = flights();
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let (f, c) = (flights.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
-                f.run("k", Duration::from_secs(2), || async {
+                run(&f, Duration::from_secs(2), move || async move {
                     c.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     ("mine", not_found())
@@ -197,21 +261,20 @@ mod tests {
 
     #[tokio::test]
     async fn success_is_not_shared() {
-        let flights = Arc::new(Flights::new(Arc::new(MemoryStore::new())));
+        let flights = flights();
         let f2 = flights.clone();
         let leader = tokio::spawn(async move {
-            f2.run("k", Duration::from_secs(2), || async {
+            run(&f2, Duration::from_secs(2), || async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 ((), FlightResult::AskUpstream)
             })
             .await
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let follower = flights
-            .run("k", Duration::from_secs(2), || async {
-                panic!("must not lead") as ((), FlightResult)
-            })
-            .await;
+        let follower = run(&flights, Duration::from_secs(2), || async {
+            panic!("must not lead") as ((), FlightResult)
+        })
+        .await;
         assert_eq!(follower, FlightAnswer::AskUpstream);
         assert_eq!(leader.await.unwrap(), FlightAnswer::Led(()));
     }
@@ -220,7 +283,7 @@ mod tests {
     async fn another_process_leading_is_waited_for() {
         let store = Arc::new(MemoryStore::new());
         let other = Flights::new(store.clone());
-        let here = Flights::new(store.clone());
+        let here = Arc::new(Flights::new(store.clone()));
         assert!(store
             .begin_flight("k", &other.owner, Duration::from_secs(2))
             .await
@@ -233,11 +296,10 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let answer = here
-            .run("k", Duration::from_secs(2), || async {
-                panic!("must not lead") as ((), FlightResult)
-            })
-            .await;
+        let answer = run(&here, Duration::from_secs(2), || async {
+            panic!("must not lead") as ((), FlightResult)
+        })
+        .await;
         assert_eq!(
             answer,
             FlightAnswer::Shared {
@@ -247,25 +309,52 @@ mod tests {
         );
     }
 
+    /// A caller whose time runs out is told so at once, and the flight runs on to its end
+    /// (its result is still published to later joiners).
     #[tokio::test]
-    async fn slow_leader_releases_waiters() {
-        let flights = Arc::new(Flights::new(Arc::new(MemoryStore::new())));
-        let f2 = flights.clone();
-        tokio::spawn(async move {
-            f2.run("k", Duration::from_secs(5), || async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+    async fn a_slow_flight_outlives_its_callers() {
+        let flights = flights();
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        let t0 = std::time::Instant::now();
+        let leader = flights
+            .join_or_start("k", Duration::from_secs(5), move || async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                d.fetch_add(1, Ordering::SeqCst);
                 ((), not_found())
             })
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let t0 = std::time::Instant::now();
-        let answer = flights
-            .run("k", Duration::from_millis(50), || async {
+            .wait(Instant::now() + Duration::from_millis(50))
+            .await;
+        assert_eq!(leader, FlightAnswer::StillRunning);
+        let joiner = flights
+            .join_or_start("k", Duration::from_secs(5), || async {
                 panic!("must not lead") as ((), FlightResult)
             })
+            .wait(Instant::now() + Duration::from_millis(50))
             .await;
-        assert_eq!(answer, FlightAnswer::AskUpstream);
-        assert!(t0.elapsed() < Duration::from_millis(400));
+        assert_eq!(joiner, FlightAnswer::StillRunning);
+        assert!(t0.elapsed() < Duration::from_millis(250));
+        // A later caller joins the same flight and gets its result.
+        let later = flights
+            .join_or_start("k", Duration::from_secs(5), || async {
+                panic!("must not lead") as ((), FlightResult)
+            })
+            .wait(Instant::now() + Duration::from_secs(2))
+            .await;
+        assert_eq!(
+            later,
+            FlightAnswer::Shared {
+                status: 404,
+                body: "nf".into()
+            }
+        );
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+        // Once it ended, the next caller leads a new flight.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let next = run(&flights, Duration::from_secs(1), || async {
+            ("new", not_found())
+        })
+        .await;
+        assert_eq!(next, FlightAnswer::Led("new"));
     }
 }

@@ -1,15 +1,18 @@
 //! Forwarding an agent request with the gateway's own upstream client: the request as the
 //! agent sent it (path, query, headers, body bytes), plus `X-Forwarded-*`.
 
-use crate::edge::{write_local, write_upstream, LocalAnswer};
+use crate::edge::{write_local, write_upstream, Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
-use crate::metrics::Outcome as Counted;
+use crate::metrics::{Outcome as Counted, Route};
 use crate::plugin::RequestCtx;
 use crate::upstream::headers::{forwarded_values, is_hop_by_hop};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::AgentRequest;
 
@@ -50,42 +53,93 @@ pub fn upstream_request(
     Ok(req)
 }
 
-/// Sends the agent's request upstream and returns the answer (not yet written).
-/// `node` is the request's node as far as it is known (the lookup key, the heartbeat's
-/// ident): the concurrency cap's queue holds one place per node.
-pub async fn send(
+/// An agent request ready to go upstream, owning all it needs: a lookup's trip to Ironic must
+/// be able to outlive the agent's wait for it (see `lookup`).
+pub struct Prepared {
+    pub edge: Arc<Edge>,
+    route: Route,
+    /// The request's node as far as it is known (the lookup key, the heartbeat's ident): the
+    /// concurrency cap's queue holds one place per node.
+    node: String,
+    req: RequestHeader,
+    body: Bytes,
+    /// Not sent if still queued for the cap by then.
+    deadline: Instant,
+}
+
+/// The instant by which the agent's request must be answered.
+pub fn answer_deadline(edge: &Edge, ctx: &RequestCtx) -> Instant {
+    Instant::from_std(ctx.started)
+        + Duration::from_millis(edge.config.upstream.agent_answer_within_ms)
+}
+
+/// Builds the upstream request for the agent's request.
+pub fn prepare(
     r: &AgentRequest<'_>,
     session: &Session,
     ctx: &RequestCtx,
     node: &str,
-    body: &[u8],
-) -> Result<UpstreamResponse, UpstreamError> {
-    let _permit = match &r.edge.gate {
-        Some(gate) => match gate.enter(node).await {
-            Ok(p) => Some(p),
-            Err(_) => {
-                log::warn!("{} not sent: the upstream queue is full", ctx.route.label());
-                return Err(UpstreamError::Busy);
-            }
-        },
-        None => None,
-    };
+    body: &Bytes,
+) -> Result<Prepared, UpstreamError> {
     let tls = session
         .server_addr()
         .and_then(|a| a.as_inet())
         .is_some_and(|a| r.edge.tls_ports.contains(&a.port()));
     let req = upstream_request(session, tls, body.len())
         .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
-    r.edge.metrics.upstream_request(ctx.route);
-    let result = r.edge.upstream.send(&req, body).await;
-    match &result {
-        Ok(resp) => r.edge.versions.observe_headers(&resp.header.headers),
-        Err(e) => {
-            r.edge.metrics.upstream_error(ctx.route);
-            log::warn!("{} forward failed: {e}", ctx.route.label());
-        }
+    Ok(Prepared {
+        edge: r.edge.clone(),
+        route: ctx.route,
+        node: node.to_string(),
+        req,
+        body: body.clone(),
+        deadline: answer_deadline(r.edge, ctx),
+    })
+}
+
+impl Prepared {
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
-    result
+
+    /// Sends the request upstream (through the cap) and returns the answer (not yet written).
+    pub async fn send(&self) -> Result<UpstreamResponse, UpstreamError> {
+        let edge = &self.edge;
+        let _permit = match &edge.gate {
+            Some(gate) => match gate.enter(&self.node, self.deadline).await {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    log::warn!(
+                        "{} not sent: no place under the upstream cap in time",
+                        self.route.label()
+                    );
+                    return Err(UpstreamError::Busy);
+                }
+            },
+            None => None,
+        };
+        edge.metrics.upstream_request(self.route);
+        let result = edge.upstream.send(&self.req, &self.body).await;
+        match &result {
+            Ok(resp) => edge.versions.observe_headers(&resp.header.headers),
+            Err(e) => {
+                edge.metrics.upstream_error(self.route);
+                log::warn!("{} forward failed: {e}", self.route.label());
+            }
+        }
+        result
+    }
+}
+
+/// Sends the agent's request upstream and returns the answer (not yet written).
+pub async fn send(
+    r: &AgentRequest<'_>,
+    session: &Session,
+    ctx: &RequestCtx,
+    node: &str,
+    body: &Bytes,
+) -> Result<UpstreamResponse, UpstreamError> {
+    prepare(r, session, ctx, node, body)?.send().await
 }
 
 /// Writes an upstream answer (with `body` in place of its own, e.g. with a token removed).

@@ -19,6 +19,7 @@ use crate::ironic::states::{HEARTBEAT_DRIVES_WORK, HEARTBEAT_RECORD_ONLY};
 use crate::ironic::{ident, IronicError};
 use crate::plugin::RequestCtx;
 use crate::store::{token_hash, IndexedNode, NodeRecord, StoreError};
+use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -297,11 +298,22 @@ async fn forward_and_learn(
     ctx: &mut RequestCtx,
     body: &Bytes,
 ) -> pingora::Result<()> {
-    let sent = forward::send(r, session, ctx, ident, body).await;
+    let relay_on = r.edge.config.heartbeat.relay_when_upstream_fails && r.edge.sealer.is_some();
+    let sent = if relay_on && verified {
+        match send_within_deadline(r, session, ctx, ident, body).await {
+            Some(sent) => sent,
+            None => {
+                log::info!("heartbeat for {ident}: Ironic is slow; accepted, relayed if it fails");
+                return r.answer_local(session, ctx, &LocalAnswer::accepted()).await;
+            }
+        }
+    } else {
+        forward::send(r, session, ctx, ident, body).await
+    };
     // Ironic failing (unreachable, timing out, 5xx): a verified heartbeat is kept for the
     // relay and accepted, rather than sending the agent into its 5-10 s retry mode.
     let failed = sent.as_ref().map_or(true, |resp| resp.status() >= 500);
-    if failed && r.edge.config.heartbeat.relay_when_upstream_fails && verified {
+    if failed && relay_on && verified {
         let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
         if crate::relay::defer(r.edge, ident, &pending).await {
             log::info!("heartbeat for {ident}: Ironic failed; accepted and kept for the relay");
@@ -380,6 +392,45 @@ async fn forward_and_learn(
     }
     let body = resp.body.clone();
     forward::relay(r, session, ctx, &resp, &body).await
+}
+
+/// Sends a verified heartbeat and waits for Ironic until the agent's deadline. Past it
+/// (`None`), the agent is answered 202 while the exchange runs on; if it then fails, the
+/// heartbeat is kept for the relay, as for any failure, so nothing is lost.
+async fn send_within_deadline(
+    r: &AgentRequest<'_>,
+    session: &Session,
+    ctx: &RequestCtx,
+    ident: &str,
+    body: &Bytes,
+) -> Option<Result<UpstreamResponse, UpstreamError>> {
+    let prepared = match forward::prepare(r, session, ctx, ident, body) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e)),
+    };
+    let until = prepared.deadline();
+    let mut running = tokio::spawn(async move { prepared.send().await });
+    match tokio::time::timeout_at(until, &mut running).await {
+        Ok(Ok(sent)) => Some(sent),
+        Ok(Err(e)) => Some(Err(UpstreamError::Exchange(e.to_string()))),
+        Err(_) => {
+            let edge = r.edge.clone();
+            let uuid = ident.to_string();
+            let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
+            tokio::spawn(async move {
+                let failed = match running.await {
+                    Ok(Ok(resp)) => resp.status() >= 500,
+                    _ => true,
+                };
+                if failed && crate::relay::defer(&edge, &uuid, &pending).await {
+                    log::info!(
+                        "heartbeat for {uuid}: the late exchange failed; kept for the relay"
+                    );
+                }
+            });
+            None
+        }
+    }
 }
 
 /// Does the heartbeat carry the token the gateway knows for the node (a UUID ident)?

@@ -1,20 +1,22 @@
 //! The lookup path, `GET /v1/lookup`:
 //! 1. Ironic's argument checks, in Ironic's order, answered at the edge;
 //! 2. a remembered upstream 404 for the same normalised request: answered at the edge;
-//! 3. otherwise one request per normalised key goes upstream (single flight), a 409 (node
-//!    locked while the token is minted) is retried within a short budget, and the answer is
-//!    relayed. A minted token is handed to the requesting agent only: Redis keeps its salted
+//! 3. otherwise one request per normalised key goes upstream (single flight, in a task of its
+//!    own that runs to its end), a 409 (node locked while the token is minted) is retried
+//!    within a short budget, and the answer is relayed; if Ironic has not answered by the
+//!    agent's deadline, the agent gets 503 (it retries) and the answer is kept for the retry. A minted token is handed to the requesting agent only: Redis keeps its salted
 //!    hash and the node data with the token masked.
 
 use super::flight::{FlightAnswer, Flights};
 use super::forward;
 use super::AgentRequest;
 use crate::config::SyncConfig;
-use crate::edge::LocalAnswer;
+use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::resource_not_found;
 use crate::ironic::lookup::{check_lookup, LookupQuery};
 use crate::ironic::states::lookup_allowed;
 use crate::ironic::token::{lookup_token, replace_token, LookupToken, MASK};
+use crate::ironic::version::ApiVersion;
 use crate::ironic::{version, HeaderSet};
 use crate::plugin::RequestCtx;
 use crate::store::{token_hash, FlightResult};
@@ -24,9 +26,10 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use rand::Rng;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// What the leader of a lookup flight got.
+/// What a lookup's trip to Ironic got.
 enum Asked {
     Answer(Box<UpstreamResponse>),
     Unreachable,
@@ -34,7 +37,7 @@ enum Asked {
 
 pub async fn handle(
     r: &AgentRequest<'_>,
-    flights: &Flights,
+    flights: &Arc<Flights>,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
@@ -50,42 +53,31 @@ pub async fn handle(
     }
     let key = query.cache_key();
     let caller = replay_key(&key, session);
-    if let Some(answer) = take_replay(r, caller.as_deref()).await {
+    if let Some(answer) = take_replay(r.edge, r.version, caller.as_deref()).await {
         return r.answer_local(session, ctx, &answer).await;
     }
     if index_verdict(r, &query).await == IndexVerdict::NotFound {
         return r.answer_error(session, ctx, &resource_not_found()).await;
     }
-    let cfg = &r.edge.config.lookup;
     match r.edge.store.lookup_not_found(&key).await {
         Ok(true) => return r.answer_error(session, ctx, &resource_not_found()).await,
         Ok(false) => {}
-        Err(e) => store_error(r, &e),
+        Err(e) => store_error(r.edge, &e),
     }
 
-    let wait = Duration::from_millis(cfg.flight_wait_ms);
+    let trip = match LookupTrip::prepare(r, session, ctx, &key, caller.clone()) {
+        Ok(trip) => trip,
+        Err(_) => return forward::unavailable(r, session, ctx).await,
+    };
+    let until = forward::answer_deadline(r.edge, ctx);
+    let lease = Duration::from_millis(r.edge.config.upstream.agent_answer_within_ms);
     let answer = flights
-        .run(&key, wait, || async {
-            let asked = ask_with_conflict_retries(r, &key, session, ctx).await;
-            let shared = match &asked {
-                Asked::Answer(resp) => {
-                    after_upstream_answer(r, &key, caller.as_deref(), resp).await
-                }
-                Asked::Unreachable => {
-                    let e = crate::ironic::error::upstream_unavailable();
-                    FlightResult::Shared {
-                        status: e.status,
-                        body: e.body,
-                    }
-                }
-            };
-            (asked, shared)
-        })
+        .join_or_start(&key, lease, move || trip.run())
+        .wait(until)
         .await;
     match answer {
         FlightAnswer::Led(Asked::Answer(resp)) => {
-            let body = protect_token(r, &resp);
-            forward::relay(r, session, ctx, &resp, &body).await
+            relay_answer(r, caller.as_deref(), session, ctx, &resp).await
         }
         FlightAnswer::Led(Asked::Unreachable) => forward::unavailable(r, session, ctx).await,
         FlightAnswer::Shared { status, body } => {
@@ -98,33 +90,120 @@ pub async fn handle(
             };
             r.answer_local(session, ctx, &a).await
         }
-        // The flight this caller joined minted a token: if it was this caller's own earlier
-        // attempt (same request, same address), it gets that answer, once.
-        FlightAnswer::AskUpstream if r.edge.sealer.is_some() && caller.is_some() => {
-            match take_replay(r, caller.as_deref()).await {
+        // The flight succeeded: if it was this caller's own earlier attempt (same request, same
+        // address) that minted a token, it gets that answer, once; otherwise it asks Ironic.
+        FlightAnswer::AskUpstream => {
+            match take_replay(r.edge, r.version, caller.as_deref()).await {
                 Some(answer) => r.answer_local(session, ctx, &answer).await,
-                None => ask_and_relay(r, &key, caller.as_deref(), session, ctx).await,
+                None => ask_detached(r, &key, caller, session, ctx, until).await,
             }
         }
-        FlightAnswer::AskUpstream => ask_and_relay(r, &key, caller.as_deref(), session, ctx).await,
+        FlightAnswer::StillRunning => still_at_ironic(r, session, ctx).await,
     }
 }
 
-async fn ask_and_relay(
+/// One lookup's trip to Ironic, owning all it needs: it runs to its end in a task of its own,
+/// so that an answer that minted a token is always recorded (and kept for a replay), even when
+/// the agent stopped waiting for it.
+struct LookupTrip {
+    prepared: forward::Prepared,
+    version: ApiVersion,
+    key: String,
+    caller: Option<String>,
+}
+
+impl LookupTrip {
+    fn prepare(
+        r: &AgentRequest<'_>,
+        session: &Session,
+        ctx: &RequestCtx,
+        key: &str,
+        caller: Option<String>,
+    ) -> Result<Self, crate::upstream::UpstreamError> {
+        Ok(LookupTrip {
+            prepared: forward::prepare(r, session, ctx, key, &Bytes::new())?,
+            version: r.version,
+            key: key.to_string(),
+            caller,
+        })
+    }
+
+    /// Asks Ironic; returns the answer and what the flight's waiters get.
+    async fn run(self) -> (Asked, FlightResult) {
+        let asked = ask_with_conflict_retries(&self.prepared).await;
+        let shared = match &asked {
+            Asked::Answer(resp) => {
+                let edge = &self.prepared.edge;
+                let caller = self.caller.as_deref();
+                after_upstream_answer(edge, self.version, &self.key, caller, resp).await
+            }
+            Asked::Unreachable => {
+                let e = crate::ironic::error::upstream_unavailable();
+                FlightResult::Shared {
+                    status: e.status,
+                    body: e.body,
+                }
+            }
+        };
+        (asked, shared)
+    }
+}
+
+/// Asks Ironic outside a flight, in a trip of its own, waiting for it until `until`.
+async fn ask_detached(
     r: &AgentRequest<'_>,
     key: &str,
-    caller: Option<&str>,
+    caller: Option<String>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    until: tokio::time::Instant,
+) -> pingora::Result<()> {
+    let trip = match LookupTrip::prepare(r, session, ctx, key, caller.clone()) {
+        Ok(trip) => trip,
+        Err(_) => return forward::unavailable(r, session, ctx).await,
+    };
+    let running = tokio::spawn(trip.run());
+    match tokio::time::timeout_at(until, running).await {
+        Ok(Ok((Asked::Answer(resp), _))) => {
+            relay_answer(r, caller.as_deref(), session, ctx, &resp).await
+        }
+        Ok(Ok((Asked::Unreachable, _))) | Ok(Err(_)) => forward::unavailable(r, session, ctx).await,
+        Err(_) => still_at_ironic(r, session, ctx).await,
+    }
+}
+
+/// The agent's time is nearly up and Ironic has not answered: a 503 now (IPA retries a lookup
+/// after any failure, a timeout or a 503 alike) beats a timeout, and the trip runs on, its
+/// answer kept for the retry.
+async fn still_at_ironic(
+    r: &AgentRequest<'_>,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
-    match ask_with_conflict_retries(r, key, session, ctx).await {
-        Asked::Answer(resp) => {
-            let _ = after_upstream_answer(r, key, caller, &resp).await;
-            let body = protect_token(r, &resp);
-            forward::relay(r, session, ctx, &resp, &body).await
+    log::warn!(
+        "lookup: Ironic has not answered within {} ms; 503 to the agent, whose retry gets the answer",
+        r.edge.config.upstream.agent_answer_within_ms
+    );
+    forward::unavailable(r, session, ctx).await
+}
+
+/// Relays Ironic's lookup answer. An answer of `"******"` (a token is held) may be the trace
+/// of this caller's own earlier attempt, whose minted answer arrived meanwhile: that is handed
+/// over instead, since `"******"` would shut the agent down.
+async fn relay_answer(
+    r: &AgentRequest<'_>,
+    caller: Option<&str>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: &UpstreamResponse,
+) -> pingora::Result<()> {
+    if resp.status() == 200 && matches!(lookup_token(&resp.body), Some(LookupToken::Masked)) {
+        if let Some(answer) = take_replay(r.edge, r.version, caller).await {
+            return r.answer_local(session, ctx, &answer).await;
         }
-        Asked::Unreachable => forward::unavailable(r, session, ctx).await,
     }
+    let body = protect_token(r, resp);
+    forward::relay(r, session, ctx, resp, &body).await
 }
 
 /// What the node index says of a lookup.
@@ -201,7 +280,7 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
                 (m, first)
             }
             Err(e) => {
-                store_error(r, &e);
+                store_error(r.edge, &e);
                 return IndexVerdict::AskIronic;
             }
         },
@@ -210,7 +289,7 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
         Some(u) => match store.index_node(&u).await {
             Ok(n) => n,
             Err(e) => {
-                store_error(r, &e);
+                store_error(r.edge, &e);
                 return IndexVerdict::AskIronic;
             }
         },
@@ -226,7 +305,7 @@ pub async fn forward_protected(
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
     let node = session.req_header().uri.to_string();
-    match forward::send(r, session, ctx, &node, b"").await {
+    match forward::send(r, session, ctx, &node, &Bytes::new()).await {
         Ok(resp) => {
             let body = protect_token(r, &resp);
             forward::relay(r, session, ctx, &resp, &body).await
@@ -238,17 +317,13 @@ pub async fn forward_protected(
 /// Asks Ironic, retrying a 409 (node locked while minting the token: it fails fast since
 /// Ironic 23) a few times with jitter inside the configured budget. IPA itself would sleep
 /// 5-30 s on a 409, so absorbing a short lock here saves the agent a long pause.
-async fn ask_with_conflict_retries(
-    r: &AgentRequest<'_>,
-    key: &str,
-    session: &Session,
-    ctx: &RequestCtx,
-) -> Asked {
-    let cfg = &r.edge.config.lookup;
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.conflict_budget_ms);
+async fn ask_with_conflict_retries(p: &forward::Prepared) -> Asked {
+    let cfg = &p.edge.config.lookup;
+    let deadline = (tokio::time::Instant::now() + Duration::from_millis(cfg.conflict_budget_ms))
+        .min(p.deadline());
     let mut attempt = 0u32;
     loop {
-        let resp = match forward::send(r, session, ctx, key, b"").await {
+        let resp = match p.send().await {
             Ok(resp) => resp,
             Err(_) => return Asked::Unreachable,
         };
@@ -269,18 +344,19 @@ async fn ask_with_conflict_retries(
 /// hash (and the node data, token masked) is recorded for the heartbeat path. Returns what
 /// the flight's waiters get.
 async fn after_upstream_answer(
-    r: &AgentRequest<'_>,
+    edge: &Edge,
+    version: ApiVersion,
     key: &str,
     caller: Option<&str>,
     resp: &UpstreamResponse,
 ) -> FlightResult {
     let status = resp.status();
     let body = &resp.body;
-    let store = &r.edge.store;
+    let store = &edge.store;
     if status == 404 {
-        let ttl = Duration::from_secs(r.edge.config.lookup.not_found_ttl_seconds);
+        let ttl = Duration::from_secs(edge.config.lookup.not_found_ttl_seconds);
         if let Err(e) = store.remember_lookup_not_found(key, ttl).await {
-            store_error(r, &e);
+            store_error(edge, &e);
         }
     }
     if status != 200 {
@@ -290,20 +366,20 @@ async fn after_upstream_answer(
         };
     }
     // Only at 1.62+ does Ironic mint; below, a raw token is a stored one leaking.
-    if r.version >= version::AGENT_TOKEN {
+    if version >= version::AGENT_TOKEN {
         if let (Some(LookupToken::Raw(token)), Some(uuid)) = (lookup_token(body), node_uuid(body)) {
             let masked = replace_token(body, &token, &format!("\"{MASK}\"")).unwrap_or_default();
-            let ttl = Duration::from_secs(r.edge.config.node_ttl_seconds);
+            let ttl = Duration::from_secs(edge.config.node_ttl_seconds);
             if let Err(e) = store
                 .record_token_minted(&uuid, &token_hash::hash_token(&token), &masked, ttl)
                 .await
             {
-                store_error(r, &e);
+                store_error(edge, &e);
             }
             if let Err(e) = store.forget_heartbeat_not_found(&uuid).await {
-                store_error(r, &e);
+                store_error(edge, &e);
             }
-            keep_for_replay(r, caller, &uuid, body).await;
+            keep_for_replay(edge, caller, &uuid, body).await;
         }
     }
     FlightResult::AskUpstream
@@ -319,9 +395,9 @@ fn replay_key(key: &str, session: &Session) -> Option<String> {
 const MINTED: &str = "minted-lookup";
 
 /// Keeps the answer that carried a freshly minted token, sealed, for one replay.
-async fn keep_for_replay(r: &AgentRequest<'_>, caller: Option<&str>, uuid: &str, body: &[u8]) {
-    let window = r.edge.config.lookup.replay_window_seconds;
-    let (Some(sealer), Some(caller)) = (r.edge.sealer.as_ref(), caller) else {
+async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[u8]) {
+    let window = edge.config.lookup.replay_window_seconds;
+    let (Some(sealer), Some(caller)) = (edge.sealer.as_ref(), caller) else {
         return;
     };
     if window == 0 {
@@ -330,28 +406,31 @@ async fn keep_for_replay(r: &AgentRequest<'_>, caller: Option<&str>, uuid: &str,
     let Some(sealed) = sealer.seal(MINTED, body) else {
         return;
     };
-    if let Err(e) = r
-        .edge
+    if let Err(e) = edge
         .store
         .put_minted_answer(caller, uuid, &sealed, Duration::from_secs(window))
         .await
     {
-        store_error(r, &e);
+        store_error(edge, &e);
     }
 }
 
 /// A kept minted answer for this caller, taken (so handed out at most once).
-async fn take_replay(r: &AgentRequest<'_>, caller: Option<&str>) -> Option<LocalAnswer> {
-    let (Some(sealer), Some(caller)) = (r.edge.sealer.as_ref(), caller) else {
+async fn take_replay(
+    edge: &Edge,
+    version: ApiVersion,
+    caller: Option<&str>,
+) -> Option<LocalAnswer> {
+    let (Some(sealer), Some(caller)) = (edge.sealer.as_ref(), caller) else {
         return None;
     };
-    if r.edge.config.lookup.replay_window_seconds == 0 || r.version < version::AGENT_TOKEN {
+    if edge.config.lookup.replay_window_seconds == 0 || version < version::AGENT_TOKEN {
         return None;
     }
-    let sealed = match r.edge.store.take_minted_answer(caller).await {
+    let sealed = match edge.store.take_minted_answer(caller).await {
         Ok(found) => found?,
         Err(e) => {
-            store_error(r, &e);
+            store_error(edge, &e);
             return None;
         }
     };
@@ -402,8 +481,8 @@ fn node_uuid(body: &[u8]) -> Option<String> {
     crate::ironic::ident::is_uuid_like(uuid).then(|| uuid.to_string())
 }
 
-fn store_error(r: &AgentRequest<'_>, e: &crate::store::StoreError) {
-    r.edge.metrics.store_error();
+fn store_error(edge: &Edge, e: &crate::store::StoreError) {
+    edge.metrics.store_error();
     log::warn!("lookup: {e}; carrying on without the store");
 }
 

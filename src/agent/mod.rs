@@ -87,7 +87,7 @@ pub fn is_lookup_alias(path: &str) -> bool {
 
 /// What every agent-path handler needs for one request.
 pub struct AgentRequest<'a> {
-    pub edge: &'a Edge,
+    pub edge: &'a Arc<Edge>,
     pub info: UpstreamInfo,
     pub version: ApiVersion,
 }
@@ -154,13 +154,13 @@ impl AgentRequest<'_> {
 
 pub struct AgentPlugin {
     edge: Arc<Edge>,
-    flights: flight::Flights,
+    flights: Arc<flight::Flights>,
 }
 
 impl AgentPlugin {
     pub fn new(edge: Arc<Edge>) -> Result<Self, ConfigError> {
         Ok(AgentPlugin {
-            flights: flight::Flights::new(edge.store.clone()),
+            flights: Arc::new(flight::Flights::new(edge.store.clone())),
             edge,
         })
     }

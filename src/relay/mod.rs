@@ -137,10 +137,13 @@ impl HeartbeatRelay {
             );
             return Relayed::Done;
         };
-        // Relayed heartbeats count against the same cap as the agents' own requests.
+        // Relayed heartbeats count against the same cap as the agents' own requests (and
+        // wait for a place as long as an agent's request would).
+        let queue_deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.edge.config.upstream.agent_answer_within_ms);
         let ttl = Duration::from_secs(self.edge.config.heartbeat.relay_ttl_seconds);
         let _permit = match &self.edge.gate {
-            Some(gate) => match gate.enter(&uuid).await {
+            Some(gate) => match gate.enter(&uuid, queue_deadline).await {
                 Ok(p) => Some(p),
                 Err(_) => {
                     if let Err(e) = self

@@ -69,7 +69,6 @@ impl GatewayConfig {
             .set("ironic_edge.redis.command_timeout_ms", 250)
             .set("ironic_edge.redis.connect_timeout_ms", 250)
             .set("ironic_edge.lookup.not_found_ttl_seconds", 1)
-            .set("ironic_edge.lookup.flight_wait_ms", 3000)
             .set("ironic_edge.lookup.conflict_retries", 3)
             .set("ironic_edge.lookup.conflict_budget_ms", 2000)
             .set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 2)
