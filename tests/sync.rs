@@ -199,6 +199,14 @@ fn two_gateways_one_syncs_and_the_other_takes_over() {
         || metric(&follower, SYNC_REQUESTS) > 0,
     );
     eprintln!("take-over after {took:?}");
+    // Its index being fresh, the new syncing process carries on incrementally from the
+    // watermarks the dead one shared: no full round on a take-over.
+    let logs = follower.logs();
+    assert!(
+        logs.contains("resuming from the previous process's watermarks"),
+        "{logs}"
+    );
+    assert!(!logs.contains("node sync: full round"), "{logs}");
     eventually(
         Duration::from_secs(10),
         "answers from the index after the take-over",

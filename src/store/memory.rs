@@ -272,6 +272,20 @@ impl EdgeStore for MemoryStore {
             _ => None,
         })
     }
+    async fn sync_marks(&self) -> StoreResult<Option<String>> {
+        self.with(|m| match m.get("idx:sync_marks") {
+            Some((Entry::Text(t), _)) => Some(t.clone()),
+            _ => None,
+        })
+    }
+    async fn put_sync_marks(&self, marks: &str) -> StoreResult<()> {
+        self.with(|m| {
+            m.insert(
+                "idx:sync_marks".into(),
+                (Entry::Text(marks.to_string()), None),
+            );
+        })
+    }
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
         self.with(|m| {
             macs.iter()

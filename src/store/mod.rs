@@ -181,6 +181,10 @@ pub trait EdgeStore: Send + Sync {
 
     /// Unix milliseconds of the last completed sync round (`None`: no complete index).
     async fn index_synced_at(&self) -> StoreResult<Option<u64>>;
+    /// Where the sync resumes (its watermarks, as JSON): a process taking the lease over
+    /// carries on from there instead of starting with a full round.
+    async fn sync_marks(&self) -> StoreResult<Option<String>>;
+    async fn put_sync_marks(&self, marks: &str) -> StoreResult<()>;
     /// The node uuid of each MAC (same order), from the index.
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>>;
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>>;

@@ -11,7 +11,7 @@
 //! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
 //! - `hb:nf:<ident>`, `hb:mismatch:<uuid>`: heartbeat 404 cache, mismatch forward slot
 //! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), sets `idx:nodes`, `idx:macs`,
-//!   `idx:synced_at`: the node index the sync service keeps
+//!   `idx:synced_at`, `idx:sync_marks`: the node index the sync service keeps
 //! - `lease:<name>`: leases (one syncing process at a time)
 //! - `pending:hb:<uuid>` (sealed), set `pending:hb`: heartbeats waiting for Ironic
 //! - `lookup:minted:<sha256(key, caller)>` (sealed): a minted answer kept for one replay
@@ -468,6 +468,21 @@ impl EdgeStore for RedisStore {
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
         self.run(redis::cmd("GET").arg(self.idx("synced_at")).clone())
             .await
+    }
+
+    async fn sync_marks(&self) -> StoreResult<Option<String>> {
+        self.run(redis::cmd("GET").arg(self.idx("sync_marks")).clone())
+            .await
+    }
+
+    async fn put_sync_marks(&self, marks: &str) -> StoreResult<()> {
+        self.run(
+            redis::cmd("SET")
+                .arg(self.idx("sync_marks"))
+                .arg(marks)
+                .clone(),
+        )
+        .await
     }
 
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {

@@ -5,7 +5,7 @@ use crate::edge::Edge;
 use crate::ironic::ApiVersion;
 use pingora::http::RequestHeader;
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The version the sync speaks (capped by the upstream's maximum): `fields`, `sort_key`
 /// and markers all exist there.
@@ -14,7 +14,14 @@ const SYNC_VERSION: ApiVersion = ApiVersion::new(1, 96);
 pub struct IronicApi {
     edge: Arc<Edge>,
     auth: Option<(&'static str, String)>,
+    /// Unix seconds of the `Date` of Ironic's latest answer: its own clock, which is what its
+    /// `updated_at` values are written with.
+    server_time: Mutex<Option<i64>>,
 }
+
+/// A listing's first page holds one item: in a quiet round (the common case) that item is
+/// already older than the watermark, and the listing ends there.
+const FIRST_ORDERED_PAGE: u32 = 1;
 
 impl IronicApi {
     pub fn new(edge: Arc<Edge>, auth: &SyncAuth) -> Self {
@@ -28,7 +35,16 @@ impl IronicApi {
             }
             SyncAuthType::Token => Some(("X-Auth-Token", auth.token.clone())),
         };
-        IronicApi { edge, auth }
+        IronicApi {
+            edge,
+            auth,
+            server_time: Mutex::new(None),
+        }
+    }
+
+    /// Ironic's clock at its latest answer (`None` without a `Date` header).
+    pub fn server_time(&self) -> Option<i64> {
+        self.server_time.lock().ok().and_then(|t| *t)
     }
 
     /// `GET path` as JSON; `Ok(None)` for a 404.
@@ -63,6 +79,17 @@ impl IronicApi {
             .send(&req, b"")
             .await
             .map_err(|e| e.to_string())?;
+        let date = resp
+            .header
+            .headers
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        if let Ok(mut t) = self.server_time.lock() {
+            *t = date;
+        }
         match resp.status() {
             200 => serde_json::from_slice(&resp.body)
                 .map(Some)
@@ -74,7 +101,8 @@ impl IronicApi {
 
     /// Lists a collection page by page: `listing` is `(collection key, path, fields)`. With
     /// `order = Some((key, since))` it lists newest first by `key` and stops at the first
-    /// item older than `since`; `first_page_only` stops after one page.
+    /// item older than `since` (its first page holds one item); `first_page_only` stops after
+    /// one page.
     pub async fn list(
         &self,
         listing: (&str, &str, Option<&str>),
@@ -86,8 +114,12 @@ impl IronicApi {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         let mut seen_dated = false;
+        let mut limit = match order {
+            Some((_, Some(_))) if !first_page_only => FIRST_ORDERED_PAGE.min(page_size),
+            _ => page_size,
+        };
         loop {
-            let mut path = format!("{base}?limit={page_size}");
+            let mut path = format!("{base}?limit={limit}");
             if let Some(f) = fields {
                 path.push_str(&format!("&fields={f}"));
             }
@@ -137,15 +169,16 @@ impl IronicApi {
             // A whole page of never-set timestamps and nothing dated yet: either every item is
             // undated (then the `created_at` listing covers them) or PostgreSQL sorts a long run
             // of them first; either way paging on would list everything every round.
-            let all_undated = order.is_some() && !seen_dated;
+            let all_undated = order.is_some() && !seen_dated && limit == page_size;
             if first_page_only
                 || reached_old
                 || all_undated
-                || n < page_size as usize
+                || n < limit as usize
                 || marker.is_none()
             {
                 return Ok(out);
             }
+            limit = page_size;
         }
     }
 

@@ -37,8 +37,8 @@ const NODES_FULL: (&str, &str, Option<&str>) = ("nodes", "/v1/nodes", Some(NODE_
 const NODES_CHANGED: (&str, &str, Option<&str>) = ("nodes", "/v1/nodes/detail", None);
 const PORTS: (&str, &str, Option<&str>) = ("ports", "/v1/ports", Some(PORT_FIELDS));
 
-/// Changes are looked for this far before the newest timestamp seen, for clock skew between
-/// Ironic hosts and for transactions that commit late.
+/// Changes are looked for this far before the previous round started (by Ironic's clock), for
+/// clock skew between Ironic hosts and for transactions that commit late.
 const OVERLAP_SECONDS: i64 = 30;
 
 /// Reads one node of the API's answer into an index entry.
@@ -97,13 +97,23 @@ fn now_ms() -> u64 {
 
 #[derive(Default)]
 struct SyncState {
-    /// Newest change seen (seconds), for nodes and for ports.
+    /// Where the next round's listings of changes start (seconds, Ironic's clock): when the
+    /// previous round started (or, if Ironic sends no `Date`, the newest change it saw).
     node_mark: Option<i64>,
     port_mark: Option<i64>,
     last_full: Option<Instant>,
     last_round: Option<Instant>,
     /// Set when a forwarded request deleted something: the next round is a full one.
     full_wanted: bool,
+}
+
+/// Where the sync resumes, shared through the store with the process that takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SyncMarks {
+    node_mark: i64,
+    port_mark: i64,
+    /// Unix milliseconds of the last full round.
+    last_full_ms: u64,
 }
 
 /// What a forwarded request changed, as far as the index is concerned.
@@ -198,9 +208,11 @@ impl NodeSync {
         // Listings of changes are mostly empty: small pages, so that a quiet round costs Ironic
         // a few documents, not `page_size` full ones (`/v1/nodes/detail` is about 3 KB a node).
         let changed_page = page.min(50);
+        // Ironic's clock when the round started: the `Date` of its first answer.
+        let mut ironic_start = None;
         let (nodes, ports, node_mark, port_mark) = if full {
             // The newest change before the listing starts is where the next round resumes
-            // (the light full listing carries no timestamps).
+            // if Ironic sends no `Date` (the light full listing carries no timestamps).
             let mut probe = Vec::new();
             for key in ["updated_at", "created_at"] {
                 probe.extend(
@@ -208,6 +220,7 @@ impl NodeSync {
                         .list(NODES_CHANGED, Some((key, None)), 1, true)
                         .await?,
                 );
+                ironic_start = ironic_start.or(self.api.server_time());
             }
             let nodes = self.api.list(NODES_FULL, None, page, false).await?;
             let ports = self.api.list(PORTS, None, page, false).await?;
@@ -230,6 +243,7 @@ impl NodeSync {
                         .list(NODES_CHANGED, Some((key, since(nm))), changed_page, false)
                         .await?,
                 );
+                ironic_start = ironic_start.or(self.api.server_time());
             }
             // New ports only: a port is rarely edited in place (the gateway's own forwarded
             // edits refresh at once; others wait for the full round), and never-edited ports
@@ -273,16 +287,35 @@ impl NodeSync {
             .map_err(|e| e.to_string())?;
         let newest =
             |items: &[Value], old: Option<i64>| items.iter().filter_map(changed_at).max().max(old);
-        let (nm, pm) = (newest(&nodes, node_mark), newest(&ports, port_mark));
-        self.with_state(|s| {
-            s.node_mark = nm.or(Some(0));
-            s.port_mark = pm.or(Some(0));
-            s.last_round = Some(Instant::now());
-            if full {
-                s.last_full = Some(Instant::now());
-                s.full_wanted = false;
+        // Resuming from the newest change seen would re-list the last burst of changes every
+        // round until a newer one comes; from the round's start, only the overlap is re-listed.
+        let (nm, pm) = match ironic_start {
+            Some(t) => (Some(t), Some(t)),
+            None => (newest(&nodes, node_mark), newest(&ports, port_mark)),
+        };
+        let last_full_ms = self
+            .with_state(|s| {
+                s.node_mark = nm.or(Some(0));
+                s.port_mark = pm.or(Some(0));
+                s.last_round = Some(Instant::now());
+                if full {
+                    s.last_full = Some(Instant::now());
+                    s.full_wanted = false;
+                }
+                s.last_full
+                    .map(|t| now_ms().saturating_sub(t.elapsed().as_millis() as u64))
+            })
+            .flatten();
+        let marks = SyncMarks {
+            node_mark: nm.unwrap_or(0),
+            port_mark: pm.unwrap_or(0),
+            last_full_ms: last_full_ms.unwrap_or(started),
+        };
+        if let Ok(json) = serde_json::to_string(&marks) {
+            if let Err(e) = self.edge.store.put_sync_marks(&json).await {
+                log::debug!("node sync: watermarks not shared: {e}");
             }
-        });
+        }
         log::debug!(
             "node sync: {} round, {} nodes and {} ports written, {} nodes and {} ports removed",
             if full { "full" } else { "incremental" },
@@ -312,6 +345,38 @@ impl NodeSync {
             Ok(None) => self.want_full_round(),
             Err(e) => log::debug!("node refresh of {ident}: {e}"),
         }
+    }
+
+    /// On taking the lease over: carries on from the previous syncing process's watermarks if
+    /// its index is fresh, so that a take-over costs Ironic an incremental round, not a full
+    /// one (the next full round comes when the previous one's is due).
+    async fn resume_from_shared_marks(&self) {
+        let fresh_ms = 2 * 1000 * self.cfg.interval_seconds + 5000;
+        let synced_at = match self.edge.store.index_synced_at().await {
+            Ok(Some(at)) => at,
+            _ => return,
+        };
+        if now_ms().saturating_sub(synced_at) > fresh_ms {
+            return;
+        }
+        let Some(marks) = self
+            .edge
+            .store
+            .sync_marks()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str::<SyncMarks>(&j).ok())
+        else {
+            return;
+        };
+        let full_age = Duration::from_millis(now_ms().saturating_sub(marks.last_full_ms));
+        self.with_state(|s| {
+            s.node_mark = Some(marks.node_mark);
+            s.port_mark = Some(marks.port_mark);
+            s.last_full = Instant::now().checked_sub(full_age);
+        });
+        log::info!("node sync: resuming from the previous process's watermarks");
     }
 
     fn round_due(&self) -> bool {
@@ -361,9 +426,9 @@ impl BackgroundService for NodeSync {
                         "another process syncs"
                     }
                 );
-                if !held {
-                    // Whoever syncs next starts from a full round of its own.
-                    self.with_state(|s| *s = SyncState::default());
+                self.with_state(|s| *s = SyncState::default());
+                if held {
+                    self.resume_from_shared_marks().await;
                 }
                 leading = held;
             }
