@@ -76,13 +76,10 @@ TIMEOUT="${SYNC_COST_TIMEOUT:-3600}"
 OUT="${SYNC_COST_OUT:-$PROJECT_DIR/target/bench}"
 GW_LOG_LEVEL="${SYNC_COST_GATEWAY_LOG:-info,ironic_edge::sync=debug}"
 HELPER="$SCRIPT_DIR/sync-cost-seed.py"
-# ports other developers' instances use on this machine: never picked
-AVOID_PORTS="6379 6380 6385 9380"
 
 log() { echo "[sync-cost] $*" >&2; }
 die() { log "$*"; exit 1; }
-proc_state() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo X; return; }; s=${s##*) }; echo "${s%% *}"; }
-alive() { local st; st=$(proc_state "$1"); [ "$st" != X ] && [ "$st" != Z ]; }
+. "$SCRIPT_DIR/lib.sh"
 
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 [ $# -eq 0 ] || die "no arguments (see --help; settings come from the environment)"
@@ -179,35 +176,6 @@ WATCHDOG_PID=$!
 waitfor() { "$@" & FG_PID=$!; local rc=0; wait "$FG_PID" || rc=$?; FG_PID=""; return "$rc"; }
 nap() { waitfor sleep "$1"; }
 
-pick_ports() { # count
-  python3 - "$1" "$AVOID_PORTS" <<'EOF'
-import random, socket, sys
-n, avoid = int(sys.argv[1]), {int(p) for p in sys.argv[2].split()}
-try:
-    low = int(open('/proc/sys/net/ipv4/ip_local_port_range').read().split()[0])
-except Exception:
-    low = 32768
-hi = max(low, 12000)
-socks, ports = [], []
-for _ in range(10000):
-    if len(ports) == n:
-        break
-    p = random.randrange(10000, hi)
-    if p in avoid or p in ports:
-        continue
-    s = socket.socket()
-    try:
-        s.bind(('127.0.0.1', p))
-    except OSError:
-        s.close()
-        continue
-    socks.append(s)
-    ports.append(p)
-if len(ports) < n:
-    sys.exit('no free ports')
-print(' '.join(map(str, ports)))
-EOF
-}
 http_ok() { python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$1" 2>/dev/null; }
 
 read -r REDIS_PORT <<<"$(pick_ports 1)"

@@ -143,6 +143,65 @@ fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
     assert_eq!(metric(&env, "ironic_edge_heartbeats_relayed_total"), 3);
 }
 
+/// Ironic is slower than the agent waits (a conductor short of workers): a verified heartbeat
+/// gets 202 within the agent's deadline instead of a timeout (which would send IPA into its
+/// 5-10 s retry mode), and when the late answer turns out to be a failure, the heartbeat is
+/// relayed, so it still reaches Ironic.
+#[test]
+fn a_verified_heartbeat_slower_than_the_agent_is_accepted_and_relayed_if_it_fails() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    // The next this-many heartbeats get a 503 after 2.5 s.
+    let slow_failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (slow, mini) = (slow_failures.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            let take = slow.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if take.is_ok() {
+                ctx.error(req, 503, NO_WORKERS)
+                    .delay(Duration::from_millis(2500))
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let mac = "52:54:0a:00:01:01";
+    let uuid = mini.add_node(&[mac]);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true)
+            .set("ironic_edge.upstream.agent_answer_within_ms", 1000);
+    });
+    let r = env.send(&common::lookup(mac));
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"));
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    slow_failures.store(1, Ordering::SeqCst);
+    let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.1"));
+    assert_eq!(
+        (r.status, r.text()),
+        (202, String::new()),
+        "accepted at the agent's deadline"
+    );
+    assert_eq!(
+        slow_failures.load(Ordering::SeqCst),
+        0,
+        "the heartbeat did reach Ironic"
+    );
+    let relayed = common::wait_for(Duration::from_secs(10), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 1).then_some(())
+    });
+    assert!(relayed.is_some(), "not relayed:\n{}", env.gw.logs());
+    let got: Vec<_> = env.fake.requests_to(&format!("/v1/heartbeat/{uuid}"));
+    assert_eq!(got.len(), 3, "first, the slow failure, the relayed one");
+    assert_eq!(got[2].json()["agent_version"], "13.0.1");
+    assert_eq!(got[2].json()["agent_token"], token.as_str());
+}
+
 #[test]
 fn without_a_seal_key_ironics_failure_reaches_the_agent() {
     let fake = FakeIronic::start();
