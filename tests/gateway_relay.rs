@@ -181,7 +181,12 @@ fn a_verified_heartbeat_slower_than_the_agent_is_accepted_and_relayed_if_it_fail
     assert_eq!(r.status, 202, "{}", r.text());
 
     slow_failures.store(1, Ordering::SeqCst);
-    let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.1"));
+    // The agent gives up after 2 s here (IPA: 30 s, against the gateway's 25).
+    let mut agent = http::Client::connect(env.gw.addr());
+    agent.set_read_timeout(Duration::from_secs(2));
+    let r = agent
+        .try_send(&heartbeat_with_version(&uuid, &token, "13.0.1"))
+        .expect("an answer before the agent gives up");
     assert_eq!(
         (r.status, r.text()),
         (202, String::new()),
