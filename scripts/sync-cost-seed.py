@@ -487,8 +487,8 @@ def classify(path):
     q = path.split('?', 1)
     base, query = q[0], q[1] if len(q) > 1 else ''
     params = dict(p.split('=', 1) for p in query.split('&') if '=' in p)
-    if base == '/v1/nodes/detail' and params.get('limit') == '1':
-        return 'probe'
+    # (A full round's probe, `/v1/nodes/detail?limit=1`, is made only when Ironic sends no
+    # `Date`; it reads as the first page of a listing of changes.)
     if base == '/v1/nodes/detail':
         return 'changed-nodes'
     if base == '/v1/nodes':
@@ -601,7 +601,8 @@ def window_stats(n, marks, relay, a, b, idle_cpu_pct, events=()):
         'other_requests': len(other),
         'ironic_bytes_per_s': round(sum(r['rb'] for r in sync) / secs),
         'rounds': len(rounds),
-        'full_rounds': sum(1 for rd in rounds if any(classify(r['path']) == 'probe' for r in rd)),
+        'full_rounds': sum(1 for rd in rounds
+                           if any(classify(r['path']) == 'full-nodes' for r in rd)),
         'items_per_round_avg': round(sum(items) / len(items), 1) if items else 0,
         'items_per_round_max': max(items) if items else 0,
         'round_seconds_avg': round(sum(durs) / len(durs), 3) if durs else 0,
@@ -654,7 +655,7 @@ def cmd_report(o):
             run['full_round'] = {
                 'requests': len(first),
                 'kinds': {k: sum(1 for r in first if classify(r['path']) == k)
-                          for k in ('probe', 'full-nodes', 'full-ports')},
+                          for k in ('full-nodes', 'full-ports')},
                 'listing_seconds': round(first[-1]['t1'] - first[0]['t0'], 2),
                 'bytes': sum(r['rb'] for r in first),
                 'request_ms_max': round(1000 * max(r['t1'] - r['t0'] for r in first), 1),

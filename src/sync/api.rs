@@ -5,7 +5,7 @@ use crate::edge::Edge;
 use crate::ironic::ApiVersion;
 use pingora::http::RequestHeader;
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The version the sync speaks (capped by the upstream's maximum): `fields`, `sort_key`
 /// and markers all exist there.
@@ -14,9 +14,13 @@ const SYNC_VERSION: ApiVersion = ApiVersion::new(1, 96);
 pub struct IronicApi {
     edge: Arc<Edge>,
     auth: Option<(&'static str, String)>,
-    /// Unix seconds of the `Date` of Ironic's latest answer: its own clock, which is what its
-    /// `updated_at` values are written with.
-    server_time: Mutex<Option<i64>>,
+}
+
+/// A listing's items, and Ironic's clock when it began: the `Date` of its first page (the
+/// clock Ironic's `updated_at` values are written with), if Ironic sent one.
+pub struct Listing {
+    pub items: Vec<Value>,
+    pub started: Option<i64>,
 }
 
 /// A listing's first page holds one item: in a quiet round (the common case) that item is
@@ -35,20 +39,16 @@ impl IronicApi {
             }
             SyncAuthType::Token => Some(("X-Auth-Token", auth.token.clone())),
         };
-        IronicApi {
-            edge,
-            auth,
-            server_time: Mutex::new(None),
-        }
-    }
-
-    /// Ironic's clock at its latest answer (`None` without a `Date` header).
-    pub fn server_time(&self) -> Option<i64> {
-        self.server_time.lock().ok().and_then(|t| *t)
+        IronicApi { edge, auth }
     }
 
     /// `GET path` as JSON; `Ok(None)` for a 404.
     pub async fn get(&self, path: &str) -> Result<Option<Value>, String> {
+        self.get_dated(path).await.map(|(v, _)| v)
+    }
+
+    /// `GET path` as JSON, with the answer's `Date` (Unix seconds).
+    async fn get_dated(&self, path: &str) -> Result<(Option<Value>, Option<i64>), String> {
         let version = self
             .edge
             .versions
@@ -87,14 +87,11 @@ impl IronicApi {
             .and_then(|d| httpdate::parse_http_date(d).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs() as i64);
-        if let Ok(mut t) = self.server_time.lock() {
-            *t = date;
-        }
         match resp.status() {
             200 => serde_json::from_slice(&resp.body)
-                .map(Some)
+                .map(|v| (Some(v), date))
                 .map_err(|e| format!("{path}: {e}")),
-            404 => Ok(None),
+            404 => Ok((None, date)),
             s => Err(format!("GET {path} answered {s}")),
         }
     }
@@ -109,9 +106,10 @@ impl IronicApi {
         order: Option<(&str, Option<i64>)>,
         page_size: u32,
         first_page_only: bool,
-    ) -> Result<Vec<Value>, String> {
+    ) -> Result<Listing, String> {
         let (collection, base, fields) = listing;
         let mut out = Vec::new();
+        let mut started = None;
         let mut marker: Option<String> = None;
         let mut seen_dated = false;
         let mut limit = match order {
@@ -129,10 +127,9 @@ impl IronicApi {
             if let Some(m) = &marker {
                 path.push_str(&format!("&marker={m}"));
             }
-            let page = self
-                .get(&path)
-                .await?
-                .ok_or_else(|| format!("GET {path}: 404"))?;
+            let (page, date) = self.get_dated(&path).await?;
+            let page = page.ok_or_else(|| format!("GET {path}: 404"))?;
+            started = started.or(date);
             let items = page
                 .get(collection)
                 .and_then(|v| v.as_array())
@@ -176,7 +173,10 @@ impl IronicApi {
                 || n < limit as usize
                 || marker.is_none()
             {
-                return Ok(out);
+                return Ok(Listing {
+                    items: out,
+                    started,
+                });
             }
             limit = page_size;
         }

@@ -211,19 +211,23 @@ impl NodeSync {
         // Ironic's clock when the round started: the `Date` of its first answer.
         let mut ironic_start = None;
         let (nodes, ports, node_mark, port_mark) = if full {
-            // The newest change before the listing starts is where the next round resumes
-            // if Ironic sends no `Date` (the light full listing carries no timestamps).
+            let listing = self.api.list(NODES_FULL, None, page, false).await?;
+            let nodes = listing.items;
+            ironic_start = listing.started;
+            // Without a `Date` from Ironic, the next round resumes from the newest change seen
+            // before the listing (the light full listing carries no timestamps): a probe.
             let mut probe = Vec::new();
-            for key in ["updated_at", "created_at"] {
-                probe.extend(
-                    self.api
-                        .list(NODES_CHANGED, Some((key, None)), 1, true)
-                        .await?,
-                );
-                ironic_start = ironic_start.or(self.api.server_time());
+            if ironic_start.is_none() {
+                for key in ["updated_at", "created_at"] {
+                    probe.extend(
+                        self.api
+                            .list(NODES_CHANGED, Some((key, None)), 1, true)
+                            .await?
+                            .items,
+                    );
+                }
             }
-            let nodes = self.api.list(NODES_FULL, None, page, false).await?;
-            let ports = self.api.list(PORTS, None, page, false).await?;
+            let ports = self.api.list(PORTS, None, page, false).await?.items;
             (
                 nodes,
                 ports,
@@ -238,12 +242,12 @@ impl NodeSync {
             let mut nodes = Vec::new();
             let mut ports = Vec::new();
             for key in ["updated_at", "created_at"] {
-                nodes.extend(
-                    self.api
-                        .list(NODES_CHANGED, Some((key, since(nm))), changed_page, false)
-                        .await?,
-                );
-                ironic_start = ironic_start.or(self.api.server_time());
+                let listing = self
+                    .api
+                    .list(NODES_CHANGED, Some((key, since(nm))), changed_page, false)
+                    .await?;
+                nodes.extend(listing.items);
+                ironic_start = ironic_start.or(listing.started);
             }
             // New ports only: a port is rarely edited in place (the gateway's own forwarded
             // edits refresh at once; others wait for the full round), and never-edited ports
@@ -251,7 +255,8 @@ impl NodeSync {
             ports.extend(
                 self.api
                     .list(PORTS, Some(("created_at", since(pm))), changed_page, false)
-                    .await?,
+                    .await?
+                    .items,
             );
             (nodes, ports, nm, pm)
         };
