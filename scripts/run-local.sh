@@ -11,8 +11,9 @@
 #   - the real Ironic 39.0.0 on 127.0.0.1:$IRONIC_PORT (scripts/ironic-peer-up.sh),
 #     seeded with $DEMO_NODES nodes in manageable fast-track state, $DEMO_PORTS MACs
 #     each, and its public URL set to the gateway
-# `run` then starts target/release/ironic-edge with conf/ironic-edge.yaml (or, when a
-# port differs from the shipped one, a copy with the ports changed, .run/ironic-edge.yaml).
+# `run` then starts target/release/ironic-edge with a copy of conf/ironic-edge.yaml in .run/
+# (ports changed where they differ from the shipped ones) that uses a sealing key made once
+# in .run/seal.key, so that the relay and the replay of lost lookup answers are on.
 # Ctrl-C stops the gateway only; `run-local.sh stop` stops everything.
 #
 # Environment: REDIS_PORT (6379), IRONIC_PORT (6385), GATEWAY_PORT (6380),
@@ -40,8 +41,8 @@ OPS_URL="http://127.0.0.1:$OPS_PORT"
 export IRONIC_RUN_DIR="$IRONIC_RUN" REDIS_RUN_DIR="$REDIS_RUN"
 
 log() { echo "[run-local] $*" >&2; }
-proc_state() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo X; return; }; s=${s##*) }; echo "${s%% *}"; }
-alive() { local st; st=$(proc_state "$1"); [ "$st" != X ] && [ "$st" != Z ]; }
+# proc_state, alive, venv_python
+. "$SCRIPT_DIR/lib.sh"
 pid_of() { # pidfile pattern -> pid if alive and its cmdline matches
   local p
   [ -f "$1" ] || return 1
@@ -58,21 +59,17 @@ pid_of() { # pidfile pattern -> pid if alive and its cmdline matches
   fi
   echo "$p"
 }
-venv_python() {
-  if [ -n "${IRONIC_PEER_VENV:-}" ]; then echo "$IRONIC_PEER_VENV/bin/python"
-  elif [ -n "${IRONIC_PEER_DIR:-}" ]; then echo "$IRONIC_PEER_DIR/venv/bin/python"
-  else echo "${XDG_CACHE_HOME:-$HOME/.cache}/ironic-edge/venv/bin/python"
-  fi
-}
 
-gateway_conf() { # prints the config path to use, generating it when ports differ
+gateway_conf() { # prints the config path to use, generating it
   if [ -n "${IRONIC_EDGE_CONF:-}" ]; then echo "$IRONIC_EDGE_CONF"; return; fi
   local src="$PROJECT_DIR/conf/ironic-edge.yaml"
-  if [ "$REDIS_PORT" = 6379 ] && [ "$IRONIC_PORT" = 6385 ] && [ "$GATEWAY_PORT" = 6380 ] && [ "$OPS_PORT" = 9380 ]; then
-    echo "$src"; return
+  local out="$RUN_DIR/ironic-edge-$GATEWAY_PORT.yaml" key="$RUN_DIR/seal.key"
+  mkdir -p "$RUN_DIR"
+  if [ ! -s "$key" ]; then
+    (umask 077; python3 -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())' > "$key")
   fi
-  local out="$RUN_DIR/ironic-edge-$GATEWAY_PORT.yaml"
-  sed -e "s|\"127.0.0.1:6380\"|\"127.0.0.1:$GATEWAY_PORT\"|" \
+  sed -e "s|^  seal_key_file: \"\"|  seal_key_file: \"$key\"|" \
+      -e "s|\"127.0.0.1:6380\"|\"127.0.0.1:$GATEWAY_PORT\"|" \
       -e "s|\"127.0.0.1:9380\"|\"127.0.0.1:$OPS_PORT\"|" \
       -e "s|\"http://127.0.0.1:6385\"|\"http://127.0.0.1:$IRONIC_PORT\"|" \
       -e "s|\"redis://127.0.0.1:6379/0\"|\"redis://127.0.0.1:$REDIS_PORT/0\"|" \
@@ -80,7 +77,7 @@ gateway_conf() { # prints the config path to use, generating it when ports diffe
       -e "s|^pid_file: .*|pid_file: $RUN_DIR/ironic-edge-$GATEWAY_PORT.pingora.pid|" \
       -e "s|^error_log: .*|error_log: $RUN_DIR/ironic-edge-$GATEWAY_PORT.log|" \
       "$src" > "$out"
-  for want in "127.0.0.1:$GATEWAY_PORT" "127.0.0.1:$OPS_PORT" "http://127.0.0.1:$IRONIC_PORT" "redis://127.0.0.1:$REDIS_PORT/0"; do
+  for want in "127.0.0.1:$GATEWAY_PORT" "127.0.0.1:$OPS_PORT" "http://127.0.0.1:$IRONIC_PORT" "redis://127.0.0.1:$REDIS_PORT/0" "$key"; do
     grep -qF "\"$want\"" "$out" || { log "could not set $want in $out (conf/ironic-edge.yaml changed?)"; exit 1; }
   done
   echo "$out"

@@ -207,6 +207,51 @@ fn a_verified_heartbeat_slower_than_the_agent_is_accepted_and_relayed_if_it_fail
     assert_eq!(got[2].json()["agent_token"], token.as_str());
 }
 
+/// A 409 (the node locked by another operation) sends IPA into its 5-10 s retry mode just as
+/// a 503 does: for a verified heartbeat it is accepted and relayed too.
+#[test]
+fn a_verified_heartbeat_refused_with_409_is_accepted_and_relayed() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let locked = Arc::new(AtomicBool::new(false));
+    {
+        let (locked, mini) = (locked.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if locked.swap(false, Ordering::SeqCst) {
+                ctx.error(req, 409, "Node is locked by host conductor-1, please retry after the current operation is completed.")
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let mac = "52:54:0a:00:02:01";
+    let uuid = mini.add_node(&[mac]);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let r = env.send(&common::lookup(mac));
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"))
+            .status,
+        202
+    );
+    locked.store(true, Ordering::SeqCst);
+    let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.1"));
+    assert_eq!((r.status, r.text()), (202, String::new()));
+    let relayed = common::wait_for(Duration::from_secs(10), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 1).then_some(())
+    });
+    assert!(relayed.is_some(), "not relayed:\n{}", env.gw.logs());
+    let got = env.fake.requests_to(&format!("/v1/heartbeat/{uuid}"));
+    assert_eq!(got.len(), 3, "first, the refused one, the relayed one");
+    assert_eq!(got[2].json()["agent_version"], "13.0.1");
+}
+
 #[test]
 fn without_a_seal_key_ironics_failure_reaches_the_agent() {
     let fake = FakeIronic::start();

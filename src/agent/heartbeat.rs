@@ -310,9 +310,12 @@ async fn forward_and_learn(
     } else {
         forward::send(r, session, ctx, ident, body).await
     };
-    // Ironic failing (unreachable, timing out, 5xx): a verified heartbeat is kept for the
-    // relay and accepted, rather than sending the agent into its 5-10 s retry mode.
-    let failed = sent.as_ref().map_or(true, |resp| resp.status() >= 500);
+    // Ironic failing (unreachable, timing out, 5xx) or the node locked (409): a verified
+    // heartbeat is kept for the relay and accepted, rather than sending the agent into its
+    // 5-10 s retry mode.
+    let failed = sent.as_ref().map_or(true, |resp| {
+        crate::relay::ironic_did_not_take_it(resp.status())
+    });
     if failed && relay_on && verified {
         let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
         if crate::relay::defer(r.edge, ident, &pending).await {
@@ -419,7 +422,7 @@ async fn send_within_deadline(
             let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
             tokio::spawn(async move {
                 let failed = match running.await {
-                    Ok(Ok(resp)) => resp.status() >= 500,
+                    Ok(Ok(resp)) => crate::relay::ironic_did_not_take_it(resp.status()),
                     _ => true,
                 };
                 if failed && crate::relay::defer(&edge, &uuid, &pending).await {
@@ -482,10 +485,12 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
         };
     }
     let canonical_uuid = ident.len() == 36 && ident::is_uuid_like(ident);
-    let indexed = if canonical_uuid {
-        r.indexed_node(ident).await
-    } else {
-        None
+    let (indexed, synced_at) = match canonical_uuid {
+        true => match r.indexed_node_with_time(ident).await {
+            Some((node, at)) => (Some(node), at),
+            None => (None, 0),
+        },
+        false => (None, 0),
     };
     if matches!(indexed, Some(None)) {
         return NodeFacts {
@@ -501,11 +506,33 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
             None
         }
     };
+    let ironic = indexed
+        .flatten()
+        .map(|node| with_newer_token_knowledge(node, record.as_ref(), synced_at));
     NodeFacts {
         missing: false,
         record,
-        ironic: indexed.flatten(),
+        ironic,
     }
+}
+
+/// The index's view of a node, corrected by what the gateway saw after the round that wrote
+/// it started: a token Ironic minted (or accepted) since is held, whatever the index says (a
+/// freshly booted agent would otherwise count as unverified until the next round, and under
+/// load rounds are slow). A token wiped since the gateway last saw it in use still shows.
+pub fn with_newer_token_knowledge(
+    mut node: IndexedNode,
+    record: Option<&NodeRecord>,
+    index_round_started_ms: u64,
+) -> IndexedNode {
+    let seen_since = record
+        .filter(|r| r.token_hash.is_some())
+        .and_then(|r| r.token_seen_ms)
+        .is_some_and(|at| at >= index_round_started_ms);
+    if seen_since {
+        node.token_held = true;
+    }
+    node
 }
 
 async fn known_missing(r: &AgentRequest<'_>, ident: &str) -> bool {
@@ -569,6 +596,7 @@ mod tests {
             token_hash: token.map(token_hash::hash_token),
             agent_url: url.map(str::to_string),
             last_heartbeat: None,
+            token_seen_ms: None,
         }
     }
 
@@ -622,6 +650,29 @@ mod tests {
             decide(&hb("bad", "https://b:9999"), Some(&r), None),
             Decision::ForwardIfSlot(callback_url_changed())
         );
+    }
+
+    #[test]
+    fn a_token_seen_after_the_index_round_started_is_held() {
+        let view = IndexedNode {
+            uuid: "n".into(),
+            name: None,
+            provision_state: "manageable".into(),
+            fast_track: crate::store::FastTrack::On,
+            maintenance: false,
+            token_held: false,
+            agent_url: None,
+        };
+        let mut r = rec(Some("good"), None);
+        // Minted after the round started: the index could not know yet.
+        r.token_seen_ms = Some(2_000);
+        assert!(with_newer_token_knowledge(view.clone(), Some(&r), 1_000).token_held);
+        // Seen before the round started and the round found none: wiped since.
+        assert!(!with_newer_token_knowledge(view.clone(), Some(&r), 3_000).token_held);
+        // Nothing known, or no token: the index stands.
+        assert!(!with_newer_token_knowledge(view.clone(), None, 0).token_held);
+        let none = rec(None, None);
+        assert!(!with_newer_token_knowledge(view.clone(), Some(&none), 0).token_held);
     }
 
     #[test]

@@ -97,22 +97,23 @@ impl AgentRequest<'_> {
     /// `sync.interval_seconds` and take a moment (longer on a loaded Ironic), so two intervals
     /// and a 5 s margin.
     pub async fn index_is_fresh(&self) -> bool {
+        self.fresh_index_synced_at().await.is_some()
+    }
+
+    /// When the last sync round started (Unix ms), if the index is fresh.
+    async fn fresh_index_synced_at(&self) -> Option<u64> {
         let sync = &self.edge.config.sync;
         if !sync.enabled {
-            return false;
+            return None;
         }
         let fresh_ms = 2 * 1000 * sync.interval_seconds + 5000;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         match self.edge.store.index_synced_at().await {
-            Ok(Some(at)) => now.saturating_sub(at) <= fresh_ms,
-            Ok(None) => false,
+            Ok(Some(at)) => (crate::store::now_ms().saturating_sub(at) <= fresh_ms).then_some(at),
+            Ok(None) => None,
             Err(e) => {
                 self.edge.metrics.store_error();
                 log::warn!("node index: {e}");
-                false
+                None
             }
         }
     }
@@ -120,10 +121,19 @@ impl AgentRequest<'_> {
     /// Ironic's view of a node from a fresh index: `Some(None)` if the index says the node
     /// does not exist, `None` if the index cannot tell.
     pub async fn indexed_node(&self, uuid: &str) -> Option<Option<crate::store::IndexedNode>> {
-        if !self.index_is_fresh().await {
-            return None;
-        }
-        self.edge.store.index_node(uuid).await.ok()
+        self.indexed_node_with_time(uuid)
+            .await
+            .map(|(node, _)| node)
+    }
+
+    /// [`Self::indexed_node`], with when the round that wrote the index started (Unix ms).
+    pub async fn indexed_node_with_time(
+        &self,
+        uuid: &str,
+    ) -> Option<(Option<crate::store::IndexedNode>, u64)> {
+        let synced_at = self.fresh_index_synced_at().await?;
+        let node = self.edge.store.index_node(uuid).await.ok()?;
+        Some((node, synced_at))
     }
 
     /// Writes an Ironic error answer made at the edge.

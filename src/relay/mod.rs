@@ -75,6 +75,13 @@ impl PendingHeartbeat {
 
 /// Seals and keeps a heartbeat for the relay; `false` if it could not be kept (no key, Redis
 /// down), in which case the caller must not pretend Ironic got it.
+/// Whether Ironic did not take a heartbeat for now and it is worth sending again later: a
+/// server failure (no free conductor workers among them), or 409, the node locked by another
+/// operation (IPA would come back in 5-10 s for either).
+pub fn ironic_did_not_take_it(status: u16) -> bool {
+    status >= 500 || status == 409
+}
+
 pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool {
     let Some(sealer) = edge.sealer.as_ref() else {
         return false;
@@ -163,7 +170,7 @@ impl HeartbeatRelay {
             .metrics
             .upstream_request(crate::metrics::Route::Heartbeat);
         match self.edge.upstream.send(&req, &body).await {
-            Ok(resp) if resp.status() < 500 => {
+            Ok(resp) if !ironic_did_not_take_it(resp.status()) => {
                 // Ironic has it (or refuses it for good, e.g. a token wiped meanwhile).
                 self.edge.metrics.heartbeat_relayed();
                 log::info!("relayed the kept heartbeat of {uuid}: {}", resp.status());

@@ -138,6 +138,7 @@ impl EdgeStore for MemoryStore {
     ) -> StoreResult<()> {
         self.update_node(uuid, ttl, |r| {
             r.token_hash = Some(token_hash.into());
+            r.token_seen_ms = Some(super::now_ms());
             r.agent_url = None;
             r.last_heartbeat = None;
         })
@@ -151,6 +152,7 @@ impl EdgeStore for MemoryStore {
     ) -> StoreResult<()> {
         self.update_node(uuid, ttl, |r| {
             r.token_hash = Some(token_hash.into());
+            r.token_seen_ms = Some(super::now_ms());
             r.agent_url = Some(agent_url.into());
         })
     }
@@ -170,6 +172,7 @@ impl EdgeStore for MemoryStore {
         self.with(|m| {
             if let Some((Entry::Node(r), _)) = m.get_mut(&format!("node:{uuid}")) {
                 r.token_hash = None;
+                r.token_seen_ms = None;
                 r.agent_url = None;
                 r.last_heartbeat = None;
             }

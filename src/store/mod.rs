@@ -35,6 +35,17 @@ pub struct NodeRecord {
     /// The last heartbeat Ironic accepted: its fingerprint (everything but the token, which
     /// `token_hash` covers) and when, in Unix milliseconds.
     pub last_heartbeat: Option<(String, u64)>,
+    /// When Ironic last showed it holds that token (it minted it, or accepted a heartbeat
+    /// with it), in Unix milliseconds: newer than the node index, this knowledge wins.
+    pub token_seen_ms: Option<u64>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A node's `driver_info.fast_track` as Ironic reads it.

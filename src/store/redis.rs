@@ -198,6 +198,7 @@ impl EdgeStore for RedisStore {
                     .arg("hb_fp")
                     .arg("hb_at")
                     .arg("node")
+                    .arg("token_at")
                     .clone(),
             )
             .await?;
@@ -213,6 +214,7 @@ impl EdgeStore for RedisStore {
             token_hash: field(0),
             agent_url: field(1),
             last_heartbeat,
+            token_seen_ms: field(5).and_then(|a| a.parse().ok()),
         }))
     }
 
@@ -248,6 +250,8 @@ impl EdgeStore for RedisStore {
             .arg(&key)
             .arg("token")
             .arg(token_hash)
+            .arg("token_at")
+            .arg(super::now_ms())
             .arg("node")
             .arg(node_data)
             .ignore()
@@ -278,6 +282,8 @@ impl EdgeStore for RedisStore {
             .arg(&key)
             .arg("token")
             .arg(token_hash)
+            .arg("token_at")
+            .arg(super::now_ms())
             .arg("agent_url")
             .arg(agent_url)
             .ignore()
@@ -293,6 +299,7 @@ impl EdgeStore for RedisStore {
             redis::cmd("HDEL")
                 .arg(self.node_key(uuid))
                 .arg("token")
+                .arg("token_at")
                 .arg("agent_url")
                 .arg("hb_fp")
                 .arg("hb_at")
