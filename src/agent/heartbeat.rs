@@ -655,13 +655,8 @@ mod tests {
     #[test]
     fn a_token_seen_after_the_index_round_started_is_held() {
         let view = IndexedNode {
-            uuid: "n".into(),
-            name: None,
-            provision_state: "manageable".into(),
-            fast_track: crate::store::FastTrack::On,
-            maintenance: false,
             token_held: false,
-            agent_url: None,
+            ..indexed("manageable", None)
         };
         let mut r = rec(Some("good"), None);
         // Minted after the round started: the index could not know yet.
@@ -679,13 +674,8 @@ mod tests {
     fn ironic_view_overrides_what_traffic_taught() {
         let r = rec(Some("good"), Some("https://a:9999"));
         let mut view = IndexedNode {
-            uuid: "n".into(),
-            name: None,
-            provision_state: "manageable".into(),
-            fast_track: crate::store::FastTrack::On,
-            maintenance: false,
             token_held: false,
-            agent_url: None,
+            ..indexed("manageable", None)
         };
         // Wiped on Ironic (a power off made there): Ironic must answer, whatever was sent.
         assert_eq!(
