@@ -20,6 +20,16 @@ fn heartbeat_with_version(uuid: &str, token: &str, version: &str) -> Request {
         ))
 }
 
+/// The agent's first lookup: the token Ironic minted for it.
+fn minted_token(env: &Env, mac: &str) -> String {
+    let r = env.send(&common::lookup(mac));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn metric(env: &Env, name: &str) -> u64 {
     env.gw
         .metrics()
@@ -58,12 +68,7 @@ fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
     // Each agent looks up (the token is minted and learnt) and heartbeats once.
     let mut tokens = Vec::new();
     for (uuid, mac) in &nodes {
-        let r = env.send(&common::lookup(mac));
-        assert_eq!(r.status, 200, "{}", r.text());
-        let token = r.json()["config"]["agent_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let token = minted_token(&env, mac);
         let r = env.send(&heartbeat_with_version(uuid, &token, "13.0.0"));
         assert_eq!(r.status, 202, "{}", r.text());
         tokens.push(token);
@@ -172,11 +177,7 @@ fn a_verified_heartbeat_slower_than_the_agent_is_accepted_and_relayed_if_it_fail
             .set("ironic_edge.heartbeat.relay_when_upstream_fails", true)
             .set("ironic_edge.upstream.agent_answer_within_ms", 1000);
     });
-    let r = env.send(&common::lookup(mac));
-    let token = r.json()["config"]["agent_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = minted_token(&env, mac);
     let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"));
     assert_eq!(r.status, 202, "{}", r.text());
 
@@ -230,11 +231,7 @@ fn a_verified_heartbeat_refused_with_409_is_accepted_and_relayed() {
         cfg.with_seal_key()
             .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
     });
-    let r = env.send(&common::lookup(mac));
-    let token = r.json()["config"]["agent_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = minted_token(&env, mac);
     assert_eq!(
         env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"))
             .status,
@@ -305,13 +302,7 @@ fn the_upstream_cap_queues_and_relays_what_does_not_fit() {
     });
     let tokens: Vec<String> = nodes
         .iter()
-        .map(|(_, mac)| {
-            let r = env.send(&common::lookup(mac));
-            r.json()["config"]["agent_token"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|(_, mac)| minted_token(&env, mac))
         .collect();
     let addr = env.gw.addr();
     let handles: Vec<_> = nodes

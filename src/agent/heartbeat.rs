@@ -18,7 +18,7 @@ use crate::ironic::heartbeat::{
 use crate::ironic::states::{HEARTBEAT_DRIVES_WORK, HEARTBEAT_RECORD_ONLY};
 use crate::ironic::{ident, IronicError};
 use crate::plugin::RequestCtx;
-use crate::store::{token_hash, IndexedNode, NodeRecord, StoreError};
+use crate::store::{now_ms, token_hash, IndexedNode, NodeRecord, StoreError};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -136,13 +136,6 @@ pub fn shield(
     } else {
         Shield::Forward
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The outcome of reading a heartbeat's body.
@@ -485,12 +478,14 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
         };
     }
     let canonical_uuid = ident.len() == 36 && ident::is_uuid_like(ident);
-    let (indexed, synced_at) = match canonical_uuid {
-        true => match r.indexed_node_with_time(ident).await {
-            Some((node, at)) => (Some(node), at),
-            None => (None, 0),
-        },
-        false => (None, 0),
+    let fresh = if canonical_uuid {
+        r.indexed_node_with_time(ident).await
+    } else {
+        None
+    };
+    let (indexed, synced_at) = match fresh {
+        Some((node, at)) => (Some(node), at),
+        None => (None, 0),
     };
     if matches!(indexed, Some(None)) {
         return NodeFacts {

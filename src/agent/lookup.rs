@@ -4,8 +4,9 @@
 //! 3. otherwise one request per normalised key goes upstream (single flight, in a task of its
 //!    own that runs to its end), a 409 (node locked while the token is minted) is retried
 //!    within a short budget, and the answer is relayed; if Ironic has not answered by the
-//!    agent's deadline, the agent gets 503 (it retries) and the answer is kept for the retry. A minted token is handed to the requesting agent only: Redis keeps its salted
-//!    hash and the node data with the token masked.
+//!    agent's deadline, the agent gets 503 (it retries) and the answer is kept for the retry.
+//!    A minted token is handed to the requesting agent only: Redis keeps its salted hash and
+//!    the node data with the token masked.
 
 use super::flight::{FlightAnswer, Flights};
 use super::forward;

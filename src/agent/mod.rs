@@ -93,9 +93,7 @@ pub struct AgentRequest<'a> {
 }
 
 impl AgentRequest<'_> {
-    /// Whether the node index is on, complete and fresh: rounds start every
-    /// `sync.interval_seconds` and take a moment (longer on a loaded Ironic), so two intervals
-    /// and a 5 s margin.
+    /// Whether the node index is on, complete and fresh ([`crate::sync::index_is_fresh`]).
     pub async fn index_is_fresh(&self) -> bool {
         self.fresh_index_synced_at().await.is_some()
     }
@@ -106,9 +104,8 @@ impl AgentRequest<'_> {
         if !sync.enabled {
             return None;
         }
-        let fresh_ms = 2 * 1000 * sync.interval_seconds + 5000;
         match self.edge.store.index_synced_at().await {
-            Ok(Some(at)) => (crate::store::now_ms().saturating_sub(at) <= fresh_ms).then_some(at),
+            Ok(Some(at)) => crate::sync::index_is_fresh(sync, at).then_some(at),
             Ok(None) => None,
             Err(e) => {
                 self.edge.metrics.store_error();

@@ -15,7 +15,7 @@ pub mod timestamp;
 use crate::config::SyncConfig;
 use crate::edge::Edge;
 use crate::ironic::states::parse_fast_track;
-use crate::store::{FastTrack, IndexUpdate, IndexedNode};
+use crate::store::{now_ms, FastTrack, IndexUpdate, IndexedNode};
 use api::IronicApi;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -23,7 +23,7 @@ use pingora::services::background::BackgroundService;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Node fields of a full listing; `driver_info` for fast track, `driver_internal_info` for the
 /// token. (Ironic refuses `updated_at`/`created_at` in `fields`: the listings of changed nodes
@@ -88,11 +88,12 @@ fn changed_at(v: &Value) -> Option<i64> {
     ts("updated_at").max(ts("created_at"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// Whether an index whose last round started at `synced_at_ms` is fresh enough to answer
+/// from: rounds start every `interval_seconds` and take a moment (longer on a loaded Ironic),
+/// so two intervals and a 5 s margin.
+pub fn index_is_fresh(cfg: &SyncConfig, synced_at_ms: u64) -> bool {
+    let fresh_ms = 2 * 1000 * cfg.interval_seconds + 5000;
+    now_ms().saturating_sub(synced_at_ms) <= fresh_ms
 }
 
 #[derive(Default)]
@@ -356,13 +357,9 @@ impl NodeSync {
     /// its index is fresh, so that a take-over costs Ironic an incremental round, not a full
     /// one (the next full round comes when the previous one's is due).
     async fn resume_from_shared_marks(&self) {
-        let fresh_ms = 2 * 1000 * self.cfg.interval_seconds + 5000;
-        let synced_at = match self.edge.store.index_synced_at().await {
-            Ok(Some(at)) => at,
+        match self.edge.store.index_synced_at().await {
+            Ok(Some(at)) if index_is_fresh(&self.cfg, at) => {}
             _ => return,
-        };
-        if now_ms().saturating_sub(synced_at) > fresh_ms {
-            return;
         }
         let Some(marks) = self
             .edge
