@@ -363,6 +363,31 @@ fn wrong_token_reaches_ironic_at_most_once_per_interval() {
 }
 
 #[test]
+fn a_flooded_wrong_token_does_not_starve_a_new_one() {
+    let env = Env::start_with(|c| {
+        c.set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 600);
+    });
+    let (mini, uuid, _mac, _token) = boot_agent(&env);
+    let flooded = ironic::random_token();
+    for _ in 0..20 {
+        let r = env.send(&heartbeat(&uuid, CB, &flooded));
+        assert_ironic_error(&r, 400, INVALID_TOKEN, MAX, "1.68");
+    }
+    assert_eq!(forwarded_with_token(&env, &flooded), 1);
+    // A token minted where the gateway did not see it (another API, an alias path...) gets
+    // its own turn while the flood goes on, and Ironic accepts it.
+    mini.wipe(&uuid);
+    let fresh = mini.mint(&uuid);
+    let r = env.send(&heartbeat(&uuid, CB, &fresh));
+    assert_eq!(r.status, 202, "the new token reached Ironic: {}", r.text());
+    assert_eq!(forwarded_with_token(&env, &fresh), 1);
+    // The flood still gets the edge's answer.
+    let r = env.send(&heartbeat(&uuid, CB, &flooded));
+    assert_ironic_error(&r, 400, INVALID_TOKEN, MAX, "1.68");
+    assert_eq!(forwarded_with_token(&env, &flooded), 1);
+}
+
+#[test]
 fn changed_callback_url_is_rejected_at_the_edge() {
     let env = Env::start();
     let (_mini, uuid, _mac, token) = boot_agent(&env);

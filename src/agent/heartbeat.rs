@@ -34,22 +34,24 @@ pub enum Decision {
     ForwardIfSlot(IronicError),
 }
 
+/// What the gateway can tell of a heartbeat that passed the API-side checks, given what it
+/// knows of the node. Pure: the I/O around it is in [`handle`].
 ///
-/// `ironic` is the node as the (fresh) index shows it: it overrides what the gateway learnt
-/// from traffic when Ironic has wiped the token or changed `agent_url` since (a power off
-/// made straight on Ironic, for example).
+/// `ironic` is the node as the (fresh) index shows it, corrected by what the gateway saw
+/// after the round that wrote it ([`with_newer_token_knowledge`]): the freshest knowledge of
+/// Ironic's token and `agent_url`. `record` is what the gateway learnt from traffic.
+///
+/// A heartbeat whose token the gateway cannot verify (it differs from the known one, the
+/// gateway never saw the node's token, or Ironic holds none) for a node known to exist is
+/// forwarded once per presented token per interval, else refused at the edge with Ironic's
+/// answer: only Ironic can tell whether a token minted elsewhere is good, and a flood of
+/// wrong tokens must not reach it.
 pub fn decide(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
     ironic: Option<&IndexedNode>,
 ) -> Decision {
-    let Some(stored) = record.and_then(|r| r.token_hash.as_deref()) else {
-        return Decision::Forward;
-    };
-    if ironic.is_some_and(|n| !n.token_held) {
-        // Ironic holds no token: whatever the agent sends, only Ironic can answer.
-        return Decision::Forward;
-    }
+    let stored = record.and_then(|r| r.token_hash.as_deref());
     let agent_url = match ironic {
         Some(n) => n.agent_url.as_deref(),
         None => record.and_then(|r| r.agent_url.as_deref()),
@@ -57,17 +59,32 @@ pub fn decide(
     // Ironic compares the normalised callback_url with the stored agent_url before the token.
     let url_changed = agent_url.is_some_and(|u| u != hb.normalized_callback_url);
     let token = hb.request.agent_token.as_deref().unwrap_or_default();
-    if token_hash::verify_token(stored, token) {
-        if url_changed {
-            Decision::Answer(callback_url_changed())
-        } else {
-            Decision::Forward
-        }
-    } else if url_changed {
-        Decision::ForwardIfSlot(callback_url_changed())
+    let held = ironic.is_none_or(|n| n.token_held);
+    let verified = held && stored.is_some_and(|h| token_hash::verify_token(h, token));
+    let refusal = if url_changed {
+        callback_url_changed()
     } else {
-        Decision::ForwardIfSlot(invalid_token())
+        invalid_token()
+    };
+    match (verified, stored.is_some() || ironic.is_some()) {
+        (true, _) if url_changed => Decision::Answer(refusal),
+        (true, _) => Decision::Forward,
+        (false, true) => Decision::ForwardIfSlot(refusal),
+        // Nothing known of the node: only Ironic can answer (404 or 400).
+        (false, false) => Decision::Forward,
     }
+}
+
+/// How many different tokens of one node that the gateway cannot verify reach Ironic per
+/// `token_mismatch_forward_seconds`: a new token minted elsewhere gets through even while
+/// another (wrong) one is repeated, and a flood of random tokens costs Ironic a few requests.
+pub const UNVERIFIED_TOKENS_PER_INTERVAL: u32 = 4;
+
+/// The short digest that names a presented token's forward slot in Redis (never the token).
+pub fn mismatch_tag(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("ironic-edge mismatch slot\0{token}").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the heartbeat shield does with a heartbeat that is to be forwarded.
@@ -254,9 +271,16 @@ pub async fn handle(
         Decision::ForwardIfSlot(e) => {
             let interval =
                 Duration::from_secs(r.edge.config.heartbeat.token_mismatch_forward_seconds);
-            match store.claim_mismatch_forward(ident, interval).await {
+            let tag = mismatch_tag(checked.request.agent_token.as_deref().unwrap_or_default());
+            let claim = store.claim_mismatch_forward(
+                ident,
+                &tag,
+                interval,
+                UNVERIFIED_TOKENS_PER_INTERVAL,
+            );
+            match claim.await {
                 Ok(true) => log::info!(
-                    "heartbeat for {ident}: token differs from the known one; forwarding once"
+                    "heartbeat for {ident}: a token the gateway cannot verify; forwarding it once"
                 ),
                 Ok(false) => return r.answer_error(session, ctx, &e).await,
                 Err(err) => store_error(r, &err),
@@ -470,36 +494,32 @@ impl NodeFacts {
 }
 
 async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
-    if known_missing(r, ident).await {
-        return NodeFacts {
-            missing: true,
-            record: None,
-            ironic: None,
-        };
-    }
-    let canonical_uuid = ident.len() == 36 && ident::is_uuid_like(ident);
-    let fresh = if canonical_uuid {
-        r.indexed_node_with_time(ident).await
-    } else {
-        None
+    let missing = NodeFacts {
+        missing: true,
+        record: None,
+        ironic: None,
     };
-    let (indexed, synced_at) = match fresh {
+    if known_missing(r, ident).await {
+        return missing;
+    }
+    let (indexed, synced_at) = match indexed_by_ident(r, ident).await {
         Some((node, at)) => (Some(node), at),
         None => (None, 0),
     };
     if matches!(indexed, Some(None)) {
-        return NodeFacts {
-            missing: true,
-            record: None,
-            ironic: None,
-        };
+        return missing;
     }
-    let record = match r.edge.store.node(ident).await {
-        Ok(rec) => rec,
-        Err(err) => {
-            store_error(r, &err);
-            None
+    // Records are kept under the node's UUID (agents heartbeat by the UUID lookup gave them).
+    let record = if is_canonical_uuid(ident) {
+        match r.edge.store.node(ident).await {
+            Ok(rec) => rec,
+            Err(err) => {
+                store_error(r, &err);
+                None
+            }
         }
+    } else {
+        None
     };
     let ironic = indexed
         .flatten()
@@ -511,21 +531,52 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     }
 }
 
+fn is_canonical_uuid(ident: &str) -> bool {
+    ident.len() == 36 && ident::is_uuid_like(ident)
+}
+
+/// What a fresh index says of the heartbeat's node (`Some(None)`: Ironic has no such node),
+/// with when its round started. A canonical UUID is looked up by UUID, a name by name (Ironic
+/// looks any other ident up by name); a UUID-like ident in another spelling is not decided
+/// here (Ironic matches it as the database does).
+async fn indexed_by_ident(
+    r: &AgentRequest<'_>,
+    ident: &str,
+) -> Option<(Option<IndexedNode>, u64)> {
+    if is_canonical_uuid(ident) {
+        return r.indexed_node_with_time(ident).await;
+    }
+    if ident::is_uuid_like(ident) {
+        return None;
+    }
+    let synced_at = r.fresh_index_synced_at().await?;
+    match r.edge.store.index_node_named(ident).await {
+        Ok(node) => Some((node, synced_at)),
+        Err(err) => {
+            store_error(r, &err);
+            None
+        }
+    }
+}
+
 /// The index's view of a node, corrected by what the gateway saw after the round that wrote
-/// it started: a token Ironic minted (or accepted) since is held, whatever the index says (a
-/// freshly booted agent would otherwise count as unverified until the next round, and under
-/// load rounds are slow). A token wiped since the gateway last saw it in use still shows.
+/// it started: the freshest knowledge wins. A token Ironic minted (or accepted) since is held,
+/// whatever the index says (a freshly booted agent would otherwise count as unverified until
+/// the next round, and under load rounds are slow), and the `agent_url` is the one Ironic
+/// accepted in that agent session (none yet after a mint): an older `agent_url` in the index
+/// must not let a heartbeat with another `callback_url` through, least of all into the relay
+/// while Ironic is down. A token wiped since the gateway last saw it in use still shows.
 pub fn with_newer_token_knowledge(
     mut node: IndexedNode,
     record: Option<&NodeRecord>,
     index_round_started_ms: u64,
 ) -> IndexedNode {
-    let seen_since = record
+    let newer = record
         .filter(|r| r.token_hash.is_some())
-        .and_then(|r| r.token_seen_ms)
-        .is_some_and(|at| at >= index_round_started_ms);
-    if seen_since {
+        .filter(|r| r.token_seen_ms.is_some_and(|at| at >= index_round_started_ms));
+    if let Some(r) = newer {
         node.token_held = true;
+        node.agent_url = r.agent_url.clone();
     }
     node
 }
@@ -672,14 +723,16 @@ mod tests {
             token_held: false,
             ..indexed("manageable", None)
         };
-        // Wiped on Ironic (a power off made there): Ironic must answer, whatever was sent.
+        // Wiped on Ironic (a power off made there): Ironic refuses any token, but a new one
+        // may have been minted since the round, so once per presented token per interval it
+        // is asked.
         assert_eq!(
             decide(&hb("good", "https://b:9999"), Some(&r), Some(&view)),
-            Decision::Forward
+            Decision::ForwardIfSlot(invalid_token())
         );
         assert_eq!(
             decide(&hb("bad", "https://b:9999"), Some(&r), Some(&view)),
-            Decision::Forward
+            Decision::ForwardIfSlot(invalid_token())
         );
         // Token still held, agent_url as Ironic has it now.
         view.token_held = true;
@@ -692,6 +745,87 @@ mod tests {
             decide(&hb("good", "https://a:9999"), Some(&r), Some(&view)),
             Decision::Answer(callback_url_changed())
         );
+    }
+
+    #[test]
+    fn a_node_known_to_exist_with_an_unverifiable_token_gets_slots() {
+        let held = IndexedNode {
+            token_held: true,
+            ..indexed("manageable", Some("https://a:9999"))
+        };
+        let none_held = IndexedNode {
+            token_held: false,
+            ..indexed("manageable", None)
+        };
+        type Case<'a> = (&'a str, Option<&'a IndexedNode>, &'a str, Decision);
+        let cases: [Case; 4] = [
+            (
+                "token never seen, node holds one",
+                Some(&held),
+                "https://a:9999",
+                Decision::ForwardIfSlot(invalid_token()),
+            ),
+            (
+                "token never seen, callback_url differs from Ironic's",
+                Some(&held),
+                "https://b:9999",
+                Decision::ForwardIfSlot(callback_url_changed()),
+            ),
+            (
+                "node holds no token",
+                Some(&none_held),
+                "https://b:9999",
+                Decision::ForwardIfSlot(invalid_token()),
+            ),
+            (
+                "nothing known of the node",
+                None,
+                "https://b:9999",
+                Decision::Forward,
+            ),
+        ];
+        for (what, view, url, want) in cases {
+            assert_eq!(decide(&hb("t", url), None, view), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_freshest_agent_url_wins() {
+        let old_index = indexed("manageable", None);
+        let mut r = rec(Some("good"), Some("https://a:9999"));
+        r.token_seen_ms = Some(2_000);
+        // The gateway saw Ironic accept https://a after the round began: a forged heartbeat
+        // with the token and another callback_url is refused, never forwarded or kept.
+        let view = with_newer_token_knowledge(old_index.clone(), Some(&r), 1_000);
+        assert_eq!(view.agent_url.as_deref(), Some("https://a:9999"));
+        assert_eq!(
+            decide(&hb("good", "https://evil:9999"), Some(&r), Some(&view)),
+            Decision::Answer(callback_url_changed())
+        );
+        // A round newer than what the gateway saw: Ironic's view stands.
+        let newer_index = indexed("manageable", Some("https://c:9999"));
+        let view = with_newer_token_knowledge(newer_index, Some(&r), 3_000);
+        assert_eq!(view.agent_url.as_deref(), Some("https://c:9999"));
+        // A token minted after the round, no heartbeat accepted yet: no agent_url, whatever an
+        // earlier agent session left in the index.
+        let minted = NodeRecord {
+            agent_url: None,
+            ..r.clone()
+        };
+        let stale = indexed("manageable", Some("https://old-session:9999"));
+        assert_eq!(
+            with_newer_token_knowledge(stale, Some(&minted), 1_000).agent_url,
+            None
+        );
+    }
+
+    #[test]
+    fn mismatch_tags_name_tokens_without_showing_them() {
+        let a = mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxx");
+        assert_eq!(a, mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxx"));
+        assert_ne!(a, mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxy"));
+        assert_eq!(a.len(), 16);
+        assert!(!a.contains("AAAA"));
     }
 
     fn indexed(state: &str, agent_url: Option<&str>) -> IndexedNode {

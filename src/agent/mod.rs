@@ -99,7 +99,7 @@ impl AgentRequest<'_> {
     }
 
     /// When the last sync round started (Unix ms), if the index is fresh.
-    async fn fresh_index_synced_at(&self) -> Option<u64> {
+    pub(crate) async fn fresh_index_synced_at(&self) -> Option<u64> {
         let sync = &self.edge.config.sync;
         if !sync.enabled {
             return None;

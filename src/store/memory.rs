@@ -178,8 +178,31 @@ impl EdgeStore for MemoryStore {
             }
         })
     }
-    async fn claim_mismatch_forward(&self, uuid: &str, interval: Duration) -> StoreResult<bool> {
-        self.set(format!("hb:mismatch:{uuid}"), Entry::Flag, interval, true)
+    async fn claim_mismatch_forward(
+        &self,
+        ident: &str,
+        token_tag: &str,
+        interval: Duration,
+        per_node: u32,
+    ) -> StoreResult<bool> {
+        let slot = format!("hb:mismatch:{ident}:{token_tag}");
+        let count = format!("hb:mismatch:{ident}");
+        self.with(|m| {
+            if m.contains_key(&slot) {
+                return false;
+            }
+            let until = Some(Instant::now() + interval);
+            let n = match m.get(&count) {
+                Some((Entry::Text(n), exp)) => (n.parse::<u32>().unwrap_or(0) + 1, *exp),
+                _ => (1, until),
+            };
+            m.insert(count, (Entry::Text(n.0.to_string()), n.1));
+            if n.0 > per_node {
+                return false;
+            }
+            m.insert(slot, (Entry::Flag, until));
+            true
+        })
     }
     async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
         self.exists(&format!("hb:nf:{ident}"))
@@ -303,6 +326,14 @@ impl EdgeStore for MemoryStore {
         self.with(|m| match m.get(&format!("idx:node:{uuid}")) {
             Some((Entry::Indexed(n), _)) => Some(n.clone()),
             _ => None,
+        })
+    }
+    async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
+        self.with(|m| {
+            m.values().find_map(|(e, _)| match e {
+                Entry::Indexed(n) if n.name.as_deref() == Some(name) => Some(n.clone()),
+                _ => None,
+            })
         })
     }
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {

@@ -150,8 +150,18 @@ pub trait EdgeStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Ironic no longer knows the token we had (it was wiped).
     async fn forget_token(&self, uuid: &str) -> StoreResult<()>;
-    /// Claims the right to forward one token-mismatched heartbeat of this node for `interval`.
-    async fn claim_mismatch_forward(&self, uuid: &str, interval: Duration) -> StoreResult<bool>;
+    /// Claims the right to forward one heartbeat of this node whose token the gateway cannot
+    /// verify, for the presented token `token_tag` (a short digest of it, never the token): each
+    /// presented token has a slot of its own per `interval` (a flooded token holds only its own),
+    /// and at most `per_node` presented tokens of one node are forwarded per `interval` (a flood
+    /// of random tokens costs Ironic a few requests, and Redis a few keys, per node).
+    async fn claim_mismatch_forward(
+        &self,
+        ident: &str,
+        token_tag: &str,
+        interval: Duration,
+        per_node: u32,
+    ) -> StoreResult<bool>;
 
     async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool>;
     async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()>;
@@ -199,6 +209,8 @@ pub trait EdgeStore: Send + Sync {
     /// The node uuid of each MAC (same order), from the index.
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>>;
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>>;
+    /// The indexed node with this name (`None`: no indexed node has it).
+    async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>>;
     /// Every node uuid and MAC in the index (for a full round to find what disappeared).
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)>;
     async fn index_write(&self, update: &IndexUpdate) -> StoreResult<()>;

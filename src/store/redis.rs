@@ -9,8 +9,9 @@
 //! - `lookup:nf:<sha256(key)>`: an upstream 404 for that lookup, with a short TTL
 //! - `lookup:flight:<sha256(key)>` / `lookup:result:<sha256(key)>`: single flight
 //! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
-//! - `hb:nf:<ident>`, `hb:mismatch:<uuid>`: heartbeat 404 cache, mismatch forward slot
-//! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), sets `idx:nodes`, `idx:macs`,
+//! - `hb:nf:<ident>`: heartbeat 404 cache; `hb:mismatch:<ident>:<token tag>` and the count
+//!   `hb:mismatch:<ident>`: forward slots for heartbeats whose token cannot be verified
+//! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), `idx:name:<name>` (uuid), sets `idx:nodes`, `idx:macs`,
 //!   `idx:synced_at`, `idx:sync_marks`: the node index the sync service keeps
 //! - `lease:<name>`: leases (one syncing process at a time)
 //! - `pending:hb:<uuid>` (sealed), set `pending:hb`: heartbeats waiting for Ironic
@@ -308,19 +309,30 @@ impl EdgeStore for RedisStore {
         .await
     }
 
-    async fn claim_mismatch_forward(&self, uuid: &str, interval: Duration) -> StoreResult<bool> {
-        let reply: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(format!("{}hb:mismatch:{uuid}", self.prefix))
-                    .arg("1")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(interval))
-                    .clone(),
-            )
-            .await?;
-        Ok(reply.is_some())
+    async fn claim_mismatch_forward(
+        &self,
+        ident: &str,
+        token_tag: &str,
+        interval: Duration,
+        per_node: u32,
+    ) -> StoreResult<bool> {
+        // One script: a late run (after the caller gave up on it) only uses up a slot.
+        let script = redis::Script::new(
+            r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+              local n = redis.call('INCR', KEYS[2])
+              if n == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+              if n > tonumber(ARGV[2]) then return 0 end
+              redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{}hb:mismatch:{ident}:{token_tag}", self.prefix))
+            .key(format!("{}hb:mismatch:{ident}", self.prefix))
+            .arg(millis(interval))
+            .arg(per_node);
+        let claimed: i64 = self.run_script(invocation).await?;
+        Ok(claimed == 1)
     }
 
     async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
@@ -514,6 +526,24 @@ impl EdgeStore for RedisStore {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
+    async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
+        // A renamed node leaves its old name behind: the entry counts only while the node it
+        // points to still has that name.
+        let script = redis::Script::new(
+            r"local uuid = redis.call('GET', KEYS[1])
+              if not uuid then return false end
+              return redis.call('GET', ARGV[1] .. uuid)",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.idx(&format!("name:{name}")))
+            .arg(self.idx("node:"));
+        let text: Option<String> = self.run_script(invocation).await?;
+        Ok(text
+            .and_then(|t| serde_json::from_str::<IndexedNode>(&t).ok())
+            .filter(|n| n.name.as_deref() == Some(name)))
+    }
+
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
         let mut pipe = redis::pipe();
         pipe.cmd("SMEMBERS")
@@ -539,6 +569,12 @@ impl EdgeStore for RedisStore {
                     .arg(self.idx("nodes"))
                     .arg(&n.uuid)
                     .ignore();
+                if let Some(name) = &n.name {
+                    pipe.cmd("SET")
+                        .arg(self.idx(&format!("name:{name}")))
+                        .arg(&n.uuid)
+                        .ignore();
+                }
             }
             self.run_pipe::<()>(pipe).await?;
         }

@@ -73,6 +73,18 @@ impl MiniIronic {
         }
     }
 
+    /// Mints a new token for the node straight on the mini Ironic (as a lookup the gateway did
+    /// not see would); returns it.
+    pub fn mint(&self, uuid: &str) -> String {
+        let token = ironic::random_token();
+        for n in self.nodes.lock().unwrap().iter_mut() {
+            if n.uuid == uuid {
+                n.token = Some(token.clone());
+            }
+        }
+        token
+    }
+
     pub fn node(&self, uuid: &str) -> Option<Node> {
         self.nodes
             .lock()
