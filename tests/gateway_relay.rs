@@ -351,3 +351,83 @@ fn the_upstream_cap_queues_and_relays_what_does_not_fit() {
         "each node's heartbeat reached Ironic exactly once"
     );
 }
+
+/// While Ironic is down, a heartbeat carrying the node's token but another `callback_url` (an
+/// attacker who learnt the token) must not be accepted, kept or relayed: the `agent_url` Ironic
+/// accepted in this agent session is fresher than the index's, which still shows none.
+#[test]
+fn a_forged_callback_url_is_never_kept_or_relayed_while_ironic_is_down() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let failing = Arc::new(AtomicBool::new(false));
+    {
+        let (failing, mini) = (failing.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if failing.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let mac = "52:54:0b:00:00:01";
+    let uuid = mini.add_node(&[mac]);
+    // One round at start, then none for the whole test: the index shows the node as it was
+    // before its agent booted.
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 120)
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let indexed = common::wait_for(Duration::from_secs(20), || {
+        env.redis
+            .keys()
+            .iter()
+            .any(|k| k.contains("idx:node:"))
+            .then_some(())
+    });
+    assert!(indexed.is_some(), "no index:\n{}", env.gw.logs());
+
+    let token = minted_token(&env, mac);
+    let genuine = |version: &str| {
+        Request::post(&format!("/v1/heartbeat/{uuid}"))
+            .version("1.68")
+            .json_body(&format!(
+                "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"{version}\"}}"
+            ))
+    };
+    let r = env.send(&genuine("13.0.0"));
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    failing.store(true, Ordering::SeqCst);
+    let r = env.send(&genuine("13.0.1"));
+    assert_eq!(r.status, 202, "the genuine agent is accepted and kept");
+    let forged = Request::post(&format!("/v1/heartbeat/{uuid}"))
+        .version("1.68")
+        .json_body(&format!(
+            "{{\"callback_url\": \"https://198.51.100.66:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"13.0.2\"}}"
+        ));
+    let r = env.send(&forged);
+    common::assert_ironic_error(&r, 400, common::ironic::CALLBACK_CHANGED, "1.115", "1.68");
+
+    env.fake.clear_log();
+    failing.store(false, Ordering::SeqCst);
+    let relayed = common::wait_for(Duration::from_secs(10), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 1).then_some(())
+    });
+    assert!(relayed.is_some(), "relay did not run:\n{}", env.gw.logs());
+    std::thread::sleep(Duration::from_millis(1000));
+    let got: Vec<_> = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/heartbeat/"))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].json()["agent_version"], "13.0.1", "the genuine one");
+    assert_eq!(
+        mini.node(&uuid).unwrap().agent_url.as_deref(),
+        Some("https://127.0.0.1:9999")
+    );
+}

@@ -55,8 +55,11 @@ fn local_lookups(gw: &Gateway) -> f64 {
 
 /// Heartbeats the gateway sent to Ironic so far.
 fn upstream_heartbeats(gw: &Gateway) -> u64 {
-    gw.metric("ironic_edge_upstream_requests_total", &[("route", "heartbeat")])
-        .unwrap_or(0.0) as u64
+    gw.metric(
+        "ironic_edge_upstream_requests_total",
+        &[("route", "heartbeat")],
+    )
+    .unwrap_or(0.0) as u64
 }
 
 fn heartbeat(gw: &Gateway, ident: &str, token: &str) -> http::Response {
@@ -119,7 +122,11 @@ fn a_node_holding_no_token_is_asked_a_few_times_not_for_every_heartbeat() {
     for _ in 0..40 {
         let r = heartbeat(&gw, uuid, &common::ironic::random_token());
         assert_eq!(r.status, 400, "{}", r.text());
-        assert_eq!(r.text(), fault_body(400, INVALID_TOKEN), "Ironic's own answer");
+        assert_eq!(
+            r.text(),
+            fault_body(400, INVALID_TOKEN),
+            "Ironic's own answer"
+        );
     }
     let sent = upstream_heartbeats(&gw) - before;
     assert!(
@@ -161,5 +168,9 @@ fn a_token_minted_elsewhere_is_learnt_even_while_a_wrong_one_is_flooded() {
     let sent = upstream_heartbeats(&gw);
     let r = heartbeat(&gw, &node.uuid, &wrong);
     assert_eq!(r.status, 400);
-    assert_eq!(upstream_heartbeats(&gw), sent, "the wrong token stays at the edge");
+    assert_eq!(
+        upstream_heartbeats(&gw),
+        sent,
+        "the wrong token stays at the edge"
+    );
 }

@@ -272,12 +272,8 @@ pub async fn handle(
             let interval =
                 Duration::from_secs(r.edge.config.heartbeat.token_mismatch_forward_seconds);
             let tag = mismatch_tag(checked.request.agent_token.as_deref().unwrap_or_default());
-            let claim = store.claim_mismatch_forward(
-                ident,
-                &tag,
-                interval,
-                UNVERIFIED_TOKENS_PER_INTERVAL,
-            );
+            let claim =
+                store.claim_mismatch_forward(ident, &tag, interval, UNVERIFIED_TOKENS_PER_INTERVAL);
             match claim.await {
                 Ok(true) => log::info!(
                     "heartbeat for {ident}: a token the gateway cannot verify; forwarding it once"
@@ -539,10 +535,7 @@ fn is_canonical_uuid(ident: &str) -> bool {
 /// with when its round started. A canonical UUID is looked up by UUID, a name by name (Ironic
 /// looks any other ident up by name); a UUID-like ident in another spelling is not decided
 /// here (Ironic matches it as the database does).
-async fn indexed_by_ident(
-    r: &AgentRequest<'_>,
-    ident: &str,
-) -> Option<(Option<IndexedNode>, u64)> {
+async fn indexed_by_ident(r: &AgentRequest<'_>, ident: &str) -> Option<(Option<IndexedNode>, u64)> {
     if is_canonical_uuid(ident) {
         return r.indexed_node_with_time(ident).await;
     }
@@ -571,9 +564,10 @@ pub fn with_newer_token_knowledge(
     record: Option<&NodeRecord>,
     index_round_started_ms: u64,
 ) -> IndexedNode {
-    let newer = record
-        .filter(|r| r.token_hash.is_some())
-        .filter(|r| r.token_seen_ms.is_some_and(|at| at >= index_round_started_ms));
+    let newer = record.filter(|r| r.token_hash.is_some()).filter(|r| {
+        r.token_seen_ms
+            .is_some_and(|at| at >= index_round_started_ms)
+    });
     if let Some(r) = newer {
         node.token_held = true;
         node.agent_url = r.agent_url.clone();
@@ -822,8 +816,14 @@ mod tests {
     #[test]
     fn mismatch_tags_name_tokens_without_showing_them() {
         let a = mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxx");
-        assert_eq!(a, mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxx"));
-        assert_ne!(a, mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxy"));
+        assert_eq!(
+            a,
+            mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxx")
+        );
+        assert_ne!(
+            a,
+            mismatch_tag("AAAA-token-of-forty-three-characters-xxxxxy")
+        );
         assert_eq!(a.len(), 16);
         assert!(!a.contains("AAAA"));
     }

@@ -21,6 +21,87 @@ pub struct MiniIronic {
     nodes: Mutex<Vec<Node>>,
 }
 
+/// Now, as Ironic writes timestamps.
+fn now_iso() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn node_json(n: &Node) -> serde_json::Value {
+    let now = now_iso();
+    serde_json::json!({
+        "uuid": n.uuid,
+        "name": null,
+        "provision_state": "manageable",
+        "maintenance": false,
+        "driver_info": {"fast_track": true},
+        "driver_internal_info": {
+            "agent_secret_token": n.token.as_ref().map(|_| "******"),
+            "agent_url": n.agent_url,
+        },
+        "created_at": now,
+        "updated_at": now,
+    })
+}
+
+fn ports_json(n: &Node) -> Vec<serde_json::Value> {
+    let now = now_iso();
+    n.macs
+        .iter()
+        .map(|mac| {
+            serde_json::json!({
+                "uuid": ironic::random_uuid(),
+                "address": mac,
+                "node_uuid": n.uuid,
+                "created_at": now,
+                "updated_at": now,
+            })
+        })
+        .collect()
+}
+
+/// One page of a listing: `limit` items after `marker` (a uuid), by uuid.
+fn page(collection: &str, mut items: Vec<serde_json::Value>, req: &Recorded) -> String {
+    items.sort_by(|a, b| a["uuid"].as_str().cmp(&b["uuid"].as_str()));
+    let mut limit = usize::MAX;
+    let mut marker = None;
+    for (k, v) in form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "limit" => limit = v.parse().unwrap_or(usize::MAX),
+            "marker" => marker = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    let start = marker
+        .and_then(|m| {
+            items
+                .iter()
+                .position(|i| i["uuid"].as_str() == Some(m.as_str()))
+        })
+        .map_or(0, |p| p + 1);
+    let page: Vec<_> = items.into_iter().skip(start).take(limit).collect();
+    serde_json::json!({ collection: page }).to_string()
+}
+
 fn minor(v: &str) -> u32 {
     v.split_once('.')
         .and_then(|(_, m)| m.parse().ok())
@@ -48,6 +129,51 @@ impl MiniIronic {
             let m = mini.clone();
             fake.route("POST", path, move |req, ctx| m.heartbeat(req, ctx));
         }
+        mini
+    }
+
+    /// Also serves the node and port listings the node sync reads (`/v1/nodes`,
+    /// `/v1/nodes/detail`, `/v1/ports`, one node and its ports), every node manageable with
+    /// fast track on. Every item shows as changed just now, so every sync round re-reads all
+    /// of them: the index follows the mini Ironic within one round.
+    pub fn install_with_listings(fake: &FakeIronic) -> Arc<MiniIronic> {
+        let mini = Self::install(fake);
+        // Routes added later are matched first: the exact listings before the prefix.
+        let m = mini.clone();
+        fake.route("GET", "/v1/nodes/*", move |req, ctx| {
+            let rest = req.path.trim_start_matches("/v1/nodes/");
+            let (uuid, ports) = match rest.strip_suffix("/ports") {
+                Some(u) => (u, true),
+                None => (rest, false),
+            };
+            let nodes = m.nodes.lock().unwrap();
+            match nodes.iter().find(|n| n.uuid == uuid) {
+                None => ctx.node_not_found(req, uuid),
+                Some(n) if ports => {
+                    let body = serde_json::json!({ "ports": ports_json(n) });
+                    ctx.json(req, 200, &body.to_string())
+                }
+                Some(n) => ctx.json(req, 200, &node_json(n).to_string()),
+            }
+        });
+        for path in ["/v1/nodes", "/v1/nodes/detail"] {
+            let m = mini.clone();
+            fake.route("GET", path, move |req, ctx| {
+                let items: Vec<_> = m.nodes.lock().unwrap().iter().map(node_json).collect();
+                ctx.json(req, 200, &page("nodes", items, req))
+            });
+        }
+        let m = mini.clone();
+        fake.route("GET", "/v1/ports", move |req, ctx| {
+            let items = m
+                .nodes
+                .lock()
+                .unwrap()
+                .iter()
+                .flat_map(ports_json)
+                .collect();
+            ctx.json(req, 200, &page("ports", items, req))
+        });
         mini
     }
 
