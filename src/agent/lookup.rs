@@ -47,12 +47,13 @@ pub async fn handle(
         Err(e) => return r.answer_error(session, ctx, &e).await,
     };
     if !query.invalid_macs.is_empty() {
-        log::warn!(
-            "lookup: ignoring invalid MAC addresses {:?}",
-            query.invalid_macs
+        // The count only: the addresses are the caller's input, of any length.
+        log::debug!(
+            "lookup: ignoring {} invalid MAC addresses",
+            query.invalid_macs.len()
         );
     }
-    let key = query.cache_key();
+    let key = bounded_key(query.cache_key());
     let caller = replay_key(&key, session);
     if let Some(answer) = take_replay(r.edge, r.version, caller.as_deref()).await {
         return r.answer_local(session, ctx, &answer).await;
@@ -65,6 +66,9 @@ pub async fn handle(
         Ok(false) => {}
         Err(e) => store_error(r.edge, &e),
     }
+    // Nothing of the parsed request is needed past this point: what waits for Ironic holds
+    // the request itself and a key of fixed size, never a copy of the caller's MAC list.
+    drop(query);
 
     let trip = match LookupTrip::prepare(r, session, ctx, &key, caller.clone()) {
         Ok(trip) => trip,
@@ -386,6 +390,21 @@ async fn after_upstream_answer(
     FlightResult::AskUpstream
 }
 
+/// The longest lookup key kept as it is; longer ones (long MAC lists) are replaced by their
+/// digest before they are stored or copied into the flight, the trip, the queue and the replay.
+const MAX_PLAIN_KEY: usize = 96;
+
+/// The lookup's normalised key, of bounded size: the same request always gives the same key.
+fn bounded_key(key: String) -> String {
+    if key.len() <= MAX_PLAIN_KEY {
+        return key;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("digest:{hex}")
+}
+
 /// Whom a kept minted answer belongs to: the normalised request and the caller's address.
 fn replay_key(key: &str, session: &Session) -> Option<String> {
     let ip = session.client_addr()?.as_inet()?.ip();
@@ -490,6 +509,26 @@ fn store_error(edge: &Edge, e: &crate::store::StoreError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_keys_are_bounded_whatever_the_request() {
+        let short = "macs:52:54:00:00:00:01".to_string();
+        assert_eq!(bounded_key(short.clone()), short);
+        let macs: Vec<String> = (0..1500)
+            .map(|i| format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256))
+            .collect();
+        let long = format!("macs:{}", macs.join(","));
+        let a = bounded_key(long.clone());
+        assert!(a.len() <= MAX_PLAIN_KEY, "{} bytes", a.len());
+        assert_eq!(
+            a,
+            bounded_key(long.clone()),
+            "the same request, the same key"
+        );
+        assert_ne!(a, bounded_key(format!("{long},52:54:00:00:ff:ff")));
+        // A plain key never collides with a digest.
+        assert!(!short.starts_with("digest:"));
+    }
 
     fn node(state: &str, fast_track: FastTrack) -> IndexedNode {
         IndexedNode {
