@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod client_addr;
 pub mod config;
+pub mod conn_guard;
 pub mod conn_limit;
 pub mod edge;
 pub mod ironic;
