@@ -244,6 +244,35 @@ impl Default for SyncConfig {
     }
 }
 
+/// What one client may hold: deadlines for slow senders and a cap on connections per source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A request head (request line and headers) must arrive whole within this, counted from
+    /// its first byte; a connection trickling it is closed.
+    pub request_head_timeout_ms: u64,
+    /// A connection may wait this long for the first byte of its next request (a fresh one
+    /// for its first): then it is closed quietly.
+    pub idle_timeout_ms: u64,
+    /// The body of a lookup or heartbeat must keep up this rate after a grace of
+    /// `request_head_timeout_ms` (1 MiB at 32 KiB/s: 32 s plus the grace); slower is cut.
+    pub agent_body_min_bytes_per_second: u64,
+    /// Open connections from one source address (an IPv6 source counts by its /64);
+    /// the next is closed before any HTTP is read. Trusted proxies are exempt. 0: no cap.
+    pub max_connections_per_source: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            request_head_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            agent_body_min_bytes_per_second: 32 * 1024,
+            max_connections_per_source: 256,
+        }
+    }
+}
+
 /// The gateway's own section, `ironic_edge:`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -261,6 +290,11 @@ pub struct EdgeConfig {
     /// token through Redis is encrypted with it. The same key on every gateway process.
     /// Empty: nothing is sealed, and the features that need it are off.
     pub seal_key_file: String,
+    pub limits: LimitsConfig,
+    /// Addresses or CIDR blocks of proxies (load balancers) in front of the gateway: from
+    /// them, the client address is taken from `X-Forwarded-For` (the right-most address that
+    /// is not itself a trusted proxy). Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for EdgeConfig {
@@ -279,6 +313,8 @@ impl Default for EdgeConfig {
             sync: SyncConfig::default(),
             node_ttl_seconds: 86_400,
             seal_key_file: String::new(),
+            limits: LimitsConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -431,6 +467,8 @@ impl EdgeConfig {
             self.heartbeat.relay_ttl_seconds,
         )?;
         self.seal_key()?;
+        self.validate_limits()?;
+        self.trusted_proxy_nets()?;
         let sync = &self.sync;
         positive("ironic_edge.sync.interval_seconds", sync.interval_seconds)?;
         positive("ironic_edge.sync.lease_seconds", sync.lease_seconds)?;
@@ -464,6 +502,40 @@ impl EdgeConfig {
             SyncAuthType::Token => {}
         }
         Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if !(500..=60_000).contains(&l.request_head_timeout_ms) {
+            return Err(ConfigError::new(
+                "ironic_edge.limits.request_head_timeout_ms",
+                "must be between 500 and 60000",
+            ));
+        }
+        if !(1000..=3_600_000).contains(&l.idle_timeout_ms) {
+            return Err(ConfigError::new(
+                "ironic_edge.limits.idle_timeout_ms",
+                "must be between 1000 and 3600000",
+            ));
+        }
+        if l.agent_body_min_bytes_per_second < 1024 {
+            return Err(ConfigError::new(
+                "ironic_edge.limits.agent_body_min_bytes_per_second",
+                "must be at least 1024 (slower keeps a 1 MiB body open for over 17 minutes)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `trusted_proxies`, parsed.
+    pub fn trusted_proxy_nets(&self) -> Result<crate::client_addr::TrustedProxies, ConfigError> {
+        let mut nets = Vec::with_capacity(self.trusted_proxies.len());
+        for (i, text) in self.trusted_proxies.iter().enumerate() {
+            let net = crate::client_addr::IpNet::parse(text)
+                .map_err(|r| ConfigError::new(format!("ironic_edge.trusted_proxies[{i}]"), r))?;
+            nets.push(net);
+        }
+        Ok(crate::client_addr::TrustedProxies::new(nets))
     }
 
     /// The upstream Ironic's address, resolved now (at start-up, not per request).
@@ -671,6 +743,26 @@ mod tests {
             (
                 "ironic_edge:\n  heartbeat:\n    max_body_bytes: 10\n",
                 "ironic_edge.heartbeat.max_body_bytes",
+            ),
+            (
+                "ironic_edge:\n  limits:\n    request_head_timeout_ms: 0\n",
+                "ironic_edge.limits.request_head_timeout_ms",
+            ),
+            (
+                "ironic_edge:\n  limits:\n    idle_timeout_ms: 10\n",
+                "ironic_edge.limits.idle_timeout_ms",
+            ),
+            (
+                "ironic_edge:\n  limits:\n    agent_body_min_bytes_per_second: 1\n",
+                "ironic_edge.limits.agent_body_min_bytes_per_second",
+            ),
+            (
+                "ironic_edge:\n  limits:\n    max_connections_per_source: -1\n",
+                "ironic_edge.limits.max_connections_per_source",
+            ),
+            (
+                "ironic_edge:\n  trusted_proxies: ['10.0.0.0/8', '10.0.0.1/33']\n",
+                "ironic_edge.trusted_proxies[1]",
             ),
         ];
         for (text, field) in cases {

@@ -8,7 +8,10 @@
 //! - [`plugin`], [`proxy`], [`server`], [`config`]: the gateway around them.
 
 pub mod agent;
+pub mod client_addr;
 pub mod config;
+pub mod conn_guard;
+pub mod conn_limit;
 pub mod edge;
 pub mod ironic;
 pub mod logging;

@@ -25,6 +25,9 @@ pub struct RequestCtx {
     pub answered_locally: Option<bool>,
     /// The status the plugin answered with, for the access log.
     pub status: Option<u16>,
+    /// Who sent the request (see `client_addr`), computed once in `early_request_filter`;
+    /// `None` only for a peer without an IP address.
+    pub client: Option<crate::client_addr::ClientAddr>,
 }
 
 impl Default for RequestCtx {
@@ -34,6 +37,7 @@ impl Default for RequestCtx {
             route: Route::Other,
             answered_locally: None,
             status: None,
+            client: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! `request_filter`, forwards everything else to the pre-built upstream peer with
 //! `X-Forwarded-*`, answers an unreachable upstream with Ironic's 503, and logs.
 
+use crate::client_addr::TrustedProxies;
+use crate::conn_guard::clock_of;
 use crate::edge::{write_local, Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::Outcome as Counted;
@@ -16,11 +18,16 @@ use std::sync::Arc;
 pub struct EdgeProxy {
     edge: Arc<Edge>,
     plugins: Vec<Box<dyn Plugin>>,
+    trusted: TrustedProxies,
 }
 
 impl EdgeProxy {
-    pub fn new(edge: Arc<Edge>, plugins: Vec<Box<dyn Plugin>>) -> Self {
-        EdgeProxy { edge, plugins }
+    pub fn new(edge: Arc<Edge>, plugins: Vec<Box<dyn Plugin>>, trusted: TrustedProxies) -> Self {
+        EdgeProxy {
+            edge,
+            plugins,
+            trusted,
+        }
     }
 
     fn listener_is_tls(&self, session: &Session) -> bool {
@@ -39,17 +46,68 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx::default()
     }
 
+    /// The head is in: who the client is, and which deadline its body gets.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let req = session.req_header();
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            // A value that is not text stops the walk like any unparsable entry.
+            let forwarded = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""));
+            ctx.client = Some(crate::client_addr::resolve(peer, forwarded, &self.trusted));
+        }
+        if let Some(clock) = clock_of(session) {
+            let agent = crate::agent::classify(req.method.as_str(), req.uri.path()).is_some();
+            clock.head_done(agent && has_body(req));
+        }
+        Ok(())
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        let mut answered = false;
         for plugin in &self.plugins {
             if plugin.handle(session, ctx).await? == Outcome::Answered {
-                return Ok(true);
+                answered = true;
+                break;
             }
         }
-        Ok(false)
+        // A body the plugins read is in; one still to stream upstream keeps its deadline
+        // until `request_body_filter` sees its end.
+        if answered || session.is_body_done() {
+            if let Some(clock) = clock_of(session) {
+                clock.body_done();
+            }
+        }
+        Ok(answered)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if end_of_stream {
+            if let Some(clock) = clock_of(session) {
+                clock.body_done();
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -82,16 +140,21 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         for (name, value) in forwarded_values(
             &session.req_header().headers,
-            client_ip,
+            None,
             self.listener_is_tls(session),
         ) {
             upstream_request.insert_header(name, value)?;
+        }
+        // The chain the gateway vouches for replaces whatever the client wrote.
+        match &ctx.client {
+            Some(client) => {
+                upstream_request.insert_header("X-Forwarded-For", client.forwarded_for.as_str())?
+            }
+            None => {
+                upstream_request.remove_header("X-Forwarded-For");
+            }
         }
         let base = &self.edge.upstream.target().base_path;
         if !base.is_empty() {
@@ -168,6 +231,9 @@ impl ProxyHttp for EdgeProxy {
         e: Option<&pingora::Error>,
         ctx: &mut RequestCtx,
     ) {
+        if let Some(clock) = clock_of(session) {
+            clock.request_done();
+        }
         if ctx.answered_locally.is_none()
             && ctx.status.is_none()
             && session.response_written().is_none()
@@ -191,7 +257,11 @@ impl ProxyHttp for EdgeProxy {
         };
         // The path only: query strings may carry heartbeat tokens.
         log::info!(
-            "{} {} {} {} {}ms{}",
+            "{} {} {} {} {} {}ms{}",
+            ctx.client
+                .as_ref()
+                .map(|c| c.ip.to_string())
+                .unwrap_or_else(|| "-".into()),
             session.req_header().method,
             session.req_header().uri.path(),
             status,
@@ -201,4 +271,15 @@ impl ProxyHttp for EdgeProxy {
                 .unwrap_or_default()
         );
     }
+}
+
+/// Whether a request head announces a body: a `Content-Length` other than 0, or any
+/// `Transfer-Encoding` (chunked).
+fn has_body(req: &RequestHeader) -> bool {
+    if req.headers.contains_key("transfer-encoding") {
+        return true;
+    }
+    req.headers
+        .get("content-length")
+        .is_some_and(|v| v.to_str().map_or(true, |v| v.trim() != "0"))
 }

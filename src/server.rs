@@ -113,10 +113,15 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
     );
 
     let plugins = crate::plugin::build_plugins(&edge)?;
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let trusted = edge_conf.trusted_proxy_nets()?;
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
-        EdgeProxy::new(edge.clone(), plugins),
-        "ironic-edge",
+        EdgeProxy::new(edge.clone(), plugins, trusted.clone()),
+    );
+    // Every connection passes the slow-client deadlines and the per-source cap first.
+    let mut proxy = Service::new(
+        "ironic-edge".to_string(),
+        crate::conn_guard::GuardedApp::new(app, &edge_conf.limits, trusted),
     );
     for (i, l) in edge_conf.listeners.iter().enumerate() {
         match &l.tls {

@@ -111,6 +111,45 @@ fn bad_configs_exit_1_naming_the_field() {
                 c.set("ironic_edge.lookup.not_found_ttl", 3);
             }),
         ),
+        (
+            "ironic_edge.limits.request_head_timeout_ms",
+            Box::new(|c| {
+                c.set("ironic_edge.limits.request_head_timeout_ms", 0);
+            }),
+        ),
+        (
+            "ironic_edge.limits.idle_timeout_ms",
+            Box::new(|c| {
+                c.set("ironic_edge.limits.idle_timeout_ms", 5);
+            }),
+        ),
+        (
+            "ironic_edge.limits.agent_body_min_bytes_per_second",
+            Box::new(|c| {
+                c.set("ironic_edge.limits.agent_body_min_bytes_per_second", 10);
+            }),
+        ),
+        (
+            "ironic_edge.limits.max_connections_per_source",
+            Box::new(|c| {
+                c.set("ironic_edge.limits.max_connections_per_source", "many");
+            }),
+        ),
+        (
+            "ironic_edge.trusted_proxies[0]",
+            Box::new(|c| {
+                c.set("ironic_edge.trusted_proxies", vec!["10.0.0.1/8"]);
+            }),
+        ),
+        (
+            "ironic_edge.trusted_proxies[1]",
+            Box::new(|c| {
+                c.set(
+                    "ironic_edge.trusted_proxies",
+                    vec!["fd00::/64", "proxy.example"],
+                );
+            }),
+        ),
     ];
     let mut failures = Vec::new();
     for (field, edit) in cases {

@@ -19,6 +19,7 @@ use super::AgentRequest;
 /// The upstream request for the agent's request, carrying `body_len` bytes of body.
 pub fn upstream_request(
     session: &Session,
+    client: Option<&crate::client_addr::ClientAddr>,
     tls: bool,
     body_len: usize,
 ) -> pingora::Result<RequestHeader> {
@@ -40,12 +41,12 @@ pub fn upstream_request(
         }
         req.append_header(name.clone(), value.clone())?;
     }
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    for (name, value) in forwarded_values(&src.headers, client_ip, tls) {
+    // X-Forwarded-For is the chain the gateway vouches for, not what the client sent.
+    for (name, value) in forwarded_values(&src.headers, None, tls) {
         req.insert_header(name, value)?;
+    }
+    if let Some(client) = client {
+        req.insert_header("X-Forwarded-For", client.forwarded_for.as_str())?;
     }
     if body_len > 0 || src.method == http::Method::POST {
         req.insert_header("Content-Length", body_len.to_string())?;
@@ -85,7 +86,7 @@ pub fn prepare(
         .server_addr()
         .and_then(|a| a.as_inet())
         .is_some_and(|a| r.edge.tls_ports.contains(&a.port()));
-    let req = upstream_request(session, tls, body.len())
+    let req = upstream_request(session, ctx.client.as_ref(), tls, body.len())
         .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
     Ok(Prepared {
         edge: r.edge.clone(),

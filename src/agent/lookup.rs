@@ -54,7 +54,7 @@ pub async fn handle(
         );
     }
     let key = bounded_key(query.cache_key());
-    let caller = replay_key(&key, session);
+    let caller = replay_key(&key, ctx);
     if let Some(answer) = take_replay(r.edge, r.version, caller.as_deref()).await {
         return r.answer_local(session, ctx, &answer).await;
     }
@@ -405,9 +405,10 @@ fn bounded_key(key: String) -> String {
     format!("digest:{hex}")
 }
 
-/// Whom a kept minted answer belongs to: the normalised request and the caller's address.
-fn replay_key(key: &str, session: &Session) -> Option<String> {
-    let ip = session.client_addr()?.as_inet()?.ip();
+/// Whom a kept minted answer belongs to: the normalised request and the caller's address
+/// (behind a trusted proxy, the client it forwarded for).
+fn replay_key(key: &str, ctx: &RequestCtx) -> Option<String> {
+    let ip = ctx.client.as_ref()?.ip;
     Some(format!("{key}\0{ip}"))
 }
 
