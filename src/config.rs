@@ -81,6 +81,69 @@ pub struct UpstreamConfig {
     pub ca_file: String,
     pub verify_tls: bool,
     pub version_refresh_seconds: u64,
+    /// The learnt rate of everything sent to Ironic (the load governor).
+    pub budget: BudgetConfig,
+}
+
+/// `upstream.budget`: the rate of requests to Ironic, learnt from its answers between these
+/// bounds (it grows while it holds requests back and Ironic keeps up, halves when Ironic is
+/// overloaded).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    pub initial_per_second: u32,
+    pub min_per_second: u32,
+    pub max_per_second: u32,
+    /// An answer slower than this counts as overload.
+    pub slow_answer_ms: u64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        // A single Ironic API process answers some tens of agent requests a second; the rate
+        // climbs from there while Ironic keeps up.
+        BudgetConfig {
+            initial_per_second: 20,
+            min_per_second: 2,
+            max_per_second: 500,
+            slow_answer_ms: 10_000,
+        }
+    }
+}
+
+impl BudgetConfig {
+    pub(crate) fn settings(&self) -> crate::upstream::governor::BudgetSettings {
+        crate::upstream::governor::BudgetSettings {
+            initial_per_second: f64::from(self.initial_per_second),
+            min_per_second: f64::from(self.min_per_second),
+            max_per_second: f64::from(self.max_per_second),
+            slow_answer_ms: self.slow_answer_ms,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let b = self;
+        positive(
+            "ironic_edge.upstream.budget.min_per_second",
+            u64::from(b.min_per_second),
+        )?;
+        if b.max_per_second < b.min_per_second {
+            return Err(ConfigError::new(
+                "ironic_edge.upstream.budget.max_per_second",
+                "must be at least min_per_second",
+            ));
+        }
+        if !(b.min_per_second..=b.max_per_second).contains(&b.initial_per_second) {
+            return Err(ConfigError::new(
+                "ironic_edge.upstream.budget.initial_per_second",
+                "must be between min_per_second and max_per_second",
+            ));
+        }
+        positive(
+            "ironic_edge.upstream.budget.slow_answer_ms",
+            b.slow_answer_ms,
+        )
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -96,6 +159,7 @@ impl Default for UpstreamConfig {
             ca_file: String::new(),
             verify_tls: true,
             version_refresh_seconds: 60,
+            budget: BudgetConfig::default(),
         }
     }
 }
@@ -403,6 +467,7 @@ impl EdgeConfig {
             "ironic_edge.upstream.version_refresh_seconds",
             u.version_refresh_seconds,
         )?;
+        u.budget.validate()?;
         if !u.ca_file.is_empty() && !Path::new(&u.ca_file).is_file() {
             return Err(ConfigError::new(
                 "ironic_edge.upstream.ca_file",

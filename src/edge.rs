@@ -28,8 +28,8 @@ pub struct Edge {
     /// Seals what must carry an agent token through Redis (`seal_key_file`); `None`: the
     /// features that need it are off.
     pub sealer: Option<Arc<crate::store::seal::Sealer>>,
-    /// The cap on agent requests in flight to Ironic (`None`: no cap).
-    pub gate: Option<crate::upstream::gate::UpstreamGate>,
+    /// The one budget for everything sent to Ironic ([`crate::upstream::governor`]).
+    pub(crate) governor: Arc<crate::upstream::governor::Governor>,
 }
 
 /// A fresh Ironic-style request id, `req-<uuid4>`.

@@ -1,6 +1,7 @@
 //! Counters for the ops listener, with bounded labels only (a route template and an outcome,
 //! never a node UUID, name or MAC).
 
+use crate::upstream::governor::{Class, GovernorStats};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -54,6 +55,8 @@ pub struct Metrics {
     sync_requests: AtomicU64,
     heartbeats_deferred: AtomicU64,
     heartbeats_relayed: AtomicU64,
+    /// Requests that found no place in Ironic's budget in time, by governor class.
+    deferred: [AtomicU64; 4],
 }
 
 impl Metrics {
@@ -78,8 +81,52 @@ impl Metrics {
     pub fn heartbeat_relayed(&self) {
         self.heartbeats_relayed.fetch_add(1, Ordering::Relaxed);
     }
+    pub(crate) fn deferred(&self, class: Class) {
+        self.deferred[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
     pub fn requests(&self, route: Route, outcome: Outcome) -> u64 {
         self.requests[route as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition, with the load governor's state.
+    pub(crate) fn render_with(&self, governor: &GovernorStats) -> String {
+        let mut out = self.render();
+        let per_class = |f: &dyn Fn(Class) -> u64| -> Vec<(String, u64)> {
+            Class::ALL
+                .iter()
+                .map(|c| (format!("{{class=\"{}\"}}", c.label()), f(*c)))
+                .collect()
+        };
+        family(
+            &mut out,
+            "ironic_edge_budget_deferred_total",
+            "Requests to Ironic that found no place in its budget in time, by class.",
+            &per_class(&|c| self.deferred[c as usize].load(Ordering::Relaxed)),
+        );
+        family(
+            &mut out,
+            "ironic_edge_budget_overloaded_total",
+            "Ironic's answers that said it was overloaded (5xx, timeouts, slow answers).",
+            &[(String::new(), governor.overloaded)],
+        );
+        gauge(
+            &mut out,
+            "ironic_edge_budget_waiting",
+            "Requests waiting for a place in Ironic's budget, by class.",
+            &per_class(&|c| governor.waiting[c as usize] as u64),
+        );
+        gauge(
+            &mut out,
+            "ironic_edge_budget_in_flight",
+            "Requests in flight to Ironic.",
+            &[(String::new(), governor.in_flight as u64)],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ironic_edge_budget_rate_per_second The rate of requests to Ironic the budget allows now (learnt).\n# TYPE ironic_edge_budget_rate_per_second gauge\nironic_edge_budget_rate_per_second {:.3}",
+            governor.rate_millis as f64 / 1000.0
+        );
+        out
     }
 
     /// The Prometheus text exposition.
@@ -154,8 +201,16 @@ impl Metrics {
 
 /// One counter family: its HELP and TYPE lines, then one line per label set.
 fn family(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
+    typed(out, name, help, "counter", rows);
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
+    typed(out, name, help, "gauge", rows);
+}
+
+fn typed(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in rows {
         let _ = writeln!(out, "{name}{labels} {value}");
     }

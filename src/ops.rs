@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub versions: Arc<VersionState>,
+    pub(crate) governor: Arc<crate::upstream::governor::Governor>,
 }
 
 fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -28,7 +29,11 @@ fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.render_with(&self.governor.stats()),
+            ),
             "/status" => {
                 let upstream = match self.versions.get() {
                     Some(i) => serde_json::json!({

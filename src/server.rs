@@ -80,12 +80,14 @@ fn build_edge(
             .seal_key()?
             .and_then(|k| crate::store::seal::Sealer::new(&k))
             .map(Arc::new),
-        gate: (edge_conf.upstream.max_agent_requests_in_flight > 0).then(|| {
-            crate::upstream::gate::UpstreamGate::new(
-                edge_conf.upstream.max_agent_requests_in_flight,
-                edge_conf.upstream.max_agent_requests_queued,
-            )
-        }),
+        governor: Arc::new(crate::upstream::governor::Governor::new(
+            edge_conf.upstream.budget.settings(),
+            match edge_conf.upstream.max_agent_requests_in_flight {
+                0 => usize::MAX,
+                n => n,
+            },
+            edge_conf.upstream.max_agent_requests_queued,
+        )),
     });
     Ok((edge, events_rx))
 }
@@ -141,6 +143,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
         OpsApp {
             metrics,
             versions: versions.clone(),
+            governor: edge.governor.clone(),
         },
     );
     ops.add_tcp(&edge_conf.ops_address);

@@ -5,6 +5,7 @@ use crate::edge::{write_local, write_upstream, Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::{Outcome as Counted, Route};
 use crate::plugin::RequestCtx;
+use crate::upstream::governor::{self, Class};
 use crate::upstream::headers::{forwarded_values, is_hop_by_hop};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
@@ -59,14 +60,20 @@ pub fn upstream_request(
 pub struct Prepared {
     pub edge: Arc<Edge>,
     route: Route,
+    /// What the request is for: the governor serves higher classes first.
+    class: Class,
     /// The request's node as far as it is known (the lookup key, the heartbeat's ident): the
-    /// concurrency cap's queue holds one place per node.
+    /// governor's queue holds one place per node and class.
     node: String,
     req: RequestHeader,
     body: Bytes,
-    /// Not sent if still queued for the cap by then.
+    /// Not sent if still waiting for the governor by then.
     deadline: Instant,
 }
+
+/// How long a record-only refresh waits for the governor: past that it is kept for the relay
+/// (a verified one) rather than keeping its agent waiting while others need Ironic more.
+const REFRESH_WAIT: Duration = Duration::from_millis(500);
 
 /// The instant by which the agent's request must be answered.
 pub fn answer_deadline(edge: &Edge, ctx: &RequestCtx) -> Instant {
@@ -75,10 +82,11 @@ pub fn answer_deadline(edge: &Edge, ctx: &RequestCtx) -> Instant {
 }
 
 /// Builds the upstream request for the agent's request.
-pub fn prepare(
+pub(crate) fn prepare(
     r: &AgentRequest<'_>,
     session: &Session,
     ctx: &RequestCtx,
+    class: Class,
     node: &str,
     body: &Bytes,
 ) -> Result<Prepared, UpstreamError> {
@@ -91,6 +99,7 @@ pub fn prepare(
     Ok(Prepared {
         edge: r.edge.clone(),
         route: ctx.route,
+        class,
         node: node.to_string(),
         req,
         body: body.clone(),
@@ -103,24 +112,29 @@ impl Prepared {
         self.deadline
     }
 
-    /// Sends the request upstream (through the cap) and returns the answer (not yet written).
+    /// Sends the request upstream (through the governor) and returns the answer (not yet
+    /// written).
     pub async fn send(&self) -> Result<UpstreamResponse, UpstreamError> {
         let edge = &self.edge;
-        let _permit = match &edge.gate {
-            Some(gate) => match gate.enter(&self.node, self.deadline).await {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    log::warn!(
-                        "{} not sent: no place under the upstream cap in time",
-                        self.route.label()
-                    );
-                    return Err(UpstreamError::Busy);
-                }
-            },
-            None => None,
+        let until = match self.class {
+            Class::Refresh => self.deadline.min(Instant::now() + REFRESH_WAIT),
+            _ => self.deadline,
+        };
+        let permit = match edge.governor.enter(self.class, &self.node, until).await {
+            Ok(p) => p,
+            Err(_) => {
+                log::debug!(
+                    "{} ({}) not sent: no place in Ironic's budget in time",
+                    self.route.label(),
+                    self.class.label()
+                );
+                edge.metrics.deferred(self.class);
+                return Err(UpstreamError::Busy);
+            }
         };
         edge.metrics.upstream_request(self.route);
         let result = edge.upstream.send(&self.req, &self.body).await;
+        permit.answered(governor::sample_of(&result));
         match &result {
             Ok(resp) => edge.versions.observe_headers(&resp.header.headers),
             Err(e) => {
@@ -133,14 +147,15 @@ impl Prepared {
 }
 
 /// Sends the agent's request upstream and returns the answer (not yet written).
-pub async fn send(
+pub(crate) async fn send(
     r: &AgentRequest<'_>,
     session: &Session,
     ctx: &RequestCtx,
+    class: Class,
     node: &str,
     body: &Bytes,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    prepare(r, session, ctx, node, body)?.send().await
+    prepare(r, session, ctx, class, node, body)?.send().await
 }
 
 /// Writes an upstream answer (with `body` in place of its own, e.g. with a token removed).

@@ -19,6 +19,7 @@ use crate::ironic::states::{HEARTBEAT_DRIVES_WORK, HEARTBEAT_RECORD_ONLY};
 use crate::ironic::{ident, IronicError};
 use crate::plugin::RequestCtx;
 use crate::store::{now_ms, token_hash, IndexedNode, NodeRecord, StoreError};
+use crate::upstream::governor::Class;
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -155,6 +156,37 @@ pub fn shield(
     }
 }
 
+/// What a heartbeat to be forwarded is for, in the load governor's terms. Pure.
+///
+/// Heartbeats drive the deploy, clean, rescue and service steps in their wait states, and an
+/// unknown state may be one of those: they come right after lookups. In states where Ironic
+/// only records them, the first of an agent session (no `agent_url` accepted yet, or not
+/// verified) comes before the refreshes of sessions Ironic already knows, which can wait or be
+/// kept for the relay.
+pub(crate) fn class_of(
+    hb: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    ironic: Option<&IndexedNode>,
+    verified: bool,
+) -> Class {
+    let Some(node) = ironic else {
+        return Class::Drive;
+    };
+    let state = node.provision_state.as_str();
+    if HEARTBEAT_DRIVES_WORK.contains(&state) || !HEARTBEAT_RECORD_ONLY.contains(&state) {
+        return Class::Drive;
+    }
+    let accepted = node
+        .agent_url
+        .as_deref()
+        .or(record.and_then(|r| r.agent_url.as_deref()));
+    if verified && accepted == Some(hb.normalized_callback_url.as_str()) {
+        Class::Refresh
+    } else {
+        Class::First
+    }
+}
+
 /// The outcome of reading a heartbeat's body.
 pub enum BodyRead {
     Body(Bytes),
@@ -243,7 +275,8 @@ pub async fn handle(
                 };
                 return r.answer_error(session, ctx, &e).await;
             }
-            return forward_and_learn(r, ident, None, None, false, session, ctx, body).await;
+            let class = Class::First;
+            return forward_and_learn(r, ident, None, None, false, class, session, ctx, body).await;
         }
         Ok(c) => c,
     };
@@ -286,12 +319,14 @@ pub async fn handle(
     // Verified: the token the gateway knows, and Ironic (as far as the index shows) holds one.
     let verified = is_verified(Some(&checked), record.as_ref())
         && facts.ironic.as_ref().is_none_or(|n| n.token_held);
+    let class = class_of(&checked, record.as_ref(), facts.ironic.as_ref(), verified);
     forward_and_learn(
         r,
         ident,
         Some(&checked),
         record.as_ref(),
         verified,
+        class,
         session,
         ctx,
         body,
@@ -307,13 +342,14 @@ async fn forward_and_learn(
     checked: Option<&CheckedHeartbeat>,
     record: Option<&NodeRecord>,
     verified: bool,
+    class: Class,
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: &Bytes,
 ) -> pingora::Result<()> {
     let relay_on = r.edge.config.heartbeat.relay_when_upstream_fails && r.edge.sealer.is_some();
     let sent = if relay_on && verified {
-        match send_within_deadline(r, session, ctx, ident, body).await {
+        match send_within_deadline(r, session, ctx, class, ident, body).await {
             Some(sent) => sent,
             None => {
                 log::info!("heartbeat for {ident}: Ironic is slow; accepted, relayed if it fails");
@@ -321,7 +357,7 @@ async fn forward_and_learn(
             }
         }
     } else {
-        forward::send(r, session, ctx, ident, body).await
+        forward::send(r, session, ctx, class, ident, body).await
     };
     // Ironic failing (unreachable, timing out, 5xx) or the node locked (409): a verified
     // heartbeat is kept for the relay and accepted, rather than sending the agent into its
@@ -417,10 +453,11 @@ async fn send_within_deadline(
     r: &AgentRequest<'_>,
     session: &Session,
     ctx: &RequestCtx,
+    class: Class,
     ident: &str,
     body: &Bytes,
 ) -> Option<Result<UpstreamResponse, UpstreamError>> {
-    let prepared = match forward::prepare(r, session, ctx, ident, body) {
+    let prepared = match forward::prepare(r, session, ctx, class, ident, body) {
         Ok(p) => p,
         Err(e) => return Some(Err(e)),
     };

@@ -22,6 +22,7 @@ use crate::ironic::{version, HeaderSet};
 use crate::plugin::RequestCtx;
 use crate::store::{token_hash, FlightResult};
 use crate::store::{FastTrack, IndexedNode};
+use crate::upstream::governor::Class;
 use crate::upstream::UpstreamResponse;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -126,7 +127,7 @@ impl LookupTrip {
         caller: Option<String>,
     ) -> Result<Self, crate::upstream::UpstreamError> {
         Ok(LookupTrip {
-            prepared: forward::prepare(r, session, ctx, key, &Bytes::new())?,
+            prepared: forward::prepare(r, session, ctx, Class::Mint, key, &Bytes::new())?,
             version: r.version,
             key: key.to_string(),
             caller,
@@ -310,7 +311,7 @@ pub async fn forward_protected(
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
     let node = session.req_header().uri.to_string();
-    match forward::send(r, session, ctx, &node, &Bytes::new()).await {
+    match forward::send(r, session, ctx, Class::Mint, &node, &Bytes::new()).await {
         Ok(resp) => {
             let body = protect_token(r, &resp);
             forward::relay(r, session, ctx, &resp, &body).await

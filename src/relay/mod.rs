@@ -7,6 +7,7 @@
 //! and none twice (a kept heartbeat is taken out of Redis by exactly one relayer).
 
 use crate::edge::Edge;
+use crate::upstream::governor::Class;
 use async_trait::async_trait;
 use base64::Engine;
 use pingora::http::RequestHeader;
@@ -108,6 +109,8 @@ pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool 
 
 pub struct HeartbeatRelay {
     edge: Arc<Edge>,
+    /// Numbers the relay attempts: each waits in the governor's queue under a key of its own.
+    workers: std::sync::atomic::AtomicUsize,
 }
 
 /// What one relay attempt came to.
@@ -121,12 +124,31 @@ enum Relayed {
 
 impl HeartbeatRelay {
     pub fn new(edge: Arc<Edge>) -> Self {
-        HeartbeatRelay { edge }
+        HeartbeatRelay {
+            edge,
+            workers: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     async fn relay_one(&self) -> Relayed {
         let Some(sealer) = self.edge.sealer.as_ref() else {
             return Relayed::Idle;
+        };
+        // The place in Ironic's budget first, then the heartbeat: a relay never holds a kept
+        // heartbeat while it waits (a newer one of the same node would then be relayed too),
+        // and it waits behind every request of a higher class.
+        let worker = self
+            .workers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        let permit = match self
+            .edge
+            .governor
+            .enter(Class::Refresh, &format!("relay-{worker}"), until)
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => return Relayed::Failed,
         };
         let (uuid, sealed) = match self.edge.store.take_pending_heartbeat().await {
             Ok(Some(t)) => t,
@@ -144,32 +166,13 @@ impl HeartbeatRelay {
             );
             return Relayed::Done;
         };
-        // Relayed heartbeats count against the same cap as the agents' own requests (and
-        // wait for a place as long as an agent's request would).
-        let queue_deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.edge.config.upstream.agent_answer_within_ms);
         let ttl = Duration::from_secs(self.edge.config.heartbeat.relay_ttl_seconds);
-        let _permit = match &self.edge.gate {
-            Some(gate) => match gate.enter(&uuid, queue_deadline).await {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    if let Err(e) = self
-                        .edge
-                        .store
-                        .requeue_pending_heartbeat(&uuid, &sealed, ttl)
-                        .await
-                    {
-                        log::warn!("kept heartbeat of {uuid} lost: {e}");
-                    }
-                    return Relayed::Failed;
-                }
-            },
-            None => None,
-        };
         self.edge
             .metrics
             .upstream_request(crate::metrics::Route::Heartbeat);
-        match self.edge.upstream.send(&req, &body).await {
+        let sent = self.edge.upstream.send(&req, &body).await;
+        permit.answered(crate::upstream::governor::sample_of(&sent));
+        match sent {
             Ok(resp) if !ironic_did_not_take_it(resp.status()) => {
                 // Ironic has it (or refuses it for good, e.g. a token wiped meanwhile).
                 self.edge.metrics.heartbeat_relayed();
@@ -202,6 +205,13 @@ impl BackgroundService for HeartbeatRelay {
         }
         let concurrency = self.edge.config.heartbeat.relay_concurrency;
         loop {
+            // Nothing kept: no place in Ironic's budget is taken for nothing.
+            if matches!(self.edge.store.pending_heartbeats().await, Ok(0)) {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
             // A wave of at most `concurrency` relays; an empty queue or a failing Ironic
             // pauses the next wave.
             let wave: Vec<Relayed> = futures_join(concurrency, || self.relay_one()).await;

@@ -2,7 +2,7 @@
 //! itself, the pre-built peer, and the discovery of the upstream's API version range.
 
 pub mod client;
-pub mod gate;
+pub(crate) mod governor;
 pub mod headers;
 pub mod versions;
 

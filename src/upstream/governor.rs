@@ -1,0 +1,707 @@
+//! The Ironic load governor: one budget for everything the gateway sends Ironic, so that the
+//! gateway never becomes the storm, before, during or after an outage.
+//!
+//! Two limits hold every request: at most `max_in_flight` at once (Ironic's API answers a
+//! handful at a time), and at most `rate` per second, where the rate is learnt from Ironic's
+//! answers (AIMD): it creeps up while Ironic keeps up and the budget is what holds requests
+//! back, and halves when Ironic says it is overloaded (503 "no free conductor workers", other
+//! 5xx, a timeout, an answer slower than `slow_answer_ms`). Heartbeats are handed to a
+//! conductor pool that stays exhausted long after a burst (Ironic 39, futurist 3.5), so what
+//! matters is the rate at which they arrive, not how many wait on the API: hence a rate, not
+//! only a concurrency limit. An unreachable Ironic is no load signal: the rate it sustained
+//! before an outage is the rate it gets after it, and tokens never pile up into a burst (the
+//! bucket holds one second's worth at most).
+//!
+//! Waiting requests are served by class ([`Class`]): a lower class gets a token only when no
+//! higher one waits; each node holds at most one waiting place per class.
+//! [`RateBudget`] and [`Queues`] are pure and table-tested; [`Governor`] is the async shell.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// What a request to Ironic is for, highest priority first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Class {
+    /// A lookup: only Ironic can mint the agent's token.
+    Mint = 0,
+    /// A heartbeat that drives a step (`wait call-back`, `clean wait`, `rescue wait`,
+    /// `service wait`), and the gateway's own bookkeeping (node sync, version discovery).
+    Drive = 1,
+    /// The first heartbeat of an agent session (its `agent_url` is not known yet).
+    First = 2,
+    /// Record-only refreshes and relayed heartbeats: they can wait, or be kept for later.
+    Refresh = 3,
+}
+
+impl Class {
+    pub(crate) const ALL: [Class; 4] = [Class::Mint, Class::Drive, Class::First, Class::Refresh];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Class::Mint => "mint",
+            Class::Drive => "drive",
+            Class::First => "first",
+            Class::Refresh => "refresh",
+        }
+    }
+}
+
+/// What one answer from Ironic says about its load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sample {
+    /// An answer (2xx, 4xx), this long after the request was sent.
+    Answered { latency_ms: u64 },
+    /// 503 (no free conductor workers), another 5xx, or a timeout.
+    Overloaded,
+    /// Not reached (connection refused, reset before an answer): no load signal.
+    Unreachable,
+}
+
+impl Sample {
+    /// Classifies an HTTP status with its latency.
+    pub(crate) fn of_status(status: u16, latency_ms: u64) -> Sample {
+        if status >= 500 {
+            Sample::Overloaded
+        } else {
+            Sample::Answered { latency_ms }
+        }
+    }
+}
+
+/// What an exchange with Ironic says about its load.
+pub(crate) fn sample_of(result: &Result<super::UpstreamResponse, super::UpstreamError>) -> Sample {
+    match result {
+        Ok(resp) => Sample::of_status(resp.status(), 0),
+        // Pingora's read and write timeouts (`ReadTimedout`...) and the client's own deadline:
+        // Ironic took the request and did not answer in time.
+        Err(super::UpstreamError::Exchange(e))
+            if e.contains("Timedout") || e.contains("deadline exceeded") =>
+        {
+            Sample::Overloaded
+        }
+        // Refused, reset, or never sent: no word from Ironic about its load.
+        Err(_) => Sample::Unreachable,
+    }
+}
+
+/// The settings of the budget (`upstream.budget`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct BudgetSettings {
+    pub initial_per_second: f64,
+    pub min_per_second: f64,
+    pub max_per_second: f64,
+    /// An answer slower than this counts as overload.
+    pub slow_answer_ms: u64,
+}
+
+/// The adaptive rate: a token bucket whose rate follows Ironic's answers. Pure (time is passed
+/// in, in milliseconds).
+#[derive(Clone, Debug)]
+pub(crate) struct RateBudget {
+    settings: BudgetSettings,
+    rate: f64,
+    tokens: f64,
+    refilled_at_ms: u64,
+    /// The last decrease: one per second at most (one overloaded second halves the rate once,
+    /// however many answers it carried).
+    decreased_at_ms: Option<u64>,
+    /// Whether, since the last increase, a request had to wait for a token: the rate only
+    /// grows while it is what holds requests back (so it tracks what Ironic sustains, not an
+    /// idle maximum that would let a burst through after an outage).
+    held_back: bool,
+    increased_at_ms: u64,
+}
+
+impl RateBudget {
+    pub(crate) fn new(settings: BudgetSettings, now_ms: u64) -> Self {
+        let rate = settings
+            .initial_per_second
+            .clamp(settings.min_per_second, settings.max_per_second);
+        RateBudget {
+            settings,
+            rate,
+            tokens: 1.0,
+            refilled_at_ms: now_ms,
+            decreased_at_ms: None,
+            held_back: false,
+            increased_at_ms: now_ms,
+        }
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The bucket holds one second's worth at most (and at least one token).
+    fn capacity(&self) -> f64 {
+        self.rate.max(1.0)
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        let dt = now_ms.saturating_sub(self.refilled_at_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
+        self.refilled_at_ms = now_ms;
+    }
+
+    /// Takes a token if one is there.
+    pub(crate) fn try_take(&mut self, now_ms: u64) -> bool {
+        self.refill(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.held_back = true;
+            false
+        }
+    }
+
+    /// Milliseconds until the next token (0: one is there).
+    pub(crate) fn wait_ms(&mut self, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        if self.tokens >= 1.0 {
+            0
+        } else {
+            (((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64
+        }
+    }
+
+    /// Learns from one answer.
+    pub(crate) fn observe(&mut self, now_ms: u64, sample: Sample) {
+        let overloaded = match sample {
+            Sample::Unreachable => return,
+            Sample::Overloaded => true,
+            Sample::Answered { latency_ms } => latency_ms > self.settings.slow_answer_ms,
+        };
+        if overloaded {
+            let recent = self
+                .decreased_at_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) < 1000);
+            if !recent {
+                self.rate = (self.rate * 0.5).max(self.settings.min_per_second);
+                self.tokens = self.tokens.min(self.capacity());
+                self.decreased_at_ms = Some(now_ms);
+            }
+            self.held_back = false;
+            self.increased_at_ms = now_ms;
+        } else if self.held_back && now_ms.saturating_sub(self.increased_at_ms) >= 1000 {
+            // Additive increase, once a second while the budget held requests back: about 10 %
+            // a second, at least one request per second more.
+            let step = (self.rate * 0.1).max(1.0);
+            self.rate = (self.rate + step).min(self.settings.max_per_second);
+            self.held_back = false;
+            self.increased_at_ms = now_ms;
+        }
+    }
+}
+
+/// A waiting request: its node (one place per node and class) and what it is told.
+struct Waiter<T> {
+    node: String,
+    ticket: T,
+}
+
+/// The waiting requests, one queue per class, first come first served within a class. Pure.
+pub(crate) struct Queues<T> {
+    by_class: [VecDeque<Waiter<T>>; 4],
+    places: HashSet<(Class, String)>,
+    max_waiting: usize,
+}
+
+/// Why a request was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queues are full.
+    Full,
+    /// This node already waits in this class (a node retrying in a storm cannot crowd others).
+    NodeWaits,
+}
+
+impl<T> Queues<T> {
+    pub(crate) fn new(max_waiting: usize) -> Self {
+        Queues {
+            by_class: Default::default(),
+            places: HashSet::new(),
+            max_waiting,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    pub(crate) fn waiting(&self, class: Class) -> usize {
+        self.by_class[class as usize].len()
+    }
+
+    pub(crate) fn push(&mut self, class: Class, node: &str, ticket: T) -> Result<(), Refused> {
+        if self.places.len() >= self.max_waiting {
+            return Err(Refused::Full);
+        }
+        if !self.places.insert((class, node.to_string())) {
+            return Err(Refused::NodeWaits);
+        }
+        self.by_class[class as usize].push_back(Waiter {
+            node: node.to_string(),
+            ticket,
+        });
+        Ok(())
+    }
+
+    /// The next waiter to serve: the oldest of the highest class.
+    pub(crate) fn pop(&mut self) -> Option<(Class, T)> {
+        for class in Class::ALL {
+            if let Some(w) = self.by_class[class as usize].pop_front() {
+                self.places.remove(&(class, w.node));
+                return Some((class, w.ticket));
+            }
+        }
+        None
+    }
+
+    /// Whether a waiter of a class above `class` waits.
+    pub(crate) fn higher_waits(&self, class: Class) -> bool {
+        Class::ALL
+            .iter()
+            .take_while(|c| **c < class)
+            .any(|c| !self.by_class[*c as usize].is_empty())
+    }
+
+    /// Drops the waiters whose ticket says they are gone (`gone(ticket)`).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        for class in Class::ALL {
+            let q = &mut self.by_class[class as usize];
+            let places = &mut self.places;
+            q.retain(|w| {
+                let k = keep(&w.ticket);
+                if !k {
+                    places.remove(&(class, w.node.clone()));
+                }
+                k
+            });
+        }
+    }
+}
+
+/// Counters of what the governor did, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GovernorStats {
+    pub rate_millis: u64,
+    pub in_flight: usize,
+    pub waiting: [usize; 4],
+    pub overloaded: u64,
+}
+
+struct Inner {
+    budget: RateBudget,
+    queues: Queues<oneshot::Sender<()>>,
+    in_flight: usize,
+    max_in_flight: usize,
+    ticker_running: bool,
+    overloaded: u64,
+}
+
+/// The governor: requests [`enter`](Governor::enter) with their class and get a [`Permit`]
+/// when both the rate and the in-flight limit allow; the permit reports Ironic's answer.
+pub(crate) struct Governor {
+    inner: Mutex<Inner>,
+    started: std::time::Instant,
+}
+
+/// No place in time (queues full, the node already waits, the deadline passed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Busy;
+
+impl Governor {
+    pub(crate) fn new(settings: BudgetSettings, max_in_flight: usize, max_waiting: usize) -> Self {
+        Governor {
+            inner: Mutex::new(Inner {
+                budget: RateBudget::new(settings, 0),
+                queues: Queues::new(max_waiting),
+                in_flight: 0,
+                max_in_flight: max_in_flight.max(1),
+                ticker_running: false,
+                overloaded: 0,
+            }),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Waits, until `deadline` at most, for a place to send one request of `class` for `node`.
+    pub(crate) async fn enter(
+        self: &Arc<Self>,
+        class: Class,
+        node: &str,
+        deadline: Instant,
+    ) -> Result<Permit, Busy> {
+        let mut waiting = {
+            let mut inner = self.inner.lock().map_err(|_| Busy)?;
+            let now = self.now_ms();
+            if inner.in_flight < inner.max_in_flight
+                && !inner.queues.higher_waits(class)
+                && inner.queues.waiting(class) == 0
+                && inner.budget.try_take(now)
+            {
+                inner.in_flight += 1;
+                return Ok(self.permit(now));
+            }
+            let (tx, rx) = oneshot::channel();
+            inner.queues.push(class, node, tx).map_err(|_| Busy)?;
+            self.ensure_ticker(&mut inner);
+            Waiting {
+                rx: Some(rx),
+                governor: self.clone(),
+            }
+        };
+        let granted = tokio::time::timeout_at(deadline, waiting.granted()).await;
+        match granted {
+            Ok(true) => Ok(self.permit(self.now_ms())),
+            // Timed out: `Waiting`'s drop gives back a grant that raced the deadline.
+            _ => Err(Busy),
+        }
+    }
+
+    /// Takes a place now or not at all.
+    #[cfg(test)]
+    pub(crate) fn try_enter(self: &Arc<Self>, class: Class) -> Option<Permit> {
+        let mut inner = self.inner.lock().ok()?;
+        let now = self.now_ms();
+        if inner.in_flight < inner.max_in_flight
+            && !inner.queues.higher_waits(class)
+            && inner.queues.waiting(class) == 0
+            && inner.budget.try_take(now)
+        {
+            inner.in_flight += 1;
+            return Some(self.permit(now));
+        }
+        None
+    }
+
+    fn permit(self: &Arc<Self>, now_ms: u64) -> Permit {
+        Permit {
+            governor: self.clone(),
+            sent_at_ms: now_ms,
+            reported: false,
+        }
+    }
+
+    /// Hands tokens to waiters in class order while both limits allow.
+    fn dispatch(&self, inner: &mut Inner) {
+        let now = self.now_ms();
+        // Waiters that gave up (their receiver is gone) hold no place.
+        inner.queues.retain(|tx| !tx.is_closed());
+        while inner.in_flight < inner.max_in_flight && inner.queues.len() > 0 {
+            if inner.budget.wait_ms(now) > 0 {
+                break;
+            }
+            let Some((_, tx)) = inner.queues.pop() else {
+                break;
+            };
+            if tx.send(()).is_ok() {
+                inner.budget.try_take(now);
+                inner.in_flight += 1;
+            }
+        }
+    }
+
+    /// One task wakes the queue when the next token is due, while anything waits.
+    fn ensure_ticker(self: &Arc<Self>, inner: &mut Inner) {
+        if inner.ticker_running {
+            return;
+        }
+        inner.ticker_running = true;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = {
+                    let Ok(mut inner) = me.inner.lock() else {
+                        return;
+                    };
+                    me.dispatch(&mut inner);
+                    if inner.queues.len() == 0 {
+                        inner.ticker_running = false;
+                        return;
+                    }
+                    let now = me.now_ms();
+                    inner.budget.wait_ms(now).clamp(1, 50)
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            }
+        });
+    }
+
+    fn release(&self, sent_at_ms: u64, sample: Option<Sample>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+        let now = self.now_ms();
+        if let Some(s) = sample {
+            let s = match s {
+                Sample::Answered { .. } => Sample::Answered {
+                    latency_ms: now.saturating_sub(sent_at_ms),
+                },
+                other => other,
+            };
+            if s == Sample::Overloaded {
+                inner.overloaded += 1;
+            }
+            inner.budget.observe(now, s);
+        }
+        self.dispatch(&mut inner);
+    }
+
+    pub(crate) fn stats(&self) -> GovernorStats {
+        let Ok(inner) = self.inner.lock() else {
+            return GovernorStats::default();
+        };
+        let mut waiting = [0; 4];
+        for c in Class::ALL {
+            waiting[c as usize] = inner.queues.waiting(c);
+        }
+        GovernorStats {
+            rate_millis: (inner.budget.rate() * 1000.0) as u64,
+            in_flight: inner.in_flight,
+            waiting,
+            overloaded: inner.overloaded,
+        }
+    }
+}
+
+/// A request waiting for its grant. A grant delivered as the wait ends (deadline, or the
+/// request dropped) is given back, so that no place leaks.
+struct Waiting {
+    rx: Option<oneshot::Receiver<()>>,
+    governor: Arc<Governor>,
+}
+
+impl Waiting {
+    async fn granted(&mut self) -> bool {
+        let Some(rx) = self.rx.as_mut() else {
+            return false;
+        };
+        let ok = rx.await.is_ok();
+        self.rx = None;
+        ok
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.governor.release(0, None);
+            }
+        }
+    }
+}
+
+/// A place to send one request; report Ironic's answer with [`Permit::answered`] (dropping
+/// it unreported frees the place and teaches nothing).
+pub(crate) struct Permit {
+    governor: Arc<Governor>,
+    sent_at_ms: u64,
+    reported: bool,
+}
+
+impl Permit {
+    /// Ironic answered (or failed): frees the place and learns from it. The latency is
+    /// measured from the grant; `Sample::Answered`'s own value is ignored.
+    pub(crate) fn answered(mut self, sample: Sample) {
+        self.reported = true;
+        self.governor.release(self.sent_at_ms, Some(sample));
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.governor.release(self.sent_at_ms, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BudgetSettings {
+        BudgetSettings {
+            initial_per_second: 10.0,
+            min_per_second: 1.0,
+            max_per_second: 100.0,
+            slow_answer_ms: 5000,
+        }
+    }
+
+    const OK: Sample = Sample::Answered { latency_ms: 20 };
+
+    /// How many tokens `b` hands out over `ms`, asked every millisecond.
+    fn taken(b: &mut RateBudget, from_ms: u64, ms: u64) -> u64 {
+        (from_ms..from_ms + ms).filter(|t| b.try_take(*t)).count() as u64
+    }
+
+    #[test]
+    fn the_rate_holds_and_never_bursts() {
+        let mut b = RateBudget::new(settings(), 0);
+        // 10/s: about 10 in a second, and after a long idle time still one second's worth.
+        let first = taken(&mut b, 0, 1000);
+        assert!((10..=11).contains(&first), "{first}");
+        let after_idle = taken(&mut b, 60_000, 100);
+        assert!(
+            after_idle <= 11,
+            "idle time piles up no burst: {after_idle}"
+        );
+    }
+
+    #[test]
+    fn overload_halves_the_rate_once_a_second() {
+        let mut b = RateBudget::new(settings(), 0);
+        b.observe(100, Sample::Overloaded);
+        assert_eq!(b.rate(), 5.0);
+        // More 503s in the same second: the same overload.
+        b.observe(200, Sample::Overloaded);
+        b.observe(900, Sample::Overloaded);
+        assert_eq!(b.rate(), 5.0);
+        b.observe(1200, Sample::Overloaded);
+        assert_eq!(b.rate(), 2.5);
+        for t in 0..10 {
+            b.observe(2000 + t * 1000, Sample::Overloaded);
+        }
+        assert_eq!(b.rate(), 1.0, "never below the minimum");
+        // A slow answer is overload too.
+        let mut b = RateBudget::new(settings(), 0);
+        b.observe(10, Sample::Answered { latency_ms: 6000 });
+        assert_eq!(b.rate(), 5.0);
+    }
+
+    #[test]
+    fn the_rate_grows_only_while_it_holds_requests_back() {
+        let mut b = RateBudget::new(settings(), 0);
+        // Demand below the rate: Ironic keeps up, but the rate has no reason to grow.
+        for t in 1..=30 {
+            b.try_take(t * 1000);
+            b.observe(t * 1000 + 10, OK);
+        }
+        assert_eq!(b.rate(), 10.0);
+        // Demand above the rate: it grows by about 10 % a second.
+        for t in 31..=40 {
+            let now = t * 1000;
+            taken(&mut b, now, 20);
+            b.observe(now + 30, OK);
+        }
+        assert!(b.rate() > 15.0 && b.rate() <= 30.0, "{}", b.rate());
+        let grown = b.rate();
+        for t in 41..=400 {
+            let now = t * 1000;
+            taken(&mut b, now, 500);
+            b.observe(now + 600, OK);
+        }
+        assert_eq!(b.rate(), 100.0, "never above the maximum (from {grown})");
+    }
+
+    #[test]
+    fn an_unreachable_ironic_teaches_nothing() {
+        let mut b = RateBudget::new(settings(), 0);
+        for t in 0..100 {
+            b.observe(t * 1000, Sample::Unreachable);
+        }
+        assert_eq!(b.rate(), 10.0, "after the outage, the rate from before it");
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(Sample::of_status(503, 5), Sample::Overloaded);
+        assert_eq!(Sample::of_status(500, 5), Sample::Overloaded);
+        assert_eq!(
+            Sample::of_status(202, 5),
+            Sample::Answered { latency_ms: 5 }
+        );
+        assert_eq!(
+            Sample::of_status(409, 5),
+            Sample::Answered { latency_ms: 5 }
+        );
+    }
+
+    #[test]
+    fn queues_serve_higher_classes_first_and_one_place_per_node() {
+        let mut q: Queues<&str> = Queues::new(4);
+        q.push(Class::Refresh, "a", "refresh-a").unwrap();
+        q.push(Class::First, "b", "first-b").unwrap();
+        assert_eq!(q.push(Class::First, "b", "again"), Err(Refused::NodeWaits));
+        q.push(Class::Refresh, "b", "refresh-b").unwrap();
+        q.push(Class::Mint, "c", "mint-c").unwrap();
+        assert_eq!(q.push(Class::Mint, "d", "full"), Err(Refused::Full));
+        assert!(q.higher_waits(Class::Refresh));
+        assert!(!q.higher_waits(Class::Mint));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, t)| t)).collect();
+        assert_eq!(order, ["mint-c", "first-b", "refresh-a", "refresh-b"]);
+        assert_eq!(q.len(), 0);
+        q.push(Class::First, "b", "b-back").unwrap();
+        q.retain(|t| *t != "b-back");
+        assert_eq!(q.len(), 0, "a waiter that left frees its place");
+    }
+
+    #[tokio::test]
+    async fn the_governor_grants_by_class_within_the_rate() {
+        let g = Arc::new(Governor::new(
+            BudgetSettings {
+                initial_per_second: 20.0,
+                ..settings()
+            },
+            1,
+            16,
+        ));
+        let far = Instant::now() + std::time::Duration::from_secs(5);
+        let held = g.enter(Class::Drive, "n0", far).await.unwrap();
+        // While one is in flight, a refresh and a mint wait; the mint goes first.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (class, node) in [(Class::Refresh, "r"), (Class::Mint, "m")] {
+            let (g, order) = (g.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let p = g.enter(class, node, far).await.unwrap();
+                order.lock().unwrap().push(class);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                p.answered(OK);
+            }));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(g.stats().waiting[Class::Mint as usize], 1);
+        assert!(
+            g.try_enter(Class::Refresh).is_none(),
+            "nothing jumps the queue"
+        );
+        held.answered(OK);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [Class::Mint, Class::Refresh]);
+        assert_eq!(g.stats().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_at_its_deadline_and_frees_its_place() {
+        let g = Arc::new(Governor::new(settings(), 1, 16));
+        let held = g
+            .enter(
+                Class::Drive,
+                "a",
+                Instant::now() + std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        let soon = Instant::now() + std::time::Duration::from_millis(30);
+        assert_eq!(g.enter(Class::First, "b", soon).await.err(), Some(Busy));
+        drop(held);
+        let stats = g.stats();
+        assert_eq!(stats.in_flight, 0);
+        assert_eq!(stats.waiting, [0; 4], "the waiter that left holds no place");
+    }
+}
