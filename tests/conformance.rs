@@ -2119,6 +2119,37 @@ fn accept_as_webob_decides_and_no_stored_token_below_1_62() {
             Proxied,
         ));
     }
+    // The old vendor-passthru lookup is gone from Ironic 39 ("No handler for method lookup").
+    for (m, target, how) in [
+        (
+            "GET",
+            "/v1/drivers/fake-hardware/vendor_passthru/lookup",
+            Forwarded,
+        ),
+        (
+            "POST",
+            "/v1/drivers/fake-hardware/vendor_passthru/lookup",
+            Proxied,
+        ),
+        (
+            "GET",
+            "/v1/drivers/fake-hardware/vendor_passthru?method=lookup",
+            Proxied,
+        ),
+    ] {
+        d.run(case(
+            &format!("{m} {target} at 1.61: no lookup there"),
+            Request::new(m, target)
+                .version("1.61")
+                .header("Content-Type", "application/json")
+                .body(if m == "POST" {
+                    b"{}".to_vec()
+                } else {
+                    Vec::new()
+                }),
+            how,
+        ));
+    }
     d.run(case(
         "HEAD /v1/lookup at 1.61: no body",
         Request::new("HEAD", &format!("/v1/lookup?{q}")).version("1.61"),

@@ -61,10 +61,16 @@ pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
 /// over-includes a few paths (`/v1/nodes/lookup-1`), which then only take the plugin's
 /// client instead of the proxy: same request, same answer.
 pub(crate) fn may_route_to_lookup(path: &str) -> bool {
-    let decoded: Vec<u8> = percent_encoding::percent_decode(path.as_bytes()).collect();
-    decoded
-        .windows(b"lookup".len())
-        .any(|w| w.eq_ignore_ascii_case(b"lookup"))
+    // Every request passes here: a sliding window over the decoded bytes, no allocation.
+    let mut window = [0u8; 6];
+    for (i, b) in percent_encoding::percent_decode(path.as_bytes()).enumerate() {
+        window.rotate_left(1);
+        window[5] = b.to_ascii_lowercase();
+        if i >= 5 && &window == b"lookup" {
+            return true;
+        }
+    }
+    false
 }
 
 /// What every agent-path handler needs for one request.

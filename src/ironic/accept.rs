@@ -64,8 +64,13 @@ impl Negotiation {
 /// Ironic's decision from the request's headers (every `Accept`, folded as cheroot does).
 pub(crate) fn negotiate_headers(headers: &http::HeaderMap) -> Negotiation {
     let values = headers.get_all(http::header::ACCEPT);
-    let folded = fold_values(values.iter().map(|v| v.as_bytes()));
-    negotiate(folded.as_deref())
+    let mut iter = values.iter();
+    match (iter.next(), iter.next()) {
+        (None, _) => negotiate(None),
+        // The usual case: one header, nothing to fold, nothing to copy.
+        (Some(v), None) => negotiate(Some(py_bytes_strip(v.as_bytes()))),
+        _ => negotiate(fold_values(values.iter().map(|v| v.as_bytes())).as_deref()),
+    }
 }
 
 /// cheroot's folding of repeated `Accept` headers (`None`: no header at all).
@@ -487,6 +492,19 @@ mod tests {
         assert_eq!(two("", "text/html"), n(Refused, Html));
         assert_eq!(two("text/html", ""), n(Json, Html));
         assert_eq!(two("*/*", "*/*"), n(Json, Html));
+    }
+
+    #[test]
+    fn headers_are_read_like_the_folded_values() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(negotiate_headers(&h), negotiate(None));
+        h.append("accept", http::HeaderValue::from_static("text/html"));
+        assert_eq!(negotiate_headers(&h), one("text/html"));
+        h.append("accept", http::HeaderValue::from_static("application/json"));
+        assert_eq!(
+            negotiate_headers(&h),
+            negotiate(Some(b"text/html, application/json"))
+        );
     }
 
     #[test]
