@@ -304,9 +304,12 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
     decide_from_index(query, &macs_to_nodes, node.as_ref(), sync)
 }
 
-/// Forwards a lookup as it is (an alias path) and relays the answer without a stored token.
+/// Forwards a lookup as it is (an alias path, an `Accept` only Ironic answers, an unknown
+/// version range: `range_known` false, then an unreachable Ironic gets the proxy's 503
+/// without version headers) and relays the answer without a stored token.
 pub async fn forward_protected(
     r: &AgentRequest<'_>,
+    range_known: bool,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
@@ -316,7 +319,17 @@ pub async fn forward_protected(
             let body = protect_token(r, &resp);
             forward::relay(r, session, ctx, &resp, &body).await
         }
-        Err(_) => forward::unavailable(r, session, ctx).await,
+        Err(_) if range_known => forward::unavailable(r, session, ctx).await,
+        Err(_) => {
+            let answer = LocalAnswer::error(&crate::ironic::error::upstream_unavailable());
+            crate::edge::write_local(session, &answer, None, None).await?;
+            r.edge
+                .metrics
+                .request(ctx.route, crate::metrics::Outcome::Forwarded);
+            ctx.answered_locally = Some(false);
+            ctx.status = Some(answer.status);
+            Ok(())
+        }
     }
 }
 
@@ -468,10 +481,19 @@ async fn take_replay(
 }
 
 /// Below 1.62 Ironic returns the stored token itself to anyone who asks; the gateway answers
-/// `null` there (what Ironic answers when no token is stored), so it never leaks.
+/// `null` there (what Ironic answers when no token is stored), so it never leaks. The version
+/// that decides is the one Ironic states on its answer (it served that one), else the
+/// request's; any answer that carries a raw token is checked, whatever its status.
 fn protect_token(r: &AgentRequest<'_>, resp: &UpstreamResponse) -> Bytes {
     let body = resp.body.clone();
-    if resp.status() != 200 || r.version >= version::AGENT_TOKEN {
+    let served = resp
+        .header
+        .headers
+        .get(version::LEGACY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ApiVersion::parse)
+        .unwrap_or(r.version);
+    if served >= version::AGENT_TOKEN {
         return body;
     }
     match lookup_token(&body) {

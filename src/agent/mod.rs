@@ -1,6 +1,9 @@
 //! The agent-endpoints plugin: `GET /v1/lookup` ([`lookup`]) and
-//! `POST /v1/heartbeat/{node}` ([`heartbeat`]). Everything else, and everything here while the
-//! upstream's API versions are unknown, is forwarded untouched.
+//! `POST /v1/heartbeat/{node}` ([`heartbeat`]). Everything else is forwarded untouched, and so
+//! is a heartbeat while the upstream's API versions are unknown or whose `Accept` only Ironic
+//! answers ([`crate::ironic::accept`]); a GET that may reach Ironic's lookup controller in any
+//! spelling ([`may_route_to_lookup`]) and that the plugin does not answer is forwarded with the
+//! token guard (no raw stored token below 1.62).
 
 pub mod flight;
 pub mod forward;
@@ -9,7 +12,7 @@ pub mod lookup;
 
 use crate::config::ConfigError;
 use crate::edge::{write_local, Edge, LocalAnswer};
-use crate::ironic::{version, ApiVersion, IronicError};
+use crate::ironic::{accept, version, ApiVersion, IronicError};
 use crate::metrics::{Outcome as Counted, Route};
 use crate::plugin::{Outcome, Plugin, RequestCtx};
 use crate::upstream::UpstreamInfo;
@@ -26,7 +29,8 @@ pub enum AgentRoute {
 
 /// Only the exact forms agents use are handled here; every variant (`/lookup` without
 /// `/v1`, `.json` suffixes, other methods, idents outside Ironic's public-route pattern) is
-/// forwarded so that Ironic answers it with its own routing and authentication.
+/// forwarded so that Ironic answers it with its own routing and authentication (lookup
+/// variants with the token guard, see [`may_route_to_lookup`]).
 pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
     match (method, path) {
         ("GET", "/v1/lookup" | "/v1/lookup/") => Some(AgentRoute::Lookup),
@@ -45,44 +49,28 @@ pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
     }
 }
 
-/// Ironic answers in JSON only when the client accepts it (its error middleware turns a
-/// missing or `*/*` Accept into JSON); any other Accept gets webob's own 406 page, which only
-/// Ironic can write, so such requests are forwarded.
-pub fn accepts_json(accept: Option<&str>) -> bool {
-    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
-        return true;
-    };
-    accept.split(',').any(|range| {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let refused = parts.any(|p| {
-            let p = p.trim().to_ascii_lowercase();
-            p.strip_prefix("q=")
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        !refused && matches!(media.as_str(), "*/*" | "application/*" | "application/json")
-    })
-}
-
-/// Whether a path Ironic routes to the lookup controller, other than the two forms the
-/// plugin answers (`/lookup`, `.json` and `.xml` suffixes, trailing slashes,
-/// percent-encoded letters): such lookups are forwarded, but the answer still never carries
-/// a stored token below 1.62.
-pub fn is_lookup_alias(path: &str) -> bool {
-    let decoded: Vec<u8> = percent_encoding::percent_decode(path.as_bytes()).collect();
-    let Ok(p) = std::str::from_utf8(&decoded) else {
-        return false;
-    };
-    // Ironic's JSON-extension middleware and router forgive a suffix and slashes on either
-    // side of it (`/v1/lookup/.json`).
-    let p = p.trim_end_matches('/');
-    let p = p
-        .strip_suffix(".json")
-        .or_else(|| p.strip_suffix(".xml"))
-        .unwrap_or(p);
-    let p = p.trim_end_matches('/');
-    matches!(p, "/lookup" | "/v1/lookup")
+/// Whether a request may reach Ironic's lookup controller, whatever the spelling of its path
+/// (such a request never leaves with a raw stored token below 1.62, see [`AgentPlugin`]).
+///
+/// Why this is complete: pecan reaches `LookupController` only through
+/// `v1.Controller._lookup`, which looks the segment up in `_subcontroller_map` by exact key
+/// `"lookup"` (the root's `_lookup` only prepends `v1` when it is missing); the WSGI server
+/// percent-decodes the path once (`PATH_INFO`) and nothing decodes it again. So every path
+/// routed there contains `lookup` once percent-decoded, whatever surrounds it (`/lookup`,
+/// `//`, a trailing `/`, `.json`, `%6C`). Matching the bare substring, ASCII case-insensitively,
+/// over-includes a few paths (`/v1/nodes/lookup-1`), which then only take the plugin's
+/// client instead of the proxy: same request, same answer.
+pub(crate) fn may_route_to_lookup(path: &str) -> bool {
+    // Every request passes here: a sliding window over the decoded bytes, no allocation.
+    let mut window = [0u8; 6];
+    for (i, b) in percent_encoding::percent_decode(path.as_bytes()).enumerate() {
+        window.rotate_left(1);
+        window[5] = b.to_ascii_lowercase();
+        if i >= 5 && &window == b"lookup" {
+            return true;
+        }
+    }
+    false
 }
 
 /// What every agent-path handler needs for one request.
@@ -174,25 +162,44 @@ impl AgentPlugin {
 }
 
 impl AgentPlugin {
-    /// A lookup on an alias path: forwarded with the plugin's client so that the answer can be
-    /// cleaned of a stored token below 1.62 (Ironic returns it to anyone there).
-    async fn forward_alias_lookup(
+    /// A lookup the plugin does not answer itself (an alias path, an `Accept` only Ironic
+    /// answers, an unknown version range): forwarded with the plugin's client so that the
+    /// answer is cleaned of a stored token below 1.62 (Ironic returns it to anyone there).
+    async fn forward_guarded_lookup(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Outcome> {
-        let Some(info) = self.edge.versions.get() else {
-            return Ok(Outcome::Forward);
+        let (info, version, range_known) = match self.edge.versions.get() {
+            // A version Ironic refuses gets Ironic's 406 (no token in it). The version Ironic
+            // states on its answer decides the protection; this one only when it states none,
+            // so a version the gateway cannot negotiate counts as below 1.62.
+            Some(info) => {
+                let version = version::negotiate(&session.req_header().headers, &info.range)
+                    .unwrap_or(version::ApiVersion::new(1, 1));
+                (info, version, true)
+            }
+            // Nothing to negotiate with: the answer's own version header decides, and without
+            // one the token is removed.
+            None => {
+                // A placeholder: with the range unknown, `forward_protected` writes its 503
+                // without version headers, as the proxy does.
+                let placeholder = UpstreamInfo {
+                    range: crate::ironic::VersionRange {
+                        min: version::ApiVersion::new(1, 1),
+                        max: version::ApiVersion::new(1, 1),
+                    },
+                    server: None,
+                };
+                (placeholder, version::ApiVersion::new(1, 1), false)
+            }
         };
-        // An unparseable version gets Ironic's own answer (no token in a 406).
-        let version = version::negotiate(&session.req_header().headers, &info.range)
-            .unwrap_or(info.range.max);
         let request = AgentRequest {
             edge: &self.edge,
             info,
             version,
         };
-        lookup::forward_protected(&request, session, ctx).await?;
+        lookup::forward_protected(&request, range_known, session, ctx).await?;
         Ok(Outcome::Answered)
     }
 }
@@ -209,17 +216,24 @@ impl Plugin for AgentPlugin {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Outcome> {
         let req = session.req_header();
-        let accept = req.headers.get("accept").and_then(|v| v.to_str().ok());
-        if !accepts_json(accept) {
-            return Ok(Outcome::Forward);
-        }
+        // Who may answer is Ironic's content negotiation, decided as webob does
+        // (`crate::ironic::accept`): a value only Ironic answers is forwarded.
+        let edge_may_answer = accept::negotiate_headers(&req.headers).edge_may_answer();
         let path = req.uri.path();
-        if req.method == http::Method::GET
-            && is_lookup_alias(path)
-            && classify("GET", path).is_none()
-        {
+        // One rule for every lookup answer that leaves the gateway: a GET that may reach the
+        // lookup controller is answered by `lookup::handle` (its exact form, an `Accept` the
+        // edge answers, a known version range) or forwarded with the token guard; no other
+        // way out exists. HEAD answers carry no body; any other method reaches the controller
+        // only through pecan's `_method`, which Ironic then refuses as an unexpected argument
+        // (400): those are proxied.
+        if req.method == http::Method::GET && may_route_to_lookup(path) {
             ctx.route = Route::Lookup;
-            return self.forward_alias_lookup(session, ctx).await;
+            let exact = classify("GET", path) == Some(AgentRoute::Lookup);
+            if !(exact && edge_may_answer) {
+                return self.forward_guarded_lookup(session, ctx).await;
+            }
+        } else if !edge_may_answer {
+            return Ok(Outcome::Forward);
         }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
             return Ok(Outcome::Forward);
@@ -230,7 +244,10 @@ impl Plugin for AgentPlugin {
         };
         // Without the upstream's range the gateway cannot negotiate as Ironic would.
         let Some(info) = self.edge.versions.get() else {
-            return Ok(Outcome::Forward);
+            return match route {
+                AgentRoute::Lookup => self.forward_guarded_lookup(session, ctx).await,
+                AgentRoute::Heartbeat { .. } => Ok(Outcome::Forward),
+            };
         };
         // A heartbeat's body is read first: Ironic's JSON body limits answer before version
         // negotiation (413/400 win over 406).
@@ -289,44 +306,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_headers() {
-        for a in [
-            None,
-            Some(""),
-            Some("*/*"),
-            Some("application/json"),
-            Some("Application/JSON; charset=utf-8"),
-            Some("text/html, application/json;q=0.5"),
-            Some("application/*"),
-        ] {
-            assert!(accepts_json(a), "{a:?}");
-        }
-        for a in [
-            "text/html",
-            "image/png",
-            "application/xml",
-            "application/json;q=0",
-            "text/*",
-        ] {
-            assert!(!accepts_json(Some(a)), "{a}");
-        }
-    }
-
-    #[test]
-    fn lookup_aliases() {
+    fn every_spelling_of_the_lookup_path_is_guarded() {
         for p in [
+            "/v1/lookup",
+            "/v1/lookup/",
             "/lookup",
             "/lookup/",
             "/lookup.json",
             "/v1/lookup.json",
-            "/v1/%6Cookup",
-            "/v1/lookup.xml",
+            "/v1/lookup.json/",
             "/v1/lookup/.json",
+            "/v1/lookup.xml",
+            "/v1/%6Cookup",
+            "/v1/%6cookup",
+            "/%76%31/lookup",
+            "/v1/lookup%2ejson",
+            "//v1/lookup",
+            "/v1//lookup",
+            "//lookup",
+            "/v1/lookup//",
+            "/v1/./lookup",
+            "/v1/x/../lookup",
+            "/v1/LOOKUP",
+            "/v1/lookup/52:54:00:00:00:00/get_all",
         ] {
-            assert!(is_lookup_alias(p), "{p}");
+            assert!(may_route_to_lookup(p), "{p}");
         }
-        for p in ["/v1/lookups", "/v1/nodes", "//v1/lookup", "/v2/lookup"] {
-            assert!(!is_lookup_alias(p), "{p}");
+    }
+
+    #[test]
+    fn paths_without_lookup_are_not_guarded() {
+        for p in [
+            "/",
+            "/v1",
+            "/v1/nodes",
+            "/v1/heartbeat/abc",
+            "/v1/look%75",
+            "/v1/%256Cookup",
+            "/v1/look/up",
+        ] {
+            assert!(!may_route_to_lookup(p), "{p}");
         }
     }
 

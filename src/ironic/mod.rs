@@ -15,6 +15,7 @@
 //! [`urlparse`] (Python's `urllib.parse.urlparse`/`geturl`), [`pyjson`] (`json.dumps`,
 //! `json.loads`, `repr`).
 
+pub(crate) mod accept;
 pub mod error;
 pub mod heartbeat;
 pub mod ident;
