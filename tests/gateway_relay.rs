@@ -431,3 +431,51 @@ fn a_forged_callback_url_is_never_kept_or_relayed_while_ironic_is_down() {
         Some("https://127.0.0.1:9999")
     );
 }
+
+/// A token minted through a lookup alias the gateway relays (`/v1/lookup.json`) is learnt as
+/// well: the agent's first heartbeat, while Ironic fails, is verified, accepted and kept.
+#[test]
+fn a_token_minted_through_an_alias_path_is_learnt() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let failing = Arc::new(AtomicBool::new(false));
+    {
+        let (failing, mini) = (failing.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if failing.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let mac = "52:54:0c:00:00:01";
+    let uuid = mini.add_node(&[mac]);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let r = env.send(
+        &Request::get(&format!("/v1/lookup.json?addresses={mac}"))
+            .version("1.68")
+            .header("Accept", "application/json"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .expect("a raw token")
+        .to_string();
+    failing.store(true, Ordering::SeqCst);
+    let r = env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"));
+    assert_eq!(
+        r.status,
+        202,
+        "verified with the learnt token, kept for the relay: {}",
+        r.text()
+    );
+    failing.store(false, Ordering::SeqCst);
+    let relayed = common::wait_for(Duration::from_secs(10), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 1).then_some(())
+    });
+    assert!(relayed.is_some(), "relay did not run:\n{}", env.gw.logs());
+}

@@ -316,6 +316,9 @@ pub async fn forward_protected(
     let node = session.req_header().uri.to_string();
     match forward::send(r, session, ctx, Class::Mint, &node, &Bytes::new()).await {
         Ok(resp) => {
+            if resp.status() == 200 {
+                learn_minted(r.edge, served_version(r, &resp), None, &resp.body).await;
+            }
             let body = protect_token(r, &resp);
             forward::relay(r, session, ctx, &resp, &body).await
         }
@@ -384,24 +387,34 @@ async fn after_upstream_answer(
             body: String::from_utf8_lossy(body).into_owned(),
         };
     }
-    // Only at 1.62+ does Ironic mint; below, a raw token is a stored one leaking.
-    if version >= version::AGENT_TOKEN {
-        if let (Some(LookupToken::Raw(token)), Some(uuid)) = (lookup_token(body), node_uuid(body)) {
-            let masked = replace_token(body, &token, &format!("\"{MASK}\"")).unwrap_or_default();
-            let ttl = Duration::from_secs(edge.config.node_ttl_seconds);
-            if let Err(e) = store
-                .record_token_minted(&uuid, &token_hash::hash_token(&token), &masked, ttl)
-                .await
-            {
-                store_error(edge, &e);
-            }
-            if let Err(e) = store.forget_heartbeat_not_found(&uuid).await {
-                store_error(edge, &e);
-            }
-            keep_for_replay(edge, caller, &uuid, body).await;
-        }
-    }
+    learn_minted(edge, version, caller, body).await;
     FlightResult::AskUpstream
+}
+
+/// A successful lookup answer in which Ironic minted the node's token (a raw token at 1.62+;
+/// below, a raw token is a stored one leaking): its hash and the node data (token masked) are
+/// recorded for the heartbeat path, whichever lookup form carried it, and the answer is kept
+/// for one replay to `caller`.
+async fn learn_minted(edge: &Edge, version: ApiVersion, caller: Option<&str>, body: &[u8]) {
+    if version < version::AGENT_TOKEN {
+        return;
+    }
+    let (Some(LookupToken::Raw(token)), Some(uuid)) = (lookup_token(body), node_uuid(body)) else {
+        return;
+    };
+    let store = &edge.store;
+    let masked = replace_token(body, &token, &format!("\"{MASK}\"")).unwrap_or_default();
+    let ttl = Duration::from_secs(edge.config.node_ttl_seconds);
+    if let Err(e) = store
+        .record_token_minted(&uuid, &token_hash::hash_token(&token), &masked, ttl)
+        .await
+    {
+        store_error(edge, &e);
+    }
+    if let Err(e) = store.forget_heartbeat_not_found(&uuid).await {
+        store_error(edge, &e);
+    }
+    keep_for_replay(edge, caller, &uuid, body).await;
 }
 
 /// The longest lookup key kept as it is; longer ones (long MAC lists) are replaced by their
@@ -486,14 +499,7 @@ async fn take_replay(
 /// request's; any answer that carries a raw token is checked, whatever its status.
 fn protect_token(r: &AgentRequest<'_>, resp: &UpstreamResponse) -> Bytes {
     let body = resp.body.clone();
-    let served = resp
-        .header
-        .headers
-        .get(version::LEGACY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(ApiVersion::parse)
-        .unwrap_or(r.version);
-    if served >= version::AGENT_TOKEN {
+    if served_version(r, resp) >= version::AGENT_TOKEN {
         return body;
     }
     match lookup_token(&body) {
@@ -503,6 +509,16 @@ fn protect_token(r: &AgentRequest<'_>, resp: &UpstreamResponse) -> Bytes {
         },
         _ => body,
     }
+}
+
+/// The version Ironic says it served the answer at (else the request's).
+fn served_version(r: &AgentRequest<'_>, resp: &UpstreamResponse) -> ApiVersion {
+    resp.header
+        .headers
+        .get(version::LEGACY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ApiVersion::parse)
+        .unwrap_or(r.version)
 }
 
 /// The fallback when the token cannot be replaced in place: rebuild the JSON with
