@@ -129,18 +129,26 @@ fn lookup_versions_and_routing() {
 
     // --- GET /, GET /v1, unknown paths (section 3) -----------------------------------------
     let get = Request::get;
+    // IPA's version discovery is answered at the edge from the root document learnt from
+    // Ironic (links from the request's Host, Ironic's negotiation and headers).
     d.run(case(
         "GET / without a version header (IPA's version discovery)",
         get("/"),
-        Proxied,
+        Local,
     ));
-    d.run(case("GET / at latest", get("/").version("latest"), Proxied));
-    d.run(case("GET / at 1.62", get("/").version("1.62"), Proxied));
+    d.run(case("GET / at latest", get("/").version("latest"), Local));
+    d.run(case("GET / at 1.62", get("/").version("1.62"), Local));
     d.run(case(
         "GET / with a malformed version header",
         get("/").version("abc"),
-        Proxied,
+        Local,
     ));
+    d.run(case(
+        "GET / at an unsupported minor version",
+        get("/").version("1.999"),
+        Local,
+    ));
+    d.run(case("GET / with a query string", get("/?a=b"), Proxied));
     d.run(case("HEAD /", Request::new("HEAD", "/"), Proxied));
     d.run(case("GET /v1", get("/v1"), Proxied));
     d.run(case("GET /v1/", get("/v1/"), Proxied));

@@ -325,3 +325,36 @@ fn all_route_policy_forwards_the_admin_api() {
     assert_eq!(env.fake.count("/v1/nodes/abc"), 1);
     assert_eq!(env.fake.count("/v1/conductors"), 1);
 }
+
+/// IPA's version discovery (`GET /`, twice per boot) is answered at the edge from the root
+/// document learnt from Ironic: a boot storm's discovery never reaches Ironic.
+#[test]
+fn get_root_is_answered_at_the_edge_from_the_learnt_document() {
+    let env = Env::start();
+    let direct = http::send(env.fake.addr(), &Request::get("/"));
+    assert_eq!(direct.status, 200);
+    env.fake.clear_log();
+    for version in [None, Some("1.62"), Some("latest")] {
+        let mut req = Request::get("/");
+        if let Some(v) = version {
+            req = req.version(v);
+        }
+        let r = env.send(&req);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), direct.text(), "Ironic's document");
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        assert_eq!(
+            r.header("X-OpenStack-Ironic-API-Maximum-Version"),
+            direct.header("X-OpenStack-Ironic-API-Maximum-Version")
+        );
+    }
+    let r = env.send(&Request::get("/").version("abc"));
+    assert_eq!(r.status, 406, "Ironic's negotiation");
+    let roots = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/" && r.header("Host") != Some("ironic-edge.invalid"))
+        .count();
+    assert_eq!(roots, 0, "no agent's GET / reached Ironic");
+}

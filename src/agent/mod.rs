@@ -190,6 +190,7 @@ impl AgentPlugin {
                         max: version::ApiVersion::new(1, 1),
                     },
                     server: None,
+                    root: None,
                 };
                 (placeholder, version::ApiVersion::new(1, 1), false)
             }
@@ -234,6 +235,9 @@ impl Plugin for AgentPlugin {
             }
         } else if !edge_may_answer {
             return Ok(Outcome::Forward);
+        }
+        if req.method == http::Method::GET && path == "/" && req.uri.query().is_none() {
+            return self.answer_root(session, ctx).await;
         }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
             return Ok(Outcome::Forward);
@@ -283,6 +287,50 @@ impl Plugin for AgentPlugin {
             }
             _ => lookup::handle(&request, &self.flights, session, ctx).await?,
         }
+        Ok(Outcome::Answered)
+    }
+}
+
+impl AgentPlugin {
+    /// `GET /`, IPA's version discovery (twice per boot: a thousand booting agents are a
+    /// thousand requests): answered at the edge from the root document learnt from Ironic,
+    /// with Ironic's version negotiation and headers; forwarded while it is not known.
+    async fn answer_root(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Outcome> {
+        let Some(info) = self.edge.versions.get() else {
+            return Ok(Outcome::Forward);
+        };
+        let host = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let Some(body) = info.root.as_ref().and_then(|doc| doc.render(host)) else {
+            return Ok(Outcome::Forward);
+        };
+        let version = match version::negotiate(&session.req_header().headers, &info.range) {
+            Ok(v) => v,
+            Err(e) => {
+                answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
+                return Ok(Outcome::Answered);
+            }
+        };
+        let answer = LocalAnswer {
+            status: 200,
+            content_type: Some("application/json"),
+            body: bytes::Bytes::from(body),
+            header_set: crate::ironic::HeaderSet::Versions,
+            allow: None,
+        };
+        let request = AgentRequest {
+            edge: &self.edge,
+            info,
+            version,
+        };
+        request.answer_local(session, ctx, &answer).await?;
         Ok(Outcome::Answered)
     }
 }

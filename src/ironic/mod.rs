@@ -23,6 +23,7 @@ pub mod lookup;
 pub mod params;
 pub mod pyjson;
 mod pyprintable;
+pub(crate) mod root;
 pub mod states;
 pub mod token;
 pub mod urlparse;

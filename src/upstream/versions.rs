@@ -3,6 +3,7 @@
 //! forwards everything: it cannot negotiate versions without the range.
 
 use super::client::UpstreamClient;
+use crate::ironic::root::{RootDocument, PROBE_HOST};
 use crate::ironic::{ApiVersion, VersionRange};
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -16,6 +17,8 @@ pub struct UpstreamInfo {
     pub range: VersionRange,
     /// The upstream's `Server` header (`ironic_api`), repeated on local answers.
     pub server: Option<String>,
+    /// Ironic's root document, for `GET /` at the edge (`None`: not learnt, forwarded).
+    pub(crate) root: Option<Arc<RootDocument>>,
 }
 
 /// The current knowledge, shared by every request.
@@ -92,12 +95,10 @@ impl VersionDiscovery {
     /// One refresh: `Ok` with what was learned, `Err` with why nothing was.
     pub async fn refresh_once(&self) -> Result<UpstreamInfo, String> {
         let mut req = RequestHeader::build("GET", b"/", None).map_err(|e| e.to_string())?;
-        let host = format!(
-            "{}:{}",
-            self.client.target().host,
-            self.client.target().port
-        );
-        req.insert_header("Host", host).map_err(|e| e.to_string())?;
+        // A host no client sends: where it shows in the links, Ironic builds them from the
+        // request's host, and the edge can answer `GET /` for any host.
+        req.insert_header("Host", PROBE_HOST)
+            .map_err(|e| e.to_string())?;
         req.insert_header("Accept", "application/json")
             .map_err(|e| e.to_string())?;
         req.insert_header("User-Agent", "ironic-edge")
@@ -117,7 +118,12 @@ impl VersionDiscovery {
             .get("server")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        Ok(UpstreamInfo { range, server })
+        let root = RootDocument::learn(&resp.body).map(Arc::new);
+        Ok(UpstreamInfo {
+            range,
+            server,
+            root,
+        })
     }
 }
 
@@ -194,6 +200,7 @@ mod tests {
                 max: ApiVersion::new(1, 115),
             },
             server: None,
+            root: None,
         }));
         state.observe_headers(&h);
         assert_eq!(state.get().unwrap().range.max, ApiVersion::new(1, 96));
