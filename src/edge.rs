@@ -28,6 +28,9 @@ pub struct Edge {
     /// Seals what must carry an agent token through Redis (`seal_key_file`); `None`: the
     /// features that need it are off.
     pub sealer: Option<Arc<crate::store::seal::Sealer>>,
+    /// Ironic's `[api]ramdisk_heartbeat_timeout` in seconds, as its lookup answers hand it to
+    /// agents (`config.heartbeat_timeout`; 0: not seen yet): it caps the coalescing window.
+    pub(crate) heartbeat_timeout_s: std::sync::atomic::AtomicU64,
     /// The one budget for everything sent to Ironic ([`crate::upstream::governor`]).
     pub(crate) governor: Arc<crate::upstream::governor::Governor>,
 }

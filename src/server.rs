@@ -80,6 +80,7 @@ fn build_edge(
             .seal_key()?
             .and_then(|k| crate::store::seal::Sealer::new(&k))
             .map(Arc::new),
+        heartbeat_timeout_s: std::sync::atomic::AtomicU64::new(0),
         governor: Arc::new(crate::upstream::governor::Governor::new(
             edge_conf.upstream.budget.settings(),
             match edge_conf.upstream.max_agent_requests_in_flight {

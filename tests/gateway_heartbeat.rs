@@ -599,3 +599,67 @@ fn tokens_on_alias_and_non_canonical_paths_never_reach_the_logs() {
         leaks.join("\n")
     );
 }
+
+/// The coalescing window never exceeds a third of the `heartbeat_timeout` Ironic hands agents
+/// (here 3 s, against a configured 60 s): fast track and the conductor keep seeing heartbeats.
+#[test]
+fn coalescing_is_capped_by_the_heartbeat_timeout_ironic_hands_out() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    {
+        let mini = mini.clone();
+        fake.route("GET", "/v1/lookup", move |req, ctx| {
+            let mut resp = mini.lookup(req, ctx);
+            if let common::fake_ironic::Body::Bytes(b) = &mut resp.body {
+                let text = String::from_utf8_lossy(b)
+                    .replace("\"heartbeat_timeout\": 300", "\"heartbeat_timeout\": 3");
+                *b = text.into_bytes();
+                let len = b.len().to_string();
+                for (k, v) in resp.headers.iter_mut() {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        *v = len.clone();
+                    }
+                }
+            }
+            resp
+        });
+    }
+    let mac = ironic::random_mac();
+    let uuid = mini.add_node(&[&mac]);
+    let env = Env::start_with_fake(fake, |c| {
+        c.set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.heartbeat.coalesce_seconds", 60);
+    });
+    let indexed = wait_for(Duration::from_secs(20), || {
+        env.redis
+            .keys()
+            .iter()
+            .any(|k| k.contains("idx:node:"))
+            .then_some(())
+    });
+    assert!(indexed.is_some(), "no index");
+    let r = env.send(&lookup(&mac));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
+    // Once the index shows the accepted agent_url, a repeat is coalesced at the edge.
+    let coalesced = wait_for(Duration::from_secs(10), || {
+        let before = forwarded_with_token(&env, &token);
+        let r = env.send(&heartbeat(&uuid, CB, &token));
+        (r.status == 202 && forwarded_with_token(&env, &token) == before).then_some(())
+    });
+    assert!(coalesced.is_some(), "repeats are coalesced");
+    // Past a third of the heartbeat timeout, the next one reaches Ironic again.
+    std::thread::sleep(Duration::from_millis(1300));
+    let before = forwarded_with_token(&env, &token);
+    assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
+    assert_eq!(
+        forwarded_with_token(&env, &token),
+        before + 1,
+        "the window is 1 s, not the configured 60 s"
+    );
+}

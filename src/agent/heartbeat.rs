@@ -156,6 +156,19 @@ pub fn shield(
     }
 }
 
+/// The coalescing window: the configured one, capped at a third of the `heartbeat_timeout`
+/// Ironic hands agents (0: not seen). IPA heartbeats every 0.3-0.6 of that timeout, so Ironic
+/// then sees one at least every 0.34 + 0.6 < 1 timeouts: within `[deploy]fast_track_timeout`
+/// (which Ironic requires to be at most the heartbeat timeout), so fast track and the
+/// conductor's own timeouts never miss a heartbeat the edge held back. Pure.
+pub(crate) fn coalesce_window(configured_s: u64, heartbeat_timeout_s: u64) -> Duration {
+    let cap_ms = match heartbeat_timeout_s {
+        0 => u64::MAX,
+        t => t * 1000 / 3,
+    };
+    Duration::from_millis((configured_s * 1000).min(cap_ms))
+}
+
 /// What a heartbeat to be forwarded is for, in the load governor's terms. Pure.
 ///
 /// Heartbeats drive the deploy, clean, rescue and service steps in their wait states, and an
@@ -287,7 +300,12 @@ pub async fn handle(
     let record = facts.record.clone();
     match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
         Decision::Forward => {
-            let coalesce = Duration::from_secs(r.edge.config.heartbeat.coalesce_seconds);
+            let coalesce = coalesce_window(
+                r.edge.config.heartbeat.coalesce_seconds,
+                r.edge
+                    .heartbeat_timeout_s
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
             if shield(
                 &checked,
                 record.as_ref(),
@@ -848,6 +866,23 @@ mod tests {
             with_newer_token_knowledge(stale, Some(&minted), 1_000).agent_url,
             None
         );
+    }
+
+    #[test]
+    fn the_coalescing_window_is_capped_by_the_heartbeat_timeout() {
+        for (configured, timeout, want_ms) in [
+            (60, 0, 60_000),
+            (60, 300, 60_000),
+            (240, 300, 100_000),
+            (60, 30, 10_000),
+            (0, 30, 0),
+        ] {
+            assert_eq!(
+                coalesce_window(configured, timeout),
+                Duration::from_millis(want_ms),
+                "{configured} s, timeout {timeout} s"
+            );
+        }
     }
 
     #[test]

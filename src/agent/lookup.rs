@@ -396,6 +396,7 @@ async fn after_upstream_answer(
 /// recorded for the heartbeat path, whichever lookup form carried it, and the answer is kept
 /// for one replay to `caller`.
 async fn learn_minted(edge: &Edge, version: ApiVersion, caller: Option<&str>, body: &[u8]) {
+    learn_heartbeat_timeout(edge, body);
     if version < version::AGENT_TOKEN {
         return;
     }
@@ -508,6 +509,17 @@ fn protect_token(r: &AgentRequest<'_>, resp: &UpstreamResponse) -> Bytes {
             None => reserialize_without_token(&body),
         },
         _ => body,
+    }
+}
+
+/// Remembers the `heartbeat_timeout` Ironic hands agents (it caps the coalescing window).
+fn learn_heartbeat_timeout(edge: &Edge, body: &[u8]) {
+    let timeout = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("config")?.get("heartbeat_timeout")?.as_u64());
+    if let Some(t) = timeout.filter(|t| *t > 0) {
+        edge.heartbeat_timeout_s
+            .store(t, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
