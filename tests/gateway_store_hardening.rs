@@ -1,0 +1,157 @@
+//! The store's hardening (issue 8, items 4, 5 and 7), against the real binary and a real Redis:
+//! - an index whose data Redis lost (a flush, a restart without persistence) is not trusted
+//!   until a full round rebuilt it;
+//! - a take that misses its deadline while Redis is frozen loses nothing: the kept heartbeat
+//!   and the minted answer still arrive;
+//! - sealed values are bound to the key and node they were kept for, token hashes to the
+//!   gateway's secret, and the seal key file must be private.
+
+mod common;
+
+use common::{http, Env, FakeIronic, GatewayConfig, MiniIronic, RedisServer, Request};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NO_WORKERS: &str =
+    "Requested action cannot be performed due to lack of free conductor workers.";
+
+fn token_of(r: &http::Response) -> String {
+    r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn metric(env: &Env, name: &str) -> u64 {
+    env.gw
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+/// Ironic's clock, which the sync's watermarks follow.
+fn now_http_date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
+}
+
+/// Programs the node and port listings the sync reads: `nodes` as `(uuid, mac, state)`, all of
+/// them changed long ago (so that an incremental round lists nothing), and single-node reads.
+fn serve_listings(fake: &FakeIronic, nodes: Vec<(String, String, &'static str)>) {
+    let nodes = Arc::new(nodes);
+    let node_json = |(uuid, _, state): &(String, String, &str)| {
+        format!(
+            "{{\"uuid\": \"{uuid}\", \"name\": null, \"provision_state\": \"{state}\", \
+             \"driver_info\": {{}}, \"maintenance\": false, \"driver_internal_info\": {{}}, \
+             \"updated_at\": \"2020-01-01T00:00:00+00:00\", \
+             \"created_at\": \"2020-01-01T00:00:00+00:00\"}}"
+        )
+    };
+    let port_json = |(uuid, mac, _): &(String, String, &str)| {
+        format!(
+            "{{\"uuid\": \"p-{uuid}\", \"address\": \"{mac}\", \"node_uuid\": \"{uuid}\", \
+             \"updated_at\": null, \"created_at\": \"2020-01-01T00:00:00+00:00\"}}"
+        )
+    };
+    for path in ["/v1/nodes", "/v1/nodes/detail"] {
+        let nodes = nodes.clone();
+        fake.route("GET", path, move |req, ctx| {
+            // Pages after the first (a marker) are empty.
+            let items: Vec<String> = if req.query.as_deref().unwrap_or("").contains("marker=") {
+                Vec::new()
+            } else {
+                nodes.iter().map(node_json).collect()
+            };
+            ctx.json(req, 200, &format!("{{\"nodes\": [{}]}}", items.join(", ")))
+                .header("Date", &now_http_date())
+        });
+    }
+    let ports = nodes.clone();
+    fake.route("GET", "/v1/ports", move |req, ctx| {
+        let items: Vec<String> = if req.query.as_deref().unwrap_or("").contains("marker=") {
+            Vec::new()
+        } else {
+            ports.iter().map(port_json).collect()
+        };
+        ctx.json(req, 200, &format!("{{\"ports\": [{}]}}", items.join(", ")))
+            .header("Date", &now_http_date())
+    });
+}
+
+fn sync_on(cfg: &mut GatewayConfig) {
+    cfg.set("ironic_edge.sync.enabled", true)
+        .set("ironic_edge.sync.interval_seconds", 1)
+        .set("ironic_edge.sync.full_resync_seconds", 600)
+        .set("ironic_edge.sync.lease_seconds", 2);
+}
+
+/// Sends a lookup and drops the connection without reading the answer (the agent's timeout).
+fn lookup_and_drop_the_answer(addr: SocketAddr, mac: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let req = common::lookup(mac).to_bytes(&addr.to_string());
+    s.write_all(&req).unwrap();
+    drop(s);
+}
+
+fn replay_env() -> (Env, Arc<MiniIronic>) {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.lookup.replay_window_seconds", 60);
+    });
+    (env, mini)
+}
+
+/// Loses the answer of a lookup that minted a token, and waits until the gateway kept it.
+fn lose_a_minted_answer(env: &Env, mac: &str) {
+    let before = env.redis.keys().iter().filter(|k| k.contains(":lookup:minted:")).count();
+    lookup_and_drop_the_answer(env.gw.addr(), mac);
+    let kept = common::wait_for(Duration::from_secs(5), || {
+        let n = env.redis.keys().iter().filter(|k| k.contains(":lookup:minted:")).count();
+        (n > before).then_some(())
+    });
+    assert!(kept.is_some(), "no minted answer kept:\n{}", env.gw.logs());
+}
+
+/// `v1$<salt>$<HMAC-SHA256(salt, token)>`: the unkeyed scheme, which anyone can compute.
+fn unkeyed_hash(token: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let salt = [9u8; 16];
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(&salt).unwrap();
+    m.update(token.as_bytes());
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("v1${}${}", hex(&salt), hex(&m.finalize().into_bytes()))
+}
+
+/// A seal key file readable by others makes the config check fail, naming the field and file.
+#[test]
+fn a_seal_key_file_readable_by_others_fails_the_config_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let redis = RedisServer::start();
+    let mut cfg = GatewayConfig::new("http://127.0.0.1:6385", &redis.url());
+    cfg.with_seal_key();
+    let key = cfg.dir.path().join("seal.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let conf = cfg.write();
+    let out = common::gateway::run_bin(&["-t", "-c", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("config error: ironic_edge.seal_key_file:")
+            && stderr.contains(key.to_str().unwrap()),
+        "{stderr}"
+    );
+    // Private again: the same config passes.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = common::gateway::run_bin(&["-t", "-c", conf.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
