@@ -127,6 +127,48 @@ fn unkeyed_hash(token: &str) -> String {
     format!("v1${}${}", hex(&salt), hex(&m.finalize().into_bytes()))
 }
 
+/// Whoever can write Redis plants a token hash of its own choosing (computed without the
+/// gateway's secret): a heartbeat with that token must not count as verified (here: it would
+/// be accepted at the edge and kept for the relay while Ironic fails).
+#[test]
+fn a_token_hash_planted_without_the_gateways_secret_does_not_verify() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let failing = Arc::new(AtomicBool::new(false));
+    {
+        let (failing, mini) = (failing.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if failing.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let mac = "52:54:0d:00:04:01";
+    let uuid = mini.add_node(&[mac]);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let token = token_of(&env.send(&common::lookup(mac)));
+    assert_eq!(token.len(), 43);
+    let node_key = format!("ironic-edge:node:{uuid}");
+    let learnt = env.redis.cmd(&["HGET", &node_key, "token"]).to_text();
+    assert!(!learnt.is_empty(), "the minted token's hash was learnt");
+
+    let forged = "forged-token-of-the-attackers-choice-0000000";
+    let r = env.redis.cmd(&["HSET", &node_key, "token", &unkeyed_hash(forged)]);
+    assert!(r.as_int().is_some(), "{r:?}");
+    failing.store(true, Ordering::SeqCst);
+    let r = env.send(&common::heartbeat(&uuid, "https://127.0.0.1:9999", forged));
+    assert_ne!(
+        r.status, 202,
+        "a heartbeat with a forged token was accepted at the edge"
+    );
+    assert_eq!(metric(&env, "ironic_edge_heartbeats_deferred_total"), 0);
+}
+
 /// A seal key file readable by others makes the config check fail, naming the field and file.
 #[test]
 fn a_seal_key_file_readable_by_others_fails_the_config_check() {
