@@ -88,6 +88,92 @@ fn sync_on(cfg: &mut GatewayConfig) {
         .set("ironic_edge.sync.lease_seconds", 2);
 }
 
+/// A heartbeat kept while Ironic failed is still relayed once Ironic is back, even when Redis
+/// froze while the relay was taking it (the take missed its deadline and ran late).
+#[test]
+fn a_kept_heartbeat_survives_a_redis_stall_during_the_relays_take() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let failing = Arc::new(AtomicBool::new(false));
+    {
+        let (failing, mini) = (failing.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if failing.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let mac = "52:54:0d:00:01:01";
+    let uuid = mini.add_node(&[mac]);
+    let mut env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let r = env.send(&common::lookup(mac));
+    let token = token_of(&r);
+    assert_eq!(token.len(), 43, "{}", r.text());
+    let hb = |v: &str| {
+        Request::post(&format!("/v1/heartbeat/{uuid}"))
+            .version("1.68")
+            .json_body(&format!(
+                "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"{v}\"}}"
+            ))
+    };
+    assert_eq!(env.send(&hb("13.0.0")).status, 202);
+
+    failing.store(true, Ordering::SeqCst);
+    let r = env.send(&hb("13.0.7"));
+    assert_eq!(
+        (r.status, r.text()),
+        (202, String::new()),
+        "kept for the relay"
+    );
+    assert_eq!(metric(&env, "ironic_edge_heartbeats_deferred_total"), 1);
+
+    // Redis freezes for longer than a relay wave's pause: the relay's takes miss their
+    // deadline and run when Redis comes back. Ironic recovers meanwhile.
+    env.redis.freeze();
+    std::thread::sleep(Duration::from_millis(2500));
+    env.fake.clear_log();
+    failing.store(false, Ordering::SeqCst);
+    env.redis.thaw();
+
+    let relayed = common::wait_for(Duration::from_secs(15), || {
+        env.fake
+            .requests()
+            .into_iter()
+            .find(|r| r.path.ends_with(&uuid) && r.json()["agent_version"] == "13.0.7")
+    });
+    let Some(relayed) = relayed else {
+        panic!(
+            "the kept heartbeat never reached Ironic (keys: {:?}):\n{}",
+            env.redis.keys(),
+            env.gw.logs()
+        );
+    };
+    assert_eq!(relayed.json()["agent_token"], token.as_str());
+    // Delivered, then deleted: nothing is left to relay or claimed (the marks of released
+    // claims expire by themselves).
+    let kept = format!("ironic-edge:pending:hb:{uuid}");
+    let settled = common::wait_for(Duration::from_secs(5), || {
+        let keys = env.redis.keys();
+        let left = keys.iter().any(|k| {
+            k.ends_with(&kept) || k.ends_with(":pending:hb") || k.ends_with(":pending:hb-claimed")
+        });
+        (!left).then_some(())
+    });
+    assert!(settled.is_some(), "still kept: {:?}", env.redis.keys());
+    let sent = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(&uuid))
+        .count();
+    assert_eq!(sent, 1, "relayed once");
+}
+
 /// Sends a lookup and drops the connection without reading the answer (the agent's timeout).
 fn lookup_and_drop_the_answer(addr: SocketAddr, mac: &str) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -106,15 +192,63 @@ fn replay_env() -> (Env, Arc<MiniIronic>) {
     (env, mini)
 }
 
+/// The keys of the kept minted answers (`db0:` stripped; not their claims and marks).
+fn minted_keys(redis: &RedisServer) -> Vec<String> {
+    redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.contains(":lookup:minted:"))
+        .map(|k| k.trim_start_matches("db0:").to_string())
+        .filter(|k| k.rsplit(':').next().is_some_and(|h| h.len() == 64))
+        .collect()
+}
+
 /// Loses the answer of a lookup that minted a token, and waits until the gateway kept it.
 fn lose_a_minted_answer(env: &Env, mac: &str) {
-    let before = env.redis.keys().iter().filter(|k| k.contains(":lookup:minted:")).count();
+    let before = minted_keys(&env.redis).len();
     lookup_and_drop_the_answer(env.gw.addr(), mac);
     let kept = common::wait_for(Duration::from_secs(5), || {
-        let n = env.redis.keys().iter().filter(|k| k.contains(":lookup:minted:")).count();
-        (n > before).then_some(())
+        (minted_keys(&env.redis).len() > before).then_some(())
     });
     assert!(kept.is_some(), "no minted answer kept:\n{}", env.gw.logs());
+}
+
+/// The retry of a lost lookup answer arrives while Redis is frozen: its take misses the
+/// deadline and runs late. The minted answer must still be handed over on a later retry.
+#[test]
+fn a_minted_answer_survives_a_redis_stall_during_the_take() {
+    let (mut env, mini) = replay_env();
+    let mac = "52:54:0d:00:02:01";
+    let uuid = mini.add_node(&[mac]);
+    lose_a_minted_answer(&env, mac);
+
+    env.redis.freeze();
+    let mut during = http::Client::connect(env.gw.addr());
+    during.set_read_timeout(Duration::from_secs(10));
+    let r = during.try_send(&common::lookup(mac));
+    env.redis.thaw();
+    eprintln!("the retry during the freeze got {:?}", r.map(|r| r.status));
+
+    // A later retry gets the minted answer (a claim left by the late take expires or is
+    // released; the answer itself was not deleted).
+    let got = common::wait_for(Duration::from_secs(15), || {
+        let r = env.send(&common::lookup(mac));
+        let t = token_of(&r);
+        (t.len() == 43).then_some(t)
+    });
+    let Some(token) = got else {
+        panic!(
+            "the minted answer was lost (keys: {:?}):\n{}",
+            env.redis.keys(),
+            env.gw.logs()
+        );
+    };
+    assert_eq!(
+        mini.node(&uuid).unwrap().token.as_deref(),
+        Some(token.as_str())
+    );
+    // Handed out once: the next retry gets Ironic's answer.
+    assert_eq!(token_of(&env.send(&common::lookup(mac))), "******");
 }
 
 /// `v1$<salt>$<HMAC-SHA256(salt, token)>`: the unkeyed scheme, which anyone can compute.
@@ -158,7 +292,9 @@ fn a_token_hash_planted_without_the_gateways_secret_does_not_verify() {
     assert!(!learnt.is_empty(), "the minted token's hash was learnt");
 
     let forged = "forged-token-of-the-attackers-choice-0000000";
-    let r = env.redis.cmd(&["HSET", &node_key, "token", &unkeyed_hash(forged)]);
+    let r = env
+        .redis
+        .cmd(&["HSET", &node_key, "token", &unkeyed_hash(forged)]);
     assert!(r.as_int().is_some(), "{r:?}");
     failing.store(true, Ordering::SeqCst);
     let r = env.send(&common::heartbeat(&uuid, "https://127.0.0.1:9999", forged));

@@ -86,6 +86,13 @@ pub struct IndexUpdate {
     pub synced_at_ms: Option<u64>,
 }
 
+/// A kept minted answer, as taken: the node it was kept for and the sealed answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMinted {
+    pub uuid: String,
+    pub sealed: Vec<u8>,
+}
+
 /// The outcome of a lookup flight, shared with the identical lookups that waited for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlightResult {
@@ -167,8 +174,26 @@ pub trait EdgeStore: Send + Sync {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()>;
-    /// Takes (and removes) a kept minted answer: it is handed out at most once.
-    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Claims a kept minted answer for `claim_ttl`: it stays kept (a take that runs late, after
+    /// its caller gave up, loses nothing) but no other take gets it while the claim holds. The
+    /// caller confirms it once delivered ([`Self::confirm_minted_answer`]: handed out at most
+    /// once) or releases it.
+    async fn take_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<KeptMinted>>;
+    /// The claimed answer was delivered: it is deleted (if the claim is still this one).
+    async fn confirm_minted_answer(&self, replay_key: &str, claim: &str) -> StoreResult<()>;
+    /// The claimed answer was not delivered (or the take failed): it can be taken again. A
+    /// take with this claim that runs later still (a stall) is refused for `claim_ttl`.
+    async fn release_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<()>;
     /// Drops the node's kept minted answer (its agent's token works: nothing was lost).
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()>;
 
@@ -179,15 +204,26 @@ pub trait EdgeStore: Send + Sync {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()>;
-    /// Takes one pending heartbeat (and removes it: whoever takes it relays it).
-    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>>;
-    /// Puts back a heartbeat whose relay failed, unless a newer one arrived meanwhile.
-    async fn requeue_pending_heartbeat(
+    /// Claims one kept heartbeat for `claim_ttl` (node uuid, sealed value). It stays kept until
+    /// [`Self::confirm_pending_heartbeat`]; a claim released or expired (its relayer died, or
+    /// the take ran late after its caller gave up) makes it takeable again.
+    async fn take_pending_heartbeat(
+        &self,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<(String, Vec<u8>)>>;
+    /// The claimed heartbeat reached Ironic: it is deleted, unless a newer one replaced it
+    /// meanwhile (that one stays, takeable).
+    async fn confirm_pending_heartbeat(
         &self,
         uuid: &str,
+        claim: &str,
         sealed: &[u8],
-        ttl: Duration,
     ) -> StoreResult<()>;
+    /// Gives up a claim (the relay failed, or the take's answer was lost): whatever it claimed
+    /// can be taken again, and a take with this claim that runs later still (a stall) is
+    /// refused for `claim_ttl`.
+    async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()>;
     async fn pending_heartbeats(&self) -> StoreResult<u64>;
 
     /// Unix milliseconds of the last completed sync round (`None`: no complete index).

@@ -13,12 +13,18 @@
 //! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), sets `idx:nodes`, `idx:macs`,
 //!   `idx:synced_at`, `idx:sync_marks`: the node index the sync service keeps
 //! - `lease:<name>`: leases (one syncing process at a time)
-//! - `pending:hb:<uuid>` (sealed), set `pending:hb`: heartbeats waiting for Ironic
-//! - `lookup:minted:<sha256(key, caller)>` (sealed): a minted answer kept for one replay
+//! - `pending:hb:<uuid>` (sealed), set `pending:hb` (takeable), hash `pending:hb-claims`
+//!   (uuid → claim), zset `pending:hb-claimed` (uuid → claim expiry), `pending:hb-claim:<claim>`
+//!   (uuid): heartbeats waiting for Ironic, each taken by a claim and deleted only once relayed
+//! - `lookup:minted:<sha256(key, caller)>` (`<uuid>\n<sealed>`), `…:claim`: a minted answer
+//!   kept for one replay, deleted only once delivered
+//!
+//! Every write is safe if it runs late, after its caller gave up on it (a frozen Redis runs
+//! what it had received when it thaws): nothing is deleted on a take, only claimed.
 
 use super::{
-    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
-    StoreResult,
+    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, KeptMinted, NodeRecord,
+    StoreError, StoreResult,
 };
 use crate::config::EdgeConfig;
 use async_trait::async_trait;
@@ -365,9 +371,12 @@ impl EdgeStore for RedisStore {
         pipe.atomic()
             .cmd("SET")
             .arg(&key)
-            .arg(sealed)
+            .arg(encode_minted(uuid, sealed))
             .arg("EX")
             .arg(ttl.as_secs().max(1))
+            .ignore()
+            .cmd("DEL")
+            .arg(format!("{key}:claim"))
             .ignore()
             .cmd("HSET")
             .arg(self.node_key(uuid))
@@ -377,19 +386,78 @@ impl EdgeStore for RedisStore {
         self.run_pipe(pipe).await
     }
 
-    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.run(
-            redis::cmd("GETDEL")
-                .arg(self.lookup_key("minted", replay_key))
-                .clone(),
-        )
-        .await
+    async fn take_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<KeptMinted>> {
+        // Read and claim in one step; nothing is deleted, so a take that runs late (its caller
+        // gave up) only leaves a claim, which expires or is released.
+        let script = redis::Script::new(
+            r"if redis.call('EXISTS', KEYS[3]) == 1 then return nil end
+              local v = redis.call('GET', KEYS[1])
+              if not v then return nil end
+              if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return v end
+              return nil",
+        );
+        let key = self.lookup_key("minted", replay_key);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(format!("{key}:claim"))
+            .key(format!("{key}:released:{claim}"))
+            .arg(claim)
+            .arg(millis(claim_ttl));
+        let value: Option<Vec<u8>> = self.run_script(invocation).await?;
+        Ok(value.as_deref().and_then(decode_minted))
+    }
+
+    async fn confirm_minted_answer(&self, replay_key: &str, claim: &str) -> StoreResult<()> {
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[2]) == ARGV[1] then
+                redis.call('DEL', KEYS[1], KEYS[2])
+              end
+              return 1",
+        );
+        let key = self.lookup_key("minted", replay_key);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key).key(format!("{key}:claim")).arg(claim);
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
+    }
+
+    async fn release_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<()> {
+        // The mark left behind refuses a take with this claim that runs even later (it may
+        // come on another connection, after this release).
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+              redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+              return 1",
+        );
+        let key = self.lookup_key("minted", replay_key);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{key}:claim"))
+            .key(format!("{key}:released:{claim}"))
+            .arg(claim)
+            .arg(millis(claim_ttl));
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
     }
 
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
         let script = redis::Script::new(
             r"local k = redis.call('HGET', KEYS[1], 'minted')
-              if k then redis.call('DEL', k) redis.call('HDEL', KEYS[1], 'minted') end
+              if k then
+                redis.call('DEL', k, k .. ':claim')
+                redis.call('HDEL', KEYS[1], 'minted')
+              end
               return 1",
         );
         let mut invocation = script.prepare_invoke();
@@ -407,69 +475,133 @@ impl EdgeStore for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(format!("{}pending:hb:{uuid}", self.prefix))
+            .arg(self.pending(uuid))
             .arg(sealed)
             .arg("EX")
             .arg(ttl.as_secs().max(1))
             .ignore()
             .cmd("SADD")
-            .arg(format!("{}pending:hb", self.prefix))
+            .arg(self.pending_set(""))
             .arg(uuid)
             .ignore();
         self.run_pipe(pipe).await
     }
 
-    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>> {
-        // Pop and read in one step: exactly one taker relays each heartbeat.
+    async fn take_pending_heartbeat(
+        &self,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
+        // Claims whose time is up go back to the takeable set first (their relayer died, or
+        // their take ran late after its caller gave up). Then one takeable, unclaimed heartbeat
+        // is claimed and read, in one step: it stays in Redis until its relay is confirmed.
+        // Redis's own clock times the claims (the same for every gateway process).
         let script = redis::Script::new(
-            r"while true do
+            r"local t = redis.call('TIME')
+              local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+              local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)
+              for _, u in ipairs(expired) do
+                redis.call('ZREM', KEYS[3], u)
+                redis.call('HDEL', KEYS[2], u)
+                redis.call('SADD', KEYS[1], u)
+              end
+              if redis.call('EXISTS', KEYS[4]) == 1 then return nil end
+              while true do
                 local u = redis.call('SPOP', KEYS[1])
                 if not u then return nil end
-                local v = redis.call('GET', ARGV[1] .. u)
-                if v then
-                  redis.call('DEL', ARGV[1] .. u)
-                  return {u, v}
+                if not redis.call('ZSCORE', KEYS[3], u) then
+                  local v = redis.call('GET', ARGV[1] .. u)
+                  if v then
+                    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), u)
+                    redis.call('HSET', KEYS[2], u, ARGV[2])
+                    redis.call('SET', KEYS[4], u, 'PX', ARGV[3])
+                    return {u, v}
+                  end
                 end
               end",
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{}pending:hb", self.prefix))
-            .arg(format!("{}pending:hb:", self.prefix));
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""))
+            .arg(claim)
+            .arg(millis(claim_ttl));
         let taken: Option<(String, Vec<u8>)> = self.run_script(invocation).await?;
         Ok(taken)
     }
 
-    async fn requeue_pending_heartbeat(
+    async fn confirm_pending_heartbeat(
         &self,
         uuid: &str,
+        claim: &str,
         sealed: &[u8],
-        ttl: Duration,
     ) -> StoreResult<()> {
+        // Deletes only the heartbeat that was relayed: a newer one that replaced it meanwhile
+        // goes back to the takeable set.
         let script = redis::Script::new(
-            r"if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-                redis.call('SADD', KEYS[2], ARGV[3])
+            r"if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+              redis.call('HDEL', KEYS[2], ARGV[2])
+              redis.call('ZREM', KEYS[3], ARGV[2])
+              redis.call('DEL', KEYS[4])
+              if redis.call('GET', ARGV[1] .. ARGV[2]) == ARGV[4] then
+                redis.call('DEL', ARGV[1] .. ARGV[2])
+              else
+                redis.call('SADD', KEYS[1], ARGV[2])
               end
               return 1",
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{}pending:hb:{uuid}", self.prefix))
-            .key(format!("{}pending:hb", self.prefix))
-            .arg(sealed)
-            .arg(ttl.as_secs().max(1))
-            .arg(uuid);
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""))
+            .arg(uuid)
+            .arg(claim)
+            .arg(sealed);
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
+    }
+
+    async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()> {
+        // The claim's key is left behind, empty, for the claim's time: a take with this claim
+        // that runs even later (it may come on another connection, after this release) is
+        // refused.
+        let script = redis::Script::new(
+            r"local u = redis.call('GET', KEYS[4])
+              if u and u ~= '' and redis.call('HGET', KEYS[2], u) == ARGV[2] then
+                redis.call('HDEL', KEYS[2], u)
+                redis.call('ZREM', KEYS[3], u)
+                redis.call('SADD', KEYS[1], u)
+              end
+              redis.call('SET', KEYS[4], '', 'PX', ARGV[3])
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""))
+            .arg(claim)
+            .arg(millis(claim_ttl));
         let _: i64 = self.run_script(invocation).await?;
         Ok(())
     }
 
     async fn pending_heartbeats(&self) -> StoreResult<u64> {
-        self.run(
-            redis::cmd("SCARD")
-                .arg(format!("{}pending:hb", self.prefix))
-                .clone(),
-        )
-        .await
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCARD")
+            .arg(self.pending_set(""))
+            .cmd("ZCARD")
+            .arg(self.pending_set("-claimed"));
+        let (takeable, claimed): (u64, u64) = self.run_pipe(pipe).await?;
+        Ok(takeable + claimed)
     }
 
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
@@ -596,6 +728,35 @@ impl RedisStore {
     fn idx(&self, rest: &str) -> String {
         format!("{}idx:{rest}", self.prefix)
     }
+
+    /// `pending:hb:<uuid>`: a kept heartbeat.
+    fn pending(&self, uuid: &str) -> String {
+        format!("{}pending:hb:{uuid}", self.prefix)
+    }
+
+    /// `pending:hb<suffix>`: the takeable set, the claims (`-claims`, uuid → claim), their
+    /// expiry (`-claimed`, uuid → Unix ms) and each claim's node (`-claim:<claim>`).
+    fn pending_set(&self, suffix: &str) -> String {
+        format!("{}pending:hb{suffix}", self.prefix)
+    }
+}
+
+/// A kept minted answer as stored: the node uuid, a newline, the sealed answer.
+pub(crate) fn encode_minted(uuid: &str, sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(uuid.len() + 1 + sealed.len());
+    out.extend_from_slice(uuid.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(sealed);
+    out
+}
+
+pub(crate) fn decode_minted(value: &[u8]) -> Option<KeptMinted> {
+    let at = value.iter().position(|b| *b == b'\n')?;
+    let uuid = std::str::from_utf8(&value[..at]).ok()?.to_string();
+    Some(KeptMinted {
+        uuid,
+        sealed: value[at + 1..].to_vec(),
+    })
 }
 
 /// `<status> <body>` (the body of an Ironic error answer; never a success body).
@@ -622,6 +783,20 @@ pub(crate) fn decode_result(text: &str) -> FlightResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_minted_value_round_trips() {
+        let v = encode_minted("u-1", b"\x00\nsealed\n");
+        let kept = decode_minted(&v).unwrap();
+        assert_eq!(kept.uuid, "u-1");
+        assert_eq!(kept.sealed, b"\x00\nsealed\n".to_vec());
+    }
+
+    #[test]
+    fn a_minted_value_without_its_node_is_refused() {
+        assert_eq!(decode_minted(b"no-newline"), None);
+        assert_eq!(decode_minted(b"\xff\xfe\nx"), None);
+    }
 
     #[test]
     fn flight_results_round_trip() {
