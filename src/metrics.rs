@@ -54,6 +54,7 @@ pub struct Metrics {
     sync_requests: AtomicU64,
     heartbeats_deferred: AtomicU64,
     heartbeats_relayed: AtomicU64,
+    sealed_unopenable: AtomicU64,
 }
 
 impl Metrics {
@@ -77,6 +78,9 @@ impl Metrics {
     }
     pub fn heartbeat_relayed(&self) {
         self.heartbeats_relayed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn sealed_unopenable(&self) {
+        self.sealed_unopenable.fetch_add(1, Ordering::Relaxed);
     }
     pub fn requests(&self, route: Route, outcome: Outcome) -> u64 {
         self.requests[route as usize][outcome as usize].load(Ordering::Relaxed)
@@ -144,6 +148,12 @@ impl Metrics {
                 "ironic_edge_heartbeats_relayed_total",
                 "Kept heartbeats Ironic has received since.",
                 &self.heartbeats_relayed,
+            ),
+            (
+                "ironic_edge_sealed_unopenable_total",
+                "Kept heartbeats and minted answers that could not be opened (another seal \
+                 key, or moved to another key in Redis): dropped.",
+                &self.sealed_unopenable,
             ),
         ] {
             family(&mut out, name, help, &[(String::new(), load(counter))]);

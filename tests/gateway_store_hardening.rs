@@ -251,6 +251,40 @@ fn a_minted_answer_survives_a_redis_stall_during_the_take() {
     assert_eq!(token_of(&env.send(&common::lookup(mac))), "******");
 }
 
+/// A sealed minted answer copied to another caller's replay key is not opened there.
+#[test]
+fn a_minted_answer_copied_to_another_replay_key_is_refused() {
+    let (env, mini) = replay_env();
+    let (mac_a, mac_b) = ("52:54:0d:00:03:01", "52:54:0d:00:03:02");
+    let uuid_a = mini.add_node(&[mac_a]);
+    let _uuid_b = mini.add_node(&[mac_b]);
+    lose_a_minted_answer(&env, mac_a);
+    let key_a = minted_keys(&env.redis)[0].clone();
+    lose_a_minted_answer(&env, mac_b);
+    let key_b = minted_keys(&env.redis)
+        .into_iter()
+        .find(|k| *k != key_a)
+        .expect("B's kept answer");
+    // Whoever can write Redis puts A's sealed answer where B's retry looks.
+    let restored = env.redis.cmd(&[
+        "EVAL",
+        "return redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]))",
+        "2",
+        &key_a,
+        &key_b,
+    ]);
+    assert_eq!(restored.to_text(), "OK");
+
+    let r = env.send(&common::lookup(mac_b));
+    let a_token = mini.node(&uuid_a).unwrap().token.unwrap();
+    assert_ne!(token_of(&r), a_token, "A's token handed to B's caller");
+    assert!(
+        !r.text().contains(&uuid_a),
+        "A's node data handed to B's caller: {}",
+        r.text()
+    );
+}
+
 /// `v1$<salt>$<HMAC-SHA256(salt, token)>`: the unkeyed scheme, which anyone can compute.
 fn unkeyed_hash(token: &str) -> String {
     use hmac::{Hmac, Mac};

@@ -20,6 +20,7 @@ use crate::ironic::token::{lookup_token, replace_token, LookupToken, MASK};
 use crate::ironic::version::ApiVersion;
 use crate::ironic::{version, HeaderSet};
 use crate::plugin::RequestCtx;
+use crate::store::seal::SealedPlace;
 use crate::store::{token_hash, FlightResult};
 use crate::store::{FastTrack, IndexedNode};
 use crate::upstream::UpstreamResponse;
@@ -392,9 +393,6 @@ fn replay_key(key: &str, session: &Session) -> Option<String> {
     Some(format!("{key}\0{ip}"))
 }
 
-/// The purpose a kept minted answer is sealed for.
-const MINTED: &str = "minted-lookup";
-
 /// Keeps the answer that carried a freshly minted token, sealed, for one replay.
 async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[u8]) {
     let window = edge.config.lookup.replay_window_seconds;
@@ -404,7 +402,11 @@ async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[
     if window == 0 {
         return;
     }
-    let Some(sealed) = sealer.seal(MINTED, body) else {
+    let place = SealedPlace::MintedAnswer {
+        replay_key: caller,
+        node: uuid,
+    };
+    let Some(sealed) = sealer.seal(&place, body) else {
         return;
     };
     if let Err(e) = edge
@@ -462,8 +464,18 @@ async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> 
             return None;
         }
     };
-    let Some(body) = sealer.open(MINTED, &kept.sealed) else {
-        log::warn!("lookup: a kept minted answer could not be opened (another seal key?)");
+    let place = SealedPlace::MintedAnswer {
+        replay_key: caller,
+        node: &kept.uuid,
+    };
+    let opened = sealer.open(&place, &kept.sealed);
+    // Bound to its node twice: in the seal, and the answer's own node.
+    let Some(body) = opened.filter(|b| node_uuid(b).as_deref() == Some(kept.uuid.as_str())) else {
+        log::warn!(
+            "lookup: a kept minted answer could not be opened (another seal key, or moved from \
+             another caller's key): dropped"
+        );
+        edge.metrics.sealed_unopenable();
         if let Err(e) = edge.store.confirm_minted_answer(caller, &claim).await {
             store_error(edge, &e);
         }

@@ -91,7 +91,8 @@ pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool 
     let Ok(plain) = serde_json::to_vec(pending) else {
         return false;
     };
-    let Some(sealed) = sealer.seal("heartbeat", &plain) else {
+    let place = crate::store::seal::SealedPlace::PendingHeartbeat { node: uuid };
+    let Some(sealed) = sealer.seal(&place, &plain) else {
         return false;
     };
     let ttl = Duration::from_secs(edge.config.heartbeat.relay_ttl_seconds);
@@ -198,15 +199,18 @@ impl HeartbeatRelay {
                 return Relayed::Failed;
             }
         };
+        let place = crate::store::seal::SealedPlace::PendingHeartbeat { node: &uuid };
         let pending = sealer
-            .open("heartbeat", &sealed)
+            .open(&place, &sealed)
             .and_then(|plain| serde_json::from_slice::<PendingHeartbeat>(&plain).ok());
         let t = self.edge.upstream.target();
         let Some((req, body)) = pending.and_then(|p| p.request(&format!("{}:{}", t.host, t.port)))
         else {
             log::warn!(
-                "a kept heartbeat of {uuid} could not be opened (another seal key?): dropped"
+                "a kept heartbeat of {uuid} could not be opened (another seal key, or moved \
+                 from another node's key): dropped"
             );
+            self.edge.metrics.sealed_unopenable();
             self.confirm(&uuid, &claim, &sealed).await;
             return Relayed::Done;
         };

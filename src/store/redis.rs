@@ -102,9 +102,7 @@ impl RedisStore {
     }
 
     fn lookup_key(&self, kind: &str, key: &str) -> String {
-        let digest = Sha256::digest(key.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}lookup:{kind}:{hex}", self.prefix)
+        format!("{}{}", self.prefix, lookup_key_name(kind, key))
     }
 
     fn node_key(&self, uuid: &str) -> String {
@@ -731,7 +729,7 @@ impl RedisStore {
 
     /// `pending:hb:<uuid>`: a kept heartbeat.
     fn pending(&self, uuid: &str) -> String {
-        format!("{}pending:hb:{uuid}", self.prefix)
+        format!("{}{}", self.prefix, pending_key_name(uuid))
     }
 
     /// `pending:hb<suffix>`: the takeable set, the claims (`-claims`, uuid → claim), their
@@ -739,6 +737,25 @@ impl RedisStore {
     fn pending_set(&self, suffix: &str) -> String {
         format!("{}pending:hb{suffix}", self.prefix)
     }
+}
+
+/// `lookup:<kind>:<sha256(key)>`, without the prefix: lookup keys are hashed so that MAC lists
+/// never appear in Redis.
+fn lookup_key_name(kind: &str, key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("lookup:{kind}:{hex}")
+}
+
+/// The logical key (no prefix) of the minted answer kept for `replay_key`: what its seal is
+/// bound to.
+pub(crate) fn minted_key_name(replay_key: &str) -> String {
+    lookup_key_name("minted", replay_key)
+}
+
+/// The logical key (no prefix) of a node's kept heartbeat: what its seal is bound to.
+pub(crate) fn pending_key_name(uuid: &str) -> String {
+    format!("pending:hb:{uuid}")
 }
 
 /// A kept minted answer as stored: the node uuid, a newline, the sealed answer.
