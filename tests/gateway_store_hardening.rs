@@ -88,6 +88,68 @@ fn sync_on(cfg: &mut GatewayConfig) {
         .set("ironic_edge.sync.lease_seconds", 2);
 }
 
+/// Redis loses its data while a gateway syncs: the index must not be trusted (a node Ironic
+/// knows must not get the edge's 404) until a full round has rebuilt it.
+#[test]
+fn an_index_redis_lost_is_not_trusted_until_a_full_round_rebuilt_it() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let mac = "52:54:0d:00:00:01";
+    let uuid = mini.add_node(&[mac]);
+    serve_listings(
+        &fake,
+        vec![(uuid.clone(), mac.to_string(), "wait call-back")],
+    );
+    let env = Env::start_with_fake(fake, sync_on);
+    let decided_at_the_edge = || {
+        common::wait_for(Duration::from_secs(15), || {
+            // A MAC never asked before (no remembered 404 can answer it): only the index can.
+            let mac = common::ironic::random_mac();
+            let before = env.fake.lookups();
+            let r = env.send(&common::lookup(&mac));
+            (r.status == 404 && env.fake.lookups() == before).then_some(())
+        })
+    };
+    assert!(
+        decided_at_the_edge().is_some(),
+        "the first sync round did not make the index usable:\n{}",
+        env.gw.logs()
+    );
+    let r = env.send(&common::lookup(mac));
+    assert_eq!(r.status, 200, "a node in a lookup state: {}", r.text());
+
+    // Redis loses everything (FLUSHALL: a restart without persistence looks the same).
+    let r = env.redis.cmd(&["FLUSHALL"]);
+    assert_eq!(r.to_text(), "OK");
+    // Two more rounds end (ports are listed last in every round; rounds run one after another).
+    let ports_listed = env.fake.count("/v1/ports");
+    let rounds = common::wait_for(Duration::from_secs(15), || {
+        (env.fake.count("/v1/ports") >= ports_listed + 2).then_some(())
+    });
+    assert!(
+        rounds.is_some(),
+        "no rounds after the flush:\n{}",
+        env.gw.logs()
+    );
+    for _ in 0..3 {
+        let r = env.send(&common::lookup(mac));
+        assert_eq!(
+            r.status,
+            200,
+            "a node Ironic knows got {} after Redis lost the index: {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // And the rebuilt index decides at the edge again.
+    assert!(
+        decided_at_the_edge().is_some(),
+        "the index was not rebuilt:\n{}",
+        env.gw.logs()
+    );
+}
+
 /// A heartbeat kept while Ironic failed is still relayed once Ironic is back, even when Redis
 /// froze while the relay was taking it (the take missed its deadline and ran late).
 #[test]

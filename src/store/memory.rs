@@ -74,6 +74,21 @@ impl MemoryStore {
     }
 }
 
+/// The index's freshness and generation, if its generation marker agrees.
+fn index_marker(m: &HashMap<String, (Entry, Option<Instant>)>) -> Option<(u64, String)> {
+    let Some((Entry::Text(synced), _)) = m.get("idx:synced_at") else {
+        return None;
+    };
+    let Some((Entry::Text(generation), _)) = m.get("idx:gen") else {
+        return None;
+    };
+    super::redis::parse_synced_at(synced).filter(|(_, g)| g == generation)
+}
+
+fn incomplete() -> StoreError {
+    StoreError("the node index is not complete (its generation changed)".into())
+}
+
 #[async_trait]
 impl EdgeStore for MemoryStore {
     async fn lookup_not_found(&self, key: &str) -> StoreResult<bool> {
@@ -357,10 +372,10 @@ impl EdgeStore for MemoryStore {
         self.with(|m| m.keys().filter(|k| k.starts_with("pending:hb:")).count() as u64)
     }
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
-        self.with(|m| match m.get("idx:synced_at") {
-            Some((Entry::Text(t), _)) => t.parse().ok(),
-            _ => None,
-        })
+        self.with(|m| index_marker(m).map(|(at, _)| at))
+    }
+    async fn index_generation(&self) -> StoreResult<Option<String>> {
+        self.with(|m| index_marker(m).map(|(_, g)| g))
     }
     async fn sync_marks(&self) -> StoreResult<Option<String>> {
         self.with(|m| match m.get("idx:sync_marks") {
@@ -378,19 +393,27 @@ impl EdgeStore for MemoryStore {
     }
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
         self.with(|m| {
-            macs.iter()
-                .map(|mac| match m.get(&format!("idx:mac:{mac}")) {
-                    Some((Entry::Text(u), _)) => Some(u.clone()),
-                    _ => None,
-                })
-                .collect()
-        })
+            index_marker(m)?;
+            Some(
+                macs.iter()
+                    .map(|mac| match m.get(&format!("idx:mac:{mac}")) {
+                        Some((Entry::Text(u), _)) => Some(u.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        })?
+        .ok_or_else(incomplete)
     }
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
-        self.with(|m| match m.get(&format!("idx:node:{uuid}")) {
-            Some((Entry::Indexed(n), _)) => Some(n.clone()),
-            _ => None,
-        })
+        self.with(|m| {
+            index_marker(m)?;
+            Some(match m.get(&format!("idx:node:{uuid}")) {
+                Some((Entry::Indexed(n), _)) => Some(n.clone()),
+                _ => None,
+            })
+        })?
+        .ok_or_else(incomplete)
     }
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
         self.with(|m| {
@@ -407,7 +430,11 @@ impl EdgeStore for MemoryStore {
         })
     }
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
-        self.with(|m| {
+        let text = |m: &HashMap<String, (Entry, Option<Instant>)>, k: &str| match m.get(k) {
+            Some((Entry::Text(t), _)) => Some(t.clone()),
+            _ => None,
+        };
+        let vouched = self.with(|m| {
             for n in &u.nodes {
                 m.insert(
                     format!("idx:node:{}", n.uuid),
@@ -423,10 +450,26 @@ impl EdgeStore for MemoryStore {
             for mac in &u.removed_macs {
                 m.remove(&format!("idx:mac:{mac}"));
             }
-            if let Some(at) = u.synced_at_ms {
-                m.insert("idx:synced_at".into(), (Entry::Text(at.to_string()), None));
+            let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_ref()) else {
+                return true;
+            };
+            // A full round always vouches here (nothing can wipe it in the middle of this
+            // one step); an incremental round only for the generation the index is of.
+            if !u.full_round && text(m, "idx:gen").as_ref() != Some(generation) {
+                return false;
             }
-        })
+            m.insert("idx:gen".into(), (Entry::Text(generation.clone()), None));
+            m.insert(
+                "idx:synced_at".into(),
+                (Entry::Text(format!("{at} {generation}")), None),
+            );
+            true
+        })?;
+        if vouched {
+            Ok(())
+        } else {
+            Err(incomplete())
+        }
     }
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
         self.with(|m| {
@@ -655,5 +698,54 @@ mod tests {
             .await
             .unwrap()
             .is_some());
+    }
+
+    fn round(full: bool, generation: &str) -> IndexUpdate {
+        IndexUpdate {
+            nodes: vec![IndexedNode {
+                uuid: "u".into(),
+                name: None,
+                provision_state: "active".into(),
+                fast_track: crate::store::FastTrack::Default,
+                maintenance: false,
+                token_held: false,
+                agent_url: None,
+            }],
+            ports: vec![("m".into(), "u".into())],
+            synced_at_ms: Some(1_000),
+            generation: Some(generation.into()),
+            full_round: full,
+            ..IndexUpdate::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_index_never_synced_cannot_tell() {
+        let s = MemoryStore::new();
+        assert_eq!(s.index_synced_at().await.unwrap(), None);
+        assert!(s.index_macs(&["m".to_string()]).await.is_err());
+        assert!(s.index_node("u").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_round_starts_a_generation() {
+        let s = MemoryStore::new();
+        s.index_write(&round(true, "g1")).await.unwrap();
+        assert_eq!(s.index_synced_at().await.unwrap(), Some(1_000));
+        assert_eq!(s.index_generation().await.unwrap().as_deref(), Some("g1"));
+        assert_eq!(
+            s.index_macs(&["m".to_string()]).await.unwrap(),
+            vec![Some("u".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_incremental_round_of_another_generation_does_not_vouch() {
+        let s = MemoryStore::new();
+        assert!(s.index_write(&round(false, "g0")).await.is_err());
+        assert_eq!(s.index_synced_at().await.unwrap(), None);
+        s.index_write(&round(true, "g1")).await.unwrap();
+        assert!(s.index_write(&round(false, "g0")).await.is_err());
+        s.index_write(&round(false, "g1")).await.unwrap();
     }
 }

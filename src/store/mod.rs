@@ -84,6 +84,12 @@ pub struct IndexUpdate {
     /// Unix milliseconds of the round, written as the index's freshness; `None` for an
     /// event-driven refresh that does not vouch for the whole index.
     pub synced_at_ms: Option<u64>,
+    /// The index generation the round vouches for (with `synced_at_ms`): a full round starts a
+    /// new one; an incremental round only carries on the one it read, and its freshness is not
+    /// written if the index in Redis is no longer of that generation (Redis lost it meanwhile).
+    pub generation: Option<String>,
+    /// A full round: everything Ironic has, written under a new `generation`.
+    pub full_round: bool,
 }
 
 /// A kept minted answer, as taken: the node it was kept for and the sealed answer.
@@ -226,17 +232,27 @@ pub trait EdgeStore: Send + Sync {
     async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()>;
     async fn pending_heartbeats(&self) -> StoreResult<u64>;
 
-    /// Unix milliseconds of the last completed sync round (`None`: no complete index).
+    /// Unix milliseconds of the last completed sync round (`None`: no complete index: never
+    /// synced, or its generation marker is missing or inconsistent, as after Redis lost data).
     async fn index_synced_at(&self) -> StoreResult<Option<u64>>;
+    /// The generation of the complete index in the store (`None`: none, or its markers
+    /// disagree): the sync carries on incrementally only from the generation it wrote.
+    async fn index_generation(&self) -> StoreResult<Option<String>>;
     /// Where the sync resumes (its watermarks, as JSON): a process taking the lease over
     /// carries on from there instead of starting with a full round.
     async fn sync_marks(&self) -> StoreResult<Option<String>>;
     async fn put_sync_marks(&self, marks: &str) -> StoreResult<()>;
-    /// The node uuid of each MAC (same order), from the index.
+    /// The node uuid of each MAC (same order), from the index; an error if the index is not
+    /// the complete one [`Self::index_synced_at`] vouched for (its generation changed).
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>>;
+    /// A node of the index; an error if the index is not the complete one (as for
+    /// [`Self::index_macs`]): a missing entry means "no such node" only in a complete index.
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>>;
     /// Every node uuid and MAC in the index (for a full round to find what disappeared).
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)>;
+    /// Writes a round (or a refresh). A round's freshness is written only if the index is
+    /// still of its generation (a full round: if nothing wiped what it wrote meanwhile);
+    /// otherwise an error, and the next round must be a full one.
     async fn index_write(&self, update: &IndexUpdate) -> StoreResult<()>;
     /// Takes or renews the lease `name` for `owner`; `true` while `owner` holds it.
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool>;

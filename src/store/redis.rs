@@ -10,8 +10,11 @@
 //! - `lookup:flight:<sha256(key)>` / `lookup:result:<sha256(key)>`: single flight
 //! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
 //! - `hb:nf:<ident>`, `hb:mismatch:<uuid>`: heartbeat 404 cache, mismatch forward slot
-//! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), sets `idx:nodes`, `idx:macs`,
-//!   `idx:synced_at`, `idx:sync_marks`: the node index the sync service keeps
+//! - hashes `idx:v2:nodes` (uuid → JSON) and `idx:v2:macs` (MAC → uuid), each with the field
+//!   `@gen` (the generation it belongs to; `@building` while a full round rebuilds it),
+//!   `idx:v2:synced_at` (`<Unix ms> <generation>`), `idx:sync_marks`: the node index the sync
+//!   service keeps. The index is used only while the three agree: a half that Redis lost (a
+//!   flush, a restart without persistence, an eviction) takes its marker with it
 //! - `lease:<name>`: leases (one syncing process at a time)
 //! - `pending:hb:<uuid>` (sealed), set `pending:hb` (takeable), hash `pending:hb-claims`
 //!   (uuid → claim), zset `pending:hb-claimed` (uuid → claim expiry), `pending:hb-claim:<claim>`
@@ -603,8 +606,11 @@ impl EdgeStore for RedisStore {
     }
 
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
-        self.run(redis::cmd("GET").arg(self.idx("synced_at")).clone())
-            .await
+        Ok(self.index_marker().await?.map(|(at, _)| at))
+    }
+
+    async fn index_generation(&self) -> StoreResult<Option<String>> {
+        Ok(self.index_marker().await?.map(|(_, generation)| generation))
     }
 
     async fn sync_marks(&self) -> StoreResult<Option<String>> {
@@ -626,83 +632,127 @@ impl EdgeStore for RedisStore {
         if macs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("MGET");
-        for m in macs {
-            cmd.arg(self.idx(&format!("mac:{m}")));
-        }
-        self.run(cmd).await
+        let mut fields = vec![GENERATION_FIELD.to_string()];
+        fields.extend(macs.iter().cloned());
+        let mut found = self.index_read(IDX_MACS, &fields).await?;
+        found.remove(0);
+        Ok(found)
     }
 
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
-        let text: Option<String> = self
-            .run(
-                redis::cmd("GET")
-                    .arg(self.idx(&format!("node:{uuid}")))
-                    .clone(),
-            )
-            .await?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        let fields = [GENERATION_FIELD.to_string(), uuid.to_string()];
+        let found = self.index_read(IDX_NODES, &fields).await?;
+        Ok(found
+            .into_iter()
+            .nth(1)
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS")
-            .arg(self.idx("nodes"))
-            .cmd("SMEMBERS")
-            .arg(self.idx("macs"));
-        self.run_pipe(pipe).await
+        pipe.cmd("HKEYS")
+            .arg(self.idx(IDX_NODES))
+            .cmd("HKEYS")
+            .arg(self.idx(IDX_MACS));
+        let (nodes, macs): (Vec<String>, Vec<String>) = self.run_pipe(pipe).await?;
+        let entries = |v: Vec<String>| v.into_iter().filter(|k| !is_marker_field(k)).collect();
+        Ok((entries(nodes), entries(macs)))
     }
 
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
+        let (nodes, macs) = (self.idx(IDX_NODES), self.idx(IDX_MACS));
+        if u.full_round {
+            // Marks both halves as being rebuilt by this round: a flush or an eviction while
+            // the round writes removes the mark, and the round then does not vouch for them.
+            let generation = u
+                .generation
+                .as_deref()
+                .ok_or_else(|| StoreError("a full round without a generation".into()))?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&nodes)
+                .arg(BUILDING_FIELD)
+                .arg(generation)
+                .ignore()
+                .cmd("HSET")
+                .arg(&macs)
+                .arg(BUILDING_FIELD)
+                .arg(generation)
+                .ignore();
+            self.run_pipe::<()>(pipe).await?;
+        }
         // Large rounds are written in slices, each one pipelined, so that no single call
         // holds Redis (or misses its deadline) for long.
         const SLICE: usize = 500;
         for chunk in u.nodes.chunks(SLICE) {
-            let mut pipe = redis::pipe();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&nodes);
             for n in chunk {
                 let text = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
-                pipe.cmd("SET")
-                    .arg(self.idx(&format!("node:{}", n.uuid)))
-                    .arg(text)
-                    .ignore();
-                pipe.cmd("SADD")
-                    .arg(self.idx("nodes"))
-                    .arg(&n.uuid)
-                    .ignore();
+                cmd.arg(&n.uuid).arg(text);
             }
-            self.run_pipe::<()>(pipe).await?;
+            self.run::<()>(cmd).await?;
         }
         for chunk in u.ports.chunks(SLICE) {
-            let mut pipe = redis::pipe();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&macs);
             for (mac, uuid) in chunk {
-                pipe.cmd("SET")
-                    .arg(self.idx(&format!("mac:{mac}")))
-                    .arg(uuid)
-                    .ignore();
-                pipe.cmd("SADD").arg(self.idx("macs")).arg(mac).ignore();
+                cmd.arg(mac).arg(uuid);
             }
-            self.run_pipe::<()>(pipe).await?;
+            self.run::<()>(cmd).await?;
         }
-        for (kind, set, removed) in [
-            ("node", "nodes", &u.removed_nodes),
-            ("mac", "macs", &u.removed_macs),
-        ] {
+        for (key, removed) in [(&nodes, &u.removed_nodes), (&macs, &u.removed_macs)] {
             for chunk in removed.chunks(SLICE) {
-                let mut pipe = redis::pipe();
-                for item in chunk {
-                    pipe.cmd("DEL")
-                        .arg(self.idx(&format!("{kind}:{item}")))
-                        .ignore();
-                    pipe.cmd("SREM").arg(self.idx(set)).arg(item).ignore();
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(key);
+                for item in chunk.iter().filter(|i| !is_marker_field(i)) {
+                    cmd.arg(item);
                 }
-                self.run_pipe::<()>(pipe).await?;
+                self.run::<()>(cmd).await?;
             }
         }
-        if let Some(at) = u.synced_at_ms {
-            self.run::<()>(redis::cmd("SET").arg(self.idx("synced_at")).arg(at).clone())
-                .await?;
+        let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_deref()) else {
+            return Ok(());
+        };
+        // The round vouches for the index only if it is still the one the round wrote to:
+        // a full round's mark is still on both halves, an incremental round's generation is
+        // still the index's (on both halves and with the freshness).
+        let script = redis::Script::new(
+            r"local g = ARGV[1]
+              if ARGV[3] == '1' then
+                if redis.call('HGET', KEYS[1], '@building') ~= g
+                   or redis.call('HGET', KEYS[2], '@building') ~= g then return 0 end
+                redis.call('HSET', KEYS[1], '@gen', g)
+                redis.call('HSET', KEYS[2], '@gen', g)
+                redis.call('HDEL', KEYS[1], '@building')
+                redis.call('HDEL', KEYS[2], '@building')
+              else
+                local cur = redis.call('GET', KEYS[3])
+                if redis.call('HGET', KEYS[1], '@gen') ~= g
+                   or redis.call('HGET', KEYS[2], '@gen') ~= g
+                   or not cur or string.sub(cur, -(#g + 1)) ~= (' ' .. g) then return 0 end
+              end
+              redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. g)
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&nodes)
+            .key(&macs)
+            .key(self.idx(IDX_SYNCED_AT))
+            .arg(generation)
+            .arg(at)
+            .arg(if u.full_round { "1" } else { "0" });
+        let vouched: i64 = self.run_script(invocation).await?;
+        if vouched == 1 {
+            Ok(())
+        } else {
+            Err(StoreError(
+                "the node index changed under the round (Redis lost data?)".into(),
+            ))
         }
-        Ok(())
     }
 
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
@@ -722,9 +772,69 @@ impl EdgeStore for RedisStore {
     }
 }
 
+/// The index's two halves (hashes: uuid → node JSON, MAC → uuid) and its freshness
+/// (`<Unix ms> <generation>`). One key per half, so that Redis loses a half whole or not at
+/// all (an eviction takes whole keys): each half carries the generation it belongs to.
+const IDX_NODES: &str = "v2:nodes";
+const IDX_MACS: &str = "v2:macs";
+const IDX_SYNCED_AT: &str = "v2:synced_at";
+/// The generation a half belongs to, and the one a full round is rebuilding it for.
+const GENERATION_FIELD: &str = "@gen";
+const BUILDING_FIELD: &str = "@building";
+
+/// Fields of an index half that are markers, not entries (no uuid or MAC starts with `@`).
+fn is_marker_field(field: &str) -> bool {
+    field.starts_with('@')
+}
+
+/// `<Unix ms> <generation>` → its parts.
+pub(crate) fn parse_synced_at(text: &str) -> Option<(u64, String)> {
+    let (at, generation) = text.split_once(' ')?;
+    let at = at.parse().ok()?;
+    (!generation.is_empty()).then(|| (at, generation.to_string()))
+}
+
 impl RedisStore {
     fn idx(&self, rest: &str) -> String {
         format!("{}idx:{rest}", self.prefix)
+    }
+
+    /// The index's freshness and generation, if both halves belong to that generation.
+    async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.idx(IDX_SYNCED_AT))
+            .cmd("HGET")
+            .arg(self.idx(IDX_NODES))
+            .arg(GENERATION_FIELD)
+            .cmd("HGET")
+            .arg(self.idx(IDX_MACS))
+            .arg(GENERATION_FIELD);
+        let (synced, nodes_gen, macs_gen): (Option<String>, Option<String>, Option<String>) =
+            self.run_pipe(pipe).await?;
+        Ok(synced
+            .as_deref()
+            .and_then(parse_synced_at)
+            .filter(|(_, g)| {
+                nodes_gen.as_deref() == Some(g.as_str()) && macs_gen.as_deref() == Some(g.as_str())
+            }))
+    }
+
+    /// `HMGET` of an index half (the first field being its generation), with the freshness,
+    /// in one step: an error unless the half still belongs to the vouched-for generation (a
+    /// missing entry of a half that Redis lost is not "no such node").
+    async fn index_read(&self, half: &str, fields: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.idx(IDX_SYNCED_AT));
+        pipe.cmd("HMGET").arg(self.idx(half)).arg(fields);
+        let (synced, found): (Option<String>, Vec<Option<String>>) = self.run_pipe(pipe).await?;
+        let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
+        match (vouched, found.first().cloned().flatten()) {
+            (Some(g), Some(half_gen)) if g == half_gen => Ok(found),
+            _ => Err(StoreError(
+                "the node index is not complete (its generation changed)".into(),
+            )),
+        }
     }
 
     /// `pending:hb:<uuid>`: a kept heartbeat.
@@ -800,6 +910,29 @@ pub(crate) fn decode_result(text: &str) -> FlightResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synced_at_carries_its_generation() {
+        assert_eq!(
+            parse_synced_at("1700000000000 req-1"),
+            Some((1_700_000_000_000, "req-1".to_string()))
+        );
+    }
+
+    #[test]
+    fn synced_at_without_a_generation_is_refused() {
+        for text in ["1700000000000", "1700000000000 ", "x req-1", ""] {
+            assert_eq!(parse_synced_at(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn marker_fields_are_not_entries() {
+        assert!(is_marker_field(GENERATION_FIELD));
+        assert!(is_marker_field(BUILDING_FIELD));
+        assert!(!is_marker_field("52:54:00:aa:bb:cc"));
+        assert!(!is_marker_field("1be26c0b-03f2-4d2e-ae87-c02d7f33c123"));
+    }
 
     #[test]
     fn a_minted_value_round_trips() {
