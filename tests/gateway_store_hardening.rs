@@ -347,6 +347,67 @@ fn a_minted_answer_copied_to_another_replay_key_is_refused() {
     );
 }
 
+/// A kept heartbeat copied to another node's key is not relayed from there: only the node's
+/// own kept heartbeat reaches Ironic, and the copy is dropped and counted.
+#[test]
+fn a_kept_heartbeat_copied_to_another_nodes_key_is_refused() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let failing = Arc::new(AtomicBool::new(false));
+    {
+        let (failing, mini) = (failing.clone(), mini.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if failing.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+    }
+    let (mac_a, mac_b) = ("52:54:0d:00:05:01", "52:54:0d:00:05:02");
+    let uuid_a = mini.add_node(&[mac_a]);
+    let uuid_b = mini.add_node(&[mac_b]);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let token = token_of(&env.send(&common::lookup(mac_a)));
+    let hb = common::heartbeat(&uuid_a, "https://127.0.0.1:9999", &token);
+    assert_eq!(env.send(&hb).status, 202);
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(env.send(&hb).status, 202, "kept for the relay");
+    // While Ironic fails, whoever can write Redis files A's kept heartbeat under B as well.
+    let copied = env.redis.cmd(&[
+        "EVAL",
+        "redis.call('SET', KEYS[2], redis.call('GET', KEYS[1])) \
+         return redis.call('SADD', KEYS[3], ARGV[1])",
+        "3",
+        &format!("ironic-edge:pending:hb:{uuid_a}"),
+        &format!("ironic-edge:pending:hb:{uuid_b}"),
+        "ironic-edge:pending:hb",
+        &uuid_b,
+    ]);
+    assert!(copied.as_int().is_some(), "{copied:?}");
+
+    env.fake.clear_log();
+    failing.store(false, Ordering::SeqCst);
+    let dropped = common::wait_for(Duration::from_secs(15), || {
+        (metric(&env, "ironic_edge_heartbeats_relayed_total") >= 1
+            && metric(&env, "ironic_edge_sealed_unopenable_total") >= 1)
+            .then_some(())
+    });
+    assert!(
+        dropped.is_some(),
+        "relayed {}, dropped {}:\n{}",
+        metric(&env, "ironic_edge_heartbeats_relayed_total"),
+        metric(&env, "ironic_edge_sealed_unopenable_total"),
+        env.gw.logs()
+    );
+    let relayed = env.fake.count_prefix("/v1/heartbeat/");
+    assert_eq!(relayed, 1, "A's kept heartbeat once, the copy never");
+    assert!(!env.redis.keys().iter().any(|k| k.ends_with(&uuid_b)));
+}
+
 /// `v1$<salt>$<HMAC-SHA256(salt, token)>`: the unkeyed scheme, which anyone can compute.
 fn unkeyed_hash(token: &str) -> String {
     use hmac::{Hmac, Mac};
