@@ -96,6 +96,13 @@ pub fn index_is_fresh(cfg: &SyncConfig, synced_at_ms: u64) -> bool {
     now_ms().saturating_sub(synced_at_ms) <= fresh_ms
 }
 
+/// Whether what this process knows (the generation it wrote, or the one its watermarks
+/// belong to) is of the index Redis holds (`held`: `None` when Redis holds no complete index).
+/// An empty generation (watermarks of a gateway without generations) is of none.
+fn same_generation(known: Option<&str>, held: Option<&str>) -> bool {
+    matches!((known, held), (Some(k), Some(h)) if !k.is_empty() && k == h)
+}
+
 #[derive(Default)]
 struct SyncState {
     /// Where the next round's listings of changes start (seconds, Ironic's clock): when the
@@ -214,7 +221,7 @@ impl NodeSync {
             .index_generation()
             .await
             .map_err(|e| e.to_string())?;
-        if held.as_deref() != Some(ours) {
+        if !same_generation(Some(ours), held.as_deref()) {
             log::warn!(
                 "node sync: the index in Redis is not the one this process wrote (Redis lost \
                  data?): a full round rebuilds it, and it is not used until then"
@@ -420,7 +427,7 @@ impl NodeSync {
         else {
             return;
         };
-        if marks.generation != generation {
+        if !same_generation(Some(&marks.generation), Some(&generation)) {
             return;
         }
         let full_age = Duration::from_millis(now_ms().saturating_sub(marks.last_full_ms));
@@ -572,6 +579,40 @@ mod tests {
         assert_eq!(event_for("GET", "/v1/nodes/n1"), None);
         assert_eq!(event_for("POST", "/v1/lookup"), None);
         assert_eq!(event_for("POST", "/v1/heartbeat/n1"), None);
+    }
+
+    #[test]
+    fn the_generation_written_is_the_one_held() {
+        assert!(same_generation(Some("g1"), Some("g1")));
+    }
+
+    #[test]
+    fn an_index_redis_lost_is_not_the_one_written() {
+        assert!(!same_generation(Some("g1"), None));
+    }
+
+    #[test]
+    fn an_index_rebuilt_by_another_process_is_not_the_one_written() {
+        assert!(!same_generation(Some("g1"), Some("g2")));
+    }
+
+    #[test]
+    fn a_process_that_wrote_nothing_has_no_generation() {
+        assert!(!same_generation(None, Some("g1")));
+        assert!(!same_generation(None, None));
+    }
+
+    #[test]
+    fn watermarks_without_a_generation_are_of_none() {
+        assert!(!same_generation(Some(""), Some("")));
+        assert!(!same_generation(Some(""), Some("g1")));
+    }
+
+    #[test]
+    fn old_watermarks_read_without_a_generation() {
+        let old = r#"{"node_mark": 1, "port_mark": 2, "last_full_ms": 3}"#;
+        let marks: SyncMarks = serde_json::from_str(old).unwrap();
+        assert_eq!(marks.generation, "");
     }
 
     #[test]
