@@ -42,8 +42,10 @@ def write_conf(src, out, run, listen, ops, upstream, redis, prefix, by, threads=
         # The relay (verified heartbeats kept through an outage) and the replay of lost
         # lookup answers need it: on, as an operator would run the gateway.
         key = os.path.join(run, 'seal.key')
-        with open(key, 'w') as f:
+        # Private: the gateway refuses a key file the group or others can read.
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
             f.write(base64.b64encode(secrets.token_bytes(32)).decode() + '\n')
+        os.chmod(key, 0o600)
         e['seal_key_file'] = key
     for item in sets:
         dotted, _, value = item.partition('=')

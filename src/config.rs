@@ -683,6 +683,24 @@ impl EdgeConfig {
         let text = std::fs::read_to_string(&self.seal_key_file).map_err(|e| {
             ConfigError::new(field, format!("cannot read {}: {e}", self.seal_key_file))
         })?;
+        // Whoever can read the key can open every kept token and forge token hashes; whoever
+        // can write it can swap it: the file must be the service user's alone.
+        let mode = std::fs::metadata(&self.seal_key_file)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+            .map_err(|e| {
+                ConfigError::new(field, format!("cannot read {}: {e}", self.seal_key_file))
+            })?;
+        if let Some(why) = seal_key_mode_problem(mode) {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "{} is {why} (mode {:o}): make it private, for example chmod 600 {}",
+                    self.seal_key_file,
+                    mode & 0o777,
+                    self.seal_key_file
+                ),
+            ));
+        }
         let key = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
             .map_err(|_| {
@@ -702,6 +720,18 @@ impl EdgeConfig {
 
     pub fn redis_command_timeout(&self) -> Duration {
         Duration::from_millis(self.redis.command_timeout_ms)
+    }
+}
+
+/// Why a seal key file with these permission bits is refused (`None`: private enough): any
+/// access for the group or others.
+pub(crate) fn seal_key_mode_problem(mode: u32) -> Option<&'static str> {
+    if mode & 0o007 != 0 {
+        Some("accessible to every user")
+    } else if mode & 0o070 != 0 {
+        Some("accessible to its group")
+    } else {
+        None
     }
 }
 
@@ -860,5 +890,34 @@ mod tests {
         let info = cfg.redis_connection_info().unwrap();
         assert_eq!(info.redis_settings().password(), Some("new"));
         assert_eq!(info.redis_settings().db(), 3);
+    }
+
+    #[test]
+    fn a_private_seal_key_mode_is_accepted() {
+        for mode in [0o600, 0o400, 0o700, 0o100600] {
+            assert_eq!(seal_key_mode_problem(mode), None, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_seal_key_mode_open_to_others_is_refused() {
+        for mode in [0o644, 0o604, 0o602, 0o601, 0o100644, 0o666] {
+            assert_eq!(
+                seal_key_mode_problem(mode),
+                Some("accessible to every user"),
+                "{mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_seal_key_mode_open_to_the_group_is_refused() {
+        for mode in [0o640, 0o620, 0o610, 0o660] {
+            assert_eq!(
+                seal_key_mode_problem(mode),
+                Some("accessible to its group"),
+                "{mode:o}"
+            );
+        }
     }
 }

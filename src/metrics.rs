@@ -57,6 +57,7 @@ pub struct Metrics {
     heartbeats_relayed: AtomicU64,
     /// Requests that found no place in Ironic's budget in time, by governor class.
     deferred: [AtomicU64; 4],
+    sealed_unopenable: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +84,9 @@ impl Metrics {
     }
     pub(crate) fn deferred(&self, class: Class) {
         self.deferred[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn sealed_unopenable(&self) {
+        self.sealed_unopenable.fetch_add(1, Ordering::Relaxed);
     }
     pub fn requests(&self, route: Route, outcome: Outcome) -> u64 {
         self.requests[route as usize][outcome as usize].load(Ordering::Relaxed)
@@ -191,6 +195,12 @@ impl Metrics {
                 "ironic_edge_heartbeats_relayed_total",
                 "Kept heartbeats Ironic has received since.",
                 &self.heartbeats_relayed,
+            ),
+            (
+                "ironic_edge_sealed_unopenable_total",
+                "Kept heartbeats and minted answers that could not be opened (another seal \
+                 key, or moved to another key in Redis): dropped.",
+                &self.sealed_unopenable,
             ),
         ] {
             family(&mut out, name, help, &[(String::new(), load(counter))]);

@@ -68,6 +68,10 @@ fn build_edge(
         .map(|a| a.port())
         .collect();
     let (sync_events, events_rx) = tokio::sync::mpsc::channel(1024);
+    let seal_key = edge_conf.seal_key()?;
+    if let Some(key) = &seal_key {
+        crate::store::token_hash::install_seal_key(key);
+    }
     let edge = Arc::new(Edge {
         config: edge_conf.clone(),
         store: Arc::new(RedisStore::new(edge_conf)?),
@@ -76,8 +80,7 @@ fn build_edge(
         metrics: Arc::new(Metrics::default()),
         tls_ports,
         sync_events,
-        sealer: edge_conf
-            .seal_key()?
+        sealer: seal_key
             .and_then(|k| crate::store::seal::Sealer::new(&k))
             .map(Arc::new),
         heartbeat_timeout_s: std::sync::atomic::AtomicU64::new(0),

@@ -20,6 +20,7 @@ use crate::ironic::token::{lookup_token, replace_token, LookupToken, MASK};
 use crate::ironic::version::ApiVersion;
 use crate::ironic::{version, HeaderSet};
 use crate::plugin::RequestCtx;
+use crate::store::seal::SealedPlace;
 use crate::store::{token_hash, FlightResult};
 use crate::store::{FastTrack, IndexedNode};
 use crate::upstream::governor::Class;
@@ -56,8 +57,8 @@ pub async fn handle(
     }
     let key = bounded_key(query.cache_key());
     let caller = replay_key(&key, ctx);
-    if let Some(answer) = take_replay(r.edge, r.version, caller.as_deref()).await {
-        return r.answer_local(session, ctx, &answer).await;
+    if let Some(replay) = take_replay(r.edge, r.version, caller.as_deref()).await {
+        return hand_over(r, session, ctx, replay).await;
     }
     if index_verdict(r, &query).await == IndexVerdict::NotFound {
         return r.answer_error(session, ctx, &resource_not_found()).await;
@@ -100,7 +101,7 @@ pub async fn handle(
         // address) that minted a token, it gets that answer, once; otherwise it asks Ironic.
         FlightAnswer::AskUpstream => {
             match take_replay(r.edge, r.version, caller.as_deref()).await {
-                Some(answer) => r.answer_local(session, ctx, &answer).await,
+                Some(replay) => hand_over(r, session, ctx, replay).await,
                 None => ask_detached(r, &key, caller, session, ctx, until).await,
             }
         }
@@ -204,8 +205,8 @@ async fn relay_answer(
     resp: &UpstreamResponse,
 ) -> pingora::Result<()> {
     if resp.status() == 200 && matches!(lookup_token(&resp.body), Some(LookupToken::Masked)) {
-        if let Some(answer) = take_replay(r.edge, r.version, caller).await {
-            return r.answer_local(session, ctx, &answer).await;
+        if let Some(replay) = take_replay(r.edge, r.version, caller).await {
+            return hand_over(r, session, ctx, replay).await;
         }
     }
     let body = protect_token(r, resp);
@@ -440,9 +441,6 @@ fn replay_key(key: &str, ctx: &RequestCtx) -> Option<String> {
     Some(format!("{key}\0{ip}"))
 }
 
-/// The purpose a kept minted answer is sealed for.
-const MINTED: &str = "minted-lookup";
-
 /// Keeps the answer that carried a freshly minted token, sealed, for one replay.
 async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[u8]) {
     let window = edge.config.lookup.replay_window_seconds;
@@ -452,7 +450,11 @@ async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[
     if window == 0 {
         return;
     }
-    let Some(sealed) = sealer.seal(MINTED, body) else {
+    let place = SealedPlace::MintedAnswer {
+        replay_key: caller,
+        node: uuid,
+    };
+    let Some(sealed) = sealer.seal(&place, body) else {
         return;
     };
     if let Err(e) = edge
@@ -464,34 +466,108 @@ async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[
     }
 }
 
-/// A kept minted answer for this caller, taken (so handed out at most once).
-async fn take_replay(
-    edge: &Edge,
-    version: ApiVersion,
-    caller: Option<&str>,
-) -> Option<LocalAnswer> {
+/// How long a taken minted answer stays claimed for its delivery (a local answer of a few KB):
+/// a claim its taker could not confirm (the delivery failed, or the take ran late in a stalled
+/// Redis) frees the answer for the next retry after this.
+const REPLAY_CLAIM: Duration = Duration::from_secs(5);
+
+/// A kept minted answer taken for one caller: delivered, then confirmed (so handed out at most
+/// once).
+struct Replay {
+    answer: LocalAnswer,
+    caller: String,
+    claim: String,
+}
+
+/// A kept minted answer for this caller, claimed for its delivery ([`hand_over`]).
+async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> Option<Replay> {
     let (Some(sealer), Some(caller)) = (edge.sealer.as_ref(), caller) else {
         return None;
     };
     if edge.config.lookup.replay_window_seconds == 0 || version < version::AGENT_TOKEN {
         return None;
     }
-    let sealed = match edge.store.take_minted_answer(caller).await {
+    let claim = crate::edge::request_id();
+    let kept = match edge
+        .store
+        .take_minted_answer(caller, &claim, REPLAY_CLAIM)
+        .await
+    {
         Ok(found) => found?,
         Err(e) => {
             store_error(edge, &e);
+            // The take may still run in Redis (a stall): sent after it on the same connection,
+            // the release undoes its claim, so that the next retry finds the answer.
+            let (store, caller) = (edge.store.clone(), caller.to_string());
+            tokio::spawn(async move {
+                // Until Redis answers again (the claim expires by itself meanwhile anyway).
+                for _ in 0..10 {
+                    let released = store.release_minted_answer(&caller, &claim, REPLAY_CLAIM);
+                    if released.await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(REPLAY_CLAIM / 10).await;
+                }
+            });
             return None;
         }
     };
-    let body = sealer.open(MINTED, &sealed)?;
+    let place = SealedPlace::MintedAnswer {
+        replay_key: caller,
+        node: &kept.uuid,
+    };
+    let opened = sealer.open(&place, &kept.sealed);
+    // Bound to its node twice: in the seal, and the answer's own node.
+    let Some(body) = opened.filter(|b| node_uuid(b).as_deref() == Some(kept.uuid.as_str())) else {
+        log::warn!(
+            "lookup: a kept minted answer could not be opened (another seal key, or moved from \
+             another caller's key): dropped"
+        );
+        edge.metrics.sealed_unopenable();
+        if let Err(e) = edge.store.confirm_minted_answer(caller, &claim).await {
+            store_error(edge, &e);
+        }
+        return None;
+    };
     log::info!("lookup: the caller's earlier answer was lost; handing its minted answer over once");
-    Some(LocalAnswer {
-        status: 200,
-        content_type: Some("application/json"),
-        body: Bytes::from(body),
-        header_set: HeaderSet::Versions,
-        allow: None,
+    Some(Replay {
+        answer: LocalAnswer {
+            status: 200,
+            content_type: Some("application/json"),
+            body: Bytes::from(body),
+            header_set: HeaderSet::Versions,
+            allow: None,
+        },
+        caller: caller.to_string(),
+        claim,
     })
+}
+
+/// Delivers a taken minted answer; deleted once delivered, takeable again if not.
+async fn hand_over(
+    r: &AgentRequest<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    replay: Replay,
+) -> pingora::Result<()> {
+    let delivered = r.answer_local(session, ctx, &replay.answer).await;
+    let store = &r.edge.store;
+    let done = match delivered {
+        Ok(()) => {
+            store
+                .confirm_minted_answer(&replay.caller, &replay.claim)
+                .await
+        }
+        Err(_) => {
+            store
+                .release_minted_answer(&replay.caller, &replay.claim, REPLAY_CLAIM)
+                .await
+        }
+    };
+    if let Err(e) = done {
+        store_error(r.edge, &e);
+    }
+    delivered
 }
 
 /// Below 1.62 Ironic returns the stored token itself to anyone who asks; the gateway answers

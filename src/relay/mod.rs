@@ -3,8 +3,10 @@
 //! instead of an error (an error would send the agent into its 5-10 s retry mode and make the
 //! storm worse), and the node's latest heartbeat is kept in Redis, sealed, since it carries
 //! the agent token. This background service relays each kept heartbeat to Ironic once it
-//! answers again, a bounded number at a time: every node's latest heartbeat reaches Ironic,
-//! and none twice (a kept heartbeat is taken out of Redis by exactly one relayer).
+//! answers again, a bounded number at a time: every node's latest heartbeat reaches Ironic.
+//! A relayer claims a kept heartbeat and deletes it only once Ironic took it, so that neither
+//! a relayer that dies nor a take that runs late in a stalled Redis loses it; while the claim
+//! holds no other relayer sends it.
 
 use crate::edge::Edge;
 use crate::upstream::governor::Class;
@@ -90,7 +92,8 @@ pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool 
     let Ok(plain) = serde_json::to_vec(pending) else {
         return false;
     };
-    let Some(sealed) = sealer.seal("heartbeat", &plain) else {
+    let place = crate::store::seal::SealedPlace::PendingHeartbeat { node: uuid };
+    let Some(sealed) = sealer.seal(&place, &plain) else {
         return false;
     };
     let ttl = Duration::from_secs(edge.config.heartbeat.relay_ttl_seconds);
@@ -111,7 +114,13 @@ pub struct HeartbeatRelay {
     edge: Arc<Edge>,
     /// Numbers the relay attempts: each waits in the governor's queue under a key of its own.
     workers: std::sync::atomic::AtomicUsize,
+    /// Claims whose release failed (Redis stalled): released again before each wave, so that
+    /// what they hold is relayed as soon as Redis answers, not only when they expire.
+    unreleased: std::sync::Mutex<Vec<String>>,
 }
+
+/// At most this many failed releases are remembered (the rest expire by themselves).
+const MAX_UNRELEASED: usize = 1024;
 
 /// What one relay attempt came to.
 enum Relayed {
@@ -127,6 +136,50 @@ impl HeartbeatRelay {
         HeartbeatRelay {
             edge,
             workers: std::sync::atomic::AtomicUsize::new(0),
+            unreleased: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How long a relayer holds a kept heartbeat it took: longer than a relay can take (the
+    /// wait for a place under the cap, then the exchange with Ironic), so that no other relayer
+    /// takes it meanwhile; a relayer that dies holds it that long at most.
+    fn claim_ttl(&self) -> Duration {
+        let c = &self.edge.config.upstream;
+        Duration::from_millis(
+            c.agent_answer_within_ms
+                + c.connect_timeout_ms
+                + c.write_timeout_ms
+                + c.read_timeout_ms
+                + 5000,
+        )
+    }
+
+    /// Gives a claim back (the relay failed, or the take's answer never came): the heartbeat is
+    /// takeable again. If this fails too, the claim expires.
+    async fn release(&self, uuid: &str, claim: &str) {
+        let released = self
+            .edge
+            .store
+            .release_pending_heartbeat(claim, self.claim_ttl())
+            .await;
+        if let Err(e) = released {
+            log::debug!("kept heartbeat {uuid}: claim not released ({e}); released again later");
+            if let Ok(mut list) = self.unreleased.lock() {
+                if list.len() < MAX_UNRELEASED {
+                    list.push(claim.to_string());
+                }
+            }
+        }
+    }
+
+    /// Releases again the claims whose release failed.
+    async fn retry_releases(&self) {
+        let claims = match self.unreleased.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(_) => return,
+        };
+        for claim in claims {
+            self.release("(unknown)", &claim).await;
         }
     }
 
@@ -150,23 +203,37 @@ impl HeartbeatRelay {
             Ok(p) => p,
             Err(_) => return Relayed::Failed,
         };
-        let (uuid, sealed) = match self.edge.store.take_pending_heartbeat().await {
+        let claim = crate::edge::request_id();
+        let (uuid, sealed) = match self
+            .edge
+            .store
+            .take_pending_heartbeat(&claim, self.claim_ttl())
+            .await
+        {
             Ok(Some(t)) => t,
             Ok(None) => return Relayed::Idle,
-            Err(_) => return Relayed::Failed,
+            Err(_) => {
+                // The take may still run in Redis (a stall): sent after it on the same
+                // connection, the release undoes its claim.
+                self.release("(unknown)", &claim).await;
+                return Relayed::Failed;
+            }
         };
+        let place = crate::store::seal::SealedPlace::PendingHeartbeat { node: &uuid };
         let pending = sealer
-            .open("heartbeat", &sealed)
+            .open(&place, &sealed)
             .and_then(|plain| serde_json::from_slice::<PendingHeartbeat>(&plain).ok());
         let t = self.edge.upstream.target();
         let Some((req, body)) = pending.and_then(|p| p.request(&format!("{}:{}", t.host, t.port)))
         else {
             log::warn!(
-                "a kept heartbeat of {uuid} could not be opened (another seal key?): dropped"
+                "a kept heartbeat of {uuid} could not be opened (another seal key, or moved \
+                 from another node's key): dropped"
             );
+            self.edge.metrics.sealed_unopenable();
+            self.confirm(&uuid, &claim, &sealed).await;
             return Relayed::Done;
         };
-        let ttl = Duration::from_secs(self.edge.config.heartbeat.relay_ttl_seconds);
         self.edge
             .metrics
             .upstream_request(crate::metrics::Route::Heartbeat);
@@ -177,22 +244,29 @@ impl HeartbeatRelay {
                 // Ironic has it (or refuses it for good, e.g. a token wiped meanwhile).
                 self.edge.metrics.heartbeat_relayed();
                 log::info!("relayed the kept heartbeat of {uuid}: {}", resp.status());
+                self.confirm(&uuid, &claim, &sealed).await;
                 Relayed::Done
             }
             outcome => {
                 if let Err(e) = &outcome {
                     log::debug!("relay of {uuid}: {e}");
                 }
-                if let Err(e) = self
-                    .edge
-                    .store
-                    .requeue_pending_heartbeat(&uuid, &sealed, ttl)
-                    .await
-                {
-                    log::warn!("kept heartbeat of {uuid} lost: {e}");
-                }
+                self.release(&uuid, &claim).await;
                 Relayed::Failed
             }
+        }
+    }
+
+    /// The claimed heartbeat is done with: deleted (unless a newer one replaced it). If this
+    /// fails, the claim expires and the heartbeat is relayed once more (Ironic records it again).
+    async fn confirm(&self, uuid: &str, claim: &str, sealed: &[u8]) {
+        if let Err(e) = self
+            .edge
+            .store
+            .confirm_pending_heartbeat(uuid, claim, sealed)
+            .await
+        {
+            log::warn!("kept heartbeat of {uuid}: relayed, not deleted ({e}); it may go again");
         }
     }
 }
@@ -214,6 +288,7 @@ impl BackgroundService for HeartbeatRelay {
             }
             // A wave of at most `concurrency` relays; an empty queue or a failing Ironic
             // pauses the next wave.
+            self.retry_releases().await;
             let wave: Vec<Relayed> = futures_join(concurrency, || self.relay_one()).await;
             let pause = if wave.iter().any(|r| matches!(r, Relayed::Failed)) {
                 Duration::from_secs(1)

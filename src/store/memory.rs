@@ -2,8 +2,8 @@
 //! unit tests of the agent paths and for running without Redis in a single process.
 
 use super::{
-    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
-    StoreResult,
+    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, KeptMinted, NodeRecord,
+    StoreError, StoreResult,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 enum Entry {
     Flag,
     Text(String),
+    Bytes(Vec<u8>),
     Node(NodeRecord),
     Indexed(IndexedNode),
 }
@@ -71,6 +72,21 @@ impl MemoryStore {
             m.insert(key, (Entry::Node(rec), Some(Instant::now() + ttl)));
         })
     }
+}
+
+/// The index's freshness and generation, if its generation marker agrees.
+fn index_marker(m: &HashMap<String, (Entry, Option<Instant>)>) -> Option<(u64, String)> {
+    let Some((Entry::Text(synced), _)) = m.get("idx:synced_at") else {
+        return None;
+    };
+    let Some((Entry::Text(generation), _)) = m.get("idx:gen") else {
+        return None;
+    };
+    super::redis::parse_synced_at(synced).filter(|(_, g)| g == generation)
+}
+
+fn incomplete() -> StoreError {
+    StoreError("the node index is not complete (its generation changed)".into())
 }
 
 #[async_trait]
@@ -224,10 +240,13 @@ impl EdgeStore for MemoryStore {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let text = sealed.iter().map(|b| format!("{b:02x}")).collect();
+        let value = super::redis::encode_minted(uuid, sealed);
+        self.with(|m| {
+            m.remove(&format!("minted-claim:{replay_key}"));
+        })?;
         self.set(
             format!("minted:{replay_key}"),
-            Entry::Text(text),
+            Entry::Bytes(value),
             ttl,
             false,
         )?;
@@ -239,21 +258,65 @@ impl EdgeStore for MemoryStore {
         )
         .map(|_| ())
     }
-    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.with(|m| match m.remove(&format!("minted:{replay_key}")) {
-            Some((Entry::Text(hex), _)) => Some(
-                (0..hex.len())
-                    .step_by(2)
-                    .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                    .collect(),
-            ),
-            _ => None,
+    async fn take_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<KeptMinted>> {
+        self.with(|m| {
+            if m.contains_key(&format!("released:{claim}")) {
+                return None;
+            }
+            let Some((Entry::Bytes(value), _)) = m.get(&format!("minted:{replay_key}")) else {
+                return None;
+            };
+            let value = value.clone();
+            let ck = format!("minted-claim:{replay_key}");
+            if m.contains_key(&ck) {
+                return None;
+            }
+            m.insert(
+                ck,
+                (
+                    Entry::Text(claim.to_string()),
+                    Some(Instant::now() + claim_ttl),
+                ),
+            );
+            super::redis::decode_minted(&value)
+        })
+    }
+    async fn confirm_minted_answer(&self, replay_key: &str, claim: &str) -> StoreResult<()> {
+        self.with(|m| {
+            let ck = format!("minted-claim:{replay_key}");
+            if matches!(m.get(&ck), Some((Entry::Text(c), _)) if c == claim) {
+                m.remove(&ck);
+                m.remove(&format!("minted:{replay_key}"));
+            }
+        })
+    }
+    async fn release_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<()> {
+        self.with(|m| {
+            let ck = format!("minted-claim:{replay_key}");
+            if matches!(m.get(&ck), Some((Entry::Text(c), _)) if c == claim) {
+                m.remove(&ck);
+            }
+            m.insert(
+                format!("released:{claim}"),
+                (Entry::Flag, Some(Instant::now() + claim_ttl)),
+            );
         })
     }
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
         self.with(|m| {
             if let Some((Entry::Text(k), _)) = m.remove(&format!("minted-of:{uuid}")) {
                 m.remove(&format!("minted:{k}"));
+                m.remove(&format!("minted-claim:{k}"));
             }
         })
     }
@@ -263,40 +326,79 @@ impl EdgeStore for MemoryStore {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let text = sealed.iter().map(|b| format!("{b:02x}")).collect();
-        self.set(format!("pending:hb:{uuid}"), Entry::Text(text), ttl, false)
-            .map(|_| ())
+        self.set(
+            format!("pending:hb:{uuid}"),
+            Entry::Bytes(sealed.to_vec()),
+            ttl,
+            false,
+        )
+        .map(|_| ())
     }
-    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>> {
+    async fn take_pending_heartbeat(
+        &self,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
         self.with(|m| {
-            let key = m.keys().find(|k| k.starts_with("pending:hb:")).cloned()?;
-            let (entry, _) = m.remove(&key)?;
-            let Entry::Text(hex) = entry else { return None };
-            let bytes = (0..hex.len())
-                .step_by(2)
-                .filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect();
-            Some((key.trim_start_matches("pending:hb:").to_string(), bytes))
+            if m.contains_key(&format!("released:{claim}")) {
+                return None;
+            }
+            let (uuid, value) = m.iter().find_map(|(k, (e, _))| {
+                let uuid = k.strip_prefix("pending:hb:")?;
+                let Entry::Bytes(v) = e else { return None };
+                (!m.contains_key(&format!("pending-claim:{uuid}")))
+                    .then(|| (uuid.to_string(), v.clone()))
+            })?;
+            let until = Some(Instant::now() + claim_ttl);
+            m.insert(
+                format!("pending-claim:{uuid}"),
+                (Entry::Text(claim.to_string()), until),
+            );
+            m.insert(format!("claim:{claim}"), (Entry::Text(uuid.clone()), until));
+            Some((uuid, value))
         })
     }
-    async fn requeue_pending_heartbeat(
+    async fn confirm_pending_heartbeat(
         &self,
         uuid: &str,
+        claim: &str,
         sealed: &[u8],
-        ttl: Duration,
     ) -> StoreResult<()> {
-        let text = sealed.iter().map(|b| format!("{b:02x}")).collect();
-        self.set(format!("pending:hb:{uuid}"), Entry::Text(text), ttl, true)
-            .map(|_| ())
+        self.with(|m| {
+            let ck = format!("pending-claim:{uuid}");
+            if !matches!(m.get(&ck), Some((Entry::Text(c), _)) if c == claim) {
+                return;
+            }
+            m.remove(&ck);
+            m.remove(&format!("claim:{claim}"));
+            let key = format!("pending:hb:{uuid}");
+            if matches!(m.get(&key), Some((Entry::Bytes(v), _)) if v == sealed) {
+                m.remove(&key);
+            }
+        })
+    }
+    async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()> {
+        self.with(|m| {
+            if let Some((Entry::Text(uuid), _)) = m.remove(&format!("claim:{claim}")) {
+                let ck = format!("pending-claim:{uuid}");
+                if matches!(m.get(&ck), Some((Entry::Text(c), _)) if c == claim) {
+                    m.remove(&ck);
+                }
+            }
+            m.insert(
+                format!("released:{claim}"),
+                (Entry::Flag, Some(Instant::now() + claim_ttl)),
+            );
+        })
     }
     async fn pending_heartbeats(&self) -> StoreResult<u64> {
         self.with(|m| m.keys().filter(|k| k.starts_with("pending:hb:")).count() as u64)
     }
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
-        self.with(|m| match m.get("idx:synced_at") {
-            Some((Entry::Text(t), _)) => t.parse().ok(),
-            _ => None,
-        })
+        self.with(|m| index_marker(m).map(|(at, _)| at))
+    }
+    async fn index_generation(&self) -> StoreResult<Option<String>> {
+        self.with(|m| index_marker(m).map(|(_, g)| g))
     }
     async fn sync_marks(&self) -> StoreResult<Option<String>> {
         self.with(|m| match m.get("idx:sync_marks") {
@@ -314,19 +416,27 @@ impl EdgeStore for MemoryStore {
     }
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
         self.with(|m| {
-            macs.iter()
-                .map(|mac| match m.get(&format!("idx:mac:{mac}")) {
-                    Some((Entry::Text(u), _)) => Some(u.clone()),
-                    _ => None,
-                })
-                .collect()
-        })
+            index_marker(m)?;
+            Some(
+                macs.iter()
+                    .map(|mac| match m.get(&format!("idx:mac:{mac}")) {
+                        Some((Entry::Text(u), _)) => Some(u.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        })?
+        .ok_or_else(incomplete)
     }
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
-        self.with(|m| match m.get(&format!("idx:node:{uuid}")) {
-            Some((Entry::Indexed(n), _)) => Some(n.clone()),
-            _ => None,
-        })
+        self.with(|m| {
+            index_marker(m)?;
+            Some(match m.get(&format!("idx:node:{uuid}")) {
+                Some((Entry::Indexed(n), _)) => Some(n.clone()),
+                _ => None,
+            })
+        })?
+        .ok_or_else(incomplete)
     }
     async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
         self.with(|m| {
@@ -351,7 +461,11 @@ impl EdgeStore for MemoryStore {
         })
     }
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
-        self.with(|m| {
+        let text = |m: &HashMap<String, (Entry, Option<Instant>)>, k: &str| match m.get(k) {
+            Some((Entry::Text(t), _)) => Some(t.clone()),
+            _ => None,
+        };
+        let vouched = self.with(|m| {
             for n in &u.nodes {
                 m.insert(
                     format!("idx:node:{}", n.uuid),
@@ -367,10 +481,26 @@ impl EdgeStore for MemoryStore {
             for mac in &u.removed_macs {
                 m.remove(&format!("idx:mac:{mac}"));
             }
-            if let Some(at) = u.synced_at_ms {
-                m.insert("idx:synced_at".into(), (Entry::Text(at.to_string()), None));
+            let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_ref()) else {
+                return true;
+            };
+            // A full round always vouches here (nothing can wipe it in the middle of this
+            // one step); an incremental round only for the generation the index is of.
+            if !u.full_round && text(m, "idx:gen").as_ref() != Some(generation) {
+                return false;
             }
-        })
+            m.insert("idx:gen".into(), (Entry::Text(generation.clone()), None));
+            m.insert(
+                "idx:synced_at".into(),
+                (Entry::Text(format!("{at} {generation}")), None),
+            );
+            true
+        })?;
+        if vouched {
+            Ok(())
+        } else {
+            Err(incomplete())
+        }
     }
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
         self.with(|m| {
@@ -435,5 +565,218 @@ mod tests {
         assert_eq!((r.token_hash.as_deref(), r.agent_url), (Some("h2"), None));
         s.forget_token("u").await.unwrap();
         assert_eq!(s.node("u").await.unwrap().unwrap().token_hash, None);
+    }
+
+    const CLAIM_TTL: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_claimed_minted_answer_is_not_taken_twice() {
+        let s = MemoryStore::new();
+        s.put_minted_answer("k", "u", b"sealed", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let kept = s.take_minted_answer("k", "c1", CLAIM_TTL).await.unwrap();
+        assert_eq!(
+            kept,
+            Some(KeptMinted {
+                uuid: "u".into(),
+                sealed: b"sealed".to_vec()
+            })
+        );
+        assert_eq!(
+            s.take_minted_answer("k", "c2", CLAIM_TTL).await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_minted_answer_can_be_taken_again() {
+        let s = MemoryStore::new();
+        s.put_minted_answer("k", "u", b"sealed", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(s
+            .take_minted_answer("k", "c1", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+        s.release_minted_answer("k", "other", CLAIM_TTL)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.take_minted_answer("k", "c2", CLAIM_TTL).await.unwrap(),
+            None
+        );
+        s.release_minted_answer("k", "c1", CLAIM_TTL).await.unwrap();
+        assert!(s
+            .take_minted_answer("k", "c2", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_minted_claim_expires() {
+        let s = MemoryStore::new();
+        s.put_minted_answer("k", "u", b"sealed", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let short = Duration::from_millis(20);
+        assert!(s
+            .take_minted_answer("k", "c1", short)
+            .await
+            .unwrap()
+            .is_some());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(s
+            .take_minted_answer("k", "c2", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_minted_answer_is_gone() {
+        let s = MemoryStore::new();
+        s.put_minted_answer("k", "u", b"sealed", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(s
+            .take_minted_answer("k", "c1", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+        s.confirm_minted_answer("k", "c1").await.unwrap();
+        s.release_minted_answer("k", "c1", CLAIM_TTL).await.unwrap();
+        assert_eq!(
+            s.take_minted_answer("k", "c2", CLAIM_TTL).await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claimed_heartbeat_stays_until_confirmed() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(5);
+        s.put_pending_heartbeat("u", b"v1", ttl).await.unwrap();
+        let taken = s.take_pending_heartbeat("c1", CLAIM_TTL).await.unwrap();
+        assert_eq!(taken, Some(("u".to_string(), b"v1".to_vec())));
+        assert_eq!(
+            s.take_pending_heartbeat("c2", CLAIM_TTL).await.unwrap(),
+            None
+        );
+        assert_eq!(s.pending_heartbeats().await.unwrap(), 1);
+        s.confirm_pending_heartbeat("u", "c1", b"v1").await.unwrap();
+        assert_eq!(s.pending_heartbeats().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_released_heartbeat_can_be_taken_again() {
+        let s = MemoryStore::new();
+        s.put_pending_heartbeat("u", b"v1", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(s
+            .take_pending_heartbeat("c1", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+        s.release_pending_heartbeat("c1", CLAIM_TTL).await.unwrap();
+        let again = s.take_pending_heartbeat("c2", CLAIM_TTL).await.unwrap();
+        assert_eq!(again, Some(("u".to_string(), b"v1".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn a_newer_heartbeat_survives_the_confirmation_of_the_older() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(5);
+        s.put_pending_heartbeat("u", b"v1", ttl).await.unwrap();
+        assert!(s
+            .take_pending_heartbeat("c1", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+        s.put_pending_heartbeat("u", b"v2", ttl).await.unwrap();
+        s.confirm_pending_heartbeat("u", "c1", b"v1").await.unwrap();
+        let newer = s.take_pending_heartbeat("c2", CLAIM_TTL).await.unwrap();
+        assert_eq!(newer, Some(("u".to_string(), b"v2".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn a_take_after_its_release_is_refused() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(5);
+        s.put_minted_answer("k", "u", b"sealed", ttl).await.unwrap();
+        s.put_pending_heartbeat("u", b"v1", ttl).await.unwrap();
+        // The release came first: the take it was meant to undo runs late.
+        s.release_minted_answer("k", "c1", CLAIM_TTL).await.unwrap();
+        s.release_pending_heartbeat("c2", CLAIM_TTL).await.unwrap();
+        assert_eq!(
+            s.take_minted_answer("k", "c1", CLAIM_TTL).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.take_pending_heartbeat("c2", CLAIM_TTL).await.unwrap(),
+            None
+        );
+        assert!(s
+            .take_minted_answer("k", "c3", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(s
+            .take_pending_heartbeat("c4", CLAIM_TTL)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    fn round(full: bool, generation: &str) -> IndexUpdate {
+        IndexUpdate {
+            nodes: vec![IndexedNode {
+                uuid: "u".into(),
+                name: None,
+                provision_state: "active".into(),
+                fast_track: crate::store::FastTrack::Default,
+                maintenance: false,
+                token_held: false,
+                agent_url: None,
+            }],
+            ports: vec![("m".into(), "u".into())],
+            synced_at_ms: Some(1_000),
+            generation: Some(generation.into()),
+            full_round: full,
+            ..IndexUpdate::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_index_never_synced_cannot_tell() {
+        let s = MemoryStore::new();
+        assert_eq!(s.index_synced_at().await.unwrap(), None);
+        assert!(s.index_macs(&["m".to_string()]).await.is_err());
+        assert!(s.index_node("u").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_round_starts_a_generation() {
+        let s = MemoryStore::new();
+        s.index_write(&round(true, "g1")).await.unwrap();
+        assert_eq!(s.index_synced_at().await.unwrap(), Some(1_000));
+        assert_eq!(s.index_generation().await.unwrap().as_deref(), Some("g1"));
+        assert_eq!(
+            s.index_macs(&["m".to_string()]).await.unwrap(),
+            vec![Some("u".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_incremental_round_of_another_generation_does_not_vouch() {
+        let s = MemoryStore::new();
+        assert!(s.index_write(&round(false, "g0")).await.is_err());
+        assert_eq!(s.index_synced_at().await.unwrap(), None);
+        s.index_write(&round(true, "g1")).await.unwrap();
+        assert!(s.index_write(&round(false, "g0")).await.is_err());
+        s.index_write(&round(false, "g1")).await.unwrap();
     }
 }

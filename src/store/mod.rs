@@ -84,6 +84,19 @@ pub struct IndexUpdate {
     /// Unix milliseconds of the round, written as the index's freshness; `None` for an
     /// event-driven refresh that does not vouch for the whole index.
     pub synced_at_ms: Option<u64>,
+    /// The index generation the round vouches for (with `synced_at_ms`): a full round starts a
+    /// new one; an incremental round only carries on the one it read, and its freshness is not
+    /// written if the index in Redis is no longer of that generation (Redis lost it meanwhile).
+    pub generation: Option<String>,
+    /// A full round: everything Ironic has, written under a new `generation`.
+    pub full_round: bool,
+}
+
+/// A kept minted answer, as taken: the node it was kept for and the sealed answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMinted {
+    pub uuid: String,
+    pub sealed: Vec<u8>,
 }
 
 /// The outcome of a lookup flight, shared with the identical lookups that waited for it.
@@ -177,8 +190,26 @@ pub trait EdgeStore: Send + Sync {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()>;
-    /// Takes (and removes) a kept minted answer: it is handed out at most once.
-    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Claims a kept minted answer for `claim_ttl`: it stays kept (a take that runs late, after
+    /// its caller gave up, loses nothing) but no other take gets it while the claim holds. The
+    /// caller confirms it once delivered ([`Self::confirm_minted_answer`]: handed out at most
+    /// once) or releases it.
+    async fn take_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<KeptMinted>>;
+    /// The claimed answer was delivered: it is deleted (if the claim is still this one).
+    async fn confirm_minted_answer(&self, replay_key: &str, claim: &str) -> StoreResult<()>;
+    /// The claimed answer was not delivered (or the take failed): it can be taken again. A
+    /// take with this claim that runs later still (a stall) is refused for `claim_ttl`.
+    async fn release_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<()>;
     /// Drops the node's kept minted answer (its agent's token works: nothing was lost).
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()>;
 
@@ -189,30 +220,51 @@ pub trait EdgeStore: Send + Sync {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()>;
-    /// Takes one pending heartbeat (and removes it: whoever takes it relays it).
-    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>>;
-    /// Puts back a heartbeat whose relay failed, unless a newer one arrived meanwhile.
-    async fn requeue_pending_heartbeat(
+    /// Claims one kept heartbeat for `claim_ttl` (node uuid, sealed value). It stays kept until
+    /// [`Self::confirm_pending_heartbeat`]; a claim released or expired (its relayer died, or
+    /// the take ran late after its caller gave up) makes it takeable again.
+    async fn take_pending_heartbeat(
+        &self,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<(String, Vec<u8>)>>;
+    /// The claimed heartbeat reached Ironic: it is deleted, unless a newer one replaced it
+    /// meanwhile (that one stays, takeable).
+    async fn confirm_pending_heartbeat(
         &self,
         uuid: &str,
+        claim: &str,
         sealed: &[u8],
-        ttl: Duration,
     ) -> StoreResult<()>;
+    /// Gives up a claim (the relay failed, or the take's answer was lost): whatever it claimed
+    /// can be taken again, and a take with this claim that runs later still (a stall) is
+    /// refused for `claim_ttl`.
+    async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()>;
     async fn pending_heartbeats(&self) -> StoreResult<u64>;
 
-    /// Unix milliseconds of the last completed sync round (`None`: no complete index).
+    /// Unix milliseconds of the last completed sync round (`None`: no complete index: never
+    /// synced, or its generation marker is missing or inconsistent, as after Redis lost data).
     async fn index_synced_at(&self) -> StoreResult<Option<u64>>;
+    /// The generation of the complete index in the store (`None`: none, or its markers
+    /// disagree): the sync carries on incrementally only from the generation it wrote.
+    async fn index_generation(&self) -> StoreResult<Option<String>>;
     /// Where the sync resumes (its watermarks, as JSON): a process taking the lease over
     /// carries on from there instead of starting with a full round.
     async fn sync_marks(&self) -> StoreResult<Option<String>>;
     async fn put_sync_marks(&self, marks: &str) -> StoreResult<()>;
-    /// The node uuid of each MAC (same order), from the index.
+    /// The node uuid of each MAC (same order), from the index; an error if the index is not
+    /// the complete one [`Self::index_synced_at`] vouched for (its generation changed).
     async fn index_macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>>;
+    /// A node of the index; an error if the index is not the complete one (as for
+    /// [`Self::index_macs`]): a missing entry means "no such node" only in a complete index.
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>>;
     /// The indexed node with this name (`None`: no indexed node has it).
     async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>>;
     /// Every node uuid and MAC in the index (for a full round to find what disappeared).
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)>;
+    /// Writes a round (or a refresh). A round's freshness is written only if the index is
+    /// still of its generation (a full round: if nothing wiped what it wrote meanwhile);
+    /// otherwise an error, and the next round must be a full one.
     async fn index_write(&self, update: &IndexUpdate) -> StoreResult<()>;
     /// Takes or renews the lease `name` for `owner`; `true` while `owner` holds it.
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool>;

@@ -11,15 +11,24 @@
 //! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
 //! - `hb:nf:<ident>`: heartbeat 404 cache; `hb:mismatch:<ident>:<token tag>` and the count
 //!   `hb:mismatch:<ident>`: forward slots for heartbeats whose token cannot be verified
-//! - `idx:node:<uuid>` (JSON), `idx:mac:<mac>` (uuid), `idx:name:<name>` (uuid), sets `idx:nodes`, `idx:macs`,
-//!   `idx:synced_at`, `idx:sync_marks`: the node index the sync service keeps
+//! - hashes `idx:v2:nodes` (uuid → JSON, and `name:<name>` → uuid) and `idx:v2:macs` (MAC → uuid), each with the field
+//!   `@gen` (the generation it belongs to; `@building` while a full round rebuilds it),
+//!   `idx:v2:synced_at` (`<Unix ms> <generation>`), `idx:sync_marks`: the node index the sync
+//!   service keeps. The index is used only while the three agree: a half that Redis lost (a
+//!   flush, a restart without persistence, an eviction) takes its marker with it
 //! - `lease:<name>`: leases (one syncing process at a time)
-//! - `pending:hb:<uuid>` (sealed), set `pending:hb`: heartbeats waiting for Ironic
-//! - `lookup:minted:<sha256(key, caller)>` (sealed): a minted answer kept for one replay
+//! - `pending:hb:<uuid>` (sealed), set `pending:hb` (takeable), hash `pending:hb-claims`
+//!   (uuid → claim), zset `pending:hb-claimed` (uuid → claim expiry), `pending:hb-claim:<claim>`
+//!   (uuid): heartbeats waiting for Ironic, each taken by a claim and deleted only once relayed
+//! - `lookup:minted:<sha256(key, caller)>` (`<uuid>\n<sealed>`), `…:claim`: a minted answer
+//!   kept for one replay, deleted only once delivered
+//!
+//! Every write is safe if it runs late, after its caller gave up on it (a frozen Redis runs
+//! what it had received when it thaws): nothing is deleted on a take, only claimed.
 
 use super::{
-    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, NodeRecord, StoreError,
-    StoreResult,
+    EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, KeptMinted, NodeRecord,
+    StoreError, StoreResult,
 };
 use crate::config::EdgeConfig;
 use async_trait::async_trait;
@@ -97,9 +106,7 @@ impl RedisStore {
     }
 
     fn lookup_key(&self, kind: &str, key: &str) -> String {
-        let digest = Sha256::digest(key.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}lookup:{kind}:{hex}", self.prefix)
+        format!("{}{}", self.prefix, lookup_key_name(kind, key))
     }
 
     fn node_key(&self, uuid: &str) -> String {
@@ -377,9 +384,12 @@ impl EdgeStore for RedisStore {
         pipe.atomic()
             .cmd("SET")
             .arg(&key)
-            .arg(sealed)
+            .arg(encode_minted(uuid, sealed))
             .arg("EX")
             .arg(ttl.as_secs().max(1))
+            .ignore()
+            .cmd("DEL")
+            .arg(format!("{key}:claim"))
             .ignore()
             .cmd("HSET")
             .arg(self.node_key(uuid))
@@ -389,19 +399,78 @@ impl EdgeStore for RedisStore {
         self.run_pipe(pipe).await
     }
 
-    async fn take_minted_answer(&self, replay_key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.run(
-            redis::cmd("GETDEL")
-                .arg(self.lookup_key("minted", replay_key))
-                .clone(),
-        )
-        .await
+    async fn take_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<KeptMinted>> {
+        // Read and claim in one step; nothing is deleted, so a take that runs late (its caller
+        // gave up) only leaves a claim, which expires or is released.
+        let script = redis::Script::new(
+            r"if redis.call('EXISTS', KEYS[3]) == 1 then return nil end
+              local v = redis.call('GET', KEYS[1])
+              if not v then return nil end
+              if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return v end
+              return nil",
+        );
+        let key = self.lookup_key("minted", replay_key);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(format!("{key}:claim"))
+            .key(format!("{key}:released:{claim}"))
+            .arg(claim)
+            .arg(millis(claim_ttl));
+        let value: Option<Vec<u8>> = self.run_script(invocation).await?;
+        Ok(value.as_deref().and_then(decode_minted))
+    }
+
+    async fn confirm_minted_answer(&self, replay_key: &str, claim: &str) -> StoreResult<()> {
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[2]) == ARGV[1] then
+                redis.call('DEL', KEYS[1], KEYS[2])
+              end
+              return 1",
+        );
+        let key = self.lookup_key("minted", replay_key);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key).key(format!("{key}:claim")).arg(claim);
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
+    }
+
+    async fn release_minted_answer(
+        &self,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<()> {
+        // The mark left behind refuses a take with this claim that runs even later (it may
+        // come on another connection, after this release).
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+              redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+              return 1",
+        );
+        let key = self.lookup_key("minted", replay_key);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(format!("{key}:claim"))
+            .key(format!("{key}:released:{claim}"))
+            .arg(claim)
+            .arg(millis(claim_ttl));
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
     }
 
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
         let script = redis::Script::new(
             r"local k = redis.call('HGET', KEYS[1], 'minted')
-              if k then redis.call('DEL', k) redis.call('HDEL', KEYS[1], 'minted') end
+              if k then
+                redis.call('DEL', k, k .. ':claim')
+                redis.call('HDEL', KEYS[1], 'minted')
+              end
               return 1",
         );
         let mut invocation = script.prepare_invoke();
@@ -419,74 +488,141 @@ impl EdgeStore for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(format!("{}pending:hb:{uuid}", self.prefix))
+            .arg(self.pending(uuid))
             .arg(sealed)
             .arg("EX")
             .arg(ttl.as_secs().max(1))
             .ignore()
             .cmd("SADD")
-            .arg(format!("{}pending:hb", self.prefix))
+            .arg(self.pending_set(""))
             .arg(uuid)
             .ignore();
         self.run_pipe(pipe).await
     }
 
-    async fn take_pending_heartbeat(&self) -> StoreResult<Option<(String, Vec<u8>)>> {
-        // Pop and read in one step: exactly one taker relays each heartbeat.
+    async fn take_pending_heartbeat(
+        &self,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
+        // Claims whose time is up go back to the takeable set first (their relayer died, or
+        // their take ran late after its caller gave up). Then one takeable, unclaimed heartbeat
+        // is claimed and read, in one step: it stays in Redis until its relay is confirmed.
+        // Redis's own clock times the claims (the same for every gateway process).
         let script = redis::Script::new(
-            r"while true do
+            r"local t = redis.call('TIME')
+              local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+              local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)
+              for _, u in ipairs(expired) do
+                redis.call('ZREM', KEYS[3], u)
+                redis.call('HDEL', KEYS[2], u)
+                redis.call('SADD', KEYS[1], u)
+              end
+              if redis.call('EXISTS', KEYS[4]) == 1 then return nil end
+              while true do
                 local u = redis.call('SPOP', KEYS[1])
                 if not u then return nil end
-                local v = redis.call('GET', ARGV[1] .. u)
-                if v then
-                  redis.call('DEL', ARGV[1] .. u)
-                  return {u, v}
+                if not redis.call('ZSCORE', KEYS[3], u) then
+                  local v = redis.call('GET', ARGV[1] .. u)
+                  if v then
+                    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), u)
+                    redis.call('HSET', KEYS[2], u, ARGV[2])
+                    redis.call('SET', KEYS[4], u, 'PX', ARGV[3])
+                    return {u, v}
+                  end
                 end
               end",
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{}pending:hb", self.prefix))
-            .arg(format!("{}pending:hb:", self.prefix));
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""))
+            .arg(claim)
+            .arg(millis(claim_ttl));
         let taken: Option<(String, Vec<u8>)> = self.run_script(invocation).await?;
         Ok(taken)
     }
 
-    async fn requeue_pending_heartbeat(
+    async fn confirm_pending_heartbeat(
         &self,
         uuid: &str,
+        claim: &str,
         sealed: &[u8],
-        ttl: Duration,
     ) -> StoreResult<()> {
+        // Deletes only the heartbeat that was relayed: a newer one that replaced it meanwhile
+        // goes back to the takeable set.
         let script = redis::Script::new(
-            r"if redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then
-                redis.call('SADD', KEYS[2], ARGV[3])
+            r"if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+              redis.call('HDEL', KEYS[2], ARGV[2])
+              redis.call('ZREM', KEYS[3], ARGV[2])
+              redis.call('DEL', KEYS[4])
+              if redis.call('GET', ARGV[1] .. ARGV[2]) == ARGV[4] then
+                redis.call('DEL', ARGV[1] .. ARGV[2])
+              else
+                redis.call('SADD', KEYS[1], ARGV[2])
               end
               return 1",
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{}pending:hb:{uuid}", self.prefix))
-            .key(format!("{}pending:hb", self.prefix))
-            .arg(sealed)
-            .arg(ttl.as_secs().max(1))
-            .arg(uuid);
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""))
+            .arg(uuid)
+            .arg(claim)
+            .arg(sealed);
+        let _: i64 = self.run_script(invocation).await?;
+        Ok(())
+    }
+
+    async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()> {
+        // The claim's key is left behind, empty, for the claim's time: a take with this claim
+        // that runs even later (it may come on another connection, after this release) is
+        // refused.
+        let script = redis::Script::new(
+            r"local u = redis.call('GET', KEYS[4])
+              if u and u ~= '' and redis.call('HGET', KEYS[2], u) == ARGV[2] then
+                redis.call('HDEL', KEYS[2], u)
+                redis.call('ZREM', KEYS[3], u)
+                redis.call('SADD', KEYS[1], u)
+              end
+              redis.call('SET', KEYS[4], '', 'PX', ARGV[3])
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""))
+            .arg(claim)
+            .arg(millis(claim_ttl));
         let _: i64 = self.run_script(invocation).await?;
         Ok(())
     }
 
     async fn pending_heartbeats(&self) -> StoreResult<u64> {
-        self.run(
-            redis::cmd("SCARD")
-                .arg(format!("{}pending:hb", self.prefix))
-                .clone(),
-        )
-        .await
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCARD")
+            .arg(self.pending_set(""))
+            .cmd("ZCARD")
+            .arg(self.pending_set("-claimed"));
+        let (takeable, claimed): (u64, u64) = self.run_pipe(pipe).await?;
+        Ok(takeable + claimed)
     }
 
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
-        self.run(redis::cmd("GET").arg(self.idx("synced_at")).clone())
-            .await
+        Ok(self.index_marker().await?.map(|(at, _)| at))
+    }
+
+    async fn index_generation(&self) -> StoreResult<Option<String>> {
+        Ok(self.index_marker().await?.map(|(_, generation)| generation))
     }
 
     async fn sync_marks(&self) -> StoreResult<Option<String>> {
@@ -508,107 +644,148 @@ impl EdgeStore for RedisStore {
         if macs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("MGET");
-        for m in macs {
-            cmd.arg(self.idx(&format!("mac:{m}")));
-        }
-        self.run(cmd).await
+        let mut fields = vec![GENERATION_FIELD.to_string()];
+        fields.extend(macs.iter().cloned());
+        let mut found = self.index_read(IDX_MACS, &fields).await?;
+        found.remove(0);
+        Ok(found)
     }
 
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
-        let text: Option<String> = self
-            .run(
-                redis::cmd("GET")
-                    .arg(self.idx(&format!("node:{uuid}")))
-                    .clone(),
-            )
-            .await?;
-        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        let fields = [GENERATION_FIELD.to_string(), uuid.to_string()];
+        let found = self.index_read(IDX_NODES, &fields).await?;
+        Ok(found
+            .into_iter()
+            .nth(1)
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
-        // A renamed node leaves its old name behind: the entry counts only while the node it
-        // points to still has that name.
-        let script = redis::Script::new(
-            r"local uuid = redis.call('GET', KEYS[1])
-              if not uuid then return false end
-              return redis.call('GET', ARGV[1] .. uuid)",
-        );
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.idx(&format!("name:{name}")))
-            .arg(self.idx("node:"));
-        let text: Option<String> = self.run_script(invocation).await?;
-        Ok(text
-            .and_then(|t| serde_json::from_str::<IndexedNode>(&t).ok())
+        let fields = [GENERATION_FIELD.to_string(), format!("{NAME_FIELD}{name}")];
+        let found = self.index_read(IDX_NODES, &fields).await?;
+        let Some(uuid) = found.into_iter().nth(1).flatten() else {
+            return Ok(None);
+        };
+        Ok(self
+            .index_node(&uuid)
+            .await?
             .filter(|n| n.name.as_deref() == Some(name)))
     }
 
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SMEMBERS")
-            .arg(self.idx("nodes"))
-            .cmd("SMEMBERS")
-            .arg(self.idx("macs"));
-        self.run_pipe(pipe).await
+        pipe.cmd("HKEYS")
+            .arg(self.idx(IDX_NODES))
+            .cmd("HKEYS")
+            .arg(self.idx(IDX_MACS));
+        let (nodes, macs): (Vec<String>, Vec<String>) = self.run_pipe(pipe).await?;
+        let entries = |v: Vec<String>| {
+            v.into_iter()
+                .filter(|k| !is_marker_field(k) && !k.starts_with(NAME_FIELD))
+                .collect()
+        };
+        Ok((entries(nodes), entries(macs)))
     }
 
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
+        let (nodes, macs) = (self.idx(IDX_NODES), self.idx(IDX_MACS));
+        if u.full_round {
+            // Marks both halves as being rebuilt by this round: a flush or an eviction while
+            // the round writes removes the mark, and the round then does not vouch for them.
+            let generation = u
+                .generation
+                .as_deref()
+                .ok_or_else(|| StoreError("a full round without a generation".into()))?;
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&nodes)
+                .arg(BUILDING_FIELD)
+                .arg(generation)
+                .ignore()
+                .cmd("HSET")
+                .arg(&macs)
+                .arg(BUILDING_FIELD)
+                .arg(generation)
+                .ignore();
+            self.run_pipe::<()>(pipe).await?;
+        }
         // Large rounds are written in slices, each one pipelined, so that no single call
         // holds Redis (or misses its deadline) for long.
         const SLICE: usize = 500;
         for chunk in u.nodes.chunks(SLICE) {
-            let mut pipe = redis::pipe();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&nodes);
             for n in chunk {
                 let text = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
-                pipe.cmd("SET")
-                    .arg(self.idx(&format!("node:{}", n.uuid)))
-                    .arg(text)
-                    .ignore();
-                pipe.cmd("SADD")
-                    .arg(self.idx("nodes"))
-                    .arg(&n.uuid)
-                    .ignore();
+                cmd.arg(&n.uuid).arg(text);
+                // Heartbeats may name their node; a renamed node leaves its old name behind,
+                // which counts only while the node it points to still has that name.
                 if let Some(name) = &n.name {
-                    pipe.cmd("SET")
-                        .arg(self.idx(&format!("name:{name}")))
-                        .arg(&n.uuid)
-                        .ignore();
+                    cmd.arg(format!("{NAME_FIELD}{name}")).arg(&n.uuid);
                 }
             }
-            self.run_pipe::<()>(pipe).await?;
+            self.run::<()>(cmd).await?;
         }
         for chunk in u.ports.chunks(SLICE) {
-            let mut pipe = redis::pipe();
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&macs);
             for (mac, uuid) in chunk {
-                pipe.cmd("SET")
-                    .arg(self.idx(&format!("mac:{mac}")))
-                    .arg(uuid)
-                    .ignore();
-                pipe.cmd("SADD").arg(self.idx("macs")).arg(mac).ignore();
+                cmd.arg(mac).arg(uuid);
             }
-            self.run_pipe::<()>(pipe).await?;
+            self.run::<()>(cmd).await?;
         }
-        for (kind, set, removed) in [
-            ("node", "nodes", &u.removed_nodes),
-            ("mac", "macs", &u.removed_macs),
-        ] {
+        for (key, removed) in [(&nodes, &u.removed_nodes), (&macs, &u.removed_macs)] {
             for chunk in removed.chunks(SLICE) {
-                let mut pipe = redis::pipe();
-                for item in chunk {
-                    pipe.cmd("DEL")
-                        .arg(self.idx(&format!("{kind}:{item}")))
-                        .ignore();
-                    pipe.cmd("SREM").arg(self.idx(set)).arg(item).ignore();
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(key);
+                for item in chunk.iter().filter(|i| !is_marker_field(i)) {
+                    cmd.arg(item);
                 }
-                self.run_pipe::<()>(pipe).await?;
+                self.run::<()>(cmd).await?;
             }
         }
-        if let Some(at) = u.synced_at_ms {
-            self.run::<()>(redis::cmd("SET").arg(self.idx("synced_at")).arg(at).clone())
-                .await?;
+        let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_deref()) else {
+            return Ok(());
+        };
+        // The round vouches for the index only if it is still the one the round wrote to:
+        // a full round's mark is still on both halves, an incremental round's generation is
+        // still the index's (on both halves and with the freshness).
+        let script = redis::Script::new(
+            r"local g = ARGV[1]
+              if ARGV[3] == '1' then
+                if redis.call('HGET', KEYS[1], '@building') ~= g
+                   or redis.call('HGET', KEYS[2], '@building') ~= g then return 0 end
+                redis.call('HSET', KEYS[1], '@gen', g)
+                redis.call('HSET', KEYS[2], '@gen', g)
+                redis.call('HDEL', KEYS[1], '@building')
+                redis.call('HDEL', KEYS[2], '@building')
+              else
+                local cur = redis.call('GET', KEYS[3])
+                if redis.call('HGET', KEYS[1], '@gen') ~= g
+                   or redis.call('HGET', KEYS[2], '@gen') ~= g
+                   or not cur or string.sub(cur, -(#g + 1)) ~= (' ' .. g) then return 0 end
+              end
+              redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. g)
+              return 1",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(&nodes)
+            .key(&macs)
+            .key(self.idx(IDX_SYNCED_AT))
+            .arg(generation)
+            .arg(at)
+            .arg(if u.full_round { "1" } else { "0" });
+        let vouched: i64 = self.run_script(invocation).await?;
+        if vouched == 1 {
+            Ok(())
+        } else {
+            Err(StoreError(
+                "the node index changed under the round (Redis lost data?)".into(),
+            ))
         }
-        Ok(())
     }
 
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
@@ -628,10 +805,122 @@ impl EdgeStore for RedisStore {
     }
 }
 
+/// The index's two halves (hashes: uuid → node JSON, MAC → uuid) and its freshness
+/// (`<Unix ms> <generation>`). One key per half, so that Redis loses a half whole or not at
+/// all (an eviction takes whole keys): each half carries the generation it belongs to.
+const IDX_NODES: &str = "v2:nodes";
+const IDX_MACS: &str = "v2:macs";
+const IDX_SYNCED_AT: &str = "v2:synced_at";
+/// The generation a half belongs to, and the one a full round is rebuilding it for.
+const GENERATION_FIELD: &str = "@gen";
+/// Fields `name:<name>` of the nodes hash map a node name to its uuid. Names of deleted or
+/// renamed nodes stay until the hash is rebuilt (they are checked against the node on every
+/// read, so they cost a few bytes, never a wrong answer).
+const NAME_FIELD: &str = "name:";
+const BUILDING_FIELD: &str = "@building";
+
+/// Fields of an index half that are markers, not entries (no uuid or MAC starts with `@`).
+fn is_marker_field(field: &str) -> bool {
+    field.starts_with('@')
+}
+
+/// `<Unix ms> <generation>` → its parts.
+pub(crate) fn parse_synced_at(text: &str) -> Option<(u64, String)> {
+    let (at, generation) = text.split_once(' ')?;
+    let at = at.parse().ok()?;
+    (!generation.is_empty()).then(|| (at, generation.to_string()))
+}
+
 impl RedisStore {
     fn idx(&self, rest: &str) -> String {
         format!("{}idx:{rest}", self.prefix)
     }
+
+    /// The index's freshness and generation, if both halves belong to that generation.
+    async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.idx(IDX_SYNCED_AT))
+            .cmd("HGET")
+            .arg(self.idx(IDX_NODES))
+            .arg(GENERATION_FIELD)
+            .cmd("HGET")
+            .arg(self.idx(IDX_MACS))
+            .arg(GENERATION_FIELD);
+        let (synced, nodes_gen, macs_gen): (Option<String>, Option<String>, Option<String>) =
+            self.run_pipe(pipe).await?;
+        Ok(synced
+            .as_deref()
+            .and_then(parse_synced_at)
+            .filter(|(_, g)| {
+                nodes_gen.as_deref() == Some(g.as_str()) && macs_gen.as_deref() == Some(g.as_str())
+            }))
+    }
+
+    /// `HMGET` of an index half (the first field being its generation), with the freshness,
+    /// in one step: an error unless the half still belongs to the vouched-for generation (a
+    /// missing entry of a half that Redis lost is not "no such node").
+    async fn index_read(&self, half: &str, fields: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.idx(IDX_SYNCED_AT));
+        pipe.cmd("HMGET").arg(self.idx(half)).arg(fields);
+        let (synced, found): (Option<String>, Vec<Option<String>>) = self.run_pipe(pipe).await?;
+        let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
+        match (vouched, found.first().cloned().flatten()) {
+            (Some(g), Some(half_gen)) if g == half_gen => Ok(found),
+            _ => Err(StoreError(
+                "the node index is not complete (its generation changed)".into(),
+            )),
+        }
+    }
+
+    /// `pending:hb:<uuid>`: a kept heartbeat.
+    fn pending(&self, uuid: &str) -> String {
+        format!("{}{}", self.prefix, pending_key_name(uuid))
+    }
+
+    /// `pending:hb<suffix>`: the takeable set, the claims (`-claims`, uuid → claim), their
+    /// expiry (`-claimed`, uuid → Unix ms) and each claim's node (`-claim:<claim>`).
+    fn pending_set(&self, suffix: &str) -> String {
+        format!("{}pending:hb{suffix}", self.prefix)
+    }
+}
+
+/// `lookup:<kind>:<sha256(key)>`, without the prefix: lookup keys are hashed so that MAC lists
+/// never appear in Redis.
+fn lookup_key_name(kind: &str, key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("lookup:{kind}:{hex}")
+}
+
+/// The logical key (no prefix) of the minted answer kept for `replay_key`: what its seal is
+/// bound to.
+pub(crate) fn minted_key_name(replay_key: &str) -> String {
+    lookup_key_name("minted", replay_key)
+}
+
+/// The logical key (no prefix) of a node's kept heartbeat: what its seal is bound to.
+pub(crate) fn pending_key_name(uuid: &str) -> String {
+    format!("pending:hb:{uuid}")
+}
+
+/// A kept minted answer as stored: the node uuid, a newline, the sealed answer.
+pub(crate) fn encode_minted(uuid: &str, sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(uuid.len() + 1 + sealed.len());
+    out.extend_from_slice(uuid.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(sealed);
+    out
+}
+
+pub(crate) fn decode_minted(value: &[u8]) -> Option<KeptMinted> {
+    let at = value.iter().position(|b| *b == b'\n')?;
+    let uuid = std::str::from_utf8(&value[..at]).ok()?.to_string();
+    Some(KeptMinted {
+        uuid,
+        sealed: value[at + 1..].to_vec(),
+    })
 }
 
 /// `<status> <body>` (the body of an Ironic error answer; never a success body).
@@ -658,6 +947,43 @@ pub(crate) fn decode_result(text: &str) -> FlightResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synced_at_carries_its_generation() {
+        assert_eq!(
+            parse_synced_at("1700000000000 req-1"),
+            Some((1_700_000_000_000, "req-1".to_string()))
+        );
+    }
+
+    #[test]
+    fn synced_at_without_a_generation_is_refused() {
+        for text in ["1700000000000", "1700000000000 ", "x req-1", ""] {
+            assert_eq!(parse_synced_at(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn marker_fields_are_not_entries() {
+        assert!(is_marker_field(GENERATION_FIELD));
+        assert!(is_marker_field(BUILDING_FIELD));
+        assert!(!is_marker_field("52:54:00:aa:bb:cc"));
+        assert!(!is_marker_field("1be26c0b-03f2-4d2e-ae87-c02d7f33c123"));
+    }
+
+    #[test]
+    fn a_minted_value_round_trips() {
+        let v = encode_minted("u-1", b"\x00\nsealed\n");
+        let kept = decode_minted(&v).unwrap();
+        assert_eq!(kept.uuid, "u-1");
+        assert_eq!(kept.sealed, b"\x00\nsealed\n".to_vec());
+    }
+
+    #[test]
+    fn a_minted_value_without_its_node_is_refused() {
+        assert_eq!(decode_minted(b"no-newline"), None);
+        assert_eq!(decode_minted(b"\xff\xfe\nx"), None);
+    }
 
     #[test]
     fn flight_results_round_trip() {

@@ -96,6 +96,13 @@ pub fn index_is_fresh(cfg: &SyncConfig, synced_at_ms: u64) -> bool {
     now_ms().saturating_sub(synced_at_ms) <= fresh_ms
 }
 
+/// Whether what this process knows (the generation it wrote, or the one its watermarks
+/// belong to) is of the index Redis holds (`held`: `None` when Redis holds no complete index).
+/// An empty generation (watermarks of a gateway without generations) is of none.
+fn same_generation(known: Option<&str>, held: Option<&str>) -> bool {
+    matches!((known, held), (Some(k), Some(h)) if !k.is_empty() && k == h)
+}
+
 #[derive(Default)]
 struct SyncState {
     /// Where the next round's listings of changes start (seconds, Ironic's clock): when the
@@ -106,15 +113,23 @@ struct SyncState {
     last_round: Option<Instant>,
     /// Set when a forwarded request deleted something: the next round is a full one.
     full_wanted: bool,
+    /// The index generation this process wrote (or resumed): incremental rounds carry on only
+    /// while Redis still holds it; anything else (Redis lost its data, another process
+    /// rebuilt the index) means a full round.
+    generation: Option<String>,
 }
 
 /// Where the sync resumes, shared through the store with the process that takes over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct SyncMarks {
     node_mark: i64,
     port_mark: i64,
     /// Unix milliseconds of the last full round.
     last_full_ms: u64,
+    /// The index generation these watermarks belong to (marks of another generation, or of
+    /// an older gateway without one, are not resumed from).
+    #[serde(default)]
+    generation: String,
 }
 
 /// What a forwarded request changed, as far as the index is concerned.
@@ -193,17 +208,48 @@ impl NodeSync {
         self.with_state(|s| s.full_wanted = true);
     }
 
+    /// Whether the index in Redis is still the generation this process wrote: `false` when
+    /// Redis lost it (a flush, a restart without persistence, an eviction) or someone else
+    /// rebuilt it, and then only a full round may vouch for it again.
+    async fn index_is_ours(&self, ours: Option<&str>) -> Result<bool, String> {
+        let Some(ours) = ours else {
+            return Ok(false);
+        };
+        let held = self
+            .edge
+            .store
+            .index_generation()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !same_generation(Some(ours), held.as_deref()) {
+            log::warn!(
+                "node sync: the index in Redis is not the one this process wrote (Redis lost \
+                 data?): a full round rebuilds it, and it is not used until then"
+            );
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// One sync round; `Ok(true)` if it was a full one.
     pub async fn round(&self) -> Result<bool, String> {
-        let full = self
+        let (due_full, ours) = self
             .with_state(|s| {
-                s.full_wanted
+                let due = s.full_wanted
                     || s.node_mark.is_none()
                     || s.last_full.is_none_or(|t| {
                         t.elapsed() >= Duration::from_secs(self.cfg.full_resync_seconds)
-                    })
+                    });
+                (due, s.generation.clone())
             })
-            .unwrap_or(true);
+            .unwrap_or((true, None));
+        let full = due_full || !self.index_is_ours(ours.as_deref()).await?;
+        // A full round writes a new generation; an incremental one carries on this process's.
+        let generation = if full {
+            crate::edge::request_id()
+        } else {
+            ours.unwrap_or_default()
+        };
         let started = now_ms();
         let page = self.cfg.page_size;
         // Listings of changes are mostly empty: small pages, so that a quiet round costs Ironic
@@ -265,6 +311,8 @@ impl NodeSync {
             nodes: nodes.iter().filter_map(indexed_node).collect(),
             ports: ports.iter().filter_map(port_entry).collect(),
             synced_at_ms: Some(started),
+            generation: Some(generation.clone()),
+            full_round: full,
             ..IndexUpdate::default()
         };
         dedupe(&mut update);
@@ -286,11 +334,11 @@ impl NodeSync {
                 .filter(|m| !seen_macs.contains(m.as_str()))
                 .collect();
         }
-        self.edge
-            .store
-            .index_write(&update)
-            .await
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.edge.store.index_write(&update).await {
+            // Whatever the index holds now, only a full round vouches for it again.
+            self.with_state(|s| s.generation = None);
+            return Err(e.to_string());
+        }
         let newest =
             |items: &[Value], old: Option<i64>| items.iter().filter_map(changed_at).max().max(old);
         // Resuming from the newest change seen would re-list the last burst of changes every
@@ -304,6 +352,7 @@ impl NodeSync {
                 s.node_mark = nm.or(Some(0));
                 s.port_mark = pm.or(Some(0));
                 s.last_round = Some(Instant::now());
+                s.generation = Some(generation.clone());
                 if full {
                     s.last_full = Some(Instant::now());
                     s.full_wanted = false;
@@ -316,6 +365,7 @@ impl NodeSync {
             node_mark: nm.unwrap_or(0),
             port_mark: pm.unwrap_or(0),
             last_full_ms: last_full_ms.unwrap_or(started),
+            generation,
         };
         if let Ok(json) = serde_json::to_string(&marks) {
             if let Err(e) = self.edge.store.put_sync_marks(&json).await {
@@ -355,12 +405,17 @@ impl NodeSync {
 
     /// On taking the lease over: carries on from the previous syncing process's watermarks if
     /// its index is fresh, so that a take-over costs Ironic an incremental round, not a full
-    /// one (the next full round comes when the previous one's is due).
+    /// one (the next full round comes when the previous one's is due). What Redis holds
+    /// decides, never this process's memory: the watermarks must belong to the generation of
+    /// the complete index Redis holds now.
     async fn resume_from_shared_marks(&self) {
         match self.edge.store.index_synced_at().await {
             Ok(Some(at)) if index_is_fresh(&self.cfg, at) => {}
             _ => return,
         }
+        let Ok(Some(generation)) = self.edge.store.index_generation().await else {
+            return;
+        };
         let Some(marks) = self
             .edge
             .store
@@ -372,11 +427,15 @@ impl NodeSync {
         else {
             return;
         };
+        if !same_generation(Some(&marks.generation), Some(&generation)) {
+            return;
+        }
         let full_age = Duration::from_millis(now_ms().saturating_sub(marks.last_full_ms));
         self.with_state(|s| {
             s.node_mark = Some(marks.node_mark);
             s.port_mark = Some(marks.port_mark);
             s.last_full = Instant::now().checked_sub(full_age);
+            s.generation = Some(generation);
         });
         log::info!("node sync: resuming from the previous process's watermarks");
     }
@@ -520,6 +579,40 @@ mod tests {
         assert_eq!(event_for("GET", "/v1/nodes/n1"), None);
         assert_eq!(event_for("POST", "/v1/lookup"), None);
         assert_eq!(event_for("POST", "/v1/heartbeat/n1"), None);
+    }
+
+    #[test]
+    fn the_generation_written_is_the_one_held() {
+        assert!(same_generation(Some("g1"), Some("g1")));
+    }
+
+    #[test]
+    fn an_index_redis_lost_is_not_the_one_written() {
+        assert!(!same_generation(Some("g1"), None));
+    }
+
+    #[test]
+    fn an_index_rebuilt_by_another_process_is_not_the_one_written() {
+        assert!(!same_generation(Some("g1"), Some("g2")));
+    }
+
+    #[test]
+    fn a_process_that_wrote_nothing_has_no_generation() {
+        assert!(!same_generation(None, Some("g1")));
+        assert!(!same_generation(None, None));
+    }
+
+    #[test]
+    fn watermarks_without_a_generation_are_of_none() {
+        assert!(!same_generation(Some(""), Some("")));
+        assert!(!same_generation(Some(""), Some("g1")));
+    }
+
+    #[test]
+    fn old_watermarks_read_without_a_generation() {
+        let old = r#"{"node_mark": 1, "port_mark": 2, "last_full_ms": 3}"#;
+        let marks: SyncMarks = serde_json::from_str(old).unwrap();
+        assert_eq!(marks.generation, "");
     }
 
     #[test]

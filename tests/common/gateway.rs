@@ -134,6 +134,9 @@ impl GatewayConfig {
     pub fn with_seal_key(&mut self) -> &mut Self {
         let key = self.dir.path().join("seal.key");
         std::fs::write(&key, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").unwrap();
+        // The gateway refuses a key file the group or others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let key = key.to_str().unwrap().to_string();
         self.set("ironic_edge.seal_key_file", key)
     }
