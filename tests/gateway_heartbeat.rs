@@ -631,14 +631,7 @@ fn coalescing_is_capped_by_the_heartbeat_timeout_ironic_hands_out() {
             .set("ironic_edge.sync.interval_seconds", 1)
             .set("ironic_edge.heartbeat.coalesce_seconds", 60);
     });
-    let indexed = wait_for(Duration::from_secs(20), || {
-        env.redis
-            .keys()
-            .iter()
-            .any(|k| k.contains("idx:node:"))
-            .then_some(())
-    });
-    assert!(indexed.is_some(), "no index");
+    env.wait_for_index();
     let r = env.send(&lookup(&mac));
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["config"]["agent_token"]

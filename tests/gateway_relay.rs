@@ -380,14 +380,7 @@ fn a_forged_callback_url_is_never_kept_or_relayed_while_ironic_is_down() {
             .set("ironic_edge.sync.interval_seconds", 120)
             .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
     });
-    let indexed = common::wait_for(Duration::from_secs(20), || {
-        env.redis
-            .keys()
-            .iter()
-            .any(|k| k.contains("idx:node:"))
-            .then_some(())
-    });
-    assert!(indexed.is_some(), "no index:\n{}", env.gw.logs());
+    env.wait_for_index();
 
     let token = minted_token(&env, mac);
     let genuine = |version: &str| {

@@ -261,6 +261,9 @@ pub fn decide_from_index(
 }
 
 /// Consults the index if it is fresh (see `fresh_ms`) and complete.
+/// MACs read from the index per Redis call (agents send a handful; longer lists are hostile).
+const INDEX_READ_SLICE: usize = 128;
+
 async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdict {
     let sync = &r.edge.config.sync;
     if !sync.enabled {
@@ -281,16 +284,31 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
     }
     let (macs_to_nodes, uuid) = match &query.node_uuid {
         Some(u) => (Vec::new(), Some(u.clone())),
-        None => match store.index_macs(&query.macs).await {
-            Ok(m) => {
-                let first = m.iter().flatten().next().cloned();
-                (m, first)
+        None => {
+            // Read in slices, keeping only the distinct nodes seen (two already decide): what a
+            // request holds stays small whatever the length of its MAC list.
+            let mut distinct: Vec<String> = Vec::new();
+            for slice in query.macs.chunks(INDEX_READ_SLICE) {
+                match store.index_macs(slice).await {
+                    Ok(found) => {
+                        for node in found.into_iter().flatten() {
+                            if !distinct.contains(&node) {
+                                distinct.push(node);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        store_error(r.edge, &e);
+                        return IndexVerdict::AskIronic;
+                    }
+                }
+                if distinct.len() > 1 {
+                    break;
+                }
             }
-            Err(e) => {
-                store_error(r.edge, &e);
-                return IndexVerdict::AskIronic;
-            }
-        },
+            let first = distinct.first().cloned();
+            (distinct.into_iter().map(Some).collect(), first)
+        }
     };
     let node = match uuid {
         Some(u) => match store.index_node(&u).await {

@@ -444,4 +444,23 @@ impl Env {
     pub fn send(&self, req: &Request) -> Response {
         self.gw.send(req)
     }
+
+    /// Waits until the node index is complete and fresh: a never-seen MAC (so not in the
+    /// negative cache) is answered at the edge.
+    pub fn wait_for_index(&self) {
+        let local = || {
+            self.gw
+                .metric(
+                    "ironic_edge_requests_total",
+                    &[("route", "lookup"), ("outcome", "local")],
+                )
+                .unwrap_or(0.0)
+        };
+        let ready = super::wait_for(Duration::from_secs(20), || {
+            let before = local();
+            let r = self.send(&super::lookup(&super::ironic::random_mac()));
+            (r.status == 404 && local() > before).then_some(())
+        });
+        assert!(ready.is_some(), "no node index:\n{}", self.gw.logs());
+    }
 }
