@@ -28,4 +28,6 @@ pub mod urlparse;
 pub mod version;
 
 pub use error::{HeaderSet, IronicError};
+
+pub(crate) mod work;
 pub use version::{ApiVersion, VersionRange};

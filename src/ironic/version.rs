@@ -1,6 +1,7 @@
 //! API microversions: request header parsing and negotiation (Ironic `base.Version`).
 
 use super::error::{HeaderSet, IronicError};
+use super::work::step;
 use std::fmt;
 
 /// An Ironic API microversion, `major.minor`.
@@ -163,6 +164,7 @@ fn invalid_header() -> IronicError {
 fn folded_header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let mut values: Vec<String> = Vec::new();
     for (k, v) in headers.iter() {
+        step();
         let k = k.as_str();
         if k.len() == name.len()
             && k.bytes()
@@ -192,6 +194,7 @@ pub(crate) fn py_strip(s: &str) -> &str {
 /// `microversion_parse.check_standard_header` for the `baremetal` service.
 fn check_standard_header(value: &str) -> Option<String> {
     for entry in value.rsplit(',') {
+        step();
         let entry = py_strip(entry);
         // `entry.split(None, 1)` must give exactly two parts.
         let Some(pos) = entry.find(py_isspace) else {
@@ -294,6 +297,7 @@ fn parse_py_int(s: &str) -> Option<PyInt> {
     let mut digits = String::with_capacity(b.len());
     let mut prev_underscore = false;
     for &c in b {
+        step();
         if c == b'_' {
             if prev_underscore {
                 return None;
