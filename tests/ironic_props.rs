@@ -687,7 +687,11 @@ fn naive_int(s: &str) -> Option<i128> {
     {
         return None;
     }
-    let v: i128 = body.replace('_', "").parse().ok()?;
+    let digits = body.replace('_', "");
+    if digits.len() > 4300 {
+        return None; // CPython 3.11's int() limit
+    }
+    let v: i128 = digits.parse().ok()?;
     Some(if neg { -v } else { v })
 }
 

@@ -282,6 +282,9 @@ fn int_space(c: char) -> bool {
     ) || (c as u32 > 0xff && c.is_whitespace())
 }
 
+/// `sys.int_info.default_max_str_digits`.
+const MAX_INT_DIGITS: usize = 4300;
+
 /// Python's `int(s)` (base 10).
 fn parse_py_int(s: &str) -> Option<PyInt> {
     let s = s.trim_matches(int_space);
@@ -310,6 +313,11 @@ fn parse_py_int(s: &str) -> Option<PyInt> {
             return None;
         }
     }
+    // CPython 3.11's `int()` refuses longer numbers (`ValueError`, "Exceeds the limit (4300
+    // digits)"), leading zeros included, underscores not: Ironic's "Invalid value" 406.
+    if digits.len() > MAX_INT_DIGITS {
+        return None;
+    }
     let trimmed = digits.trim_start_matches('0');
     let digits = if trimmed.is_empty() { "0" } else { trimmed }.to_string();
     Some(PyInt {
@@ -335,6 +343,24 @@ mod tests {
     };
     const V: &str = "X-OpenStack-Ironic-API-Version";
     const S: &str = "OpenStack-API-Version";
+
+    #[test]
+    fn int_digit_limit_like_cpython() {
+        // (text, int() succeeds) from CPython 3.11.7.
+        let cases = [
+            ("1".repeat(4300), true),
+            ("1".repeat(4301), false),
+            ("0".repeat(4301), false),
+            (format!("{}1", "0".repeat(4300)), false),
+            (format!("{}1", "1_".repeat(2150)), true),
+            (format!(" -{} ", "1".repeat(4300)), true),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(parse_py_int(&text).is_some(), ok, "{} chars", text.len());
+        }
+        let e = negotiate_values(None, Some(&format!("1.{}", "1".repeat(4301))), &R).unwrap_err();
+        assert_eq!(e, invalid_header());
+    }
 
     fn hm(pairs: &[(&str, &[u8])]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
