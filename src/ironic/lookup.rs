@@ -106,7 +106,11 @@ pub fn check_lookup(
             for part in v.to_py_str().split(',') {
                 step();
                 let norm = py_strip(part).to_lowercase();
-                if !norm.is_empty() && seen.first_or_insert(&norm, items.len()).is_none() {
+                let new = !norm.is_empty()
+                    && seen
+                        .first_or_insert(&norm, |at| items[at].as_str(), items.len())
+                        .is_none();
+                if new {
                     items.push(norm);
                 }
             }
@@ -137,7 +141,10 @@ pub fn check_lookup(
         step();
         match normalize_mac(&a) {
             Some(m) => {
-                if seen.first_or_insert(&m, macs.len()).is_none() {
+                if seen
+                    .first_or_insert(&m, |at| macs[at].as_str(), macs.len())
+                    .is_none()
+                {
                     macs.push(m);
                 }
             }

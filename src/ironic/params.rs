@@ -114,6 +114,18 @@ fn py_unquote(s: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// `py_unquote(s.replace('+', ' '))` in one pass (a decoded `%2B` stays a `+`), without a
+/// copy for the common name or value that has neither.
+fn form_unquote(s: &str) -> String {
+    if !s.contains(['+', '%']) {
+        return s.to_string();
+    }
+    if !s.contains('%') {
+        return s.replace('+', " ");
+    }
+    py_unquote(&s.replace('+', " "))
+}
+
 /// An `application/x-www-form-urlencoded` body as `cgi.FieldStorage` reads it: the body is
 /// decoded as UTF-8 with replacement, split on `&` only (not `;`), blank values kept, `+` is a
 /// space, `%XX` decoded strictly with replacement of invalid UTF-8.
@@ -126,10 +138,7 @@ pub fn parse_form_urlencoded(body: &[u8]) -> Vec<(String, String)> {
             continue;
         }
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        out.push((
-            py_unquote(&name.replace('+', " ")),
-            py_unquote(&value.replace('+', " ")),
-        ));
+        out.push((form_unquote(name), form_unquote(value)));
     }
     out
 }
@@ -513,7 +522,7 @@ pub fn mixed(params: RawParams) -> Vec<(String, PyValue)> {
     let mut made_list: Vec<bool> = Vec::new();
     let mut seen = FirstSeen::new();
     for (k, v) in params {
-        match seen.first_or_insert(&k, out.len()) {
+        match seen.first_or_insert(&k, |at| out[at].0.as_str(), out.len()) {
             Some(at) => {
                 let slot = &mut out[at].1;
                 if made_list[at] {

@@ -468,7 +468,7 @@ impl Parser<'_> {
             self.i += 1;
             self.ws();
             let v = self.value()?;
-            match seen.first_or_insert(&key, items.len()) {
+            match seen.first_or_insert(&key, |at| items[at].0.as_str(), items.len()) {
                 Some(at) => items[at].1 = v,
                 None => items.push((key, v)),
             }
