@@ -20,6 +20,10 @@
 #   passthrough        GET /v1/nodes/{uuid} (API latest), forwarded unchanged
 # and prints req/s, p50/p99, status counts, the gateway's own counters (local/forwarded) and
 # the ratios. Each scenario checks that its expected status dominates (a WARNING otherwise).
+# Before the services start it runs benches/parse_cost.rs: the CPU the gateway's checks spend
+# per MiB of the worst-shaped heartbeat bodies, lookup queries and version headers (256 KiB,
+# 512 KiB, 1 MiB and the 1 MiB / 512 KiB ratio), printed as table rows and written to
+# $BENCH_OUT/parse_cost.md.
 # Results: $BENCH_OUT/gateway_load.{json,md} (+ time-stamped copies). Everything it started
 # is stopped on exit (by PID / pid file), also on Ctrl-C or failure.
 #
@@ -40,6 +44,7 @@
 #   BENCH_RUN_DIR               run folder (default: a new mktemp -d, removed afterwards)
 #   BENCH_KEEP_RUN=1            keep the run folder (configs, logs, seed file)
 #   BENCH_SKIP_BUILD=1          skip `cargo build --release` (the gateway binary must exist)
+#   BENCH_SKIP_PARSE=1          skip the parse_cost rows
 #   CARGO, CARGO_TARGET_DIR, IRONIC_PEER_VENV (see scripts/ironic-peer-up.sh)
 set -euo pipefail
 
@@ -76,6 +81,15 @@ fi
 [ -x "$BIN" ] || die "$BIN not found (cargo build --release)"
 log "building benches/gateway_load.rs (bench profile)"
 BENCH_EXE=$(build_bench gateway_load) || die "could not build the gateway_load bench"
+
+# --- 1b. CPU per MiB of the worst-shaped inputs (no service needed: before any starts) ---
+if [ "${BENCH_SKIP_PARSE:-0}" != 1 ]; then
+  log "building benches/parse_cost.rs (bench profile)"
+  PARSE_EXE=$(build_bench parse_cost) || die "could not build the parse_cost bench"
+  log "CPU per MiB of the worst-shaped heartbeat bodies, lookup queries and version headers"
+  mkdir -p "$OUT"
+  BENCH_OUT="$OUT" "$PARSE_EXE" --bench </dev/null || die "the parse_cost bench failed"
+fi
 
 # --- 2. run folder, ports, cleanup -------------------------------------------------------
 if [ -n "${BENCH_RUN_DIR:-}" ]; then

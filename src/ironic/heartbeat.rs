@@ -9,6 +9,7 @@ use super::version::{
     ApiVersion, AGENT_VERSION_IN_HEARTBEAT, RAMDISK_ENDPOINTS, STATUS_IN_HEARTBEAT,
     VERIFY_CA_IN_HEARTBEAT,
 };
+use super::work::step;
 
 /// The largest JSON body Ironic accepts (`[api]max_json_body_size`, 1024 KiB).
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
@@ -106,6 +107,7 @@ fn depth_within(raw: &[u8], max_depth: usize) -> bool {
     let mut in_string = false;
     let mut escape = false;
     for &b in raw {
+        step();
         if escape {
             escape = false;
             continue;

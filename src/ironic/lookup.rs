@@ -5,6 +5,7 @@ use super::ident::{is_uuid_like, normalize_mac};
 use super::params::{mixed, parse_query};
 use super::pyjson::PyValue;
 use super::version::{py_strip, ApiVersion, RAMDISK_ENDPOINTS};
+use super::work::{step, FirstSeen};
 
 /// A lookup request that passed every API-side check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,9 +102,15 @@ pub fn check_lookup(
         Some(PyValue::List(items)) => items.iter().map(PyValue::to_py_str).collect(),
         Some(v) => {
             let mut items: Vec<String> = Vec::new();
+            let mut seen = FirstSeen::new();
             for part in v.to_py_str().split(',') {
+                step();
                 let norm = py_strip(part).to_lowercase();
-                if !norm.is_empty() && !items.contains(&norm) {
+                let new = !norm.is_empty()
+                    && seen
+                        .first_or_insert(&norm, |at| items[at].as_str(), items.len())
+                        .is_none();
+                if new {
                     items.push(norm);
                 }
             }
@@ -129,10 +136,15 @@ pub fn check_lookup(
 
     let mut macs: Vec<String> = Vec::new();
     let mut invalid_macs = Vec::new();
+    let mut seen = FirstSeen::new();
     for a in addresses {
+        step();
         match normalize_mac(&a) {
             Some(m) => {
-                if !macs.contains(&m) {
+                if seen
+                    .first_or_insert(&m, |at| macs[at].as_str(), macs.len())
+                    .is_none()
+                {
                     macs.push(m);
                 }
             }

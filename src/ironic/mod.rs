@@ -30,4 +30,9 @@ pub mod urlparse;
 pub mod version;
 
 pub use error::{HeaderSet, IronicError};
+
+pub(crate) mod work;
+
+#[cfg(test)]
+mod cost_tests;
 pub use version::{ApiVersion, VersionRange};

@@ -4,6 +4,7 @@
 
 use super::error::{HeaderSet, IronicError};
 use super::pyjson::{self, LoadsError, PyValue};
+use super::work::{step, FirstSeen};
 
 /// The 400 webob/pecan sends when the query string is not UTF-8 after percent-decoding:
 /// `{"code": 400, "title": "Bad Request", "description": ""}`, no version headers.
@@ -18,6 +19,7 @@ fn webob_unquote(s: &[u8]) -> Vec<u8> {
     let mut parts = s.split(|&b| b == b'%');
     let mut out: Vec<u8> = parts.next().unwrap_or(&[]).to_vec();
     for item in parts {
+        step();
         let head = &item[..item.len().min(2)];
         match py_int_hex_bytes(head) {
             Some(v) => {
@@ -68,6 +70,7 @@ pub fn parse_query(raw_query: &str) -> Result<Vec<(String, String)>, IronicError
         .split(|&b| b == b'&')
         .flat_map(|s| s.split(|&b| b == b';'))
     {
+        step();
         if pair.is_empty() {
             continue;
         }
@@ -91,6 +94,7 @@ fn py_unquote(s: &str) -> String {
     let mut bytes = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        step();
         if b[i] == b'%'
             && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
             && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
@@ -110,6 +114,18 @@ fn py_unquote(s: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// `py_unquote(s.replace('+', ' '))` in one pass (a decoded `%2B` stays a `+`), without a
+/// copy for the common name or value that has neither.
+fn form_unquote(s: &str) -> String {
+    if !s.contains(['+', '%']) {
+        return s.to_string();
+    }
+    if !s.contains('%') {
+        return s.replace('+', " ");
+    }
+    py_unquote(&s.replace('+', " "))
+}
+
 /// An `application/x-www-form-urlencoded` body as `cgi.FieldStorage` reads it: the body is
 /// decoded as UTF-8 with replacement, split on `&` only (not `;`), blank values kept, `+` is a
 /// space, `%XX` decoded strictly with replacement of invalid UTF-8.
@@ -117,14 +133,12 @@ pub fn parse_form_urlencoded(body: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(body);
     let mut out = Vec::new();
     for pair in text.split('&') {
+        step();
         if pair.is_empty() {
             continue;
         }
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        out.push((
-            py_unquote(&name.replace('+', " ")),
-            py_unquote(&value.replace('+', " ")),
-        ));
+        out.push((form_unquote(name), form_unquote(value)));
     }
     out
 }
@@ -179,10 +193,13 @@ pub fn parse_multipart(
         return Err(IronicError::bare_server_error());
     }
     let delim = format!("--{boundary}");
+    // Made once: a body of 1 MiB of line breaks compares 1M lines with it.
+    let close = format!("{delim}--");
     let mut out = Vec::new();
     let mut lines = body.split_inclusive(|&c| c == b'\n').peekable();
     // Skip the preamble up to the first delimiter line.
     for line in lines.by_ref() {
+        step();
         if trim_ascii(line) == delim.as_bytes() {
             break;
         }
@@ -193,6 +210,7 @@ pub fn parse_multipart(
         let mut filename: Option<String> = None;
         let mut saw_header = false;
         for line in lines.by_ref() {
+            step();
             let t = trim_ascii(line);
             if t.is_empty() {
                 break;
@@ -214,12 +232,13 @@ pub fn parse_multipart(
         let mut content: Vec<u8> = Vec::new();
         let mut last = true;
         for line in lines.by_ref() {
+            step();
             let t = trim_ascii(line);
             if t == delim.as_bytes() {
                 last = false;
                 break;
             }
-            if t == format!("{delim}--").as_bytes() {
+            if t == close.as_bytes() {
                 break;
             }
             content.extend_from_slice(line);
@@ -498,21 +517,28 @@ pub fn gather_post_params(
 /// than once becomes a list of its values.
 pub fn mixed(params: RawParams) -> Vec<(String, PyValue)> {
     let mut out: Vec<(String, PyValue)> = Vec::new();
-    let mut multi: Vec<String> = Vec::new();
+    // Whether `out[i]` is a list `mixed()` made (more values are appended to it), as opposed
+    // to a list given as the value (which a second value wraps, like any other value).
+    let mut made_list: Vec<bool> = Vec::new();
+    let mut seen = FirstSeen::new();
     for (k, v) in params {
-        match out.iter_mut().find(|(key, _)| *key == k) {
-            Some(slot) => {
-                if multi.contains(&k) {
-                    if let PyValue::List(l) = &mut slot.1 {
+        match seen.first_or_insert(&k, |at| out[at].0.as_str(), out.len()) {
+            Some(at) => {
+                let slot = &mut out[at].1;
+                if made_list[at] {
+                    if let PyValue::List(l) = slot {
                         l.push(v);
                     }
                 } else {
-                    let first = std::mem::replace(&mut slot.1, PyValue::None);
-                    slot.1 = PyValue::List(vec![first, v]);
-                    multi.push(k);
+                    let first = std::mem::replace(slot, PyValue::None);
+                    *slot = PyValue::List(vec![first, v]);
+                    made_list[at] = true;
                 }
             }
-            None => out.push((k, v)),
+            None => {
+                out.push((k, v));
+                made_list.push(false);
+            }
         }
     }
     out

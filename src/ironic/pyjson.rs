@@ -8,6 +8,7 @@
 //! (A request that really contains a plane-16 private-use character is rendered as a surrogate:
 //! an accepted divergence.)
 
+use super::work::{step, FirstSeen};
 use serde_json::Value;
 
 /// First private-use code point used to carry a lone surrogate (see the module docs).
@@ -389,6 +390,7 @@ impl Parser<'_> {
 
     fn ws(&mut self) {
         while matches!(self.peek(), Some(' ' | '\t' | '\n' | '\r')) {
+            step();
             self.i += 1;
         }
     }
@@ -445,12 +447,15 @@ impl Parser<'_> {
 
     fn object(&mut self) -> Result<PyValue, LoadsError> {
         let mut items: Vec<(String, PyValue)> = Vec::new();
+        // A Python dict: a repeated key keeps its first position and takes the last value.
+        let mut seen = FirstSeen::new();
         self.ws();
         if self.peek() == Some('}') {
             self.i += 1;
             return Ok(PyValue::Dict(items));
         }
         loop {
+            step();
             if self.peek() != Some('"') {
                 return Err(LoadsError::Invalid);
             }
@@ -463,8 +468,8 @@ impl Parser<'_> {
             self.i += 1;
             self.ws();
             let v = self.value()?;
-            match items.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = v,
+            match seen.first_or_insert(&key, |at| items[at].0.as_str(), items.len()) {
+                Some(at) => items[at].1 = v,
                 None => items.push((key, v)),
             }
             self.ws();
@@ -490,6 +495,7 @@ impl Parser<'_> {
             return Ok(PyValue::List(items));
         }
         loop {
+            step();
             items.push(self.value()?);
             self.ws();
             match self.peek() {
@@ -521,6 +527,7 @@ impl Parser<'_> {
     fn string(&mut self) -> Result<String, LoadsError> {
         let mut out = String::new();
         loop {
+            step();
             let c = self.peek().ok_or(LoadsError::Invalid)?;
             self.i += 1;
             match c {
@@ -576,6 +583,7 @@ impl Parser<'_> {
             Some('0') => self.i += 1,
             Some('1'..='9') => {
                 while digit(self, self.i) {
+                    step();
                     self.i += 1;
                 }
             }

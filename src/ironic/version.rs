@@ -1,6 +1,7 @@
 //! API microversions: request header parsing and negotiation (Ironic `base.Version`).
 
 use super::error::{HeaderSet, IronicError};
+use super::work::step;
 use std::fmt;
 
 /// An Ironic API microversion, `major.minor`.
@@ -163,6 +164,7 @@ fn invalid_header() -> IronicError {
 fn folded_header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let mut values: Vec<String> = Vec::new();
     for (k, v) in headers.iter() {
+        step();
         let k = k.as_str();
         if k.len() == name.len()
             && k.bytes()
@@ -192,6 +194,7 @@ pub(crate) fn py_strip(s: &str) -> &str {
 /// `microversion_parse.check_standard_header` for the `baremetal` service.
 fn check_standard_header(value: &str) -> Option<String> {
     for entry in value.rsplit(',') {
+        step();
         let entry = py_strip(entry);
         // `entry.split(None, 1)` must give exactly two parts.
         let Some(pos) = entry.find(py_isspace) else {
@@ -279,6 +282,9 @@ fn int_space(c: char) -> bool {
     ) || (c as u32 > 0xff && c.is_whitespace())
 }
 
+/// `sys.int_info.default_max_str_digits`.
+const MAX_INT_DIGITS: usize = 4300;
+
 /// Python's `int(s)` (base 10).
 fn parse_py_int(s: &str) -> Option<PyInt> {
     let s = s.trim_matches(int_space);
@@ -294,6 +300,7 @@ fn parse_py_int(s: &str) -> Option<PyInt> {
     let mut digits = String::with_capacity(b.len());
     let mut prev_underscore = false;
     for &c in b {
+        step();
         if c == b'_' {
             if prev_underscore {
                 return None;
@@ -305,6 +312,11 @@ fn parse_py_int(s: &str) -> Option<PyInt> {
         } else {
             return None;
         }
+    }
+    // CPython 3.11's `int()` refuses longer numbers (`ValueError`, "Exceeds the limit (4300
+    // digits)"), leading zeros included, underscores not: Ironic's "Invalid value" 406.
+    if digits.len() > MAX_INT_DIGITS {
+        return None;
     }
     let trimmed = digits.trim_start_matches('0');
     let digits = if trimmed.is_empty() { "0" } else { trimmed }.to_string();
@@ -331,6 +343,24 @@ mod tests {
     };
     const V: &str = "X-OpenStack-Ironic-API-Version";
     const S: &str = "OpenStack-API-Version";
+
+    #[test]
+    fn int_digit_limit_like_cpython() {
+        // (text, int() succeeds) from CPython 3.11.7.
+        let cases = [
+            ("1".repeat(4300), true),
+            ("1".repeat(4301), false),
+            ("0".repeat(4301), false),
+            (format!("{}1", "0".repeat(4300)), false),
+            (format!("{}1", "1_".repeat(2150)), true),
+            (format!(" -{} ", "1".repeat(4300)), true),
+        ];
+        for (text, ok) in cases {
+            assert_eq!(parse_py_int(&text).is_some(), ok, "{} chars", text.len());
+        }
+        let e = negotiate_values(None, Some(&format!("1.{}", "1".repeat(4301))), &R).unwrap_err();
+        assert_eq!(e, invalid_header());
+    }
 
     fn hm(pairs: &[(&str, &[u8])]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();

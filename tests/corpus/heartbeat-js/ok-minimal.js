@@ -1,0 +1,1 @@
+{"callback_url": "https://1.2.3.4:9999", "agent_token": "x"}
