@@ -1078,8 +1078,14 @@ fn heartbeat_parameters_and_gates() {
         .then(Local),
     );
     d.run(h("a changed callback_url and a wrong token: the URL check comes first", hb_json(&u0, "1.68", r#"{"callback_url": "https://127.0.0.2:9999", "agent_token": "wrong-token", "agent_version": "1"}"#), Local));
+    // Each presented token the gateway cannot verify reaches Ironic once per interval.
     d.run(h(
         "a token of another node",
+        hb_json(&u0, "1.68", &ipa_body(&tokens[5])),
+        Forwarded,
+    ));
+    d.run(h(
+        "a token of another node, again",
         hb_json(&u0, "1.68", &ipa_body(&tokens[5])),
         Local,
     ));

@@ -85,10 +85,12 @@ fn lookups_with_long_mac_lists_waiting_for_ironic_hold_little_memory() {
         request_bytes / 1024
     );
     // Each request occupies its head in the gateway (parsed and raw) and its copy on the way to
-    // Ironic, and the allocator keeps what the index reads used at their peak: a few times the
-    // request. The issue measured about 20 times (the key copied into every stage).
+    // Ironic, and the allocator keeps what the parsing and the index reads used at their peak:
+    // in a debug build, on a loaded machine, 4 to 9 times the request. The issue measured about
+    // 20 times on a release build (the key copied into every stage): the bound catches that
+    // class, not small regressions (the key's bound itself is unit-tested in agent::lookup).
     assert!(
-        grown < 8 * request_bytes,
+        grown < 16 * request_bytes,
         "RSS grew by {} KiB for {} KiB of requests",
         grown / 1024,
         request_bytes / 1024

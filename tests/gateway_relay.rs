@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const NO_WORKERS: &str =
-    "Requested action cannot be performed due to lack of free conductor workers.";
+use common::mini::NO_WORKERS;
 
 fn heartbeat_with_version(uuid: &str, token: &str, version: &str) -> Request {
     Request::post(&format!("/v1/heartbeat/{uuid}"))
@@ -43,17 +42,7 @@ fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
     let fake = FakeIronic::start();
     let mini = MiniIronic::install(&fake);
     // Ironic "without free conductor workers" while this is set.
-    let failing = Arc::new(AtomicBool::new(false));
-    {
-        let (failing, mini) = (failing.clone(), mini.clone());
-        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
-            if failing.load(Ordering::SeqCst) {
-                ctx.error(req, 503, NO_WORKERS)
-            } else {
-                mini.heartbeat(req, ctx)
-            }
-        });
-    }
+    let failing = mini.fail_heartbeats_while(&fake);
     let nodes: Vec<(String, String)> = (0..3)
         .map(|i| {
             let mac = format!("52:54:0a:00:00:0{i}");
@@ -359,17 +348,7 @@ fn the_upstream_cap_queues_and_relays_what_does_not_fit() {
 fn a_forged_callback_url_is_never_kept_or_relayed_while_ironic_is_down() {
     let fake = FakeIronic::start();
     let mini = MiniIronic::install_with_listings(&fake);
-    let failing = Arc::new(AtomicBool::new(false));
-    {
-        let (failing, mini) = (failing.clone(), mini.clone());
-        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
-            if failing.load(Ordering::SeqCst) {
-                ctx.error(req, 503, NO_WORKERS)
-            } else {
-                mini.heartbeat(req, ctx)
-            }
-        });
-    }
+    let failing = mini.fail_heartbeats_while(&fake);
     let mac = "52:54:0b:00:00:01";
     let uuid = mini.add_node(&[mac]);
     // One round at start, then none for the whole test: the index shows the node as it was
@@ -431,17 +410,7 @@ fn a_forged_callback_url_is_never_kept_or_relayed_while_ironic_is_down() {
 fn a_token_minted_through_an_alias_path_is_learnt() {
     let fake = FakeIronic::start();
     let mini = MiniIronic::install(&fake);
-    let failing = Arc::new(AtomicBool::new(false));
-    {
-        let (failing, mini) = (failing.clone(), mini.clone());
-        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
-            if failing.load(Ordering::SeqCst) {
-                ctx.error(req, 503, NO_WORKERS)
-            } else {
-                mini.heartbeat(req, ctx)
-            }
-        });
-    }
+    let failing = mini.fail_heartbeats_while(&fake);
     let mac = "52:54:0c:00:00:01";
     let uuid = mini.add_node(&[mac]);
     let env = Env::start_with_fake(fake, |cfg| {

@@ -11,12 +11,9 @@ mod common;
 use common::{http, Env, FakeIronic, GatewayConfig, MiniIronic, RedisServer, Request};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-const NO_WORKERS: &str =
-    "Requested action cannot be performed due to lack of free conductor workers.";
 
 fn token_of(r: &http::Response) -> String {
     r.json()["config"]["agent_token"]
@@ -156,17 +153,7 @@ fn an_index_redis_lost_is_not_trusted_until_a_full_round_rebuilt_it() {
 fn a_kept_heartbeat_survives_a_redis_stall_during_the_relays_take() {
     let fake = FakeIronic::start();
     let mini = MiniIronic::install(&fake);
-    let failing = Arc::new(AtomicBool::new(false));
-    {
-        let (failing, mini) = (failing.clone(), mini.clone());
-        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
-            if failing.load(Ordering::SeqCst) {
-                ctx.error(req, 503, NO_WORKERS)
-            } else {
-                mini.heartbeat(req, ctx)
-            }
-        });
-    }
+    let failing = mini.fail_heartbeats_while(&fake);
     let mac = "52:54:0d:00:01:01";
     let uuid = mini.add_node(&[mac]);
     let mut env = Env::start_with_fake(fake, |cfg| {
@@ -353,17 +340,7 @@ fn a_minted_answer_copied_to_another_replay_key_is_refused() {
 fn a_kept_heartbeat_copied_to_another_nodes_key_is_refused() {
     let fake = FakeIronic::start();
     let mini = MiniIronic::install(&fake);
-    let failing = Arc::new(AtomicBool::new(false));
-    {
-        let (failing, mini) = (failing.clone(), mini.clone());
-        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
-            if failing.load(Ordering::SeqCst) {
-                ctx.error(req, 503, NO_WORKERS)
-            } else {
-                mini.heartbeat(req, ctx)
-            }
-        });
-    }
+    let failing = mini.fail_heartbeats_while(&fake);
     let (mac_a, mac_b) = ("52:54:0d:00:05:01", "52:54:0d:00:05:02");
     let uuid_a = mini.add_node(&[mac_a]);
     let uuid_b = mini.add_node(&[mac_b]);
@@ -425,17 +402,7 @@ fn unkeyed_hash(token: &str) -> String {
 fn a_token_hash_planted_without_the_gateways_secret_does_not_verify() {
     let fake = FakeIronic::start();
     let mini = MiniIronic::install(&fake);
-    let failing = Arc::new(AtomicBool::new(false));
-    {
-        let (failing, mini) = (failing.clone(), mini.clone());
-        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
-            if failing.load(Ordering::SeqCst) {
-                ctx.error(req, 503, NO_WORKERS)
-            } else {
-                mini.heartbeat(req, ctx)
-            }
-        });
-    }
+    let failing = mini.fail_heartbeats_while(&fake);
     let mac = "52:54:0d:00:04:01";
     let uuid = mini.add_node(&[mac]);
     let env = Env::start_with_fake(fake, |cfg| {

@@ -314,6 +314,12 @@ impl AgentPlugin {
         let version = match version::negotiate(&session.req_header().headers, &info.range) {
             Ok(v) => v,
             Err(e) => {
+                // The root controller raises the version errors itself: Ironic's controller
+                // form (`faultcode`), not the framework form of the v1 routes, same headers.
+                let e = IronicError {
+                    headers: e.headers,
+                    ..IronicError::fault(e.status, &e.message())
+                };
                 answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
                 return Ok(Outcome::Answered);
             }

@@ -6,7 +6,12 @@
 
 use super::fake_ironic::{Ctx, FakeIronic, FakeResponse, Recorded};
 use super::ironic;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Ironic's 503 when its conductor pool is exhausted.
+pub const NO_WORKERS: &str =
+    "Requested action cannot be performed due to lack of free conductor workers.";
 
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -175,6 +180,21 @@ impl MiniIronic {
             ctx.json(req, 200, &page("ports", items, req))
         });
         mini
+    }
+
+    /// Heartbeats answered with Ironic's 503 "no free conductor workers" while the returned
+    /// flag is set, by the mini Ironic otherwise.
+    pub fn fail_heartbeats_while(self: &Arc<Self>, fake: &FakeIronic) -> Arc<AtomicBool> {
+        let failing = Arc::new(AtomicBool::new(false));
+        let (flag, mini) = (failing.clone(), self.clone());
+        fake.route("POST", "/v1/heartbeat/*", move |req, ctx| {
+            if flag.load(Ordering::SeqCst) {
+                ctx.error(req, 503, NO_WORKERS)
+            } else {
+                mini.heartbeat(req, ctx)
+            }
+        });
+        failing
     }
 
     /// Adds a node with these MACs; returns its UUID.
