@@ -58,6 +58,7 @@ pub struct Metrics {
     /// Requests that found no place in Ironic's budget in time, by governor class.
     deferred: [AtomicU64; 4],
     sealed_unopenable: AtomicU64,
+    heartbeats_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -84,6 +85,9 @@ impl Metrics {
     }
     pub(crate) fn deferred(&self, class: Class) {
         self.deferred[class as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn heartbeat_dropped(&self) {
+        self.heartbeats_dropped.fetch_add(1, Ordering::Relaxed);
     }
     pub fn sealed_unopenable(&self) {
         self.sealed_unopenable.fetch_add(1, Ordering::Relaxed);
@@ -195,6 +199,11 @@ impl Metrics {
                 "ironic_edge_heartbeats_relayed_total",
                 "Kept heartbeats Ironic has received since.",
                 &self.heartbeats_relayed,
+            ),
+            (
+                "ironic_edge_heartbeats_dropped_total",
+                "Kept heartbeats dropped after Ironic refused them repeatedly (5xx, 409).",
+                &self.heartbeats_dropped,
             ),
             (
                 "ironic_edge_sealed_unopenable_total",

@@ -167,6 +167,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             client: upstream,
             state: versions,
             refresh: Duration::from_secs(edge_conf.upstream.version_refresh_seconds),
+            governor: edge.governor.clone(),
         },
     ));
     Ok(server)

@@ -441,3 +441,52 @@ fn a_token_minted_through_an_alias_path_is_learnt() {
     });
     assert!(relayed.is_some(), "relay did not run:\n{}", env.gw.logs());
 }
+
+/// A kept heartbeat that Ironic keeps refusing (503, never taking it) is dropped after a few
+/// tries and counted, not retried forever into an Ironic that cannot take it.
+#[test]
+fn a_kept_heartbeat_ironic_keeps_refusing_is_dropped_after_a_few_tries() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let failing = mini.fail_heartbeats_while(&fake);
+    let mac = "52:54:0c:00:00:02";
+    let uuid = mini.add_node(&[mac]);
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
+    });
+    let token = minted_token(&env, mac);
+    assert_eq!(
+        env.send(&heartbeat_with_version(&uuid, &token, "13.0.0"))
+            .status,
+        202
+    );
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        env.send(&heartbeat_with_version(&uuid, &token, "13.0.1"))
+            .status,
+        202,
+        "accepted and kept"
+    );
+    let dropped = common::wait_for(Duration::from_secs(30), || {
+        (metric(&env, "ironic_edge_heartbeats_dropped_total") >= 1).then_some(())
+    });
+    assert!(dropped.is_some(), "never dropped:\n{}", env.gw.logs());
+    let tries = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/heartbeat/") && r.json()["agent_version"] == "13.0.1")
+        .count();
+    // The agent's own attempt, then the relay's: a bounded number.
+    assert!((2..=7).contains(&tries), "{tries} attempts reached Ironic");
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/heartbeat/"))
+        .count();
+    assert!(later <= tries + 1, "no more tries once dropped ({later})");
+    assert_eq!(metric(&env, "ironic_edge_heartbeats_relayed_total"), 0);
+}

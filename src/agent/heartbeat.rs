@@ -412,30 +412,25 @@ async fn forward_and_learn(
                 Ok(())
             } else {
                 let ttl = Duration::from_secs(cfg.node_ttl_seconds);
-                let recorded = if unchanged {
-                    Ok(())
-                } else {
+                async {
+                    if !unchanged {
+                        let hash = token_hash::hash_token(token);
+                        let url = &hb.normalized_callback_url;
+                        store
+                            .record_heartbeat_accepted(ident, &hash, url, ttl)
+                            .await?;
+                    }
+                    // The agent's token works: no lost lookup answer to replay any more, and
+                    // a heartbeat kept for the relay is older than this one Ironic just took.
+                    store.drop_minted_answer(ident).await?;
+                    if relay_on {
+                        store.drop_pending_heartbeat(ident).await?;
+                    }
                     store
-                        .record_heartbeat_accepted(
-                            ident,
-                            &token_hash::hash_token(token),
-                            &hb.normalized_callback_url,
-                            ttl,
-                        )
+                        .record_heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
                         .await
-                };
-                match recorded {
-                    // The agent's token works: no lost lookup answer to replay any more.
-                    Ok(()) => match store.drop_minted_answer(ident).await {
-                        Ok(()) => {
-                            store
-                                .record_heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
-                                .await
-                        }
-                        e => e,
-                    },
-                    e => e,
                 }
+                .await
             }
         }
         (404, _) => {

@@ -117,7 +117,15 @@ pub struct HeartbeatRelay {
     /// Claims whose release failed (Redis stalled): released again before each wave, so that
     /// what they hold is relayed as soon as Redis answers, not only when they expire.
     unreleased: std::sync::Mutex<Vec<String>>,
+    /// How often Ironic refused each node's kept heartbeat (in this process).
+    refusals: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
+
+/// A kept heartbeat Ironic answered without taking it (5xx, 409) this many times is dropped.
+const MAX_REFUSALS: u32 = 5;
+
+/// At most this many nodes' refusals are counted at once.
+const MAX_REFUSAL_COUNTS: usize = 16_384;
 
 /// At most this many failed releases are remembered (the rest expire by themselves).
 const MAX_UNRELEASED: usize = 1024;
@@ -137,6 +145,7 @@ impl HeartbeatRelay {
             edge,
             workers: std::sync::atomic::AtomicUsize::new(0),
             unreleased: std::sync::Mutex::new(Vec::new()),
+            refusals: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -242,18 +251,58 @@ impl HeartbeatRelay {
         match sent {
             Ok(resp) if !ironic_did_not_take_it(resp.status()) => {
                 // Ironic has it (or refuses it for good, e.g. a token wiped meanwhile).
+                self.forget_refusals(&uuid);
                 self.edge.metrics.heartbeat_relayed();
                 log::info!("relayed the kept heartbeat of {uuid}: {}", resp.status());
                 self.confirm(&uuid, &claim, &sealed).await;
                 Relayed::Done
             }
-            outcome => {
-                if let Err(e) = &outcome {
-                    log::debug!("relay of {uuid}: {e}");
+            Ok(resp) => {
+                // Ironic answered and did not take it (5xx, 409): counted, and dropped after a
+                // few such answers rather than retried forever into an Ironic that refuses it.
+                if self.refused_again(&uuid) {
+                    log::warn!(
+                        "kept heartbeat of {uuid}: refused {MAX_REFUSALS} times ({}); dropped",
+                        resp.status()
+                    );
+                    self.edge.metrics.heartbeat_dropped();
+                    self.confirm(&uuid, &claim, &sealed).await;
+                    return Relayed::Done;
                 }
                 self.release(&uuid, &claim).await;
                 Relayed::Failed
             }
+            Err(e) => {
+                // Not reached: an outage, not a refusal; the heartbeat waits for Ironic.
+                log::debug!("relay of {uuid}: {e}");
+                self.release(&uuid, &claim).await;
+                Relayed::Failed
+            }
+        }
+    }
+
+    /// Counts one more refusal of the node's kept heartbeat; `true` once it has had
+    /// [`MAX_REFUSALS`] (its count is then forgotten).
+    fn refused_again(&self, uuid: &str) -> bool {
+        let Ok(mut counts) = self.refusals.lock() else {
+            return false;
+        };
+        if counts.len() >= MAX_REFUSAL_COUNTS && !counts.contains_key(uuid) {
+            // Bounded: past this many nodes refused at once, counting starts over.
+            counts.clear();
+        }
+        let n = counts.entry(uuid.to_string()).or_insert(0);
+        *n += 1;
+        if *n >= MAX_REFUSALS {
+            counts.remove(uuid);
+            return true;
+        }
+        false
+    }
+
+    fn forget_refusals(&self, uuid: &str) {
+        if let Ok(mut counts) = self.refusals.lock() {
+            counts.remove(uuid);
         }
     }
 

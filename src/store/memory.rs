@@ -394,6 +394,11 @@ impl EdgeStore for MemoryStore {
     async fn pending_heartbeats(&self) -> StoreResult<u64> {
         self.with(|m| m.keys().filter(|k| k.starts_with("pending:hb:")).count() as u64)
     }
+    async fn drop_pending_heartbeat(&self, uuid: &str) -> StoreResult<()> {
+        self.with(|m| {
+            m.remove(&format!("pending:hb:{uuid}"));
+        })
+    }
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
         self.with(|m| index_marker(m).map(|(at, _)| at))
     }

@@ -241,6 +241,9 @@ pub trait EdgeStore: Send + Sync {
     /// refused for `claim_ttl`.
     async fn release_pending_heartbeat(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()>;
     async fn pending_heartbeats(&self) -> StoreResult<u64>;
+    /// Ironic accepted a newer heartbeat of the node directly: its kept one is obsolete and is
+    /// dropped (one already claimed by a relayer still goes, once).
+    async fn drop_pending_heartbeat(&self, uuid: &str) -> StoreResult<()>;
 
     /// Unix milliseconds of the last completed sync round (`None`: no complete index: never
     /// synced, or its generation marker is missing or inconsistent, as after Redis lost data).

@@ -617,6 +617,21 @@ impl EdgeStore for RedisStore {
         Ok(takeable + claimed)
     }
 
+    async fn drop_pending_heartbeat(&self, uuid: &str) -> StoreResult<()> {
+        // A claimed one is relayed by its claimer with the copy it holds; its confirmation
+        // then finds the value gone and the take after it skips the node.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.pending(uuid))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.pending_set(""))
+            .arg(uuid)
+            .ignore();
+        self.run_pipe(pipe).await
+    }
+
     async fn index_synced_at(&self) -> StoreResult<Option<u64>> {
         Ok(self.index_marker().await?.map(|(at, _)| at))
     }

@@ -3,6 +3,7 @@
 use crate::config::{SyncAuth, SyncAuthType};
 use crate::edge::Edge;
 use crate::ironic::ApiVersion;
+use crate::upstream::governor::{self, Class};
 use pingora::http::RequestHeader;
 use serde_json::Value;
 use std::sync::Arc;
@@ -72,13 +73,19 @@ impl IronicApi {
         if let Some((k, v)) = &self.auth {
             header(&mut req, k, v.clone())?;
         }
-        self.edge.metrics.sync_request();
-        let resp = self
+        // The sync's requests count in Ironic's budget like the agents' (a class just below
+        // lookups: a stale index sends every agent request to Ironic).
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let permit = self
             .edge
-            .upstream
-            .send(&req, b"")
+            .governor
+            .enter(Class::Drive, "node sync", until)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| format!("GET {path}: no place in Ironic's budget"))?;
+        self.edge.metrics.sync_request();
+        let sent = self.edge.upstream.send(&req, b"").await;
+        permit.answered(governor::sample_of(&sent));
+        let resp = sent.map_err(|e| e.to_string())?;
         let date = resp
             .header
             .headers

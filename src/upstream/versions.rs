@@ -3,6 +3,7 @@
 //! forwards everything: it cannot negotiate versions without the range.
 
 use super::client::UpstreamClient;
+use super::governor::{Class, Governor};
 use crate::ironic::root::{RootDocument, PROBE_HOST};
 use crate::ironic::{ApiVersion, VersionRange};
 use async_trait::async_trait;
@@ -89,6 +90,8 @@ pub struct VersionDiscovery {
     pub client: Arc<UpstreamClient>,
     pub state: Arc<VersionState>,
     pub refresh: Duration,
+    /// Ironic's budget: the discovery counts in it like every other request.
+    pub(crate) governor: Arc<Governor>,
 }
 
 impl VersionDiscovery {
@@ -103,11 +106,15 @@ impl VersionDiscovery {
             .map_err(|e| e.to_string())?;
         req.insert_header("User-Agent", "ironic-edge")
             .map_err(|e| e.to_string())?;
-        let resp = self
-            .client
-            .send(&req, b"")
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        let permit = self
+            .governor
+            .enter(Class::Drive, "version discovery", until)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| "no place in Ironic's budget".to_string())?;
+        let sent = self.client.send(&req, b"").await;
+        permit.answered(super::governor::sample_of(&sent));
+        let resp = sent.map_err(|e| e.to_string())?;
         if resp.status() != 200 {
             return Err(format!("GET / answered {}", resp.status()));
         }
