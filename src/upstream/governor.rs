@@ -122,7 +122,9 @@ impl RateBudget {
         RateBudget {
             settings,
             rate,
-            tokens: 1.0,
+            // Full: a second's worth at start (a bucket that starts empty would hold back the
+            // first requests of a freshly started gateway for nothing).
+            tokens: rate.max(1.0),
             refilled_at_ms: now_ms,
             decreased_at_ms: None,
             held_back: false,
@@ -203,9 +205,14 @@ struct Waiter<T> {
 }
 
 /// The waiting requests, one queue per class, first come first served within a class. Pure.
+///
+/// A node holds at most one waiting place among the record-only refreshes (an agent repeating
+/// itself in a storm cannot crowd others out; a refused one is kept for the relay). Requests of
+/// the other classes are never refused for their node: identical lookups after a flight each
+/// ask Ironic, and refusing one would answer a genuine agent 503.
 pub(crate) struct Queues<T> {
     by_class: [VecDeque<Waiter<T>>; 4],
-    places: HashSet<(Class, String)>,
+    refreshing: HashSet<String>,
     max_waiting: usize,
 }
 
@@ -214,7 +221,7 @@ pub(crate) struct Queues<T> {
 pub(crate) enum Refused {
     /// The queues are full.
     Full,
-    /// This node already waits in this class (a node retrying in a storm cannot crowd others).
+    /// A refresh of this node already waits.
     NodeWaits,
 }
 
@@ -222,13 +229,13 @@ impl<T> Queues<T> {
     pub(crate) fn new(max_waiting: usize) -> Self {
         Queues {
             by_class: Default::default(),
-            places: HashSet::new(),
+            refreshing: HashSet::new(),
             max_waiting,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.places.len()
+        self.by_class.iter().map(VecDeque::len).sum()
     }
 
     pub(crate) fn waiting(&self, class: Class) -> usize {
@@ -236,10 +243,10 @@ impl<T> Queues<T> {
     }
 
     pub(crate) fn push(&mut self, class: Class, node: &str, ticket: T) -> Result<(), Refused> {
-        if self.places.len() >= self.max_waiting {
+        if self.len() >= self.max_waiting {
             return Err(Refused::Full);
         }
-        if !self.places.insert((class, node.to_string())) {
+        if class == Class::Refresh && !self.refreshing.insert(node.to_string()) {
             return Err(Refused::NodeWaits);
         }
         self.by_class[class as usize].push_back(Waiter {
@@ -253,7 +260,9 @@ impl<T> Queues<T> {
     pub(crate) fn pop(&mut self) -> Option<(Class, T)> {
         for class in Class::ALL {
             if let Some(w) = self.by_class[class as usize].pop_front() {
-                self.places.remove(&(class, w.node));
+                if class == Class::Refresh {
+                    self.refreshing.remove(&w.node);
+                }
                 return Some((class, w.ticket));
             }
         }
@@ -268,15 +277,15 @@ impl<T> Queues<T> {
             .any(|c| !self.by_class[*c as usize].is_empty())
     }
 
-    /// Drops the waiters whose ticket says they are gone (`gone(ticket)`).
+    /// Drops the waiters whose ticket says they are gone.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         for class in Class::ALL {
             let q = &mut self.by_class[class as usize];
-            let places = &mut self.places;
+            let refreshing = &mut self.refreshing;
             q.retain(|w| {
                 let k = keep(&w.ticket);
-                if !k {
-                    places.remove(&(class, w.node.clone()));
+                if !k && class == Class::Refresh {
+                    refreshing.remove(&w.node);
                 }
                 k
             });
@@ -550,8 +559,10 @@ mod tests {
     #[test]
     fn the_rate_holds_and_never_bursts() {
         let mut b = RateBudget::new(settings(), 0);
-        // 10/s: about 10 in a second, and after a long idle time still one second's worth.
-        let first = taken(&mut b, 0, 1000);
+        // It starts with one second's worth, then 10/s: about 10 in each second after.
+        let start = (0..100).filter(|_| b.try_take(0)).count();
+        assert_eq!(start, 10, "a second's worth at start");
+        let first = taken(&mut b, 1, 1000);
         assert!((10..=11).contains(&first), "{first}");
         let after_idle = taken(&mut b, 60_000, 100);
         assert!(
@@ -631,21 +642,30 @@ mod tests {
 
     #[test]
     fn queues_serve_higher_classes_first_and_one_place_per_node() {
-        let mut q: Queues<&str> = Queues::new(4);
+        let mut q: Queues<&str> = Queues::new(5);
         q.push(Class::Refresh, "a", "refresh-a").unwrap();
+        assert_eq!(
+            q.push(Class::Refresh, "a", "again"),
+            Err(Refused::NodeWaits),
+            "one refresh per node"
+        );
         q.push(Class::First, "b", "first-b").unwrap();
-        assert_eq!(q.push(Class::First, "b", "again"), Err(Refused::NodeWaits));
         q.push(Class::Refresh, "b", "refresh-b").unwrap();
         q.push(Class::Mint, "c", "mint-c").unwrap();
+        q.push(Class::Mint, "c", "mint-c2").unwrap();
         assert_eq!(q.push(Class::Mint, "d", "full"), Err(Refused::Full));
         assert!(q.higher_waits(Class::Refresh));
         assert!(!q.higher_waits(Class::Mint));
         let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, t)| t)).collect();
-        assert_eq!(order, ["mint-c", "first-b", "refresh-a", "refresh-b"]);
+        assert_eq!(
+            order,
+            ["mint-c", "mint-c2", "first-b", "refresh-a", "refresh-b"]
+        );
         assert_eq!(q.len(), 0);
-        q.push(Class::First, "b", "b-back").unwrap();
+        q.push(Class::Refresh, "b", "b-back").unwrap();
         q.retain(|t| *t != "b-back");
         assert_eq!(q.len(), 0, "a waiter that left frees its place");
+        q.push(Class::Refresh, "b", "b-again").unwrap();
     }
 
     #[tokio::test]
