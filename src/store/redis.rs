@@ -533,15 +533,8 @@ impl EdgeStore for RedisStore {
                 end
               end",
         );
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.pending_set(""))
-            .key(self.pending_set("-claims"))
-            .key(self.pending_set("-claimed"))
-            .key(self.pending_set(&format!("-claim:{claim}")))
-            .arg(self.pending(""))
-            .arg(claim)
-            .arg(millis(claim_ttl));
+        let mut invocation = self.pending_script(&script, claim);
+        invocation.arg(claim).arg(millis(claim_ttl));
         let taken: Option<(String, Vec<u8>)> = self.run_script(invocation).await?;
         Ok(taken)
     }
@@ -566,16 +559,8 @@ impl EdgeStore for RedisStore {
               end
               return 1",
         );
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.pending_set(""))
-            .key(self.pending_set("-claims"))
-            .key(self.pending_set("-claimed"))
-            .key(self.pending_set(&format!("-claim:{claim}")))
-            .arg(self.pending(""))
-            .arg(uuid)
-            .arg(claim)
-            .arg(sealed);
+        let mut invocation = self.pending_script(&script, claim);
+        invocation.arg(uuid).arg(claim).arg(sealed);
         let _: i64 = self.run_script(invocation).await?;
         Ok(())
     }
@@ -594,15 +579,8 @@ impl EdgeStore for RedisStore {
               redis.call('SET', KEYS[4], '', 'PX', ARGV[3])
               return 1",
         );
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.pending_set(""))
-            .key(self.pending_set("-claims"))
-            .key(self.pending_set("-claimed"))
-            .key(self.pending_set(&format!("-claim:{claim}")))
-            .arg(self.pending(""))
-            .arg(claim)
-            .arg(millis(claim_ttl));
+        let mut invocation = self.pending_script(&script, claim);
+        invocation.arg(claim).arg(millis(claim_ttl));
         let _: i64 = self.run_script(invocation).await?;
         Ok(())
     }
@@ -847,6 +825,23 @@ pub(crate) fn parse_synced_at(text: &str) -> Option<(u64, String)> {
 }
 
 impl RedisStore {
+    /// A script over the kept heartbeats: KEYS are the takeable set, the claims (node → claim),
+    /// the claimed (node → expiry) and this claim's own key; ARGV starts with the value prefix.
+    fn pending_script<'s>(
+        &self,
+        script: &'s redis::Script,
+        claim: &str,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.pending_set(""))
+            .key(self.pending_set("-claims"))
+            .key(self.pending_set("-claimed"))
+            .key(self.pending_set(&format!("-claim:{claim}")))
+            .arg(self.pending(""));
+        invocation
+    }
+
     fn idx(&self, rest: &str) -> String {
         format!("{}idx:{rest}", self.prefix)
     }
