@@ -73,13 +73,13 @@ impl IronicApi {
         if let Some((k, v)) = &self.auth {
             header(&mut req, k, v.clone())?;
         }
-        // The sync's requests count in Ironic's budget like the agents' (a class just below
-        // lookups: a stale index sends every agent request to Ironic).
+        // The sync's requests count in Ironic's budget like the agents', first in line: a stale
+        // index sends every agent request to Ironic, and its rounds cost a few requests.
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let permit = self
             .edge
             .governor
-            .enter(Class::Drive, "node sync", until)
+            .enter(Class::Mint, "node sync", until)
             .await
             .map_err(|_| format!("GET {path}: no place in Ironic's budget"))?;
         self.edge.metrics.sync_request();

@@ -24,10 +24,12 @@ use tokio::time::Instant;
 /// What a request to Ironic is for, highest priority first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Class {
-    /// A lookup: only Ironic can mint the agent's token.
+    /// A lookup (only Ironic can mint the agent's token), and the gateway's own bookkeeping
+    /// (node sync, version discovery: a few requests, without which every agent request would
+    /// reach Ironic).
     Mint = 0,
     /// A heartbeat that drives a step (`wait call-back`, `clean wait`, `rescue wait`,
-    /// `service wait`), and the gateway's own bookkeeping (node sync, version discovery).
+    /// `service wait`), or one whose node's state the gateway does not know.
     Drive = 1,
     /// The first heartbeat of an agent session (its `agent_url` is not known yet).
     First = 2,
@@ -361,6 +363,7 @@ impl Governor {
             }
             let (tx, rx) = oneshot::channel();
             inner.queues.push(class, node, tx).map_err(|_| Busy)?;
+            self.dispatch(&mut inner);
             self.ensure_ticker(&mut inner);
             Waiting {
                 rx: Some(rx),
@@ -406,6 +409,8 @@ impl Governor {
         inner.queues.retain(|tx| !tx.is_closed());
         while inner.in_flight < inner.max_in_flight && inner.queues.len() > 0 {
             if inner.budget.wait_ms(now) > 0 {
+                // Requests wait for the rate: it is what holds them back, so it may grow.
+                inner.budget.held_back = true;
                 break;
             }
             let Some((_, tx)) = inner.queues.pop() else {
@@ -704,6 +709,43 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [Class::Mint, Class::Refresh]);
         assert_eq!(g.stats().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn the_rate_grows_while_requests_queue_for_it() {
+        let g = Arc::new(Governor::new(
+            BudgetSettings {
+                initial_per_second: 2.0,
+                min_per_second: 1.0,
+                max_per_second: 100.0,
+                slow_answer_ms: 5000,
+            },
+            64,
+            64,
+        ));
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let g = g.clone();
+            tasks.push(tokio::spawn(async move {
+                let until = Instant::now() + std::time::Duration::from_secs(10);
+                if let Ok(p) = g.enter(Class::Mint, &format!("n{i}"), until).await {
+                    p.answered(OK);
+                }
+            }));
+        }
+        while started.elapsed() < std::time::Duration::from_millis(3500) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let rate = g.stats().rate_millis;
+        for t in tasks {
+            t.abort();
+        }
+        // About one more a second: three increases in 3.5 s.
+        assert!(
+            rate > 3500,
+            "the queue held back by the rate made it grow: {rate}"
+        );
     }
 
     #[tokio::test]
