@@ -23,11 +23,7 @@ fn token_of(r: &http::Response) -> String {
 }
 
 fn metric(env: &Env, name: &str) -> u64 {
-    env.gw
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0)
+    env.counter(name)
 }
 
 /// Ironic's clock, which the sync's watermarks follow.

@@ -94,10 +94,10 @@ fn json_of_one_key_repeated_is_linear() {
 fn multipart_of_many_line_breaks_is_linear() {
     heartbeat_ratio(
         10_000,
-        Some("multipart/form-data; boundary=XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"),
+        Some("multipart/form-data; boundary=b0undaryb0undaryb0undaryb0undaryb0undary0"),
         |n| {
             format!(
-                "--XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n{}",
+                "--b0undaryb0undaryb0undaryb0undaryb0undary0\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n{}",
                 "\n".repeat(n)
             )
         },

@@ -445,6 +445,15 @@ impl Env {
         self.gw.send(req)
     }
 
+    /// The value of an unlabelled counter on the ops listener (0 when absent).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.gw
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0)
+    }
+
     /// Waits until the node index is complete and fresh: a never-seen MAC (so not in the
     /// negative cache) is answered at the edge.
     pub fn wait_for_index(&self) {
