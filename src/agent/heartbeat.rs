@@ -85,7 +85,7 @@ pub const UNVERIFIED_TOKENS_PER_INTERVAL: u32 = 4;
 pub fn mismatch_tag(token: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("ironic-edge mismatch slot\0{token}").as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    token_hash::hex(&digest[..8])
 }
 
 /// What the heartbeat shield does with a heartbeat that is to be forwarded.
@@ -115,7 +115,7 @@ pub fn fingerprint(hb: &CheckedHeartbeat) -> String {
         }
         h.update(part.unwrap_or_default().as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    token_hash::hex(&h.finalize())
 }
 
 /// The state-aware heartbeat shield. In states where heartbeats drive work (`wait call-back`,

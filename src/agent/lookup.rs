@@ -448,8 +448,7 @@ fn bounded_key(key: String) -> String {
     }
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("digest:{hex}")
+    format!("digest:{}", token_hash::hex(&digest))
 }
 
 /// Whom a kept minted answer belongs to: the normalised request and the caller's address

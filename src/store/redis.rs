@@ -900,8 +900,7 @@ impl RedisStore {
 /// never appear in Redis.
 fn lookup_key_name(kind: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("lookup:{kind}:{hex}")
+    format!("lookup:{kind}:{}", super::token_hash::hex(&digest))
 }
 
 /// The logical key (no prefix) of the minted answer kept for `replay_key`: what its seal is

@@ -55,7 +55,8 @@ fn record_mac(secret: Option<&[u8; 32]>, salt: &[u8], token: &str) -> Option<Hma
     Some(m)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (digests in keys and fingerprints).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

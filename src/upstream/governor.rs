@@ -353,13 +353,8 @@ impl Governor {
         let mut waiting = {
             let mut inner = self.inner.lock().map_err(|_| Busy)?;
             let now = self.now_ms();
-            if inner.in_flight < inner.max_in_flight
-                && !inner.queues.higher_waits(class)
-                && inner.queues.waiting(class) == 0
-                && inner.budget.try_take(now)
-            {
-                inner.in_flight += 1;
-                return Ok(self.permit(now));
+            if let Some(permit) = self.take_now(&mut inner, class, now) {
+                return Ok(permit);
             }
             let (tx, rx) = oneshot::channel();
             inner.queues.push(class, node, tx).map_err(|_| Busy)?;
@@ -383,11 +378,16 @@ impl Governor {
     pub(crate) fn try_enter(self: &Arc<Self>, class: Class) -> Option<Permit> {
         let mut inner = self.inner.lock().ok()?;
         let now = self.now_ms();
-        if inner.in_flight < inner.max_in_flight
+        self.take_now(&mut inner, class, now)
+    }
+
+    /// A place now, if both limits allow and nobody of this class or a higher one waits
+    /// (nothing jumps the queue).
+    fn take_now(self: &Arc<Self>, inner: &mut Inner, class: Class, now: u64) -> Option<Permit> {
+        let free = inner.in_flight < inner.max_in_flight
             && !inner.queues.higher_waits(class)
-            && inner.queues.waiting(class) == 0
-            && inner.budget.try_take(now)
-        {
+            && inner.queues.waiting(class) == 0;
+        if free && inner.budget.try_take(now) {
             inner.in_flight += 1;
             return Some(self.permit(now));
         }
