@@ -150,8 +150,9 @@ impl HeartbeatRelay {
     }
 
     /// How long a relayer holds a kept heartbeat it took: longer than a relay can take (the
-    /// wait for a place under the cap, then the exchange with Ironic), so that no other relayer
-    /// takes it meanwhile; a relayer that dies holds it that long at most.
+    /// place in Ironic's budget is taken before the heartbeat, so the exchange with Ironic, with
+    /// a margin of the agent's whole deadline), so that no other relayer takes it meanwhile; a
+    /// relayer that dies holds it that long at most.
     fn claim_ttl(&self) -> Duration {
         let c = &self.edge.config.upstream;
         Duration::from_millis(
