@@ -150,23 +150,43 @@ fn lookup_versions_and_routing() {
     ));
     d.run(case("GET / with a query string", get("/?a=b"), Proxied));
     d.run(case("HEAD /", Request::new("HEAD", "/"), Proxied));
-    d.run(case("GET /v1", get("/v1"), Proxied));
-    d.run(case("GET /v1/", get("/v1/"), Proxied));
+    // `GET /v1` is answered at the edge too, from the v1 document learnt for each negotiated
+    // version (a first request at a version is forwarded and has it learnt).
+    for v in [None, Some("1.21"), Some("1.62"), Some("latest")] {
+        let req = match v {
+            Some(v) => get("/v1").version(v),
+            None => get("/v1"),
+        };
+        d.warm_until_local(&req);
+    }
+    d.run(case("GET /v1", get("/v1"), Local));
+    d.run(case("GET /v1/", get("/v1/"), Local));
     d.run(case(
         "GET /v1 at 1.21: no lookup/heartbeat links",
         get("/v1").version("1.21"),
-        Proxied,
+        Local,
     ));
     d.run(case(
         "GET /v1 at 1.62: lookup and heartbeat links",
         get("/v1").version("1.62"),
-        Proxied,
+        Local,
     ));
     d.run(case(
         "GET /v1 at latest",
         get("/v1").version("latest"),
+        Local,
+    ));
+    d.run(case(
+        "GET /v1 at a version not asked for yet: forwarded",
+        get("/v1").version("1.30"),
         Proxied,
     ));
+    d.run(case(
+        "GET /v1 with a malformed version header",
+        get("/v1").version("abc"),
+        Proxied,
+    ));
+    d.run(case("GET /v1 with a query string", get("/v1?a=b"), Proxied));
     d.run(case("GET /nope: unknown path", get("/nope"), Proxied));
     d.run(case("POST /v1: 405", Request::post("/v1"), Proxied));
 

@@ -236,8 +236,20 @@ impl Plugin for AgentPlugin {
         } else if !edge_may_answer {
             return Ok(Outcome::Forward);
         }
-        if req.method == http::Method::GET && path == "/" && req.uri.query().is_none() {
-            return self.answer_root(session, ctx).await;
+        if req.method == http::Method::GET && req.uri.query().is_none() {
+            match path {
+                "/" => {
+                    return self
+                        .answer_version_document(Document::Root, session, ctx)
+                        .await
+                }
+                "/v1" | "/v1/" => {
+                    return self
+                        .answer_version_document(Document::V1, session, ctx)
+                        .await
+                }
+                _ => {}
+            }
         }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
             return Ok(Outcome::Forward);
@@ -291,29 +303,54 @@ impl Plugin for AgentPlugin {
     }
 }
 
+/// The version documents the edge answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Document {
+    /// `GET /`: IPA's version discovery, the same body at every version.
+    Root,
+    /// `GET /v1` (and `/v1/`): one body per negotiated version.
+    V1,
+}
+
 impl AgentPlugin {
     /// `GET /`, IPA's version discovery (twice per boot: a thousand booting agents are a
-    /// thousand requests): answered at the edge from the root document learnt from Ironic,
-    /// with Ironic's version negotiation and headers; forwarded while it is not known.
-    async fn answer_root(
+    /// thousand requests), and `GET /v1`: answered at the edge from the documents learnt from
+    /// Ironic, with Ironic's version negotiation and headers; forwarded while a document is
+    /// not known, and when a proxy header could make Ironic build other links.
+    async fn answer_version_document(
         &self,
+        document: Document,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Outcome> {
         let Some(info) = self.edge.versions.get() else {
             return Ok(Outcome::Forward);
         };
-        let host = session
-            .req_header()
-            .headers
+        let headers = &session.req_header().headers;
+        // oslo's proxy-header middleware, when an operator enables it, builds the links from
+        // these instead of `Host`: Ironic answers them.
+        if ["forwarded", "x-forwarded-host", "x-forwarded-proto"]
+            .iter()
+            .any(|h| headers.contains_key(*h))
+        {
+            return Ok(Outcome::Forward);
+        }
+        let host = headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok());
-        let Some(body) = info.root.as_ref().and_then(|doc| doc.render(host)) else {
-            return Ok(Outcome::Forward);
-        };
-        let version = match version::negotiate(&session.req_header().headers, &info.range) {
+        let version = match version::negotiate(headers, &info.range) {
             Ok(v) => v,
+            // The v1 routes' version errors are pecan's; Ironic answers those (rare).
+            Err(_) if document == Document::V1 => return Ok(Outcome::Forward),
             Err(e) => {
+                if info
+                    .root
+                    .as_ref()
+                    .and_then(|doc| doc.render(host))
+                    .is_none()
+                {
+                    return Ok(Outcome::Forward);
+                }
                 // The root controller raises the version errors itself: Ironic's controller
                 // form (`faultcode`), not the framework form of the v1 routes, same headers.
                 let e = IronicError {
@@ -323,6 +360,13 @@ impl AgentPlugin {
                 answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
                 return Ok(Outcome::Answered);
             }
+        };
+        let doc = match document {
+            Document::Root => info.root.clone(),
+            Document::V1 => self.edge.versions.v1_document(version),
+        };
+        let Some(body) = doc.and_then(|doc| doc.render(host)) else {
+            return Ok(Outcome::Forward);
         };
         let answer = LocalAnswer {
             status: 200,

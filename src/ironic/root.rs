@@ -1,31 +1,44 @@
-//! Ironic's root document (`GET /`), as the gateway answers it at the edge: the same body at
-//! any version, with `links` built from the request's `Host` as webob's `host_url` does
-//! (`<scheme>://<Host>`, the default port dropped), unless Ironic has a fixed
-//! `[api]public_endpoint`. Pure.
+//! Ironic's version documents, as the gateway answers them at the edge: the root (`GET /`, the
+//! same body at any version) and the v1 document (`GET /v1`, one body per negotiated version:
+//! it links only the controllers that version has), with `links` built from the request's
+//! `Host` as webob's `host_url` does (`<scheme>://<Host>`, the default port dropped), unless
+//! Ironic has a fixed `[api]public_endpoint`. Pure.
 //!
-//! The gateway learns the document by asking for it with [`PROBE_HOST`] as its `Host`: where
+//! The gateway learns a document by asking for it with [`PROBE_HOST`] as its `Host`: where
 //! that host shows in the links, Ironic builds them from the request; where it does not, the
 //! links are fixed and the document is served as it is.
 
 /// The `Host` the version discovery sends: a reserved name (RFC 6761) no client uses.
 pub const PROBE_HOST: &str = "ironic-edge.invalid";
 
-/// The root document learnt from Ironic.
+/// A version document learnt from Ironic (the root or the v1 document).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RootDocument {
+pub struct VersionDocument {
     body: String,
     /// `<scheme>://ironic-edge.invalid` as it appears in the links, with the scheme, when the
     /// links follow the request's host.
     probe: Option<(String, String)>,
 }
 
-impl RootDocument {
-    /// Learns the document from Ironic's answer to a `GET /` sent with [`PROBE_HOST`].
-    pub fn learn(body: &[u8]) -> Option<RootDocument> {
-        let body = std::str::from_utf8(body).ok()?;
-        serde_json::from_str::<serde_json::Value>(body)
-            .ok()?
-            .get("default_version")?;
+impl VersionDocument {
+    /// Learns the root document from Ironic's answer to a `GET /` sent with [`PROBE_HOST`].
+    pub fn learn_root(body: &[u8]) -> Option<VersionDocument> {
+        let text = std::str::from_utf8(body).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(text).ok()?;
+        doc.get("default_version")?;
+        Self::learn(text)
+    }
+
+    /// Learns the v1 document from Ironic's answer to a `GET /v1` sent with [`PROBE_HOST`].
+    pub fn learn_v1(body: &[u8]) -> Option<VersionDocument> {
+        let text = std::str::from_utf8(body).ok()?;
+        let doc: serde_json::Value = serde_json::from_str(text).ok()?;
+        (doc.get("id")?.as_str()? == "v1").then_some(())?;
+        doc.get("media_types")?;
+        Self::learn(text)
+    }
+
+    fn learn(body: &str) -> Option<VersionDocument> {
         let needle = format!("://{PROBE_HOST}");
         let probe = body.find(&needle).and_then(|at| {
             let scheme = &body[..at];
@@ -36,13 +49,13 @@ impl RootDocument {
             matches!(scheme, "http" | "https")
                 .then(|| (format!("{scheme}{needle}"), scheme.to_string()))
         });
-        Some(RootDocument {
+        Some(VersionDocument {
             body: body.to_string(),
             probe,
         })
     }
 
-    /// The body Ironic would answer a `GET /` carrying `host` with; `None` where the gateway
+    /// The body Ironic would answer a request carrying `host` with; `None` where the gateway
     /// does not know it for sure (no `Host`, or one webob would rewrite): Ironic answers.
     pub fn render(&self, host: Option<&str>) -> Option<String> {
         let Some((probe, scheme)) = &self.probe else {
@@ -94,7 +107,7 @@ mod tests {
 
     #[test]
     fn links_follow_the_request_host() {
-        let d = RootDocument::learn(doc("http://ironic-edge.invalid").as_bytes()).unwrap();
+        let d = VersionDocument::learn_root(doc("http://ironic-edge.invalid").as_bytes()).unwrap();
         assert_eq!(
             d.render(Some("10.0.0.1:6385")).unwrap(),
             doc("http://10.0.0.1:6385")
@@ -103,13 +116,14 @@ mod tests {
             d.render(Some("ironic.example")).unwrap(),
             doc("http://ironic.example")
         );
-        let tls = RootDocument::learn(doc("https://ironic-edge.invalid").as_bytes()).unwrap();
+        let tls =
+            VersionDocument::learn_root(doc("https://ironic-edge.invalid").as_bytes()).unwrap();
         assert_eq!(tls.render(Some("h:8443")).unwrap(), doc("https://h:8443"));
     }
 
     #[test]
     fn hosts_webob_would_rewrite_or_json_would_escape_are_left_to_ironic() {
-        let d = RootDocument::learn(doc("http://ironic-edge.invalid").as_bytes()).unwrap();
+        let d = VersionDocument::learn_root(doc("http://ironic-edge.invalid").as_bytes()).unwrap();
         for host in [
             None,
             Some(""),
@@ -122,7 +136,8 @@ mod tests {
         ] {
             assert_eq!(d.render(host), None, "{host:?}");
         }
-        let tls = RootDocument::learn(doc("https://ironic-edge.invalid").as_bytes()).unwrap();
+        let tls =
+            VersionDocument::learn_root(doc("https://ironic-edge.invalid").as_bytes()).unwrap();
         assert_eq!(tls.render(Some("h:443")), None);
         assert!(tls.render(Some("h:80")).is_some());
     }
@@ -130,15 +145,40 @@ mod tests {
     #[test]
     fn a_fixed_public_endpoint_is_served_as_it_is() {
         let body = doc("https://ironic.example:6385");
-        let d = RootDocument::learn(body.as_bytes()).unwrap();
+        let d = VersionDocument::learn_root(body.as_bytes()).unwrap();
         assert_eq!(d.render(Some("anything:1")).unwrap(), body);
         assert_eq!(d.render(None).unwrap(), body);
     }
 
+    fn v1_doc(base: &str) -> String {
+        format!(
+            "{{\"id\": \"v1\", \"links\": [{{\"href\": \"{base}/v1/\", \"rel\": \"self\"}}, {{\"href\": \"https://docs.openstack.org//ironic/latest/contributor//webapi.html\", \"rel\": \"describedby\", \"type\": \"text/html\"}}], \"media_types\": {{\"base\": \"application/json\", \"type\": \"application/vnd.openstack.ironic.v1+json\"}}, \"nodes\": [{{\"href\": \"{base}/v1/nodes/\", \"rel\": \"self\"}}, {{\"href\": \"{base}/nodes/\", \"rel\": \"bookmark\"}}]}}"
+        )
+    }
+
+    #[test]
+    fn the_v1_document_links_follow_the_request_host_everywhere() {
+        let d = VersionDocument::learn_v1(v1_doc("http://ironic-edge.invalid").as_bytes()).unwrap();
+        assert_eq!(
+            d.render(Some("10.0.0.1:6385")).unwrap(),
+            v1_doc("http://10.0.0.1:6385")
+        );
+        assert_eq!(d.render(Some("h:80")), None);
+    }
+
+    #[test]
+    fn a_root_document_is_not_a_v1_document_and_back() {
+        let root = doc("http://ironic-edge.invalid");
+        let v1 = v1_doc("http://ironic-edge.invalid");
+        assert!(VersionDocument::learn_v1(root.as_bytes()).is_none());
+        assert!(VersionDocument::learn_root(v1.as_bytes()).is_none());
+        assert!(VersionDocument::learn_v1(br#"{"id": "v2", "media_types": {}}"#).is_none());
+    }
+
     #[test]
     fn what_is_not_a_root_document_is_not_learnt() {
-        assert!(RootDocument::learn(b"<html>").is_none());
-        assert!(RootDocument::learn(b"{}").is_none());
-        assert!(RootDocument::learn(&[0xff, 0xfe]).is_none());
+        assert!(VersionDocument::learn_root(b"<html>").is_none());
+        assert!(VersionDocument::learn_root(b"{}").is_none());
+        assert!(VersionDocument::learn_root(&[0xff, 0xfe]).is_none());
     }
 }

@@ -393,6 +393,23 @@ impl<'a> Diff<'a> {
     }
 
     /// Runs one case; mismatches are recorded, not raised.
+    /// Sends `req` through the gateway until the gateway answers it itself (what it learns in
+    /// the background, such as a version document, has arrived); panics after 10 s.
+    pub fn warm_until_local(&mut self, req: &Request) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, via) = self.send_gateway(req);
+            if via == Ok(Via::Local) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never answered at the edge: {via:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn run(&mut self, c: Case) -> Outcome {
         self.stats.cases += 1;
         let mut gateway = Vec::new();
