@@ -248,6 +248,10 @@ impl ProxyHttp for EdgeProxy {
         if ctx.answered_locally != Some(true) && (200..400).contains(&status) {
             let req = session.req_header();
             if let Some(event) = crate::sync::event_for(req.method.as_str(), req.uri.path()) {
+                if let crate::sync::SyncEvent::Refresh(ident) = &event {
+                    // Before the refresh reads the node: what it reads may predate the action.
+                    crate::agent::session::note_node_action(&self.edge, ident).await;
+                }
                 let _ = self.edge.sync_events.try_send(event);
             }
         }

@@ -335,3 +335,80 @@ fn clean_wait_first_heartbeat_reaches_the_conductor() {
         "one lookup reached Ironic"
     );
 }
+
+/// Issue 10: an agent session reset made *through the gateway* (an operator's power off
+/// proxied to Ironic) ends the session at the edge too. Right after it, the old token's
+/// heartbeat gets Ironic's answer (400 invalid token), never a coalesced 202; and the next
+/// boot's first heartbeat, with its new token and a new `callback_url`, is Ironic's 202, never
+/// the edge's "Detected change in ramdisk provided callback_url".
+#[test]
+fn agent_session_reset_through_the_gateway() {
+    let redis = RedisServer::start();
+    let ironic = RealIronic::start(PeerOptions {
+        seed: 1,
+        ports_per_node: 1,
+        ..PeerOptions::default()
+    });
+    let mut cfg = GatewayConfig::new(&ironic.url, &redis.url());
+    // The node index on, with rounds far apart: what the edge saw itself must decide.
+    cfg.set("ironic_edge.sync.enabled", true)
+        .set("ironic_edge.sync.interval_seconds", 300)
+        .set("ironic_edge.heartbeat.coalesce_seconds", 120)
+        .env("RUST_LOG", "info");
+    let gw = Gateway::start(cfg);
+    wait_versions_known(&gw);
+    let node = ironic.nodes[0].clone();
+    let macs = node.macs.join(",");
+    // The index is complete and fresh once a never-seen MAC is answered at the edge.
+    let ok = common::wait_for(Duration::from_secs(30), || {
+        let before = count(&gw, "lookup", "local");
+        let r = gw.send(&common::lookup(&common::ironic::random_mac()));
+        (r.status == 404 && count(&gw, "lookup", "local") > before).then_some(())
+    });
+    assert!(ok.is_some(), "no node index:\n{}", gw.logs());
+
+    // First boot, through the gateway: the token, then the same heartbeat twice (the second
+    // one is Ironic's to record again only: coalesced at the edge).
+    let minted = gw.send(&common::lookup(&macs));
+    let token1 = minted.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(engine::is_raw_token(&token1), "{}", minted.text());
+    let old = common::heartbeat(&node.uuid, "https://127.0.0.1:9999", &token1);
+    assert_eq!(gw.send(&old).status, 202);
+    let local0 = count(&gw, "heartbeat", "local");
+    assert_eq!(gw.send(&old).status, 202);
+    assert_eq!(
+        wait_count(&gw, "heartbeat", "local", local0 + 1.0),
+        local0 + 1.0,
+        "the repeated heartbeat was coalesced at the edge"
+    );
+
+    // The operator powers the node off through the gateway: Ironic wipes the token.
+    ironic.power_off_via(&gw.url(), &node.uuid);
+    let stale = gw.send(&old);
+    common::assert_ironic_error(&stale, 400, common::ironic::INVALID_TOKEN, "1.115", "1.68");
+
+    // The agent boots again: a new token, a new callback_url, accepted by Ironic.
+    let again = gw.send(&common::lookup(&macs));
+    let token2 = again.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(engine::is_raw_token(&token2), "{}", again.text());
+    assert_ne!(token2, token1);
+    let first = gw.send(&common::heartbeat(
+        &node.uuid,
+        "https://127.0.0.1:9998",
+        &token2,
+    ));
+    assert_eq!(first.status, 202, "{}", first.text());
+    let n = ironic.node(&node.uuid);
+    assert_eq!(
+        n["driver_internal_info"]["agent_url"], "https://127.0.0.1:9998",
+        "Ironic recorded the new session's heartbeat: {n}"
+    );
+    // The old token stays refused, the new one accepted.
+    assert_eq!(gw.send(&old).status, 400);
+}

@@ -570,6 +570,9 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     let ironic = indexed
         .flatten()
         .map(|node| with_newer_token_knowledge(node, record.as_ref(), synced_at));
+    // After an action forwarded on the node, what the gateway knew of its agent session is
+    // not used until Ironic's outcome is known.
+    let (record, ironic) = super::session::view(record, ironic);
     NodeFacts {
         missing: false,
         record,
@@ -687,6 +690,7 @@ mod tests {
             agent_url: url.map(str::to_string),
             last_heartbeat: None,
             token_seen_ms: None,
+            unsettled_since_ms: None,
         }
     }
 
@@ -904,6 +908,8 @@ mod tests {
             maintenance: false,
             token_held: true,
             agent_url: agent_url.map(str::to_string),
+            in_transition: false,
+            read_at_ms: 0,
         }
     }
 

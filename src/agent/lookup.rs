@@ -684,6 +684,8 @@ mod tests {
             maintenance: false,
             token_held: false,
             agent_url: None,
+            in_transition: false,
+            read_at_ms: 0,
         }
     }
 

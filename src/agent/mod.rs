@@ -9,6 +9,7 @@ pub mod flight;
 pub mod forward;
 pub mod heartbeat;
 pub mod lookup;
+pub(crate) mod session;
 
 use crate::config::ConfigError;
 use crate::edge::{write_local, Edge, LocalAnswer};

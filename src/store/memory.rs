@@ -157,6 +157,7 @@ impl EdgeStore for MemoryStore {
             r.token_seen_ms = Some(super::now_ms());
             r.agent_url = None;
             r.last_heartbeat = None;
+            r.unsettled_since_ms = None;
         })
     }
     async fn record_heartbeat_accepted(
@@ -182,6 +183,11 @@ impl EdgeStore for MemoryStore {
             if let Some((Entry::Node(r), _)) = m.get_mut(&format!("node:{uuid}")) {
                 r.last_heartbeat = Some((fingerprint.to_string(), at_ms));
             }
+        })
+    }
+    async fn record_node_action(&self, uuid: &str, at_ms: u64, ttl: Duration) -> StoreResult<()> {
+        self.update_node(uuid, ttl, |r| {
+            r.unsettled_since_ms = r.unsettled_since_ms.max(Some(at_ms));
         })
     }
     async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
@@ -746,6 +752,8 @@ mod tests {
                 maintenance: false,
                 token_held: false,
                 agent_url: None,
+                in_transition: false,
+                read_at_ms: 0,
             }],
             ports: vec![("m".into(), "u".into())],
             synced_at_ms: Some(1_000),

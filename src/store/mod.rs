@@ -38,6 +38,11 @@ pub struct NodeRecord {
     /// When Ironic last showed it holds that token (it minted it, or accepted a heartbeat
     /// with it), in Unix milliseconds: newer than the node index, this knowledge wins.
     pub token_seen_ms: Option<u64>,
+    /// When the gateway forwarded an action on the node (a power or provision change, an
+    /// edit) that may have ended its agent session, in Unix milliseconds: until a new token is
+    /// minted or the index shows the node settled after it, nothing is answered at the edge
+    /// from this record ([`crate::agent::session`]).
+    pub unsettled_since_ms: Option<u64>,
 }
 
 /// Unix milliseconds now.
@@ -71,6 +76,14 @@ pub struct IndexedNode {
     /// `agent_secret_token` present in `driver_internal_info`.
     pub token_held: bool,
     pub agent_url: Option<String>,
+    /// A power or provision change is under way (`target_power_state` or
+    /// `target_provision_state` set): the token and `agent_url` may be about to be wiped.
+    #[serde(default)]
+    pub in_transition: bool,
+    /// When the node was read from Ironic (the start of the round or refresh), in Unix
+    /// milliseconds (0: unknown, an entry written before this field existed).
+    #[serde(default)]
+    pub read_at_ms: u64,
 }
 
 /// One write to the index: entries to set and entries to drop, and the time of the round.
@@ -163,6 +176,8 @@ pub trait EdgeStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Ironic no longer knows the token we had (it was wiped).
     async fn forget_token(&self, uuid: &str) -> StoreResult<()>;
+    /// The gateway forwarded an action on the node at `at_ms` that may end its agent session.
+    async fn record_node_action(&self, uuid: &str, at_ms: u64, ttl: Duration) -> StoreResult<()>;
     /// Claims the right to forward one heartbeat of this node whose token the gateway cannot
     /// verify, for the presented token `token_tag` (a short digest of it, never the token): each
     /// presented token has a slot of its own per `interval` (a flooded token holds only its own),

@@ -207,6 +207,7 @@ impl EdgeStore for RedisStore {
                     .arg("hb_at")
                     .arg("node")
                     .arg("token_at")
+                    .arg("reset_at")
                     .clone(),
             )
             .await?;
@@ -223,6 +224,7 @@ impl EdgeStore for RedisStore {
             agent_url: field(1),
             last_heartbeat,
             token_seen_ms: field(5).and_then(|a| a.parse().ok()),
+            unsettled_since_ms: field(6).and_then(|a| a.parse().ok()),
         }))
     }
 
@@ -268,6 +270,7 @@ impl EdgeStore for RedisStore {
             .arg("agent_url")
             .arg("hb_fp")
             .arg("hb_at")
+            .arg("reset_at")
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
@@ -297,6 +300,27 @@ impl EdgeStore for RedisStore {
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        self.run_pipe(pipe).await
+    }
+
+    async fn record_node_action(&self, uuid: &str, at_ms: u64, ttl: Duration) -> StoreResult<()> {
+        let key = self.node_key(uuid);
+        let mut pipe = redis::pipe();
+        // The latest action wins: a late write of an older one must not shorten the unsettled
+        // time of a newer one (`reset_at` only grows).
+        pipe.atomic()
+            .cmd("EVAL")
+            .arg(
+                "local cur = tonumber(redis.call('HGET', KEYS[1], 'reset_at') or '0') \
+                 if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'reset_at', ARGV[1]) end \
+                 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
+                 return 0",
+            )
+            .arg(1)
+            .arg(&key)
+            .arg(at_ms)
             .arg(ttl.as_secs().max(1))
             .ignore();
         self.run_pipe(pipe).await

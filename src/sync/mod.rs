@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 /// Node fields of a full listing; `driver_info` for fast track, `driver_internal_info` for the
 /// token. (Ironic refuses `updated_at`/`created_at` in `fields`: the listings of changed nodes
 /// use `/v1/nodes/detail`, which has them, and only ever return the few changed nodes.)
-pub const NODE_FIELDS: &str =
-    "uuid,name,provision_state,driver_info,maintenance,driver_internal_info";
+pub const NODE_FIELDS: &str = "uuid,name,provision_state,driver_info,maintenance,\
+    driver_internal_info,target_power_state,target_provision_state";
 pub const PORT_FIELDS: &str = "uuid,address,node_uuid,updated_at,created_at";
 
 /// The listings a round makes: `(collection, path, fields)`.
@@ -69,7 +69,16 @@ pub fn indexed_node(v: &Value) -> Option<IndexedNode> {
             .and_then(|d| d.get("agent_url"))
             .and_then(|u| u.as_str())
             .map(str::to_string),
+        in_transition: ["target_power_state", "target_provision_state"]
+            .iter()
+            .any(|f| v.get(*f).is_some_and(|t| !t.is_null())),
+        read_at_ms: 0,
     })
+}
+
+/// Reads one node of the API's answer, read from Ironic at `read_at_ms`, into an index entry.
+fn indexed_node_read_at(v: &Value, read_at_ms: u64) -> Option<IndexedNode> {
+    indexed_node(v).map(|n| IndexedNode { read_at_ms, ..n })
 }
 
 fn port_entry(v: &Value) -> Option<(String, String)> {
@@ -308,7 +317,10 @@ impl NodeSync {
             (nodes, ports, nm, pm)
         };
         let mut update = IndexUpdate {
-            nodes: nodes.iter().filter_map(indexed_node).collect(),
+            nodes: nodes
+                .iter()
+                .filter_map(|v| indexed_node_read_at(v, started))
+                .collect(),
             ports: ports.iter().filter_map(port_entry).collect(),
             synced_at_ms: Some(started),
             generation: Some(generation.clone()),
@@ -385,9 +397,12 @@ impl NodeSync {
 
     /// Refreshes one node (and its ports) now: after the gateway forwarded a change to it.
     pub async fn refresh_node(&self, ident: &str) {
+        let read_at = now_ms();
         match self.api.node_with_ports(ident).await {
             Ok(Some((node, ports))) => {
-                let Some(n) = indexed_node(&node) else { return };
+                let Some(n) = indexed_node_read_at(&node, read_at) else {
+                    return;
+                };
                 let update = IndexUpdate {
                     ports: ports.iter().filter_map(port_entry).collect(),
                     nodes: vec![n],
@@ -631,6 +646,8 @@ mod tests {
             maintenance: false,
             token_held: false,
             agent_url: None,
+            in_transition: false,
+            read_at_ms: 0,
         };
         let mut u = IndexUpdate {
             nodes: vec![node("enroll"), node("manageable")],
