@@ -174,6 +174,11 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub command_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Entries of the in-process view of what the agent path reads most (the node index, node
+    /// records, negative caches): Redis's server-assisted client-side caching (`CLIENT
+    /// TRACKING`, RESP3), which Redis keeps consistent by invalidating an entry whenever any
+    /// process changes its key. 0: off (every read goes to Redis).
+    pub view_entries: usize,
 }
 
 impl Default for RedisConfig {
@@ -184,6 +189,7 @@ impl Default for RedisConfig {
             key_prefix: "ironic-edge:".into(),
             command_timeout_ms: 250,
             connect_timeout_ms: 250,
+            view_entries: 100_000,
         }
     }
 }
@@ -485,6 +491,12 @@ impl EdgeConfig {
             "ironic_edge.redis.connect_timeout_ms",
             self.redis.connect_timeout_ms,
         )?;
+        if self.redis.view_entries > 10_000_000 {
+            return Err(ConfigError::new(
+                "ironic_edge.redis.view_entries",
+                "at most 10000000 (each entry is one read's answer)",
+            ));
+        }
         if self.redis.key_prefix.chars().any(|c| c.is_whitespace()) {
             return Err(ConfigError::new(
                 "ironic_edge.redis.key_prefix",
@@ -665,13 +677,14 @@ impl EdgeConfig {
             .as_str()
             .into_connection_info()
             .map_err(|e| ConfigError::new(field, e.to_string()))?;
-        if self.redis.password.is_empty() {
-            return Ok(info);
+        let mut settings = info.redis_settings().clone();
+        if !self.redis.password.is_empty() {
+            settings = settings.set_password(&self.redis.password);
         }
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_password(&self.redis.password);
+        if self.redis.view_entries > 0 {
+            // Invalidations of the in-process view arrive as RESP3 pushes.
+            settings = settings.set_protocol(redis::ProtocolVersion::RESP3);
+        }
         Ok(info.set_redis_settings(settings))
     }
 

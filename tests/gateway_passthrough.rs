@@ -293,7 +293,14 @@ fn ramdisk_route_policy_denies_the_admin_api() {
     // What a ramdisk needs still goes through.
     assert_eq!(env.send(&Request::get("/")).status, 200);
     assert_eq!(env.send(&Request::get("/v1").version("1.62")).status, 200);
-    assert_eq!(env.fake.count("/v1"), 1);
+    // (The gateway's own probe for the v1 document comes with its reserved `Host`.)
+    let forwarded_v1 = env
+        .fake
+        .requests_to("/v1")
+        .iter()
+        .filter(|r| r.header("host") != Some("ironic-edge.invalid"))
+        .count();
+    assert_eq!(forwarded_v1, 1);
     let r = env.send(&Request::post("/v1/continue_inspection").json_body("{\"inventory\": {}}"));
     assert_eq!(r.status, 200);
     assert_eq!(env.fake.count("/v1/continue_inspection"), 1);

@@ -43,6 +43,17 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     connect_timeout: Duration,
+    /// Entries of the in-process view (0: off).
+    view_entries: usize,
+}
+
+/// Marks a read as served by the in-process view: Redis tracks the key for this process and
+/// pushes an invalidation when anyone changes it (or it expires, is evicted or flushed); a
+/// reconnect starts an empty view. Only the agent path's hot reads are marked: the index, node
+/// records, negative caches.
+fn viewed(mut cmd: redis::Cmd) -> redis::Cmd {
+    cmd.set_cache_config(redis::CommandCacheConfig::new());
+    cmd
 }
 
 impl RedisStore {
@@ -56,18 +67,26 @@ impl RedisStore {
             prefix: cfg.redis.key_prefix.clone(),
             timeout: cfg.redis_command_timeout(),
             connect_timeout: Duration::from_millis(cfg.redis.connect_timeout_ms),
+            view_entries: cfg.redis.view_entries,
         })
     }
 
     fn manager(&self) -> StoreResult<ConnectionManager> {
         self.manager
             .get_or_try_init(|| {
-                let config = ConnectionManagerConfig::new()
+                let mut config = ConnectionManagerConfig::new()
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(200))
                     .set_response_timeout(Some(self.timeout))
                     .set_connection_timeout(Some(self.connect_timeout));
+                if let Some(entries) = std::num::NonZeroUsize::new(self.view_entries) {
+                    config = config.set_cache_config(
+                        redis::caching::CacheConfig::new()
+                            .set_mode(redis::caching::CacheMode::OptIn)
+                            .set_size(entries),
+                    );
+                }
                 ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             })
             .cloned()
@@ -89,12 +108,16 @@ impl RedisStore {
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        self.within(cmd.query_async::<T>(&mut conn)).await
+        let result = self.within(cmd.query_async::<T>(&mut conn)).await;
+        self.settle_view(&mut conn).await;
+        result
     }
 
     async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        self.within(pipe.query_async::<T>(&mut conn)).await
+        let result = self.within(pipe.query_async::<T>(&mut conn)).await;
+        self.settle_view(&mut conn).await;
+        result
     }
 
     async fn run_script<T: redis::FromRedisValue>(
@@ -102,7 +125,36 @@ impl RedisStore {
         invocation: redis::ScriptInvocation<'_>,
     ) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        self.within(invocation.invoke_async::<T>(&mut conn)).await
+        let result = self.within(invocation.invoke_async::<T>(&mut conn)).await;
+        self.settle_view(&mut conn).await;
+        result
+    }
+
+    /// A read the in-process view may answer ([`viewed`] commands only).
+    async fn run_viewed<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        self.within(cmd.query_async::<T>(&mut conn)).await
+    }
+
+    /// A pipeline of reads the in-process view may answer ([`viewed`] commands only).
+    async fn run_pipe_viewed<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> StoreResult<T> {
+        let mut conn = self.manager()?;
+        self.within(pipe.query_async::<T>(&mut conn)).await
+    }
+
+    /// After anything that may write: Redis sends this process the invalidations of its own
+    /// writes right after the command's reply (Redis 7), so one more round trip guarantees that
+    /// the view has dropped what the write changed before the write is reported done (a
+    /// heartbeat decided right after must not read the record as it was before).
+    async fn settle_view(&self, conn: &mut ConnectionManager) {
+        if self.view_entries > 0 {
+            let _ = self
+                .within(redis::cmd("PING").query_async::<()>(conn))
+                .await;
+        }
     }
 
     fn lookup_key(&self, kind: &str, key: &str) -> String {
@@ -121,8 +173,10 @@ fn millis(d: Duration) -> u64 {
 #[async_trait]
 impl EdgeStore for RedisStore {
     async fn lookup_not_found(&self, key: &str) -> StoreResult<bool> {
-        self.run(redis::cmd("EXISTS").arg(self.lookup_key("nf", key)).clone())
-            .await
+        self.run_viewed(viewed(
+            redis::cmd("EXISTS").arg(self.lookup_key("nf", key)).clone(),
+        ))
+        .await
     }
 
     async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()> {
@@ -198,7 +252,7 @@ impl EdgeStore for RedisStore {
 
     async fn node(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
         let fields: Vec<Option<String>> = self
-            .run(
+            .run_viewed(viewed(
                 redis::cmd("HMGET")
                     .arg(self.node_key(uuid))
                     .arg("token")
@@ -209,7 +263,7 @@ impl EdgeStore for RedisStore {
                     .arg("token_at")
                     .arg("reset_at")
                     .clone(),
-            )
+            ))
             .await?;
         if fields.iter().all(Option::is_none) {
             return Ok(None);
@@ -367,11 +421,11 @@ impl EdgeStore for RedisStore {
     }
 
     async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
-        self.run(
+        self.run_viewed(viewed(
             redis::cmd("EXISTS")
                 .arg(format!("{}hb:nf:{ident}", self.prefix))
                 .clone(),
-        )
+        ))
         .await
     }
 
@@ -873,16 +927,23 @@ impl RedisStore {
     /// The index's freshness and generation, if both halves belong to that generation.
     async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(self.idx(IDX_SYNCED_AT))
-            .cmd("HGET")
-            .arg(self.idx(IDX_NODES))
-            .arg(GENERATION_FIELD)
-            .cmd("HGET")
-            .arg(self.idx(IDX_MACS))
-            .arg(GENERATION_FIELD);
+        pipe.add_command(viewed(
+            redis::cmd("GET").arg(self.idx(IDX_SYNCED_AT)).clone(),
+        ))
+        .add_command(viewed(
+            redis::cmd("HGET")
+                .arg(self.idx(IDX_NODES))
+                .arg(GENERATION_FIELD)
+                .clone(),
+        ))
+        .add_command(viewed(
+            redis::cmd("HGET")
+                .arg(self.idx(IDX_MACS))
+                .arg(GENERATION_FIELD)
+                .clone(),
+        ));
         let (synced, nodes_gen, macs_gen): (Option<String>, Option<String>, Option<String>) =
-            self.run_pipe(pipe).await?;
+            self.run_pipe_viewed(pipe).await?;
         Ok(synced
             .as_deref()
             .and_then(parse_synced_at)
@@ -896,9 +957,14 @@ impl RedisStore {
     /// missing entry of a half that Redis lost is not "no such node").
     async fn index_read(&self, half: &str, fields: &[String]) -> StoreResult<Vec<Option<String>>> {
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(self.idx(IDX_SYNCED_AT));
-        pipe.cmd("HMGET").arg(self.idx(half)).arg(fields);
-        let (synced, found): (Option<String>, Vec<Option<String>>) = self.run_pipe(pipe).await?;
+        pipe.add_command(viewed(
+            redis::cmd("GET").arg(self.idx(IDX_SYNCED_AT)).clone(),
+        ));
+        pipe.add_command(viewed(
+            redis::cmd("HMGET").arg(self.idx(half)).arg(fields).clone(),
+        ));
+        let (synced, found): (Option<String>, Vec<Option<String>>) =
+            self.run_pipe_viewed(pipe).await?;
         let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
         match (vouched, found.first().cloned().flatten()) {
             (Some(g), Some(half_gen)) if g == half_gen => Ok(found),

@@ -1,0 +1,166 @@
+//! The in-process view (issue 10, item 3): what the agent path reads most (the node index,
+//! node records, negative caches) is served from the process's own memory, kept consistent by
+//! Redis (`CLIENT TRACKING`: Redis pushes an invalidation whenever anyone changes a key the
+//! process read). Repeated local answers cost no Redis round trip; a change made elsewhere is
+//! seen at once. Counted with Redis's own `total_commands_processed`, not timed.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const CB: &str = "https://10.0.0.5:9999";
+
+/// Redis's count of the commands it processed (the `INFO` that reads it counts too).
+fn redis_commands(env: &Env) -> i64 {
+    let info = env.redis.cmd(&["INFO", "stats"]).to_text();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_commands_processed")
+}
+
+fn local(env: &Env, route: &str) -> f64 {
+    env.gw
+        .metric(
+            "ironic_edge_requests_total",
+            &[("route", route), ("outcome", "local")],
+        )
+        .unwrap_or(0.0)
+}
+
+fn forwarded_with_token(env: &Env, token: &str) -> usize {
+    env.fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/heartbeat/") && r.text().contains(token))
+        .count()
+}
+
+/// A gateway with the node index on, one node whose agent booted through it and whose
+/// repeated heartbeat is coalesced at the edge: (env, node uuid, token).
+fn booted(view_entries: usize) -> (Env, String, String) {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let mac = ironic::random_mac();
+    let uuid = mini.add_node(&[&mac]);
+    let env = Env::start_with_fake(fake, |c| {
+        c.set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.heartbeat.coalesce_seconds", 60)
+            .set("ironic_edge.redis.view_entries", view_entries as i64);
+    });
+    env.wait_for_index();
+    let r = env.send(&lookup(&mac));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
+    let coalesced = wait_for(Duration::from_secs(10), || {
+        let before = forwarded_with_token(&env, &token);
+        let r = env.send(&heartbeat(&uuid, CB, &token));
+        (r.status == 202 && forwarded_with_token(&env, &token) == before).then_some(())
+    });
+    assert!(coalesced.is_some(), "repeats are coalesced");
+    (env, uuid, token)
+}
+
+/// Sends `rounds` times each of: a lookup of MACs of no node (the index's 404), a heartbeat
+/// of a node Ironic does not have (404), the coalesced heartbeat; returns Redis commands
+/// processed per request beyond what the gateway's background work (sync, lease, relay) did in
+/// the same time, measured right after while idle.
+fn redis_commands_per_local_answer(env: &Env, uuid: &str, token: &str, rounds: usize) -> f64 {
+    let unknown_macs = format!("{},{}", ironic::random_mac(), ironic::random_mac());
+    let unknown_node = ironic::random_uuid();
+    let send_all = || {
+        assert_eq!(env.send(&lookup(&unknown_macs)).status, 404);
+        assert_eq!(
+            env.send(&heartbeat(&unknown_node, CB, &ironic::random_token()))
+                .status,
+            404
+        );
+        assert_eq!(env.send(&heartbeat(uuid, CB, token)).status, 202);
+    };
+    // The first of each fills the view.
+    send_all();
+    send_all();
+    let (lookups, heartbeats) = (local(env, "lookup"), local(env, "heartbeat"));
+    let before = redis_commands(env);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        send_all();
+    }
+    let busy = redis_commands(env) - before;
+    let took = started.elapsed();
+    assert_eq!(
+        local(env, "lookup"),
+        lookups + rounds as f64,
+        "answered at the edge"
+    );
+    assert_eq!(
+        local(env, "heartbeat"),
+        heartbeats + 2.0 * rounds as f64,
+        "answered at the edge"
+    );
+    let idle_before = redis_commands(env);
+    std::thread::sleep(took);
+    let idle = redis_commands(env) - idle_before;
+    let requests = 3 * rounds;
+    eprintln!(
+        "{busy} Redis commands during {requests} local answers ({took:?}), {idle} while idle"
+    );
+    (busy - idle).max(0) as f64 / requests as f64
+}
+
+#[test]
+fn repeated_local_answers_need_no_redis_round_trip() {
+    let (env, uuid, token) = booted(10_000);
+    let per_request = redis_commands_per_local_answer(&env, &uuid, &token, 100);
+    assert!(
+        per_request < 0.5,
+        "{per_request:.2} Redis commands per local answer"
+    );
+}
+
+#[test]
+fn without_the_view_every_local_answer_asks_redis() {
+    let (env, uuid, token) = booted(0);
+    let per_request = redis_commands_per_local_answer(&env, &uuid, &token, 100);
+    assert!(
+        per_request >= 1.0,
+        "{per_request:.2} Redis commands per local answer"
+    );
+}
+
+/// A change another process makes in Redis is seen at once: Redis invalidates the view.
+#[test]
+fn a_change_made_elsewhere_is_seen_at_once() {
+    let (env, uuid, token) = booted(10_000);
+    // Another gateway's knowledge of the node changes (here: forgotten).
+    let key = format!("ironic-edge:node:{uuid}");
+    assert_eq!(env.redis.cmd(&["DEL", &key]).as_int(), Some(1));
+    // Redis pushes the invalidation as it runs the DEL; the gateway drops the entry when its
+    // connection reads the push (well under a millisecond; room for a loaded machine).
+    std::thread::sleep(Duration::from_millis(100));
+    let before = forwarded_with_token(&env, &token);
+    assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
+    assert_eq!(
+        forwarded_with_token(&env, &token),
+        before + 1,
+        "no longer coalesced from a record Redis no longer holds"
+    );
+    // Redis loses everything: the index is not trusted, lookups reach Ironic.
+    env.redis.cmd(&["FLUSHALL"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let mac = ironic::random_mac();
+    let asked = env.fake.requests().len();
+    env.send(&lookup(&mac));
+    assert!(
+        env.fake.requests()[asked..]
+            .iter()
+            .any(|r| r.path == "/v1/lookup"),
+        "a lookup the emptied index cannot decide reaches Ironic"
+    );
+}
