@@ -164,3 +164,59 @@ fn a_change_made_elsewhere_is_seen_at_once() {
         "a lookup the emptied index cannot decide reaches Ironic"
     );
 }
+
+/// Two gateways over one Redis (issue 10, item 7): a token minted through one is honoured by
+/// the other at once, and the other's view of the node's old session is gone with it (its old
+/// token is never coalesced at the edge once Ironic wiped it).
+#[test]
+fn a_mint_on_one_gateway_is_honoured_by_the_other_at_once() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let mac = ironic::random_mac();
+    let uuid = mini.add_node(&[&mac]);
+    let settings = |c: &mut GatewayConfig| {
+        c.set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.heartbeat.coalesce_seconds", 60);
+    };
+    let a = Env::start_with_fake(fake, settings);
+    let mut cfg_b = GatewayConfig::new(&a.fake.url(), &a.redis.url());
+    settings(&mut cfg_b);
+    let b = Gateway::start(cfg_b);
+    a.wait_for_index();
+    let send_b = |req: &Request| http::send(b.addr(), req);
+
+    // First session: minted through A, heartbeats through B until B coalesces them.
+    let t1 = a.send(&lookup(&mac)).json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(send_b(&heartbeat(&uuid, CB, &t1)).status, 202);
+    let coalesced = wait_for(Duration::from_secs(10), || {
+        let before = forwarded_with_token(&a, &t1);
+        let r = send_b(&heartbeat(&uuid, CB, &t1));
+        (r.status == 202 && forwarded_with_token(&a, &t1) == before).then_some(())
+    });
+    assert!(
+        coalesced.is_some(),
+        "B coalesces the first session's heartbeats"
+    );
+
+    // The agent reboots: Ironic wipes the token; the new lookup mints through A.
+    mini.wipe(&uuid);
+    let t2 = a.send(&lookup(&mac)).json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(t1, t2);
+    // At once, through B: the old token is Ironic's to refuse, the new one accepted.
+    let old = send_b(&heartbeat(&uuid, CB, &t1));
+    assert_eq!(
+        old.status,
+        400,
+        "B no longer holds the old session: {}",
+        old.text()
+    );
+    let new = send_b(&heartbeat(&uuid, CB, &t2));
+    assert_eq!(new.status, 202, "{}", new.text());
+}
