@@ -134,6 +134,11 @@ impl Metrics {
             "# HELP ironic_edge_budget_rate_per_second The rate of requests to Ironic the budget allows now (learnt).\n# TYPE ironic_edge_budget_rate_per_second gauge\nironic_edge_budget_rate_per_second {:.3}",
             governor.rate_millis as f64 / 1000.0
         );
+        let _ = writeln!(
+            out,
+            "# HELP ironic_edge_budget_proven_per_second The best rate Ironic answered the gateway over 10 s without an overload answer: the rate after an outage is no higher.\n# TYPE ironic_edge_budget_proven_per_second gauge\nironic_edge_budget_proven_per_second {:.3}",
+            governor.proven_millis as f64 / 1000.0
+        );
         out
     }
 

@@ -114,6 +114,49 @@ pub(crate) struct RateBudget {
     /// idle maximum that would let a burst through after an outage).
     held_back: bool,
     increased_at_ms: u64,
+    /// What Ironic proved it sustains: the best rate of answers it gave in a window of
+    /// [`PROOF_WINDOW_MS`] without any overload answer.
+    proven: ProvenRate,
+    /// Since when Ironic has been unreachable (no answer at all), if it is.
+    unreachable_since_ms: Option<u64>,
+}
+
+/// The window over which Ironic's sustained rate is measured.
+pub(crate) const PROOF_WINDOW_MS: u64 = 10_000;
+/// An unreachable Ironic for this long is an outage: once back, it gets no more than it
+/// proved it sustains (a restarted Ironic starts with a cold conductor pool, and every agent's
+/// delayed request arrives at once).
+pub(crate) const OUTAGE_MS: u64 = 5_000;
+
+/// The best rate of answers without overload over whole windows. Pure.
+#[derive(Clone, Debug, Default)]
+struct ProvenRate {
+    best_per_second: f64,
+    window_started_ms: u64,
+    answered: u64,
+    overloaded: bool,
+}
+
+impl ProvenRate {
+    fn record(&mut self, now_ms: u64, overloaded: bool) {
+        if now_ms.saturating_sub(self.window_started_ms) >= PROOF_WINDOW_MS {
+            if !self.overloaded && self.window_started_ms > 0 {
+                let rate = self.answered as f64 * 1000.0 / PROOF_WINDOW_MS as f64;
+                self.best_per_second = self.best_per_second.max(rate);
+            }
+            *self = ProvenRate {
+                best_per_second: self.best_per_second,
+                window_started_ms: now_ms.max(1),
+                answered: 0,
+                overloaded: false,
+            };
+        }
+        if overloaded {
+            self.overloaded = true;
+        } else {
+            self.answered += 1;
+        }
+    }
 }
 
 impl RateBudget {
@@ -131,7 +174,14 @@ impl RateBudget {
             decreased_at_ms: None,
             held_back: false,
             increased_at_ms: now_ms,
+            proven: ProvenRate::default(),
+            unreachable_since_ms: None,
         }
+    }
+
+    /// The best rate Ironic answered without overload over a whole window (0: none yet).
+    pub(crate) fn proven_rate(&self) -> f64 {
+        self.proven.best_per_second
     }
 
     pub(crate) fn rate(&self) -> f64 {
@@ -174,10 +224,26 @@ impl RateBudget {
     /// Learns from one answer.
     pub(crate) fn observe(&mut self, now_ms: u64, sample: Sample) {
         let overloaded = match sample {
-            Sample::Unreachable => return,
+            Sample::Unreachable => {
+                self.unreachable_since_ms.get_or_insert(now_ms);
+                return;
+            }
             Sample::Overloaded => true,
             Sample::Answered { latency_ms } => latency_ms > self.settings.slow_answer_ms,
         };
+        if let Some(since) = self.unreachable_since_ms.take() {
+            if now_ms.saturating_sub(since) >= OUTAGE_MS && self.proven.best_per_second > 0.0 {
+                // Back after an outage: no more than what Ironic proved it sustains.
+                self.rate = self
+                    .rate
+                    .min(self.proven.best_per_second)
+                    .max(self.settings.min_per_second);
+                self.tokens = self.tokens.min(self.capacity());
+                self.increased_at_ms = now_ms;
+                self.held_back = false;
+            }
+        }
+        self.proven.record(now_ms, overloaded);
         if overloaded {
             let recent = self
                 .decreased_at_ms
@@ -299,6 +365,8 @@ impl<T> Queues<T> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GovernorStats {
     pub rate_millis: u64,
+    /// What Ironic proved it sustains ([`RateBudget::proven_rate`]), per 1000 seconds.
+    pub proven_millis: u64,
     pub in_flight: usize,
     pub waiting: [usize; 4],
     pub overloaded: u64,
@@ -480,6 +548,7 @@ impl Governor {
         }
         GovernorStats {
             rate_millis: (inner.budget.rate() * 1000.0) as u64,
+            proven_millis: (inner.budget.proven_rate() * 1000.0) as u64,
             in_flight: inner.in_flight,
             waiting,
             overloaded: inner.overloaded,
@@ -765,5 +834,73 @@ mod tests {
         let stats = g.stats();
         assert_eq!(stats.in_flight, 0);
         assert_eq!(stats.waiting, [0; 4], "the waiter that left holds no place");
+    }
+
+    fn roomy() -> BudgetSettings {
+        BudgetSettings {
+            initial_per_second: 50.0,
+            min_per_second: 2.0,
+            max_per_second: 500.0,
+            slow_answer_ms: 20_000,
+        }
+    }
+
+    /// `per_second` answers a second from `from_ms` for `seconds`.
+    fn answer_steadily(b: &mut RateBudget, from_ms: u64, seconds: u64, per_second: u64) -> u64 {
+        let mut now = from_ms;
+        for _ in 0..seconds * per_second {
+            now += 1000 / per_second;
+            b.observe(now, OK);
+        }
+        now
+    }
+
+    #[test]
+    fn ironic_proves_the_rate_it_answers_over_whole_windows_without_overload() {
+        let mut b = RateBudget::new(roomy(), 0);
+        assert_eq!(b.proven_rate(), 0.0);
+        let now = answer_steadily(&mut b, 0, 25, 8);
+        assert!((b.proven_rate() - 8.0).abs() < 0.2, "{}", b.proven_rate());
+        // Windows with an overload answer prove nothing, however busy (20 a second here).
+        let mut now = now;
+        for i in 0..600 {
+            now += 50;
+            b.observe(now, if i % 20 == 0 { Sample::Overloaded } else { OK });
+        }
+        b.observe(now + PROOF_WINDOW_MS, OK);
+        assert!(b.proven_rate() < 9.0, "{}", b.proven_rate());
+    }
+
+    #[test]
+    fn after_an_outage_the_rate_is_no_more_than_what_ironic_proved() {
+        let mut b = RateBudget::new(roomy(), 0);
+        let now = answer_steadily(&mut b, 0, 25, 8);
+        assert_eq!(
+            b.rate(),
+            50.0,
+            "the limit was never what held requests back"
+        );
+        // Ironic goes away for 30 s.
+        for t in 0..30 {
+            b.observe(now + t * 1000, Sample::Unreachable);
+        }
+        let back = now + 30_000;
+        b.observe(back, OK);
+        assert!((b.rate() - 8.0).abs() < 0.2, "{}", b.rate());
+        assert!(b.tokens <= b.capacity());
+    }
+
+    #[test]
+    fn a_short_blip_is_no_outage_and_nothing_proven_caps_nothing() {
+        let mut b = RateBudget::new(roomy(), 0);
+        let now = answer_steadily(&mut b, 0, 25, 8);
+        b.observe(now + 100, Sample::Unreachable);
+        b.observe(now + 1_000, OK);
+        assert_eq!(b.rate(), 50.0, "a 1 s blip");
+        // Nothing proven yet (a fresh gateway): the configured rate stands.
+        let mut fresh = RateBudget::new(roomy(), 0);
+        fresh.observe(10, Sample::Unreachable);
+        fresh.observe(40_000, OK);
+        assert_eq!(fresh.rate(), 50.0);
     }
 }
