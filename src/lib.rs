@@ -12,6 +12,7 @@ pub mod client_addr;
 pub mod config;
 pub mod conn_guard;
 pub mod conn_limit;
+pub(crate) mod disposition;
 pub mod edge;
 pub mod ironic;
 pub mod logging;

@@ -33,22 +33,31 @@ pub enum Outcome {
     Forwarded = 1,
     /// Denied by the route policy.
     Denied = 2,
+    /// The edge's own 503: Ironic could not be asked (unreachable, or no place in its budget
+    /// in time) or did not answer in time.
+    Unavailable = 3,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Local, Outcome::Forwarded, Outcome::Denied];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Local,
+        Outcome::Forwarded,
+        Outcome::Denied,
+        Outcome::Unavailable,
+    ];
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Local => "local",
             Outcome::Forwarded => "forwarded",
             Outcome::Denied => "denied",
+            Outcome::Unavailable => "unavailable",
         }
     }
 }
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; 3]; 3],
+    requests: [[AtomicU64; 4]; 3],
     upstream_requests: [AtomicU64; 3],
     upstream_errors: [AtomicU64; 3],
     store_errors: AtomicU64,
@@ -254,6 +263,6 @@ mod tests {
         assert!(text.contains("ironic_edge_requests_total{route=\"lookup\",outcome=\"local\"} 2\n"));
         assert!(text.contains("ironic_edge_upstream_requests_total{route=\"heartbeat\"} 1\n"));
         // 3 routes x 3 outcomes, and nothing else labelled.
-        assert_eq!(text.matches("ironic_edge_requests_total{").count(), 9);
+        assert_eq!(text.matches("ironic_edge_requests_total{").count(), 12);
     }
 }

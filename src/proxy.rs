@@ -1,13 +1,15 @@
 //! The `ProxyHttp` implementation, kept thin: it runs the plugin list from
-//! `request_filter`, forwards everything else to the pre-built upstream peer with
+//! `request_filter` and writes and counts whatever they decided, in one place
+//! ([`EdgeProxy::respond`]); forwards everything else to the pre-built upstream peer with
 //! `X-Forwarded-*`, answers an unreachable upstream with Ironic's 503, and logs.
 
 use crate::client_addr::TrustedProxies;
 use crate::conn_guard::clock_of;
-use crate::edge::{write_local, Edge, LocalAnswer};
+use crate::disposition::{AfterWrite, Disposition};
+use crate::edge::{write_local, write_upstream, Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::Outcome as Counted;
-use crate::plugin::{Outcome, Plugin, RequestCtx};
+use crate::plugin::{Plugin, RequestCtx};
 use crate::upstream::headers::forwarded_values;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
@@ -22,11 +24,54 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
-    pub fn new(edge: Arc<Edge>, plugins: Vec<Box<dyn Plugin>>, trusted: TrustedProxies) -> Self {
+    pub(crate) fn new(
+        edge: Arc<Edge>,
+        plugins: Vec<Box<dyn Plugin>>,
+        trusted: TrustedProxies,
+    ) -> Self {
         EdgeProxy {
             edge,
             plugins,
             trusted,
+        }
+    }
+
+    /// Writes and counts what a plugin decided: the one place answers leave from. Counted
+    /// before the answer leaves, so that a client reading the metrics after the answer always
+    /// sees it.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        disposition: Disposition,
+    ) -> pingora::Result<()> {
+        if let Some(outcome) = disposition.outcome() {
+            self.edge.metrics.request(ctx.route, outcome);
+            ctx.answered = Some(outcome);
+        }
+        ctx.status = disposition.status();
+        match disposition {
+            Disposition::Continue => Ok(()),
+            Disposition::Relayed { resp, body } => write_upstream(session, &resp, &body).await,
+            Disposition::Local(local) => {
+                let written =
+                    write_local(session, &local.answer, local.info.as_ref(), local.version).await;
+                if let Some(after) = local.after {
+                    self.after_write(after, written.is_ok()).await;
+                }
+                written
+            }
+        }
+    }
+
+    async fn after_write(&self, after: AfterWrite, delivered: bool) {
+        match after {
+            AfterWrite::MintedAnswerHandedOver { caller, claim } => {
+                crate::agent::lookup::minted_answer_handed_over(
+                    &self.edge, &caller, &claim, delivered,
+                )
+                .await
+            }
         }
     }
 
@@ -80,7 +125,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> pingora::Result<bool> {
         let mut answered = false;
         for plugin in &self.plugins {
-            if plugin.handle(session, ctx).await? == Outcome::Answered {
+            let disposition = plugin.handle(session, ctx).await?;
+            if !matches!(disposition, Disposition::Continue) {
+                self.respond(session, ctx, disposition).await?;
                 answered = true;
                 break;
             }
@@ -126,9 +173,9 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if ctx.answered_locally.is_none() {
+        if ctx.answered.is_none() {
             self.edge.metrics.request(ctx.route, Counted::Forwarded);
-            ctx.answered_locally = Some(false);
+            ctx.answered = Some(Counted::Forwarded);
             ctx.status = Some(upstream_response.status.as_u16());
         }
         Ok(())
@@ -189,7 +236,8 @@ impl ProxyHttp for EdgeProxy {
                 self.edge.metrics.upstream_error(ctx.route);
                 let answer = LocalAnswer::error(&upstream_unavailable());
                 let info = self.edge.versions.get();
-                if let Err(we) = write_local(session, &answer, info.as_ref(), None).await {
+                let unavailable = Disposition::counted(answer, info, None, Counted::Unavailable);
+                if let Err(we) = self.respond(session, ctx, unavailable).await {
                     log::debug!("could not write the 503: {we}");
                 }
                 503
@@ -234,10 +282,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(clock) = clock_of(session) {
             clock.request_done();
         }
-        if ctx.answered_locally.is_none()
-            && ctx.status.is_none()
-            && session.response_written().is_none()
-        {
+        if ctx.answered.is_none() && ctx.status.is_none() && session.response_written().is_none() {
             // Nothing reached the client (the connection broke first): still a forwarded request.
             self.edge.metrics.request(ctx.route, Counted::Forwarded);
         }
@@ -245,7 +290,7 @@ impl ProxyHttp for EdgeProxy {
             .status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        if ctx.answered_locally != Some(true) && (200..400).contains(&status) {
+        if ctx.answered == Some(Counted::Forwarded) && (200..400).contains(&status) {
             let req = session.req_header();
             if let Some(event) = crate::sync::event_for(req.method.as_str(), req.uri.path()) {
                 if let crate::sync::SyncEvent::Refresh(ident) = &event {
@@ -255,10 +300,7 @@ impl ProxyHttp for EdgeProxy {
                 let _ = self.edge.sync_events.try_send(event);
             }
         }
-        let how = match ctx.answered_locally {
-            Some(true) => "local",
-            _ => "upstream",
-        };
+        let how = ctx.answered.map_or("upstream", Counted::label);
         // The path only: query strings may carry heartbeat tokens.
         log::info!(
             "{} {} {} {} {} {}ms{}",

@@ -3,10 +3,11 @@
 //! else gets Ironic's 403 at the edge.
 
 use crate::config::{ConfigError, RoutePolicy};
-use crate::edge::{write_local, Edge, LocalAnswer};
+use crate::disposition::Disposition;
+use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::access_denied;
 use crate::metrics::Outcome as Counted;
-use crate::plugin::{Outcome, Plugin, RequestCtx};
+use crate::plugin::{Plugin, RequestCtx};
 use async_trait::async_trait;
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -42,32 +43,29 @@ pub fn is_ramdisk_route(path: &str) -> bool {
 
 #[async_trait]
 impl Plugin for RoutePolicyPlugin {
-    fn name(&self) -> &'static str {
-        "route_policy"
-    }
-
     async fn handle(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<Outcome> {
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Disposition> {
         if self.edge.config.route_policy == RoutePolicy::All {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         }
         let path = session.req_header().uri.path().to_string();
         if is_ramdisk_route(&path) {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         }
         let info = self.edge.versions.get();
         let version = info.as_ref().and_then(|i| {
             crate::ironic::version::negotiate(&session.req_header().headers, &i.range).ok()
         });
         let err = access_denied(&path);
-        self.edge.metrics.request(ctx.route, Counted::Denied);
-        ctx.answered_locally = Some(true);
-        ctx.status = Some(err.status);
-        write_local(session, &LocalAnswer::error(&err), info.as_ref(), version).await?;
-        Ok(Outcome::Answered)
+        Ok(Disposition::counted(
+            LocalAnswer::error(&err),
+            info,
+            version,
+            Counted::Denied,
+        ))
     }
 }
 

@@ -211,6 +211,20 @@ fn upstream_down_gives_ironic_shaped_503() {
     assert_eq!(r.status, 503);
     let st = http::get(env.gw.ops_addr(), "/status", &[]);
     assert_eq!(st.status, 200, "the gateway itself is up");
+    // Each of those 503s is the edge's own, counted as such on every route (not "forwarded":
+    // Ironic answered none of them).
+    for (route, n) in [("lookup", 2.0), ("heartbeat", 1.0), ("other", 1.0)] {
+        let count = |outcome: &str| {
+            env.gw
+                .metric(
+                    "ironic_edge_requests_total",
+                    &[("route", route), ("outcome", outcome)],
+                )
+                .unwrap_or(0.0)
+        };
+        assert_eq!(count("unavailable"), n, "{route}");
+        assert_eq!(count("forwarded"), 0.0, "{route}");
+    }
 }
 
 #[test]

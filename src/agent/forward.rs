@@ -1,7 +1,8 @@
 //! Forwarding an agent request with the gateway's own upstream client: the request as the
 //! agent sent it (path, query, headers, body bytes), plus `X-Forwarded-*`.
 
-use crate::edge::{write_local, write_upstream, Edge, LocalAnswer};
+use crate::disposition::Disposition;
+use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::{Outcome as Counted, Route};
 use crate::plugin::RequestCtx;
@@ -158,37 +159,17 @@ pub(crate) async fn send(
     prepare(r, session, ctx, class, node, body)?.send().await
 }
 
-/// Writes an upstream answer (with `body` in place of its own, e.g. with a token removed).
-pub async fn relay(
-    r: &AgentRequest<'_>,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    resp: &UpstreamResponse,
-    body: &Bytes,
-) -> pingora::Result<()> {
-    write_upstream(session, resp, body).await?;
-    r.edge.metrics.request(ctx.route, Counted::Forwarded);
-    ctx.answered_locally = Some(false);
-    ctx.status = Some(resp.status());
-    Ok(())
+/// Ironic's answer, relayed with `body` in place of its own (e.g. with a token removed).
+pub(crate) fn relay(resp: &UpstreamResponse, body: &Bytes) -> Disposition {
+    Disposition::relayed(resp.clone(), body.clone())
 }
 
-/// The answer when the upstream could not be asked: Ironic's 503.
-pub async fn unavailable(
-    r: &AgentRequest<'_>,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> pingora::Result<()> {
-    let e = upstream_unavailable();
-    write_local(
-        session,
-        &LocalAnswer::error(&e),
-        Some(&r.info),
+/// The answer when the upstream could not be asked, or did not answer in time: Ironic's 503.
+pub(crate) fn unavailable(r: &AgentRequest<'_>) -> Disposition {
+    Disposition::counted(
+        LocalAnswer::error(&upstream_unavailable()),
+        Some(r.info.clone()),
         Some(r.version),
+        Counted::Unavailable,
     )
-    .await?;
-    r.edge.metrics.request(ctx.route, Counted::Forwarded);
-    ctx.answered_locally = Some(false);
-    ctx.status = Some(e.status);
-    Ok(())
 }

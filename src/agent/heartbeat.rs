@@ -10,6 +10,7 @@
 
 use super::forward;
 use super::AgentRequest;
+use crate::disposition::Disposition;
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::{callback_url_changed, invalid_token, node_not_found};
 use crate::ironic::heartbeat::{
@@ -248,13 +249,13 @@ fn content_type(session: &Session) -> Option<String> {
         .map(str::to_string)
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     r: &AgentRequest<'_>,
     ident: &str,
     body: &Bytes,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> pingora::Result<()> {
+) -> pingora::Result<Disposition> {
     let content_type = content_type(session);
     let query = session.req_header().uri.query().map(str::to_string);
     let check = |agent_url: Option<&str>| {
@@ -270,14 +271,12 @@ pub async fn handle(
     let checked = check(None);
     let store = &r.edge.store;
     let checked = match checked {
-        Err(HeartbeatRejection::BeforeNodeLookup(e)) => {
-            return r.answer_error(session, ctx, &e).await
-        }
+        Err(HeartbeatRejection::BeforeNodeLookup(e)) => return Ok(r.answer_error(&e)),
         Err(HeartbeatRejection::AfterNodeLookup(e)) => {
             // Ironic says this only for a node that exists; otherwise "not found" wins.
             let facts = node_facts(r, ident).await;
             if facts.missing {
-                return r.answer_error(session, ctx, &node_not_found(ident)).await;
+                return Ok(r.answer_error(&node_not_found(ident)));
             }
             if facts.record.is_some() || facts.ironic.is_some() {
                 // With the node's agent_url known, Ironic's "callback_url changed" check
@@ -286,7 +285,7 @@ pub async fn handle(
                     Err(HeartbeatRejection::AfterNodeLookup(e2)) => e2,
                     _ => e,
                 };
-                return r.answer_error(session, ctx, &e).await;
+                return Ok(r.answer_error(&e));
             }
             let class = Class::First;
             return forward_and_learn(r, ident, None, None, false, class, session, ctx, body).await;
@@ -295,7 +294,7 @@ pub async fn handle(
     };
     let facts = node_facts(r, ident).await;
     if facts.missing {
-        return r.answer_error(session, ctx, &node_not_found(ident)).await;
+        return Ok(r.answer_error(&node_not_found(ident)));
     }
     let record = facts.record.clone();
     match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
@@ -315,10 +314,10 @@ pub async fn handle(
             ) == Shield::Accept
             {
                 log::debug!("heartbeat for {ident}: same as the one Ironic accepted recently; 202 at the edge");
-                return r.answer_local(session, ctx, &LocalAnswer::accepted()).await;
+                return Ok(r.answer_local(LocalAnswer::accepted()));
             }
         }
-        Decision::Answer(e) => return r.answer_error(session, ctx, &e).await,
+        Decision::Answer(e) => return Ok(r.answer_error(&e)),
         Decision::ForwardIfSlot(e) => {
             let interval =
                 Duration::from_secs(r.edge.config.heartbeat.token_mismatch_forward_seconds);
@@ -329,7 +328,7 @@ pub async fn handle(
                 Ok(true) => log::info!(
                     "heartbeat for {ident}: a token the gateway cannot verify; forwarding it once"
                 ),
-                Ok(false) => return r.answer_error(session, ctx, &e).await,
+                Ok(false) => return Ok(r.answer_error(&e)),
                 Err(err) => store_error(r, &err),
             }
         }
@@ -364,14 +363,14 @@ async fn forward_and_learn(
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: &Bytes,
-) -> pingora::Result<()> {
+) -> pingora::Result<Disposition> {
     let relay_on = r.edge.config.heartbeat.relay_when_upstream_fails && r.edge.sealer.is_some();
     let sent = if relay_on && verified {
         match send_within_deadline(r, session, ctx, class, ident, body).await {
             Some(sent) => sent,
             None => {
                 log::info!("heartbeat for {ident}: Ironic is slow; accepted, relayed if it fails");
-                return r.answer_local(session, ctx, &LocalAnswer::accepted()).await;
+                return Ok(r.answer_local(LocalAnswer::accepted()));
             }
         }
     } else {
@@ -387,12 +386,12 @@ async fn forward_and_learn(
         let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
         if crate::relay::defer(r.edge, ident, &pending).await {
             log::info!("heartbeat for {ident}: Ironic failed; accepted and kept for the relay");
-            return r.answer_local(session, ctx, &LocalAnswer::accepted()).await;
+            return Ok(r.answer_local(LocalAnswer::accepted()));
         }
     }
     let resp = match sent {
         Ok(resp) => resp,
-        Err(_) => return forward::unavailable(r, session, ctx).await,
+        Err(_) => return Ok(forward::unavailable(r)),
     };
     let store = &r.edge.store;
     let cfg = &r.edge.config;
@@ -456,7 +455,7 @@ async fn forward_and_learn(
         store_error(r, &e);
     }
     let body = resp.body.clone();
-    forward::relay(r, session, ctx, &resp, &body).await
+    Ok(forward::relay(&resp, &body))
 }
 
 /// Sends a verified heartbeat and waits for Ironic until the agent's deadline. Past it

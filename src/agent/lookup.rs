@@ -12,6 +12,7 @@ use super::flight::{FlightAnswer, Flights};
 use super::forward;
 use super::AgentRequest;
 use crate::config::SyncConfig;
+use crate::disposition::{AfterWrite, Disposition};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::resource_not_found;
 use crate::ironic::lookup::{check_lookup, LookupQuery};
@@ -38,15 +39,15 @@ enum Asked {
     Unreachable,
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     r: &AgentRequest<'_>,
     flights: &Arc<Flights>,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> pingora::Result<()> {
+) -> pingora::Result<Disposition> {
     let query = match check_lookup(session.req_header().uri.query(), r.version) {
         Ok(q) => q,
-        Err(e) => return r.answer_error(session, ctx, &e).await,
+        Err(e) => return Ok(r.answer_error(&e)),
     };
     if !query.invalid_macs.is_empty() {
         // The count only: the addresses are the caller's input, of any length.
@@ -58,13 +59,13 @@ pub async fn handle(
     let key = bounded_key(query.cache_key());
     let caller = replay_key(&key, ctx);
     if let Some(replay) = take_replay(r.edge, r.version, caller.as_deref()).await {
-        return hand_over(r, session, ctx, replay).await;
+        return hand_over(r, replay);
     }
     if index_verdict(r, &query).await == IndexVerdict::NotFound {
-        return r.answer_error(session, ctx, &resource_not_found()).await;
+        return Ok(r.answer_error(&resource_not_found()));
     }
     match r.edge.store.lookup_not_found(&key).await {
-        Ok(true) => return r.answer_error(session, ctx, &resource_not_found()).await,
+        Ok(true) => return Ok(r.answer_error(&resource_not_found())),
         Ok(false) => {}
         Err(e) => store_error(r.edge, &e),
     }
@@ -74,7 +75,7 @@ pub async fn handle(
 
     let trip = match LookupTrip::prepare(r, session, ctx, &key, caller.clone()) {
         Ok(trip) => trip,
-        Err(_) => return forward::unavailable(r, session, ctx).await,
+        Err(_) => return Ok(forward::unavailable(r)),
     };
     let until = forward::answer_deadline(r.edge, ctx);
     let lease = Duration::from_millis(r.edge.config.upstream.agent_answer_within_ms);
@@ -83,10 +84,8 @@ pub async fn handle(
         .wait(until)
         .await;
     match answer {
-        FlightAnswer::Led(Asked::Answer(resp)) => {
-            relay_answer(r, caller.as_deref(), session, ctx, &resp).await
-        }
-        FlightAnswer::Led(Asked::Unreachable) => forward::unavailable(r, session, ctx).await,
+        FlightAnswer::Led(Asked::Answer(resp)) => relay_answer(r, caller.as_deref(), &resp).await,
+        FlightAnswer::Led(Asked::Unreachable) => Ok(forward::unavailable(r)),
         FlightAnswer::Shared { status, body } => {
             let a = LocalAnswer {
                 status,
@@ -95,17 +94,17 @@ pub async fn handle(
                 header_set: HeaderSet::Versions,
                 allow: None,
             };
-            r.answer_local(session, ctx, &a).await
+            Ok(r.answer_local(a))
         }
         // The flight succeeded: if it was this caller's own earlier attempt (same request, same
         // address) that minted a token, it gets that answer, once; otherwise it asks Ironic.
         FlightAnswer::AskUpstream => {
             match take_replay(r.edge, r.version, caller.as_deref()).await {
-                Some(replay) => hand_over(r, session, ctx, replay).await,
+                Some(replay) => hand_over(r, replay),
                 None => ask_detached(r, &key, caller, session, ctx, until).await,
             }
         }
-        FlightAnswer::StillRunning => still_at_ironic(r, session, ctx).await,
+        FlightAnswer::StillRunning => still_at_ironic(r),
     }
 }
 
@@ -164,34 +163,28 @@ async fn ask_detached(
     session: &mut Session,
     ctx: &mut RequestCtx,
     until: tokio::time::Instant,
-) -> pingora::Result<()> {
+) -> pingora::Result<Disposition> {
     let trip = match LookupTrip::prepare(r, session, ctx, key, caller.clone()) {
         Ok(trip) => trip,
-        Err(_) => return forward::unavailable(r, session, ctx).await,
+        Err(_) => return Ok(forward::unavailable(r)),
     };
     let running = tokio::spawn(trip.run());
     match tokio::time::timeout_at(until, running).await {
-        Ok(Ok((Asked::Answer(resp), _))) => {
-            relay_answer(r, caller.as_deref(), session, ctx, &resp).await
-        }
-        Ok(Ok((Asked::Unreachable, _))) | Ok(Err(_)) => forward::unavailable(r, session, ctx).await,
-        Err(_) => still_at_ironic(r, session, ctx).await,
+        Ok(Ok((Asked::Answer(resp), _))) => relay_answer(r, caller.as_deref(), &resp).await,
+        Ok(Ok((Asked::Unreachable, _))) | Ok(Err(_)) => Ok(forward::unavailable(r)),
+        Err(_) => still_at_ironic(r),
     }
 }
 
 /// The agent's time is nearly up and Ironic has not answered: a 503 now (IPA retries a lookup
 /// after any failure, a timeout or a 503 alike) beats a timeout, and the trip runs on, its
 /// answer kept for the retry.
-async fn still_at_ironic(
-    r: &AgentRequest<'_>,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> pingora::Result<()> {
+fn still_at_ironic(r: &AgentRequest<'_>) -> pingora::Result<Disposition> {
     log::warn!(
         "lookup: Ironic has not answered within {} ms; 503 to the agent, whose retry gets the answer",
         r.edge.config.upstream.agent_answer_within_ms
     );
-    forward::unavailable(r, session, ctx).await
+    Ok(forward::unavailable(r))
 }
 
 /// Relays Ironic's lookup answer. An answer of `"******"` (a token is held) may be the trace
@@ -200,17 +193,15 @@ async fn still_at_ironic(
 async fn relay_answer(
     r: &AgentRequest<'_>,
     caller: Option<&str>,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
     resp: &UpstreamResponse,
-) -> pingora::Result<()> {
+) -> pingora::Result<Disposition> {
     if resp.status() == 200 && matches!(lookup_token(&resp.body), Some(LookupToken::Masked)) {
         if let Some(replay) = take_replay(r.edge, r.version, caller).await {
-            return hand_over(r, session, ctx, replay).await;
+            return hand_over(r, replay);
         }
     }
     let body = protect_token(r, resp);
-    forward::relay(r, session, ctx, resp, &body).await
+    Ok(forward::relay(resp, &body))
 }
 
 /// What the node index says of a lookup.
@@ -326,12 +317,12 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
 /// Forwards a lookup as it is (an alias path, an `Accept` only Ironic answers, an unknown
 /// version range: `range_known` false, then an unreachable Ironic gets the proxy's 503
 /// without version headers) and relays the answer without a stored token.
-pub async fn forward_protected(
+pub(crate) async fn forward_protected(
     r: &AgentRequest<'_>,
     range_known: bool,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> pingora::Result<()> {
+) -> pingora::Result<Disposition> {
     let node = session.req_header().uri.to_string();
     match forward::send(r, session, ctx, Class::Mint, &node, &Bytes::new()).await {
         Ok(resp) => {
@@ -339,19 +330,16 @@ pub async fn forward_protected(
                 learn_minted(r.edge, served_version(r, &resp), None, &resp.body).await;
             }
             let body = protect_token(r, &resp);
-            forward::relay(r, session, ctx, &resp, &body).await
+            Ok(forward::relay(&resp, &body))
         }
-        Err(_) if range_known => forward::unavailable(r, session, ctx).await,
-        Err(_) => {
-            let answer = LocalAnswer::error(&crate::ironic::error::upstream_unavailable());
-            crate::edge::write_local(session, &answer, None, None).await?;
-            r.edge
-                .metrics
-                .request(ctx.route, crate::metrics::Outcome::Forwarded);
-            ctx.answered_locally = Some(false);
-            ctx.status = Some(answer.status);
-            Ok(())
-        }
+        Err(_) if range_known => Ok(forward::unavailable(r)),
+        // With the range unknown, the 503 carries no version headers, as the proxy's does.
+        Err(_) => Ok(Disposition::counted(
+            LocalAnswer::error(&crate::ironic::error::upstream_unavailable()),
+            None,
+            None,
+            crate::metrics::Outcome::Unavailable,
+        )),
     }
 }
 
@@ -560,31 +548,35 @@ async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> 
     })
 }
 
-/// Delivers a taken minted answer; deleted once delivered, takeable again if not.
-async fn hand_over(
-    r: &AgentRequest<'_>,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    replay: Replay,
-) -> pingora::Result<()> {
-    let delivered = r.answer_local(session, ctx, &replay.answer).await;
-    let store = &r.edge.store;
-    let done = match delivered {
-        Ok(()) => {
-            store
-                .confirm_minted_answer(&replay.caller, &replay.claim)
-                .await
-        }
-        Err(_) => {
-            store
-                .release_minted_answer(&replay.caller, &replay.claim, REPLAY_CLAIM)
-                .await
-        }
+/// Hands a taken minted answer over: deleted once delivered, takeable again if not
+/// ([`minted_answer_handed_over`], once the proxy wrote it).
+fn hand_over(r: &AgentRequest<'_>, replay: Replay) -> pingora::Result<Disposition> {
+    Ok(r.answer_local(replay.answer)
+        .then(AfterWrite::MintedAnswerHandedOver {
+            caller: replay.caller,
+            claim: replay.claim,
+        }))
+}
+
+/// A kept minted answer was written to its caller (`delivered`) or not: deleted, or takeable
+/// again for the caller's next retry.
+pub(crate) async fn minted_answer_handed_over(
+    edge: &Edge,
+    caller: &str,
+    claim: &str,
+    delivered: bool,
+) {
+    let store = &edge.store;
+    let done = if delivered {
+        store.confirm_minted_answer(caller, claim).await
+    } else {
+        store
+            .release_minted_answer(caller, claim, REPLAY_CLAIM)
+            .await
     };
     if let Err(e) = done {
-        store_error(r.edge, &e);
+        store_error(edge, &e);
     }
-    delivered
 }
 
 /// Below 1.62 Ironic returns the stored token itself to anyone who asks; the gateway answers

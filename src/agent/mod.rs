@@ -12,10 +12,11 @@ pub mod lookup;
 pub(crate) mod session;
 
 use crate::config::ConfigError;
-use crate::edge::{write_local, Edge, LocalAnswer};
+use crate::disposition::Disposition;
+use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::{accept, version, ApiVersion, IronicError};
-use crate::metrics::{Outcome as Counted, Route};
-use crate::plugin::{Outcome, Plugin, RequestCtx};
+use crate::metrics::Route;
+use crate::plugin::{Plugin, RequestCtx};
 use crate::upstream::UpstreamInfo;
 use async_trait::async_trait;
 use pingora::proxy::Session;
@@ -122,29 +123,14 @@ impl AgentRequest<'_> {
         Some((node, synced_at))
     }
 
-    /// Writes an Ironic error answer made at the edge.
-    pub async fn answer_error(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        e: &IronicError,
-    ) -> pingora::Result<()> {
-        self.answer_local(session, ctx, &LocalAnswer::error(e))
-            .await
+    /// An Ironic error answer made at the edge.
+    pub(crate) fn answer_error(&self, e: &IronicError) -> Disposition {
+        self.answer_local(LocalAnswer::error(e))
     }
 
-    pub async fn answer_local(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        a: &LocalAnswer,
-    ) -> pingora::Result<()> {
-        // Counted before the answer leaves, so that a client reading the metrics after the
-        // answer always sees it.
-        self.edge.metrics.request(ctx.route, Counted::Local);
-        ctx.answered_locally = Some(true);
-        ctx.status = Some(a.status);
-        write_local(session, a, Some(&self.info), Some(self.version)).await
+    /// An answer made at the edge, with this request's version headers.
+    pub(crate) fn answer_local(&self, a: LocalAnswer) -> Disposition {
+        Disposition::local(a, Some(self.info.clone()), Some(self.version))
     }
 }
 
@@ -170,7 +156,7 @@ impl AgentPlugin {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> pingora::Result<Outcome> {
+    ) -> pingora::Result<Disposition> {
         let (info, version, range_known) = match self.edge.versions.get() {
             // A version Ironic refuses gets Ironic's 406 (no token in it). The version Ironic
             // states on its answer decides the protection; this one only when it states none,
@@ -201,22 +187,17 @@ impl AgentPlugin {
             info,
             version,
         };
-        lookup::forward_protected(&request, range_known, session, ctx).await?;
-        Ok(Outcome::Answered)
+        lookup::forward_protected(&request, range_known, session, ctx).await
     }
 }
 
 #[async_trait]
 impl Plugin for AgentPlugin {
-    fn name(&self) -> &'static str {
-        "agent"
-    }
-
     async fn handle(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> pingora::Result<Outcome> {
+    ) -> pingora::Result<Disposition> {
         let req = session.req_header();
         // Who may answer is Ironic's content negotiation, decided as webob does
         // (`crate::ironic::accept`): a value only Ironic answers is forwarded.
@@ -235,25 +216,17 @@ impl Plugin for AgentPlugin {
                 return self.forward_guarded_lookup(session, ctx).await;
             }
         } else if !edge_may_answer {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         }
         if req.method == http::Method::GET && req.uri.query().is_none() {
             match path {
-                "/" => {
-                    return self
-                        .answer_version_document(Document::Root, session, ctx)
-                        .await
-                }
-                "/v1" | "/v1/" => {
-                    return self
-                        .answer_version_document(Document::V1, session, ctx)
-                        .await
-                }
+                "/" => return self.answer_version_document(Document::Root, session).await,
+                "/v1" | "/v1/" => return self.answer_version_document(Document::V1, session).await,
                 _ => {}
             }
         }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         };
         ctx.route = match route {
             AgentRoute::Lookup => Route::Lookup,
@@ -263,7 +236,7 @@ impl Plugin for AgentPlugin {
         let Some(info) = self.edge.versions.get() else {
             return match route {
                 AgentRoute::Lookup => self.forward_guarded_lookup(session, ctx).await,
-                AgentRoute::Heartbeat { .. } => Ok(Outcome::Forward),
+                AgentRoute::Heartbeat { .. } => Ok(Disposition::Continue),
             };
         };
         // A heartbeat's body is read first: Ironic's JSON body limits answer before version
@@ -273,11 +246,10 @@ impl Plugin for AgentPlugin {
                 match heartbeat::read_checked_body(&self.edge, session).await? {
                     heartbeat::BodyRead::Body(body) => Some(body),
                     heartbeat::BodyRead::Refused(e) => {
-                        answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
-                        return Ok(Outcome::Answered);
+                        return Ok(answer_unversioned(&info, &e));
                     }
                     // Larger than the gateway reads and not JSON: Ironic has no limit there.
-                    heartbeat::BodyRead::TooLargeToCheck => return Ok(Outcome::Forward),
+                    heartbeat::BodyRead::TooLargeToCheck => return Ok(Disposition::Continue),
                 }
             }
             AgentRoute::Lookup => None,
@@ -285,8 +257,7 @@ impl Plugin for AgentPlugin {
         let version = match version::negotiate(&session.req_header().headers, &info.range) {
             Ok(v) => v,
             Err(e) => {
-                answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
-                return Ok(Outcome::Answered);
+                return Ok(answer_unversioned(&info, &e));
             }
         };
         let request = AgentRequest {
@@ -296,11 +267,10 @@ impl Plugin for AgentPlugin {
         };
         match (route, body) {
             (AgentRoute::Heartbeat { ident }, Some(body)) => {
-                heartbeat::handle(&request, &ident, &body, session, ctx).await?
+                heartbeat::handle(&request, &ident, &body, session, ctx).await
             }
-            _ => lookup::handle(&request, &self.flights, session, ctx).await?,
+            _ => lookup::handle(&request, &self.flights, session, ctx).await,
         }
-        Ok(Outcome::Answered)
     }
 }
 
@@ -322,10 +292,9 @@ impl AgentPlugin {
         &self,
         document: Document,
         session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<Outcome> {
+    ) -> pingora::Result<Disposition> {
         let Some(info) = self.edge.versions.get() else {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         };
         let headers = &session.req_header().headers;
         // oslo's proxy-header middleware, when an operator enables it, builds the links from
@@ -334,7 +303,7 @@ impl AgentPlugin {
             .iter()
             .any(|h| headers.contains_key(*h))
         {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         }
         let host = headers
             .get(http::header::HOST)
@@ -342,7 +311,7 @@ impl AgentPlugin {
         let version = match version::negotiate(headers, &info.range) {
             Ok(v) => v,
             // The v1 routes' version errors are pecan's; Ironic answers those (rare).
-            Err(_) if document == Document::V1 => return Ok(Outcome::Forward),
+            Err(_) if document == Document::V1 => return Ok(Disposition::Continue),
             Err(e) => {
                 if info
                     .root
@@ -350,7 +319,7 @@ impl AgentPlugin {
                     .and_then(|doc| doc.render(host))
                     .is_none()
                 {
-                    return Ok(Outcome::Forward);
+                    return Ok(Disposition::Continue);
                 }
                 // The root controller raises the version errors itself: Ironic's controller
                 // form (`faultcode`), not the framework form of the v1 routes, same headers.
@@ -358,8 +327,7 @@ impl AgentPlugin {
                     headers: e.headers,
                     ..IronicError::fault(e.status, &e.message())
                 };
-                answer_unversioned(&self.edge, session, ctx, &info, &e).await?;
-                return Ok(Outcome::Answered);
+                return Ok(answer_unversioned(&info, &e));
             }
         };
         let doc = match document {
@@ -367,7 +335,7 @@ impl AgentPlugin {
             Document::V1 => self.edge.versions.v1_document(version),
         };
         let Some(body) = doc.and_then(|doc| doc.render(host)) else {
-            return Ok(Outcome::Forward);
+            return Ok(Disposition::Continue);
         };
         let answer = LocalAnswer {
             status: 200,
@@ -381,23 +349,13 @@ impl AgentPlugin {
             info,
             version,
         };
-        request.answer_local(session, ctx, &answer).await?;
-        Ok(Outcome::Answered)
+        Ok(request.answer_local(answer))
     }
 }
 
 /// An error answered before a version is negotiated (body limits, 406).
-async fn answer_unversioned(
-    edge: &Edge,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    info: &UpstreamInfo,
-    e: &IronicError,
-) -> pingora::Result<()> {
-    edge.metrics.request(ctx.route, Counted::Local);
-    ctx.answered_locally = Some(true);
-    ctx.status = Some(e.status);
-    write_local(session, &LocalAnswer::error(e), Some(info), None).await
+fn answer_unversioned(info: &UpstreamInfo, e: &IronicError) -> Disposition {
+    Disposition::local(LocalAnswer::error(e), Some(info.clone()), None)
 }
 
 #[cfg(test)]
