@@ -2928,18 +2928,19 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
             },
         );
         row(
-            "Ironic req/s, best 10 s without a 503 before -> after return: 60-s mean / best 10 s",
+            "Ironic req/s, best 10 s without a 503 before -> the minute after return: mean / best 10 s",
             &|r| {
                 let m = "/ironic/minute_after_return";
                 if get(r, m).is_null() {
                     return "-".into();
                 }
                 format!(
-                    "{} -> {} / {} ({} 503s in that minute)",
+                    "{} -> {} / {} ({} 503s in those {} s)",
                     f1(get(r, "/ironic/before_outage/best_10s_without_503_per_s").as_f64()),
                     f1(get(r, &format!("{m}/mean_per_s")).as_f64()),
                     f1(get(r, &format!("{m}/best_10s_per_s")).as_f64()),
-                    u(r, &format!("{m}/503"))
+                    u(r, &format!("{m}/503")),
+                    u(r, &format!("{m}/seconds"))
                 )
             },
         );
