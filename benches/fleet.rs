@@ -2596,9 +2596,14 @@ fn ironic_load(times: &PhaseTimes, t_end: f64, clock: &Clock, log: &IronicLog, n
     );
     let best = window_sums(&mints, W).into_iter().max().unwrap_or(0);
     let r = rate(best, mints.len());
+    // per second, as the run's timeline_per_s rows
+    let (a, b) = (times.start.max(0.0) as usize, t_end.max(0.0) as usize + 1);
     json!({
         "log": {"lines": log.lines, "answers_in_run": log.between(times.start, t_end).count(),
                 "harness_requests_left_out": log.harness, "clock_offset_s": log.offset_s},
+        "per_s": {"503": log.column(a, b, |x| x.status == 503),
+                  "5xx": log.column(a, b, LogAnswer::is_5xx),
+                  "minted": log.column(a, b, |x| x.mint)},
         "before_outage": before,
         "minute_after_return": after,
         "mint": {"rate_best_10s_per_s": r, "n_over_r_s": (r > 0.0).then(|| n as f64 / r),
