@@ -2596,7 +2596,7 @@ fn ironic_load(times: &PhaseTimes, t_end: f64, clock: &Clock, log: &IronicLog, n
     );
     let best = window_sums(&mints, W).into_iter().max().unwrap_or(0);
     let r = rate(best, mints.len());
-    // per second, as the run's timeline_per_s rows
+    // per second, from the second the run started (the first row of timeline_per_s)
     let (a, b) = (times.start.max(0.0) as usize, t_end.max(0.0) as usize + 1);
     json!({
         "log": {"lines": log.lines, "answers_in_run": log.between(times.start, t_end).count(),
