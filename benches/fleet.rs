@@ -7,8 +7,9 @@
 //! ```text
 //! cargo bench --bench fleet -- --seed SEED.json --ironic 127.0.0.1:PORT --relay 127.0.0.1:PORT
 //!     [--gateway URL --gateway-ops URL] [--targets direct,gateway] [--agents N] [--unknown M]
-//!     [--ramp S] [--settle S] [--steady S] [--outage S] [--recovery S]
-//!     [--reset-cmd CMD] [--outage-stop-cmd CMD] [--outage-start-cmd CMD] [--out DIR] [--label T]
+//!     [--ramp S] [--settle S] [--steady S] [--outage S] [--recovery S] [--recovery-min S]
+//!     [--reset-cmd CMD] [--outage-stop-cmd CMD] [--outage-start-cmd CMD] [--ironic-log FILE]
+//!     [--out DIR] [--label T]
 //! ```
 //! Every option can also come from the environment as `FLEET_<OPTION>` (`--outage-stop-cmd` =
 //! `FLEET_OUTAGE_STOP_CMD`); the command line wins. Without `--seed` it prints a note and exits 0
@@ -53,11 +54,28 @@
 //! `--ramp` s, wait until every enrolled agent had a 202 (at most `--settle` s more), measure
 //! `--steady` s, then the outage: run
 //! `--outage-stop-cmd`, wait until `--outage` s after it started, run `--outage-start-cmd` (it
-//! returns when Ironic answers again), then wait until every live agent had a 202 after that (at
-//! most `--recovery` s). Reported per target: requests sent by agents, requests reaching Ironic and
+//! returns when Ironic answers again), then measure the recovery: at least `--recovery-min` s (the
+//! minute after Ironic's return), until every live agent had a 202 after that and the gateway's
+//! relay had nothing kept left (its `ironic_edge_heartbeats_kept`, polled every 0.5 s), at most
+//! `--recovery` s. Reported per target: requests sent by agents, requests reaching Ironic and
 //! their ratio (the shield ratio), agent-visible errors by request and status, agents that entered
-//! the 5-10 s retry mode, bricked agents, p50/p99 latency per request type and phase, and the
-//! outage (errors during it, recovery time, the herd reaching Ironic after it).
+//! the 5-10 s retry mode, bricked agents, p50/p99 latency per request type and phase, time to the
+//! first OK heartbeat, and the outage (errors during it, recovery time, the herd reaching Ironic
+//! after it, how long the relay took to deliver what it kept).
+//!
+//! Ironic's own side, the same for both targets: with `--ironic-log` (its log file; its API's
+//! request log writes one INFO line per answer, by the time it finished it), its answers per phase
+//! by status (503 "no free conductor workers" and other 5xx: the gateway's relays included), the
+//! tokens it minted (a lookup 200 without the conductor's warning that the node already had one),
+//! hence R, the best 10-s mint rate during the boot, and N/R. The log's clock is tied to the
+//! bench's by a marker request sent to Ironic directly at each run's start (`GET
+//! /fleet-bench-mark/...`, a 404); the marker and `ironic-peer-up.sh`'s readiness probes
+//! (`GET /v1/drivers`) are left out. Its load: the best 10-s rate of requests reaching it (the
+//! relay's count) before the outage in a window without a 503, against the mean and the best 10 s
+//! of the minute after its return. After each run, Ironic's node records (asked directly, not
+//! counted) give the latent bricked agents: Ironic holds a token (`driver_internal_info`) that the
+//! agent never got, and it is not bricked yet (its next lookup answer is `"******"`); an agent
+//! whose lookup was in flight when the run ended counts too.
 //! Results: `<out>/fleet.{md,json}` (+ time-stamped copies). Loopback targets only.
 
 #![recursion_limit = "256"]
@@ -110,6 +128,8 @@ const OPTIONS: &[&str] = &[
     "steady",
     "outage",
     "recovery",
+    "recovery-min",
+    "ironic-log",
     "agent-heartbeat-timeout",
     "request-timeout",
     "lookup-timeout",
@@ -164,6 +184,9 @@ struct Config {
     steady: f64,
     outage: f64,
     recovery: f64,
+    recovery_min: f64,
+    /// Ironic's own log file (its API logs one line per answer)
+    ironic_log: Option<PathBuf>,
     hb_override: Option<f64>,
     request_timeout: f64,
     lookup_timeout: f64,
@@ -373,6 +396,11 @@ fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
         steady: num(&m, "steady", 60.0, 3600.0)?,
         outage: num(&m, "outage", 30.0, 3600.0)?,
         recovery: num(&m, "recovery", 120.0, 3600.0)?,
+        recovery_min: num(&m, "recovery-min", 60.0, 3600.0)?,
+        ironic_log: m
+            .get("ironic-log")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
         hb_override,
         request_timeout: num(&m, "request-timeout", 30.0, 600.0)?.max(0.1),
         lookup_timeout: num(&m, "lookup-timeout", 600.0, 86400.0)?,
@@ -436,6 +464,21 @@ impl Clock {
         let b = ((to.max(0.0) as usize) + 1).min(tl.len());
         tl[a..b.max(a)].to_vec()
     }
+    /// One slot's counts for the whole seconds [a, b) (0 where nothing was counted).
+    fn column(&self, slot: usize, a: usize, b: usize) -> Vec<u64> {
+        let tl = lock(&self.timeline);
+        (a..b)
+            .map(|s| tl.get(s).map_or(0, |row| row[slot]))
+            .collect()
+    }
+}
+
+/// The sums of every `w` consecutive seconds (one sum of all of them when there are fewer).
+fn window_sums(bins: &[u64], w: usize) -> Vec<u64> {
+    if bins.len() <= w {
+        return vec![bins.iter().sum()];
+    }
+    bins.windows(w).map(|s| s.iter().sum()).collect()
 }
 
 fn uniform(a: f64, b: f64) -> f64 {
@@ -1007,6 +1050,251 @@ async fn relay(
 }
 
 // ------------------------------------------------------------------------------------------
+// Ironic's own view: its API log (one line per answer) and its node records
+
+/// One answer in Ironic's API log (`ironic.api`'s request log), on the bench's clock.
+struct LogAnswer {
+    /// when Ironic logged it (as it finished the answer)
+    t: f64,
+    status: u16,
+    /// a lookup that minted a token: a 200 without the conductor's warning that the node
+    /// already has one (then the answer carries `"******"`)
+    mint: bool,
+}
+
+/// Ironic's answers during one run, from its own log.
+struct IronicLog {
+    answers: Vec<LogAnswer>,
+    /// the log's clock minus the bench's (s): Ironic logs local time
+    offset_s: f64,
+    /// lines read, and the harness's own requests left out
+    lines: usize,
+    harness: usize,
+}
+
+/// Where a run's part of Ironic's log starts, and the marker request that ties its clock to
+/// the bench's: `GET /fleet-bench-mark/...` sent to Ironic directly (its 404 is logged).
+struct LogMark {
+    path: PathBuf,
+    from: u64,
+    marker: String,
+    t: f64,
+}
+
+impl LogAnswer {
+    fn is_5xx(&self) -> bool {
+        self.status >= 500
+    }
+}
+
+impl IronicLog {
+    /// One count per whole second [a, b) of the bench's clock, of the answers `f` selects.
+    fn column(&self, a: usize, b: usize, f: impl Fn(&LogAnswer) -> bool) -> Vec<u64> {
+        let mut v = vec![0u64; b.saturating_sub(a)];
+        for x in self.answers.iter().filter(|x| f(x)) {
+            if x.t >= a as f64 {
+                if let Some(n) = v.get_mut(x.t as usize - a) {
+                    *n += 1;
+                }
+            }
+        }
+        v
+    }
+
+    fn between(&self, from: f64, to: f64) -> impl Iterator<Item = &LogAnswer> {
+        self.answers.iter().filter(move |x| x.t >= from && x.t < to)
+    }
+}
+
+/// Notes where the run's part of Ironic's log starts and sends the marker.
+async fn log_mark(cfg: &Config, clock: &Clock, target: &str) -> Option<LogMark> {
+    let path = cfg.ironic_log.clone()?;
+    let from = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) => {
+            println!(
+                "  WARNING: Ironic's log {}: {e}: no Ironic-side counts",
+                path.display()
+            );
+            return None;
+        }
+    };
+    let marker = format!(
+        "/fleet-bench-mark/{target}-{}",
+        (clock.now() * 1000.0) as u64
+    );
+    let mut h = Http::new(&cfg.ironic);
+    let sent = clock.now();
+    let res = h
+        .request("GET", &marker, &[], None, Duration::from_secs(10))
+        .await;
+    let t = (sent + clock.now()) / 2.0;
+    if let Err(e) = res {
+        println!("  WARNING: the log marker to Ironic failed ({e:?}): no Ironic-side counts");
+        return None;
+    }
+    Some(LogMark {
+        path,
+        from,
+        marker,
+        t,
+    })
+}
+
+/// Seconds of a naive `YYYY-MM-DD HH:MM:SS.fff` time (as if UTC: only differences count).
+fn naive_secs(s: &str) -> Option<f64> {
+    let (date, time) = s.split_once(' ')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let ss: f64 = t.next()?.parse().ok()?;
+    // days from the civil date (H. Hinnant's algorithm)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
+/// Reads the run's part of Ironic's log: `2026-01-01 10:49:55.591 PID LEVEL LOGGER [ctx]
+/// msg`, where the API's msg is `IP - METHOD PATH - STATUS (MSms)`.
+fn read_ironic_log(mark: &LogMark) -> Result<IronicLog, String> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(&mark.path)
+        .map_err(|e| format!("cannot open {}: {e}", mark.path.display()))?;
+    f.seek(std::io::SeekFrom::Start(mark.from))
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    f.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    // (log time, request id, path, status) of each answer; the lookups refused a new token
+    let mut seen = Vec::new();
+    let mut refused = std::collections::HashSet::new();
+    let mut mark_at = None;
+    let mut lines = 0;
+    for line in text.lines() {
+        let Some(ts) = line.get(..23).and_then(naive_secs) else {
+            continue; // a traceback's continuation
+        };
+        lines += 1;
+        let mut w = line[23..].split_whitespace();
+        let (_pid, level, logger) = (w.next(), w.next(), w.next());
+        let Some((ctx, msg)) = line.split_once("] ") else {
+            continue;
+        };
+        let req = ctx.split_whitespace().find(|x| x.starts_with("req-"));
+        if logger == Some("ironic.conductor.manager")
+            && msg.starts_with("An agent token generation request is being refused")
+        {
+            refused.extend(req.map(str::to_string));
+            continue;
+        }
+        if level != Some("INFO") || logger != Some("ironic.api") {
+            continue;
+        }
+        let mut parts = msg.splitn(2, " - ");
+        let (_ip, rest) = (parts.next(), parts.next().unwrap_or(""));
+        let Some((req_line, status)) = rest.rsplit_once(" - ") else {
+            continue;
+        };
+        let status: u16 = status.split(' ').next().unwrap_or("").parse().unwrap_or(0);
+        let (method, path) = req_line.split_once(' ').unwrap_or((req_line, ""));
+        if path == mark.marker {
+            mark_at = Some(ts);
+        }
+        seen.push((
+            ts,
+            req.map(str::to_string),
+            method.to_string(),
+            path.to_string(),
+            status,
+        ));
+    }
+    let mark_at = mark_at.ok_or_else(|| {
+        format!(
+            "the marker {} is not in {} (is Ironic's request log on?)",
+            mark.marker,
+            mark.path.display()
+        )
+    })?;
+    let offset_s = mark_at - mark.t;
+    let mut answers = Vec::new();
+    let mut harness = 0;
+    for (ts, req, method, path, status) in seen {
+        // the marker, and ironic-peer-up.sh's readiness probe after each (re)start
+        if path.starts_with("/fleet-bench-mark/") || path == "/v1/drivers" {
+            harness += 1;
+            continue;
+        }
+        let lookup = route_of(&method, &path) == 1;
+        answers.push(LogAnswer {
+            t: ts - offset_s,
+            status,
+            mint: lookup && status == 200 && !req.is_some_and(|r| refused.contains(&r)),
+        });
+    }
+    Ok(IronicLog {
+        answers,
+        offset_s,
+        lines,
+        harness,
+    })
+}
+
+/// The nodes whose `driver_internal_info` holds an agent token now (Ironic's API masks its
+/// value), asked of Ironic directly, page by page.
+async fn ironic_token_holders(
+    ironic: &Endpoint,
+) -> Result<std::collections::BTreeSet<String>, String> {
+    const PAGE: usize = 500;
+    let mut holders = std::collections::BTreeSet::new();
+    let mut marker = String::new();
+    let mut h = Http::new(ironic);
+    loop {
+        let mut path = format!("/v1/nodes?fields=uuid,driver_internal_info&limit={PAGE}");
+        if !marker.is_empty() {
+            let _ = write!(path, "&marker={marker}");
+        }
+        let headers = [
+            ("Accept", "application/json"),
+            ("X-OpenStack-Ironic-API-Version", "1.68"),
+        ];
+        let r = h
+            .request("GET", &path, &headers, None, Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("GET {path}: {e:?}"))?;
+        if r.status != 200 {
+            return Err(format!("GET {path}: status {}", r.status));
+        }
+        let v: Value = serde_json::from_slice(&r.body).map_err(|e| format!("GET {path}: {e}"))?;
+        let nodes = v
+            .get("nodes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for n in &nodes {
+            let Some(uuid) = n.get("uuid").and_then(Value::as_str) else {
+                continue;
+            };
+            marker = uuid.to_string();
+            let token = n.pointer("/driver_internal_info/agent_secret_token");
+            if token.and_then(Value::as_str).is_some_and(|t| !t.is_empty()) {
+                holders.insert(uuid.to_string());
+            }
+        }
+        if nodes.len() < PAGE {
+            return Ok(holders);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // agents
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -1559,15 +1847,48 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     m
 }
 
+async fn gateway_metrics(ops: &Endpoint) -> Option<BTreeMap<String, f64>> {
+    ops_get(ops, "/metrics")
+        .await
+        .ok()
+        .map(|t| parse_metrics(&t))
+}
+
+/// The counters at each phase boundary: the relay's, and the gateway's `/metrics`.
+#[derive(Default)]
+struct Marks {
+    relay: Vec<[u64; 4]>,
+    gateway: Vec<Option<BTreeMap<String, f64>>>,
+}
+
+impl Marks {
+    async fn take(&mut self, relay: &RelayStats, ops: Option<&Endpoint>) {
+        self.relay.push(relay.snapshot());
+        self.gateway.push(match ops {
+            Some(o) => gateway_metrics(o).await,
+            None => None,
+        });
+    }
+}
+
+/// The gateway's gauge of kept heartbeats waiting for the relay.
+const KEPT_GAUGE: &str = "ironic_edge_heartbeats_kept";
+
 // ------------------------------------------------------------------------------------------
 // one run against one target
 
-fn pct(sorted: &[u32], p: f64) -> Option<u32> {
+fn pct<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted.get(i).copied()
+}
+
+/// `{"p50", "p99", "max"}` of some durations (s).
+fn quantiles(mut v: Vec<f64>) -> Value {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    json!({"p50": pct(&v, 0.5), "p99": pct(&v, 0.99), "max": v.last().copied()})
 }
 
 struct PhaseTimes {
@@ -1612,10 +1933,7 @@ async fn run_target(
             }
         }
     }
-    let metrics_before = match &ops {
-        Some(o) => Some(parse_metrics(&ops_get(o, "/metrics").await?)),
-        None => None,
-    };
+    let log_mark = log_mark(&cfg, &clock, target).await;
 
     // the fleet: enrolled agents first, then machines that are not enrolled
     let mut specs = Vec::new();
@@ -1673,7 +1991,11 @@ async fn run_target(
         }),
         specs,
     });
-    let relay_start = relay.snapshot();
+    let mut marks = Marks::default();
+    marks.take(&relay, ops.as_ref()).await;
+    if ops.is_some() && marks.gateway[0].is_none() {
+        return Err(format!("{target}: cannot read the gateway's /metrics"));
+    }
     println!(
         "  {} enrolled + {} unenrolled agents booting over {:.0} s against {} ({})",
         cfg.agents, cfg.unknown, cfg.ramp, target, ep.url
@@ -1727,9 +2049,8 @@ async fn run_target(
         start: t_start,
         ends: [None; 4],
     };
-    let mut relay_marks = vec![relay_start];
     times.ends[0] = Some(clock.now());
-    relay_marks.push(relay.snapshot());
+    marks.take(&relay, ops.as_ref()).await;
     let (up, lost) = all_up(&ctx);
     match fleet_up {
         Some(t) => println!("  fleet up after {t:.1} s ({up} heartbeating, {lost} lost)"),
@@ -1744,7 +2065,7 @@ async fn run_target(
     println!("  steady state: {:.0} s", cfg.steady);
     tokio::time::sleep(Duration::from_secs_f64(cfg.steady)).await;
     times.ends[1] = Some(clock.now());
-    relay_marks.push(relay.snapshot());
+    marks.take(&relay, ops.as_ref()).await;
     // ---- outage
     let mut outage = Map::new();
     if let (Some(stop), Some(start)) = (&cfg.outage_stop_cmd, &cfg.outage_start_cmd) {
@@ -1782,38 +2103,75 @@ async fn run_target(
         }
         ctx.phase.store(P_RECOVERY, Ordering::Relaxed);
         times.ends[2] = Some(t_up);
-        relay_marks.push(relay.snapshot());
+        marks.take(&relay, ops.as_ref()).await;
         println!(
-            "  Ironic back after {:.1} s; waiting for every agent's next 202 (at most {:.0} s)",
+            "  Ironic back after {:.1} s; measuring at least {:.0} s, until every agent's next \
+             202 and the relay had nothing left (at most {:.0} s)",
             t_up - t_out,
-            cfg.recovery
+            cfg.recovery_min,
+            cfg.recovery.max(cfg.recovery_min)
         );
-        // ---- recovery
-        let deadline = t_up + cfg.recovery;
+        // ---- recovery: at least recovery_min (Ironic's load in the minute after its return),
+        // until every agent had a 202 and the gateway's relay had nothing kept left
+        let deadline = t_up + cfg.recovery.max(cfg.recovery_min);
         let mut recovered_at = None;
+        let mut drained_at = None;
+        // the gateway's gauge (None: no gateway, or one without the gauge)
+        let mut kept = marks.gateway[3]
+            .as_ref()
+            .and_then(|m| m.get(KEPT_GAUGE).copied());
+        let mut kept_max = kept;
+        let mut polled = Instant::now();
         loop {
-            let (pending, _) = {
+            let now = clock.now();
+            if recovered_at.is_none() {
                 let st = lock(&ctx.st);
-                let mut pending = 0;
-                for (i, r) in st.recs.iter().enumerate() {
-                    if ctx.specs[i].enrolled && !r.lost() && r.ok_after_up.is_none() {
-                        pending += 1;
+                let pending = st
+                    .recs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, r)| ctx.specs[*i].enrolled && !r.lost() && r.ok_after_up.is_none())
+                    .count();
+                if pending == 0 {
+                    recovered_at = Some(now);
+                }
+            }
+            if let (Some(o), Some(_)) = (&ops, kept) {
+                if polled.elapsed() >= Duration::from_millis(500) {
+                    polled = Instant::now();
+                    kept = gateway_metrics(o)
+                        .await
+                        .and_then(|m| m.get(KEPT_GAUGE).copied())
+                        .or(kept);
+                    if let (Some(k), Some(m)) = (kept, kept_max) {
+                        kept_max = Some(m.max(k));
                     }
                 }
-                (pending, ())
-            };
-            let now = clock.now();
-            if pending == 0 {
-                recovered_at = Some(now);
-                break;
+                if kept == Some(0.0) && drained_at.is_none() {
+                    drained_at = Some(now);
+                }
             }
-            if now >= deadline {
+            let relay_done = kept.is_none() || drained_at.is_some();
+            if now >= deadline
+                || (recovered_at.is_some() && relay_done && now >= t_up + cfg.recovery_min)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         times.ends[3] = Some(clock.now());
-        relay_marks.push(relay.snapshot());
+        marks.take(&relay, ops.as_ref()).await;
+        if kept.is_some() {
+            outage.insert(
+                "relay_kept_at_up".into(),
+                json!(marks.gateway[3].as_ref().and_then(|m| m.get(KEPT_GAUGE))),
+            );
+            outage.insert("relay_kept_max".into(), json!(kept_max));
+            outage.insert(
+                "relay_drained_after_up_s".into(),
+                json!(drained_at.map(|d| d - t_up)),
+            );
+        }
         outage.insert("mode".into(), json!(cfg.outage_mode));
         outage.insert("stop_started_s".into(), json!(t_out - t_start));
         outage.insert("stop_cmd_s".into(), json!(stop_took));
@@ -1833,9 +2191,24 @@ async fn run_target(
         let _ = h.await;
     }
     let metrics_after = match &ops {
-        Some(o) => ops_get(o, "/metrics").await.ok().map(|t| parse_metrics(&t)),
+        Some(o) => gateway_metrics(o).await,
         None => None,
     };
+    // Ironic's side: who holds a token now, and its log of the run
+    let token_holders = match ironic_token_holders(&cfg.ironic).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            println!("  WARNING: could not read Ironic's node records: {e}");
+            None
+        }
+    };
+    let ironic_log = log_mark.and_then(|m| match read_ironic_log(&m) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            println!("  WARNING: Ironic's log: {e}");
+            None
+        }
+    });
     let st = lock(&ctx.st);
     let report = summarize(
         &cfg,
@@ -1844,13 +2217,14 @@ async fn run_target(
         &ctx,
         &st,
         &times,
-        &relay_marks,
+        &marks,
         fleet_up,
         outage,
         &clock,
         t_end,
-        metrics_before,
         metrics_after,
+        ironic_log.as_ref(),
+        token_holders.as_ref(),
     );
     Ok(report)
 }
@@ -1863,14 +2237,16 @@ fn summarize(
     ctx: &RunCtx,
     st: &RunState,
     times: &PhaseTimes,
-    relay_marks: &[[u64; 4]],
+    marks: &Marks,
     fleet_up: Option<f64>,
     outage: Map<String, Value>,
     clock: &Clock,
     t_end: f64,
-    metrics_before: Option<BTreeMap<String, f64>>,
     metrics_after: Option<BTreeMap<String, f64>>,
+    ironic_log: Option<&IronicLog>,
+    token_holders: Option<&std::collections::BTreeSet<String>>,
 ) -> Value {
+    let relay_marks = &marks.relay;
     // phase windows [from, to)
     let mut windows: Vec<(u8, f64, f64)> = Vec::new();
     let mut from = times.start;
@@ -1926,17 +2302,40 @@ fn summarize(
             .zip(reached.iter())
             .map(|(r, n)| (r.to_string(), json!(n)))
             .collect();
-        phases.insert(
-            PHASES[*p as usize].into(),
-            json!({
-                "from_s": a - times.start, "to_s": b - times.start, "duration_s": dur,
-                "agent_requests": sent, "ironic_requests": reached_total,
-                "ironic_requests_by_route": route_map,
-                "agent_req_per_s": sent as f64 / dur, "ironic_req_per_s": reached_total as f64 / dur,
-                "shield_ratio": if sent > 0 { Some(reached_total as f64 / sent as f64) } else { None },
-                "agent_errors": err_total, "agent_errors_by_kind": errors, "latency": lat,
-            }),
-        );
+        let mut phase = json!({
+            "from_s": a - times.start, "to_s": b - times.start, "duration_s": dur,
+            "agent_requests": sent, "ironic_requests": reached_total,
+            "ironic_requests_by_route": route_map,
+            "agent_req_per_s": sent as f64 / dur, "ironic_req_per_s": reached_total as f64 / dur,
+            "shield_ratio": if sent > 0 { Some(reached_total as f64 / sent as f64) } else { None },
+            "agent_errors": err_total, "agent_errors_by_kind": errors, "latency": lat,
+        });
+        if let Some(log) = ironic_log {
+            // Ironic's answers as it logged them, by the time it finished them
+            let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+            for x in log.between(*a, *b) {
+                *by_status.entry(x.status.to_string()).or_default() += 1;
+            }
+            let all: Vec<&LogAnswer> = log.between(*a, *b).collect();
+            let s503 = all.iter().filter(|x| x.status == 503).count();
+            phase["ironic_log"] = json!({
+                "answers": all.len(), "503": s503,
+                "5xx_other": all.iter().filter(|x| x.is_5xx()).count() - s503,
+                "tokens_minted": all.iter().filter(|x| x.mint).count(),
+                "by_status": by_status,
+            });
+        }
+        if let (Some(Some(m0)), Some(Some(m1))) = (marks.gateway.get(i), marks.gateway.get(i + 1)) {
+            let d = |k: &str| m1.get(k).copied().unwrap_or(0.0) - m0.get(k).copied().unwrap_or(0.0);
+            phase["gateway"] = json!({
+                "ironic_overloaded": d("ironic_edge_budget_overloaded_total"),
+                "heartbeats_kept": d("ironic_edge_heartbeats_deferred_total"),
+                "heartbeats_relayed": d("ironic_edge_heartbeats_relayed_total"),
+                "heartbeats_dropped": d("ironic_edge_heartbeats_dropped_total"),
+                "heartbeats_kept_waiting_at_end": m1.get(KEPT_GAUGE),
+            });
+        }
+        phases.insert(PHASES[*p as usize].into(), phase);
     }
     // whole run
     let sent_enrolled: u64 = st.counts.values().sum();
@@ -2014,26 +2413,16 @@ fn summarize(
     let mut outage = outage;
     if let Some(t_up) = st.t_up {
         let not_recovered = count(&|r| !r.lost() && r.ok_after_up.is_none());
-        let mut rec: Vec<f64> = enrolled
+        let rec: Vec<f64> = enrolled
             .iter()
             .filter_map(|(_, r)| r.ok_after_up.map(|t| t - t_up))
             .collect();
-        rec.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        let q = |p: f64| -> Option<f64> {
-            if rec.is_empty() {
-                None
-            } else {
-                rec.get(((rec.len() - 1) as f64 * p).round() as usize)
-                    .copied()
-            }
-        };
         outage.insert("agents_not_recovered".into(), json!(not_recovered));
-        let mut herd: Vec<f64> = enrolled
+        let herd: Vec<f64> = enrolled
             .iter()
             .filter(|(_, r)| r.in_retry_at_up)
             .filter_map(|(_, r)| r.ok_after_up.map(|t| t - t_up))
             .collect();
-        herd.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         outage.insert(
             "retry_mode_agents_at_up".into(),
             json!(count(&|r| r.in_retry_at_up)),
@@ -2044,12 +2433,9 @@ fn summarize(
         );
         outage.insert(
             "retry_mode_agents_recovered_after_up_s".into(),
-            json!({"p50": herd.get(herd.len().saturating_sub(1) / 2).copied(), "max": herd.last().copied()}),
+            quantiles(herd),
         );
-        outage.insert(
-            "recovery_after_up_s".into(),
-            json!({"p50": q(0.5), "p99": q(0.99), "max": q(1.0)}),
-        );
+        outage.insert("recovery_after_up_s".into(), quantiles(rec));
         let tl = clock.slice(t_up, t_up + 30.0);
         let peak = tl.iter().map(|s| s[TL_IRONIC]).max().unwrap_or(0);
         let first10: u64 = tl.iter().take(10).map(|s| s[TL_IRONIC]).sum();
@@ -2063,6 +2449,39 @@ fn summarize(
             ))),
         );
     }
+    let ironic = ironic_log.map(|log| ironic_load(times, t_end, clock, log, cfg.agents));
+    let mint_rate = ironic
+        .as_ref()
+        .and_then(|v| get(v, "/mint/rate_best_10s_per_s").as_f64())
+        .filter(|r| *r > 0.0);
+    // the first OK heartbeat, from each agent's boot; and within 2 x N/R of the first boot
+    let first_ok: Vec<f64> = enrolled
+        .iter()
+        .filter_map(|(i, r)| r.first_hb_ok.map(|t| t - ctx.specs[*i].boot_at))
+        .collect();
+    let never_ok = enrolled.len() - first_ok.len();
+    let steady_within = mint_rate.map(|rate| {
+        let limit = 2.0 * cfg.agents as f64 / rate;
+        let n = count(&|r| r.first_hb_ok.is_some_and(|t| t - times.start <= limit));
+        json!({"limit_s": limit, "agents": n})
+    });
+    // latent bricked: Ironic holds a token that the agent never got (and it is not bricked yet:
+    // its next lookup answer is "******")
+    let tokens = token_holders.map(|h| {
+        let holds = |i: usize| ctx.specs[i].uuid.as_ref().is_some_and(|u| h.contains(u));
+        let n = |f: &dyn Fn(usize, &AgentRec) -> bool| {
+            enrolled
+                .iter()
+                .filter(|(i, r)| holds(*i) && f(*i, r))
+                .count()
+        };
+        json!({
+            "latent_bricked": n(&|_, r| !r.token && r.bricked.is_none()),
+            "held_by_ironic": n(&|_, _| true),
+            "held_for_a_bricked_agent": n(&|_, r| r.bricked.is_some()),
+        })
+    });
+    let metrics_before = marks.gateway.first().cloned().flatten();
     let gateway_metrics = match (metrics_before, metrics_after) {
         (Some(b), Some(a)) => {
             let d: Map<String, Value> = a
@@ -2120,9 +2539,76 @@ fn summarize(
         "error_body_samples": st.status_samples,
         "phases": phases,
         "outage": outage,
+        "ironic": ironic,
+        "first_ok_heartbeat_after_boot_s": quantiles(first_ok),
+        "agents_without_ok_heartbeat": never_ok,
+        "steady_within_2_n_over_r": steady_within,
+        "ironic_tokens": tokens,
         "gateway_metrics_delta": gateway_metrics,
         "timeline_per_s": {"slots": ["agent_sent", "agent_errors", "ironic_reached", "heartbeat_202"],
                            "from_s": times.start, "rows": timeline},
+    })
+}
+
+/// Ironic's load and minting: the relay's per-second count of requests reaching it, and its
+/// own log. The best 10-s rate before the outage whose window had no 503, the minute after its
+/// return, and R: the best 10-s rate of tokens minted during the boot (a lower bound of what
+/// Ironic can mint when agents arrive slower than that).
+fn ironic_load(times: &PhaseTimes, t_end: f64, clock: &Clock, log: &IronicLog, n: usize) -> Value {
+    const W: usize = 10;
+    let rate = |sum: u64, len: usize| sum as f64 / len.clamp(1, W) as f64;
+    // before the outage (boot + steady), in whole seconds
+    let out_at = times.ends[1].unwrap_or(t_end);
+    let (a, b) = (times.start.ceil() as usize, out_at.floor() as usize);
+    let len = b.saturating_sub(a);
+    let reach = window_sums(&clock.column(TL_IRONIC, a, b), W);
+    let e503 = window_sums(&log.column(a, b, |x| x.status == 503), W);
+    let clean = reach
+        .iter()
+        .zip(&e503)
+        .enumerate()
+        .filter(|(_, (_, e))| **e == 0)
+        .max_by_key(|(_, (r, _))| **r);
+    let before = json!({
+        "best_10s_without_503_per_s": clean.map(|(_, (r, _))| rate(*r, len)),
+        "best_10s_without_503_from_s": clean.map(|(i, _)| (a + i) as f64 - times.start),
+        "best_10s_per_s": reach.iter().max().map(|r| rate(*r, len)),
+        "windows_with_503": e503.iter().filter(|e| **e > 0).count(),
+    });
+    let after = times.ends[2].map(|t_up| {
+        let a = t_up.floor() as usize;
+        let b = (a + 60).min(times.ends[3].unwrap_or(t_end).floor() as usize);
+        let bins = clock.column(TL_IRONIC, a, b);
+        let answers: Vec<&LogAnswer> = log.between(a as f64, b as f64).collect();
+        json!({
+            "seconds": bins.len(),
+            "mean_per_s": bins.iter().sum::<u64>() as f64 / bins.len().max(1) as f64,
+            "best_10s_per_s": window_sums(&bins, W).iter().max().map(|r| rate(*r, bins.len())),
+            "503": answers.iter().filter(|x| x.status == 503).count(),
+            "5xx": answers.iter().filter(|x| x.is_5xx()).count(),
+        })
+    });
+    let boot_end = times.ends[0].unwrap_or(t_end);
+    let mints = log.column(
+        times.start.floor() as usize,
+        boot_end.ceil() as usize,
+        |x| x.mint,
+    );
+    let best = window_sums(&mints, W).into_iter().max().unwrap_or(0);
+    let r = rate(best, mints.len());
+    // per second, from the second the run started (the first row of timeline_per_s)
+    let (a, b) = (times.start.max(0.0) as usize, t_end.max(0.0) as usize + 1);
+    json!({
+        "log": {"lines": log.lines, "answers_in_run": log.between(times.start, t_end).count(),
+                "harness_requests_left_out": log.harness, "clock_offset_s": log.offset_s},
+        "per_s": {"503": log.column(a, b, |x| x.status == 503),
+                  "5xx": log.column(a, b, LogAnswer::is_5xx),
+                  "minted": log.column(a, b, |x| x.mint)},
+        "before_outage": before,
+        "minute_after_return": after,
+        "mint": {"rate_best_10s_per_s": r, "n_over_r_s": (r > 0.0).then(|| n as f64 / r),
+                 "tokens_minted_boot": mints.iter().sum::<u64>(),
+                 "tokens_minted_run": log.between(times.start, t_end).filter(|x| x.mint).count()},
     })
 }
 
@@ -2184,6 +2670,11 @@ fn with_kinds(n: u64, v: &Value) -> String {
     }
 }
 
+/// A count kept as a float (the gateway's metrics), `-` when missing.
+fn n0(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.0}"))
+}
+
 fn ratio(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.3}"))
 }
@@ -2199,6 +2690,24 @@ fn lat_pair(r: &Value, phase: &str, kind: &str) -> String {
         ms(get(r, &format!("{base}/p50_ms"))),
         ms(get(r, &format!("{base}/p99_ms")))
     )
+}
+
+/// `a / b / c / d` over the phases, `-` where a phase or its value is missing.
+fn per_phase(r: &Value, f: &dyn Fn(&Value) -> Option<String>) -> String {
+    PHASES
+        .iter()
+        .map(|p| f(get(r, &format!("/phases/{p}"))).unwrap_or_else(|| "-".into()))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// `p50 / p99 / max` of a [`quantiles`] object (s).
+fn q3(v: &Value) -> String {
+    ["p50", "p99", "max"]
+        .iter()
+        .map(|k| f1(get(v, &format!("/{k}")).as_f64()))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
@@ -2253,6 +2762,31 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
             ratio(get(r, "/phases/steady/shield_ratio"))
         )
     });
+    row("Ironic req/s: boot / steady / outage / recovery", &|r| {
+        per_phase(r, &|ph| Some(f1(ph.get("ironic_req_per_s")?.as_f64())))
+    });
+    row(
+        "Ironic's 503s (its own log): boot / steady / outage / recovery",
+        &|r| {
+            per_phase(r, &|ph| {
+                let l = ph.get("ironic_log")?;
+                let (n, other) = (u(l, "/503"), u(l, "/5xx_other"));
+                Some(if other > 0 {
+                    format!("{n} (+{other} other 5xx)")
+                } else {
+                    n.to_string()
+                })
+            })
+        },
+    );
+    row(
+        "gateway saw Ironic overloaded (5xx, timeouts, slow): per phase",
+        &|r| {
+            per_phase(r, &|ph| {
+                Some(n0(ph.get("gateway")?.get("ironic_overloaded")?))
+            })
+        },
+    );
     row("agent-visible errors, enrolled agents (whole run)", &|r| {
         with_kinds(u(r, "/agent_errors"), get(r, "/agent_errors_by_kind"))
     });
@@ -2288,6 +2822,17 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
     row("bricked agents (\"******\" without a token)", &|r| {
         u(r, "/bricked").to_string()
     });
+    row(
+        "latent bricked: Ironic holds a token the agent never got",
+        &|r| match get(r, "/ironic_tokens").as_object() {
+            Some(_) => format!(
+                "{} (Ironic holds {} tokens)",
+                u(r, "/ironic_tokens/latent_bricked"),
+                u(r, "/ironic_tokens/held_by_ironic")
+            ),
+            None => "-".into(),
+        },
+    );
     row("agents without a token / heartbeater died", &|r| {
         format!("{} / {}", u(r, "/no_token"), u(r, "/heartbeater_died"))
     });
@@ -2304,6 +2849,39 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
             lat_pair(r, "boot", kind)
         });
     }
+    row(
+        "Ironic minted tokens: R (best 10 s at boot, per s), N/R (s)",
+        &|r| match get(r, "/ironic/mint/rate_best_10s_per_s").as_f64() {
+            Some(rate) => format!(
+                "{rate:.1}, {} ({} minted in the run)",
+                f1(get(r, "/ironic/mint/n_over_r_s").as_f64()),
+                u(r, "/ironic/mint/tokens_minted_run")
+            ),
+            None => "-".into(),
+        },
+    );
+    row(
+        "first OK heartbeat per agent, from its boot: p50 / p99 / max (s)",
+        &|r| match u(r, "/agents_without_ok_heartbeat") {
+            0 => q3(get(r, "/first_ok_heartbeat_after_boot_s")),
+            n => format!(
+                "{} ({n} never)",
+                q3(get(r, "/first_ok_heartbeat_after_boot_s"))
+            ),
+        },
+    );
+    row(
+        "agents steady (first 202) within 2 x N/R of the first boot",
+        &|r| match get(r, "/steady_within_2_n_over_r").as_object() {
+            Some(_) => format!(
+                "{} of {} (2 x N/R = {} s)",
+                u(r, "/steady_within_2_n_over_r/agents"),
+                u(r, "/agents/enrolled"),
+                f1(get(r, "/steady_within_2_n_over_r/limit_s").as_f64())
+            ),
+            None => "-".into(),
+        },
+    );
     row("steady: heartbeat p50 / p99 ms", &|r| {
         lat_pair(r, "steady", "heartbeat")
     });
@@ -2351,6 +2929,41 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
                     "{} , {}",
                     u(r, "/outage/ironic_peak_req_per_s_after_up"),
                     u(r, "/outage/ironic_requests_first_10s_after_up")
+                )
+            },
+        );
+        row(
+            "Ironic req/s, best 10 s without a 503 before -> the minute after return: mean / best 10 s",
+            &|r| {
+                let m = "/ironic/minute_after_return";
+                if get(r, m).is_null() {
+                    return "-".into();
+                }
+                format!(
+                    "{} -> {} / {} ({} 503s in those {} s)",
+                    f1(get(r, "/ironic/before_outage/best_10s_without_503_per_s").as_f64()),
+                    f1(get(r, &format!("{m}/mean_per_s")).as_f64()),
+                    f1(get(r, &format!("{m}/best_10s_per_s")).as_f64()),
+                    u(r, &format!("{m}/503")),
+                    u(r, &format!("{m}/seconds"))
+                )
+            },
+        );
+        row(
+            "relay: kept at Ironic's return -> none left after (s); relayed / dropped since",
+            &|r| {
+                if get(r, "/outage/relay_kept_at_up").is_null() {
+                    return "-".into();
+                }
+                let g = "/phases/recovery/gateway";
+                format!(
+                    "{} -> {}; {} / {}",
+                    n0(get(r, "/outage/relay_kept_at_up")),
+                    get(r, "/outage/relay_drained_after_up_s")
+                        .as_f64()
+                        .map_or("NOT within the run".into(), |t| format!("{t:.1}")),
+                    n0(get(r, &format!("{g}/heartbeats_relayed"))),
+                    n0(get(r, &format!("{g}/heartbeats_dropped")))
                 )
             },
         );
@@ -2548,7 +3161,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         md,
         "{} enrolled agents (+ {} machines that are not enrolled) with IPA 13's timing, booting \
          over {:.0} s, then {:.0} s of steady state{}. heartbeat_timeout {}{}. Requests reaching \
-         Ironic are counted at a relay in front of it (the same place in both runs). {} CPUs, \
+         Ironic are counted at a relay in front of it (the same place in both runs){}. {} CPUs, \
          load average {} at the end.\n",
         cfg.agents,
         cfg.unknown,
@@ -2568,6 +3181,12 @@ async fn run(cfg: Config) -> Result<(), String> {
         },
         if cfg.hb_override.is_none() {
             " ([api]ramdisk_heartbeat_timeout lowered from 300 s to compress time)"
+        } else {
+            ""
+        },
+        if cfg.ironic_log.is_some() {
+            "; Ironic's answers (503s) and the tokens it minted are read from its own API log, \
+             the latent bricked agents from its node records after each run"
         } else {
             ""
         },

@@ -12,11 +12,13 @@
 # saved, and before each target's run Ironic is restarted on it (every node mints a new token, no
 # heartbeat recorded yet). The simulator runs a counting relay in front of Ironic: the direct run's
 # agents and the gateway's upstream both go through it, so "requests reaching Ironic" is counted at
-# the same place for both. Per target: boot (agents spread over $FLEET_RAMP s), steady state
-# ($FLEET_STEADY s), outage, recovery (until every agent had a 202 again, at most
-# $FLEET_RECOVERY s). It prints the comparison table (direct vs gateway) and writes
-# $FLEET_OUT/fleet.{md,json} (+ time-stamped copies). Everything it started is stopped on exit,
-# by PID (also on Ctrl-C or failure).
+# the same place for both. Ironic's own API log ($RUN/ironic/ironic.log: one line per answer) gives
+# its 503s and the tokens it minted, and its node records after each run the latent bricked agents,
+# the same way for both runs. Per target: boot (agents spread over $FLEET_RAMP s), steady state
+# ($FLEET_STEADY s), outage, recovery (at least $FLEET_RECOVERY_MIN s, until every agent had a 202
+# again and the gateway's relay had nothing kept left, at most $FLEET_RECOVERY s). It prints the
+# comparison table (direct vs gateway) and writes $FLEET_OUT/fleet.{md,json} (+ time-stamped
+# copies). Everything it started is stopped on exit, by PID (also on Ctrl-C or failure).
 #
 # Environment (all optional):
 #   FLEET_NODES (300)          enrolled agents = seeded nodes (seeding: ~0.17 s per node)
@@ -24,8 +26,9 @@
 #   FLEET_HEARTBEAT_TIMEOUT (60)  Ironic's [api]ramdisk_heartbeat_timeout (300 upstream): agents
 #                              heartbeat every 0.3-0.6 x this, so 60 compresses time 5 x
 #   FLEET_RAMP (NODES/10, at least 30) FLEET_SETTLE (45) FLEET_STEADY (60) FLEET_OUTAGE (30)
-#   FLEET_RECOVERY (60)        seconds: boot spread, max wait for the fleet to be up, steady
-#                              window, outage, max wait for recovery
+#   FLEET_RECOVERY (60) FLEET_RECOVERY_MIN (60)  seconds: boot spread, max wait for the fleet to
+#                              be up, steady window, outage, max and min length of the recovery
+#                              (the minute after Ironic's return is measured whole)
 #   FLEET_OUTAGE_MODE (restart) restart: ironic-peer-down.sh, then ironic-peer-up.sh --keep-db
 #                              (connections refused while down); freeze: SIGSTOP / SIGCONT of
 #                              Ironic's process group (connections hang); none: no outage
@@ -38,7 +41,7 @@
 #   FLEET_RUN_DIR              run folder (default: a new mktemp -d, removed afterwards)
 #   FLEET_EXTRA_ARGS           more options for the simulator (e.g. "--extra-macs 0")
 #   CARGO, CARGO_TARGET_DIR, IRONIC_PEER_VENV (see scripts/ironic-peer-up.sh)
-# Defaults take about 7-8 minutes (build excluded): seeding ~1 min, each target ~3 min.
+# Defaults take about 8 minutes (build excluded): seeding ~1 min, each target ~3.5 min.
 set -euo pipefail
 # The whole script is one { ... } block: bash parses it before running it, so editing this file
 # while a bench runs cannot break the run.
@@ -58,6 +61,7 @@ SETTLE="${FLEET_SETTLE:-45}"
 STEADY="${FLEET_STEADY:-60}"
 OUTAGE="${FLEET_OUTAGE:-30}"
 RECOVERY="${FLEET_RECOVERY:-60}"
+RECOVERY_MIN="${FLEET_RECOVERY_MIN:-60}"
 OUTAGE_MODE="${FLEET_OUTAGE_MODE:-restart}"
 TARGETS="${FLEET_TARGETS:-direct,gateway}"
 OUT="${FLEET_OUT:-$PROJECT_DIR/target/bench}"
@@ -72,7 +76,7 @@ for v in "$NODES" "$UNKNOWN" "$HB_TIMEOUT"; do
 done
 [ "$NODES" -ge 1 ] || die "FLEET_NODES must be >= 1"
 [ "$HB_TIMEOUT" -ge 1 ] || die "FLEET_HEARTBEAT_TIMEOUT must be >= 1"
-for v in "$RAMP" "$SETTLE" "$STEADY" "$OUTAGE" "$RECOVERY"; do
+for v in "$RAMP" "$SETTLE" "$STEADY" "$OUTAGE" "$RECOVERY" "$RECOVERY_MIN"; do
   case "$v" in ''|*[!0-9.]*) die "not a number of seconds: $v" ;; esac
 done
 case "$OUTAGE_MODE" in restart|freeze|none) ;; *) die "FLEET_OUTAGE_MODE: restart|freeze|none" ;; esac
@@ -266,7 +270,8 @@ if [ -n "$(git -C "$PROJECT_DIR" status --porcelain -- src benches Cargo.toml co
 fi
 args=(--seed "$RUN/seed.json" --ironic "127.0.0.1:$IRONIC_PORT" --relay "127.0.0.1:$RELAY_PORT"
       --targets "$TARGETS" --agents "$NODES" --unknown "$UNKNOWN" --ramp "$RAMP" --settle "$SETTLE"
-      --steady "$STEADY" --outage "$OUTAGE" --recovery "$RECOVERY" --outage-mode "$OUTAGE_MODE"
+      --steady "$STEADY" --outage "$OUTAGE" --recovery "$RECOVERY" --recovery-min "$RECOVERY_MIN"
+      --outage-mode "$OUTAGE_MODE" --ironic-log "$IRUN/ironic.log"
       --reset-cmd "bash $CTL reset" --out "$OUT"
       --label "ironic-edge $COMMIT; Ironic 39.0.0 (1 process, sqlite, $NODES manageable fast-track nodes, [api]ramdisk_heartbeat_timeout $HB_TIMEOUT); outage mode $OUTAGE_MODE")
 if [ "$WANT_GW" = 1 ]; then args+=(--gateway "$GW_URL" --gateway-ops "$OPS_URL"); fi

@@ -68,6 +68,8 @@ pub struct Metrics {
     deferred: [AtomicU64; 4],
     sealed_unopenable: AtomicU64,
     heartbeats_dropped: AtomicU64,
+    /// Kept heartbeats waiting for the relay, as the relay last counted them (a gauge).
+    heartbeats_kept: AtomicU64,
 }
 
 impl Metrics {
@@ -97,6 +99,9 @@ impl Metrics {
     }
     pub(crate) fn heartbeat_dropped(&self) {
         self.heartbeats_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn set_heartbeats_kept(&self, n: u64) {
+        self.heartbeats_kept.store(n, Ordering::Relaxed);
     }
     pub fn sealed_unopenable(&self) {
         self.sealed_unopenable.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +233,13 @@ impl Metrics {
         ] {
             family(&mut out, name, help, &[(String::new(), load(counter))]);
         }
+        gauge(
+            &mut out,
+            "ironic_edge_heartbeats_kept",
+            "Kept heartbeats waiting for the relay (all gateway processes), as the relay last \
+             counted them.",
+            &[(String::new(), load(&self.heartbeats_kept))],
+        );
         out
     }
 }
@@ -259,9 +271,12 @@ mod tests {
         m.request(Route::Lookup, Outcome::Local);
         m.request(Route::Lookup, Outcome::Local);
         m.upstream_request(Route::Heartbeat);
+        m.set_heartbeats_kept(4);
         let text = m.render();
         assert!(text.contains("ironic_edge_requests_total{route=\"lookup\",outcome=\"local\"} 2\n"));
         assert!(text.contains("ironic_edge_upstream_requests_total{route=\"heartbeat\"} 1\n"));
+        assert!(text
+            .contains("# TYPE ironic_edge_heartbeats_kept gauge\nironic_edge_heartbeats_kept 4\n"));
         // 3 routes x 3 outcomes, and nothing else labelled.
         assert_eq!(text.matches("ironic_edge_requests_total{").count(), 12);
     }

@@ -83,6 +83,16 @@ fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
     ));
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(metric(&env, "ironic_edge_heartbeats_deferred_total"), 9);
+    // The gauge shows what waits, one per node, as the relay counts it between its waves.
+    let kept = |n: u64| {
+        common::wait_for(Duration::from_secs(5), || {
+            (metric(&env, "ironic_edge_heartbeats_kept") == n).then_some(())
+        })
+    };
+    assert!(
+        kept(3).is_some(),
+        "ironic_edge_heartbeats_kept never read 3"
+    );
     // Kept sealed: no token in Redis.
     for t in &tokens {
         env.redis.assert_absent(t);
@@ -98,6 +108,10 @@ fn every_nodes_latest_heartbeat_reaches_ironic_once_it_is_back() {
         relayed.is_some(),
         "relay did not finish:\n{}",
         env.gw.logs()
+    );
+    assert!(
+        kept(0).is_some(),
+        "ironic_edge_heartbeats_kept never read 0"
     );
     std::thread::sleep(Duration::from_millis(1500));
     // (The version discovery's GET / goes on meanwhile: only heartbeats count here.)

@@ -330,7 +330,11 @@ impl BackgroundService for HeartbeatRelay {
         let concurrency = self.edge.config.heartbeat.relay_concurrency;
         loop {
             // Nothing kept: no place in Ironic's budget is taken for nothing.
-            if matches!(self.edge.store.pending_heartbeats().await, Ok(0)) {
+            let kept = self.edge.store.pending_heartbeats().await;
+            if let Ok(n) = kept {
+                self.edge.metrics.set_heartbeats_kept(n);
+            }
+            if matches!(kept, Ok(0)) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                     _ = shutdown.changed() => return,
