@@ -390,24 +390,37 @@ fn agent_session_reset_through_the_gateway() {
     let stale = gw.send(&old);
     common::assert_ironic_error(&stale, 400, common::ironic::INVALID_TOKEN, "1.115", "1.68");
 
-    // The agent boots again: a new token, a new callback_url, accepted by Ironic.
-    let again = gw.send(&common::lookup(&macs));
-    let token2 = again.json()["config"]["agent_token"]
+    // The agent boots again (the real IPA client): a new token, a new callback_url, accepted
+    // by Ironic.
+    let (lines, ok, out) = ironic.ipa_client(
+        &gw.url(),
+        &[
+            "--macs",
+            &macs,
+            "--callback",
+            "127.0.0.1:9998",
+            "--heartbeats",
+            "2",
+        ],
+    );
+    assert!(
+        ok,
+        "second boot through the gateway failed:\n{out}\n{}",
+        gw.logs()
+    );
+    let token2 = step(&lines, "lookup")["agent_token"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    assert!(engine::is_raw_token(&token2), "{}", again.text());
+    assert!(engine::is_raw_token(&token2), "a new raw token: {out}");
     assert_ne!(token2, token1);
-    let first = gw.send(&common::heartbeat(
-        &node.uuid,
-        "https://127.0.0.1:9998",
-        &token2,
-    ));
-    assert_eq!(first.status, 202, "{}", first.text());
+    for i in 1..=2 {
+        assert_eq!(step(&lines, &format!("heartbeat {i}"))["ok"], true, "{out}");
+    }
     let n = ironic.node(&node.uuid);
     assert_eq!(
         n["driver_internal_info"]["agent_url"], "https://127.0.0.1:9998",
-        "Ironic recorded the new session's heartbeat: {n}"
+        "Ironic recorded the new session's heartbeats: {n}"
     );
     // The old token stays refused, the new one accepted.
     assert_eq!(gw.send(&old).status, 400);
