@@ -108,16 +108,12 @@ impl RedisStore {
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        let result = self.within(cmd.query_async::<T>(&mut conn)).await;
-        self.settle_view(&mut conn).await;
-        result
+        self.within(cmd.query_async::<T>(&mut conn)).await
     }
 
     async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        let result = self.within(pipe.query_async::<T>(&mut conn)).await;
-        self.settle_view(&mut conn).await;
-        result
+        self.within(pipe.query_async::<T>(&mut conn)).await
     }
 
     async fn run_script<T: redis::FromRedisValue>(
@@ -125,9 +121,7 @@ impl RedisStore {
         invocation: redis::ScriptInvocation<'_>,
     ) -> StoreResult<T> {
         let mut conn = self.manager()?;
-        let result = self.within(invocation.invoke_async::<T>(&mut conn)).await;
-        self.settle_view(&mut conn).await;
-        result
+        self.within(invocation.invoke_async::<T>(&mut conn)).await
     }
 
     /// A read the in-process view may answer ([`viewed`] commands only).
@@ -145,15 +139,18 @@ impl RedisStore {
         self.within(pipe.query_async::<T>(&mut conn)).await
     }
 
-    /// After anything that may write: Redis sends this process the invalidations of its own
-    /// writes right after the command's reply (Redis 7), so one more round trip guarantees that
-    /// the view has dropped what the write changed before the write is reported done (a
-    /// heartbeat decided right after must not read the record as it was before).
-    async fn settle_view(&self, conn: &mut ConnectionManager) {
+    /// After a write to a key the view serves (node records, negative caches, the index): Redis
+    /// sends this process the invalidations of its own writes right after the command's reply
+    /// (Redis 7), so one more round trip guarantees that the view has dropped what the write
+    /// changed before the write is reported done (a heartbeat decided right after must not read
+    /// the record as it was before).
+    async fn settle_view(&self) {
         if self.view_entries > 0 {
-            let _ = self
-                .within(redis::cmd("PING").query_async::<()>(conn))
-                .await;
+            if let Ok(mut conn) = self.manager() {
+                let _ = self
+                    .within(redis::cmd("PING").query_async::<()>(&mut conn))
+                    .await;
+            }
         }
     }
 
@@ -180,15 +177,20 @@ impl EdgeStore for RedisStore {
     }
 
     async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()> {
-        self.run(
-            redis::cmd("SET")
-                .arg(self.lookup_key("nf", key))
-                .arg("1")
-                .arg("PX")
-                .arg(millis(ttl))
-                .clone(),
-        )
-        .await
+        let written = async {
+            self.run(
+                redis::cmd("SET")
+                    .arg(self.lookup_key("nf", key))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .clone(),
+            )
+            .await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn begin_flight(&self, key: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
@@ -288,16 +290,21 @@ impl EdgeStore for RedisStore {
         fingerprint: &str,
         at_ms: u64,
     ) -> StoreResult<()> {
-        self.run(
-            redis::cmd("HSET")
-                .arg(self.node_key(uuid))
-                .arg("hb_fp")
-                .arg(fingerprint)
-                .arg("hb_at")
-                .arg(at_ms)
-                .clone(),
-        )
-        .await
+        let written = async {
+            self.run(
+                redis::cmd("HSET")
+                    .arg(self.node_key(uuid))
+                    .arg("hb_fp")
+                    .arg(fingerprint)
+                    .arg("hb_at")
+                    .arg(at_ms)
+                    .clone(),
+            )
+            .await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn record_token_minted(
@@ -307,30 +314,35 @@ impl EdgeStore for RedisStore {
         node_data: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let key = self.node_key(uuid);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("token")
-            .arg(token_hash)
-            .arg("token_at")
-            .arg(super::now_ms())
-            .arg("node")
-            .arg(node_data)
-            .ignore()
-            .cmd("HDEL")
-            .arg(&key)
-            .arg("agent_url")
-            .arg("hb_fp")
-            .arg("hb_at")
-            .arg("reset_at")
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(ttl.as_secs().max(1))
-            .ignore();
-        self.run_pipe(pipe).await
+        let written = async {
+            let key = self.node_key(uuid);
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("token")
+                .arg(token_hash)
+                .arg("token_at")
+                .arg(super::now_ms())
+                .arg("node")
+                .arg(node_data)
+                .ignore()
+                .cmd("HDEL")
+                .arg(&key)
+                .arg("agent_url")
+                .arg("hb_fp")
+                .arg("hb_at")
+                .arg("reset_at")
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl.as_secs().max(1))
+                .ignore();
+            self.run_pipe(pipe).await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn record_heartbeat_accepted(
@@ -340,26 +352,32 @@ impl EdgeStore for RedisStore {
         agent_url: &str,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let key = self.node_key(uuid);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("token")
-            .arg(token_hash)
-            .arg("token_at")
-            .arg(super::now_ms())
-            .arg("agent_url")
-            .arg(agent_url)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(ttl.as_secs().max(1))
-            .ignore();
-        self.run_pipe(pipe).await
+        let written = async {
+            let key = self.node_key(uuid);
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("token")
+                .arg(token_hash)
+                .arg("token_at")
+                .arg(super::now_ms())
+                .arg("agent_url")
+                .arg(agent_url)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl.as_secs().max(1))
+                .ignore();
+            self.run_pipe(pipe).await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn record_node_action(&self, uuid: &str, at_ms: u64, ttl: Duration) -> StoreResult<()> {
+        let written = async {
         let key = self.node_key(uuid);
         let mut pipe = redis::pipe();
         // The latest action wins: a late write of an older one must not shorten the unsettled
@@ -378,20 +396,29 @@ impl EdgeStore for RedisStore {
             .arg(ttl.as_secs().max(1))
             .ignore();
         self.run_pipe(pipe).await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
-        self.run(
-            redis::cmd("HDEL")
-                .arg(self.node_key(uuid))
-                .arg("token")
-                .arg("token_at")
-                .arg("agent_url")
-                .arg("hb_fp")
-                .arg("hb_at")
-                .clone(),
-        )
-        .await
+        let written = async {
+            self.run(
+                redis::cmd("HDEL")
+                    .arg(self.node_key(uuid))
+                    .arg("token")
+                    .arg("token_at")
+                    .arg("agent_url")
+                    .arg("hb_fp")
+                    .arg("hb_at")
+                    .clone(),
+            )
+            .await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn claim_mismatch_forward(
@@ -430,24 +457,34 @@ impl EdgeStore for RedisStore {
     }
 
     async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()> {
-        self.run(
-            redis::cmd("SET")
-                .arg(format!("{}hb:nf:{ident}", self.prefix))
-                .arg("1")
-                .arg("PX")
-                .arg(millis(ttl))
-                .clone(),
-        )
-        .await
+        let written = async {
+            self.run(
+                redis::cmd("SET")
+                    .arg(format!("{}hb:nf:{ident}", self.prefix))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .clone(),
+            )
+            .await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()> {
-        self.run(
-            redis::cmd("DEL")
-                .arg(format!("{}hb:nf:{ident}", self.prefix))
-                .clone(),
-        )
-        .await
+        let written = async {
+            self.run(
+                redis::cmd("DEL")
+                    .arg(format!("{}hb:nf:{ident}", self.prefix))
+                    .clone(),
+            )
+            .await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn put_minted_answer(
@@ -457,24 +494,29 @@ impl EdgeStore for RedisStore {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let key = self.lookup_key("minted", replay_key);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
-            .arg(encode_minted(uuid, sealed))
-            .arg("EX")
-            .arg(ttl.as_secs().max(1))
-            .ignore()
-            .cmd("DEL")
-            .arg(format!("{key}:claim"))
-            .ignore()
-            .cmd("HSET")
-            .arg(self.node_key(uuid))
-            .arg("minted")
-            .arg(&key)
-            .ignore();
-        self.run_pipe(pipe).await
+        let written = async {
+            let key = self.lookup_key("minted", replay_key);
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(encode_minted(uuid, sealed))
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .ignore()
+                .cmd("DEL")
+                .arg(format!("{key}:claim"))
+                .ignore()
+                .cmd("HSET")
+                .arg(self.node_key(uuid))
+                .arg("minted")
+                .arg(&key)
+                .ignore();
+            self.run_pipe(pipe).await
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn take_minted_answer(
@@ -543,18 +585,23 @@ impl EdgeStore for RedisStore {
     }
 
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
-        let script = redis::Script::new(
-            r"local k = redis.call('HGET', KEYS[1], 'minted')
+        let written = async {
+            let script = redis::Script::new(
+                r"local k = redis.call('HGET', KEYS[1], 'minted')
               if k then
                 redis.call('DEL', k, k .. ':claim')
                 redis.call('HDEL', KEYS[1], 'minted')
               end
               return 1",
-        );
-        let mut invocation = script.prepare_invoke();
-        invocation.key(self.node_key(uuid));
-        let _: i64 = self.run_script(invocation).await?;
-        Ok(())
+            );
+            let mut invocation = script.prepare_invoke();
+            invocation.key(self.node_key(uuid));
+            let _: i64 = self.run_script(invocation).await?;
+            Ok(())
+        }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn put_pending_heartbeat(
@@ -760,71 +807,72 @@ impl EdgeStore for RedisStore {
     }
 
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
-        let (nodes, macs) = (self.idx(IDX_NODES), self.idx(IDX_MACS));
-        if u.full_round {
-            // Marks both halves as being rebuilt by this round: a flush or an eviction while
-            // the round writes removes the mark, and the round then does not vouch for them.
-            let generation = u
-                .generation
-                .as_deref()
-                .ok_or_else(|| StoreError("a full round without a generation".into()))?;
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("HSET")
-                .arg(&nodes)
-                .arg(BUILDING_FIELD)
-                .arg(generation)
-                .ignore()
-                .cmd("HSET")
-                .arg(&macs)
-                .arg(BUILDING_FIELD)
-                .arg(generation)
-                .ignore();
-            self.run_pipe::<()>(pipe).await?;
-        }
-        // Large rounds are written in slices, each one pipelined, so that no single call
-        // holds Redis (or misses its deadline) for long.
-        const SLICE: usize = 500;
-        for chunk in u.nodes.chunks(SLICE) {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&nodes);
-            for n in chunk {
-                let text = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
-                cmd.arg(&n.uuid).arg(text);
-                // Heartbeats may name their node; a renamed node leaves its old name behind,
-                // which counts only while the node it points to still has that name.
-                if let Some(name) = &n.name {
-                    cmd.arg(format!("{NAME_FIELD}{name}")).arg(&n.uuid);
-                }
+        let written = async {
+            let (nodes, macs) = (self.idx(IDX_NODES), self.idx(IDX_MACS));
+            if u.full_round {
+                // Marks both halves as being rebuilt by this round: a flush or an eviction while
+                // the round writes removes the mark, and the round then does not vouch for them.
+                let generation = u
+                    .generation
+                    .as_deref()
+                    .ok_or_else(|| StoreError("a full round without a generation".into()))?;
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HSET")
+                    .arg(&nodes)
+                    .arg(BUILDING_FIELD)
+                    .arg(generation)
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(&macs)
+                    .arg(BUILDING_FIELD)
+                    .arg(generation)
+                    .ignore();
+                self.run_pipe::<()>(pipe).await?;
             }
-            self.run::<()>(cmd).await?;
-        }
-        for chunk in u.ports.chunks(SLICE) {
-            let mut cmd = redis::cmd("HSET");
-            cmd.arg(&macs);
-            for (mac, uuid) in chunk {
-                cmd.arg(mac).arg(uuid);
-            }
-            self.run::<()>(cmd).await?;
-        }
-        for (key, removed) in [(&nodes, &u.removed_nodes), (&macs, &u.removed_macs)] {
-            for chunk in removed.chunks(SLICE) {
-                let mut cmd = redis::cmd("HDEL");
-                cmd.arg(key);
-                for item in chunk.iter().filter(|i| !is_marker_field(i)) {
-                    cmd.arg(item);
+            // Large rounds are written in slices, each one pipelined, so that no single call
+            // holds Redis (or misses its deadline) for long.
+            const SLICE: usize = 500;
+            for chunk in u.nodes.chunks(SLICE) {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&nodes);
+                for n in chunk {
+                    let text = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
+                    cmd.arg(&n.uuid).arg(text);
+                    // Heartbeats may name their node; a renamed node leaves its old name behind,
+                    // which counts only while the node it points to still has that name.
+                    if let Some(name) = &n.name {
+                        cmd.arg(format!("{NAME_FIELD}{name}")).arg(&n.uuid);
+                    }
                 }
                 self.run::<()>(cmd).await?;
             }
-        }
-        let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_deref()) else {
-            return Ok(());
-        };
-        // The round vouches for the index only if it is still the one the round wrote to:
-        // a full round's mark is still on both halves, an incremental round's generation is
-        // still the index's (on both halves and with the freshness).
-        let script = redis::Script::new(
-            r"local g = ARGV[1]
+            for chunk in u.ports.chunks(SLICE) {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&macs);
+                for (mac, uuid) in chunk {
+                    cmd.arg(mac).arg(uuid);
+                }
+                self.run::<()>(cmd).await?;
+            }
+            for (key, removed) in [(&nodes, &u.removed_nodes), (&macs, &u.removed_macs)] {
+                for chunk in removed.chunks(SLICE) {
+                    let mut cmd = redis::cmd("HDEL");
+                    cmd.arg(key);
+                    for item in chunk.iter().filter(|i| !is_marker_field(i)) {
+                        cmd.arg(item);
+                    }
+                    self.run::<()>(cmd).await?;
+                }
+            }
+            let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_deref()) else {
+                return Ok(());
+            };
+            // The round vouches for the index only if it is still the one the round wrote to:
+            // a full round's mark is still on both halves, an incremental round's generation is
+            // still the index's (on both halves and with the freshness).
+            let script = redis::Script::new(
+                r"local g = ARGV[1]
               if ARGV[3] == '1' then
                 if redis.call('HGET', KEYS[1], '@building') ~= g
                    or redis.call('HGET', KEYS[2], '@building') ~= g then return 0 end
@@ -840,23 +888,27 @@ impl EdgeStore for RedisStore {
               end
               redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. g)
               return 1",
-        );
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(&nodes)
-            .key(&macs)
-            .key(self.idx(IDX_SYNCED_AT))
-            .arg(generation)
-            .arg(at)
-            .arg(if u.full_round { "1" } else { "0" });
-        let vouched: i64 = self.run_script(invocation).await?;
-        if vouched == 1 {
-            Ok(())
-        } else {
-            Err(StoreError(
-                "the node index changed under the round (Redis lost data?)".into(),
-            ))
+            );
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(&nodes)
+                .key(&macs)
+                .key(self.idx(IDX_SYNCED_AT))
+                .arg(generation)
+                .arg(at)
+                .arg(if u.full_round { "1" } else { "0" });
+            let vouched: i64 = self.run_script(invocation).await?;
+            if vouched == 1 {
+                Ok(())
+            } else {
+                Err(StoreError(
+                    "the node index changed under the round (Redis lost data?)".into(),
+                ))
+            }
         }
+        .await;
+        self.settle_view().await;
+        written
     }
 
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
