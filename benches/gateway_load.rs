@@ -7,12 +7,12 @@
 //!
 //! ```text
 //! cargo bench --bench gateway_load -- --config FILE [--duration S] [--warmup S] [--conc N]
-//!     [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] [--only A,B]
+//!     [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] [--only A,B] [--probe N]
 //! ```
 //!
 //! Environment (overridden by the command line, overriding the file): `BENCH_CONFIG`,
 //! `BENCH_DURATION`, `BENCH_WARMUP`, `BENCH_CONC`, `BENCH_ROUNDS`, `BENCH_TIMEOUT_MS`,
-//! `BENCH_PAUSE_MS`, `BENCH_OUT`, `BENCH_ONLY`, `BENCH_STRICT=1` (exit 1 when a correctness
+//! `BENCH_PAUSE_MS`, `BENCH_OUT`, `BENCH_ONLY`, `BENCH_PROBE`, `BENCH_STRICT=1` (exit 1 when a correctness
 //! check warns). With `rounds` > 1 every scenario runs its targets `rounds` times, in
 //! alternating order (ABBA), and the rounds are pooled: on a noisy machine that cancels drift.
 //! Without a scenario file it runs the shared parts' self-checks and exits 0 (so
@@ -30,6 +30,14 @@
 //! CPU (% of one core: near 100 % means the client, not the server, was the limit). With an
 //! ops URL for a target, the gateway's Prometheus counters are read before and after the
 //! window: how many requests of the scenario's route were answered locally or forwarded.
+//! After a scenario's rounds, a target with `redis` gets the sequential probe: `probe`
+//! (default 100) of the scenario's requests sent one at a time on one connection, Redis's
+//! `total_reads_processed` (read events) and `total_commands_processed` read around them on a
+//! kept connection (50 ms after the last answer; at most 3 s of requests): one request at a time, a read event is a
+//! round trip, so this is Redis round trips per request (under load, requests of several
+//! clients can share a read). A scenario with `sequence` (a list of requests) is probe-only:
+//! each request once, in order, Redis read around each one (median and most per request);
+//! no load, no rate (e.g. lookups that each mint a token).
 //!
 //! Only loopback targets are accepted; every phase is bounded in time: a run lasts warm-up +
 //! duration, plus at most one request timeout for the requests still in flight at its end
@@ -38,7 +46,7 @@
 //! Scenario file (JSON):
 //! ```json
 //! { "duration_s": 10, "warmup_s": 1, "concurrency": 16, "rounds": 1, "timeout_ms": 10000,
-//!   "pause_ms": 1000,
+//!   "pause_ms": 1000, "probe_requests": 100,
 //!   "out_dir": "target/bench", "label": "free text",
 //!   "targets": [{"name": "direct", "url": "http://127.0.0.1:6396", "pids": [4242]},
 //!               {"name": "gateway", "url": "http://127.0.0.1:16380", "ops": "http://127.0.0.1:19380",
@@ -52,7 +60,9 @@
 //!     "expect_by_target": {"direct": {"expect_status": 404}},
 //!     "route": "lookup", "expect_outcome": {"gateway": "local"},
 //!     "targets": ["direct", "gateway"], "baseline": ["direct"],
-//!     "prime": [{"target": "gateway", "method": "GET", "path": "...", "expect_status": 200}] }] }
+//!     "prime": [{"target": "gateway", "method": "GET", "path": "...", "expect_status": 200}] },
+//!   { "name": "minted lookups", "targets": ["gateway"], "expect_status": 200,
+//!     "sequence": [{"path": "/v1/lookup?addresses=..."}, {"path": "..."}] }] }
 //! ```
 //! `targets` (per scenario, optional) restricts a scenario to some targets, run in that
 //! order; `baseline` (per scenario, a name or a list; default: the file's `baseline` if the
@@ -65,7 +75,7 @@ mod common;
 
 use common::cli::{self, Opt, Spec, Unknown};
 use common::http::{build_request, connect, one_shot, parse_target, Conn, RequestSpec, Target};
-use common::procs;
+use common::procs::{self, Redis, RedisCounters};
 use common::report::{self, ms, rate, ratio, ratio_opt, ratio_str, sig3, Align, Table};
 use common::stats::Summary;
 use serde_json::{json, Value};
@@ -197,6 +207,8 @@ struct Scenario {
     targets: Vec<usize>,
     baselines: Vec<String>,
     prime: Vec<Prime>,
+    /// A probe-only scenario: these requests, once each, in order, one connection, no load.
+    sequence: Vec<RequestSpec>,
 }
 
 impl Scenario {
@@ -213,6 +225,8 @@ struct Config {
     rounds: usize,
     timeout: Duration,
     pause: Duration,
+    /// Requests of the sequential probe after a scenario's rounds (0: none).
+    probe: usize,
     out_dir: PathBuf,
     label: String,
     targets: Vec<Server>,
@@ -273,13 +287,17 @@ const OPTIONS: &[Opt] = &[
         name: "only",
         aliases: &[],
     },
+    Opt {
+        name: "probe",
+        aliases: &[],
+    },
 ];
 
 const USAGE: &str = "usage: cargo bench --bench gateway_load -- --config FILE [--duration S] \
      [--warmup S] [--conc N] [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] \
-     [--only NAME,NAME]\n\
+     [--only NAME,NAME] [--probe N]\n\
      (env: BENCH_CONFIG BENCH_DURATION BENCH_WARMUP BENCH_CONC BENCH_ROUNDS BENCH_TIMEOUT_MS \
-     BENCH_PAUSE_MS BENCH_OUT BENCH_ONLY BENCH_STRICT); scripts/bench.sh (make bench) writes \
+     BENCH_PAUSE_MS BENCH_OUT BENCH_ONLY BENCH_PROBE BENCH_STRICT); scripts/bench.sh (make bench) writes \
      the file and starts everything";
 
 fn num_str(v: &Value, key: &str) -> Option<String> {
@@ -344,6 +362,11 @@ fn load_config(o: cli::Args, file: &str) -> Result<Config, String> {
         return Err("timeout_ms must be > 0".into());
     }
     let pause = cli::millis("pause_ms", &pick("pause-ms", "pause_ms", "1000"), 60_000)?;
+    let probe = cli::integer(
+        "probe",
+        &pick("probe", "probe_requests", "100"),
+        0..=100_000,
+    )?;
     let out_dir = PathBuf::from(
         o.string("out")
             .or_else(|| str_field(&doc, "out_dir"))
@@ -407,7 +430,16 @@ fn load_config(o: cli::Args, file: &str) -> Result<Config, String> {
     {
         let name = str_field(s, "name").unwrap_or_else(|| format!("scenario {i}"));
         let what = format!("scenario {name:?}");
-        let req = RequestSpec::from_json(s, &what)?;
+        let mut sequence = Vec::new();
+        if let Some(list) = s.get("sequence").and_then(Value::as_array) {
+            for (k, r) in list.iter().enumerate() {
+                sequence.push(RequestSpec::from_json(r, &format!("{what} sequence[{k}]"))?);
+            }
+        }
+        let req = match sequence.first() {
+            Some(first) if s.get("path").is_none() => first.clone(),
+            _ => RequestSpec::from_json(s, &what)?,
+        };
         let mut prime = Vec::new();
         if let Some(list) = s.get("prime").and_then(Value::as_array) {
             for p in list {
@@ -471,6 +503,7 @@ fn load_config(o: cli::Args, file: &str) -> Result<Config, String> {
             targets: scen_targets,
             baselines,
             prime,
+            sequence,
         };
         if let Some(only) = &only {
             let lname = sc.name.to_lowercase();
@@ -490,6 +523,7 @@ fn load_config(o: cli::Args, file: &str) -> Result<Config, String> {
         rounds,
         timeout,
         pause,
+        probe,
         out_dir,
         label,
         targets,
@@ -636,8 +670,10 @@ struct Usage {
     /// CPU seconds of the server's processes, of its Redis; `None` when not read.
     cpu_s: Option<f64>,
     redis_cpu_s: Option<f64>,
-    /// Commands its Redis processed (the bench's own reading not counted).
+    /// Commands its Redis processed and read events on its sockets (the bench's own
+    /// readings not counted).
     redis_cmds: Option<f64>,
+    redis_reads: Option<f64>,
     /// CPU seconds of this load generator.
     gen_cpu_s: f64,
 }
@@ -647,14 +683,19 @@ struct Reading {
     at: Instant,
     cpu_s: Option<f64>,
     redis_cpu_s: Option<f64>,
-    redis_cmds: Option<u64>,
+    redis: Option<RedisCounters>,
     gen_cpu_s: f64,
 }
 
-async fn read_usage(t: &Server, warnings: &mut Vec<String>, tag: &str) -> Reading {
-    let redis_cmds = match t.redis {
-        Some(addr) => match procs::redis_commands(addr, Duration::from_secs(2)).await {
-            Ok(n) => Some(n),
+async fn read_usage(
+    redis: Option<&mut Redis>,
+    t: &Server,
+    warnings: &mut Vec<String>,
+    tag: &str,
+) -> Reading {
+    let redis = match redis {
+        Some(r) => match r.counters().await {
+            Ok(c) => Some(c),
             Err(e) => {
                 warnings.push(format!("{tag}: {e}"));
                 None
@@ -676,24 +717,106 @@ async fn read_usage(t: &Server, warnings: &mut Vec<String>, tag: &str) -> Readin
         at: Instant::now(),
         cpu_s: cpu(&t.pids, "server", warnings),
         redis_cpu_s: cpu(&t.redis_pids, "redis", warnings),
-        redis_cmds,
+        redis,
         gen_cpu_s: procs::self_cpu_seconds(),
     }
 }
 
+/// The readings' own share of Redis's counters (one kept connection: the first `INFO` is
+/// counted as a command once answered, the second one as a read).
+const READING_OVERHEAD: RedisCounters = RedisCounters {
+    commands: 1,
+    reads: 1,
+};
+
 fn usage_between(a: &Reading, b: &Reading) -> Usage {
     let d = |x: Option<f64>, y: Option<f64>| Some(y? - x?);
+    let redis = match (a.redis, b.redis) {
+        (Some(x), Some(y)) => Some(y.since(&x, &READING_OVERHEAD)),
+        _ => None,
+    };
     Usage {
         window_s: (b.at - a.at).as_secs_f64(),
         cpu_s: d(a.cpu_s, b.cpu_s),
         redis_cpu_s: d(a.redis_cpu_s, b.redis_cpu_s),
-        // the first INFO is counted by Redis once it has answered it
-        redis_cmds: match (a.redis_cmds, b.redis_cmds) {
-            (Some(x), Some(y)) => Some(y.saturating_sub(x).saturating_sub(1) as f64),
-            _ => None,
-        },
+        redis_cmds: redis.map(|r| r.commands as f64),
+        redis_reads: redis.map(|r| r.reads as f64),
         gen_cpu_s: b.gen_cpu_s - a.gen_cpu_s,
     }
+}
+
+/// Redis round trips and commands per request, measured without load: requests sent one
+/// at a time on one keep-alive connection, Redis's read events and commands counted around
+/// them (after a 50 ms pause for anything the gateway does after answering).
+#[derive(Clone, Debug, Default)]
+struct Probe {
+    /// Per measured step (one request, or `n` identical ones): round trips and commands
+    /// per request.
+    round_trips: Vec<f64>,
+    commands: Vec<f64>,
+    statuses: BTreeMap<u16, u64>,
+    lat_us: Vec<u32>,
+}
+
+const PROBE_SETTLE: Duration = Duration::from_millis(50);
+/// A probe of identical requests stops after this (then it has sent fewer).
+const PROBE_AT_MOST: Duration = Duration::from_secs(3);
+
+/// Sends `reqs` in order on one connection; with `each`, Redis is read around every request
+/// (a step per request), else around all of them (one step).
+async fn probe(
+    cfg: &Config,
+    t: &Server,
+    redis: &mut Redis,
+    reqs: &[&RequestSpec],
+    each: bool,
+) -> Result<Probe, String> {
+    let mut client = common::http::Client::new(t.http.clone());
+    let mut out = Probe::default();
+    let step = |before: RedisCounters, after: RedisCounters, n: usize, out: &mut Probe| {
+        let d = after.since(&before, &READING_OVERHEAD);
+        out.round_trips.push(d.reads as f64 / n as f64);
+        out.commands.push(d.commands as f64 / n as f64);
+    };
+    if !each {
+        // the connection is opened outside the counted step
+        if let Some(r) = reqs.first() {
+            client.request(r, cfg.timeout).await.map_err(String::from)?;
+        }
+        tokio::time::sleep(PROBE_SETTLE).await;
+    }
+    let mut before = redis.counters().await?;
+    let until = Instant::now() + PROBE_AT_MOST;
+    let mut sent = 0;
+    for r in reqs {
+        if !each && sent > 0 && Instant::now() >= until {
+            break; // slow answers (forwarded to Ironic): fewer requests
+        }
+        sent += 1;
+        let t0 = Instant::now();
+        let rep = client.request(r, cfg.timeout).await.map_err(String::from)?;
+        out.lat_us
+            .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        *out.statuses.entry(rep.status).or_default() += 1;
+        if each {
+            tokio::time::sleep(PROBE_SETTLE).await;
+            let after = redis.counters().await?;
+            step(before, after, 1, &mut out);
+            before = redis.counters().await?;
+        }
+    }
+    if !each {
+        tokio::time::sleep(PROBE_SETTLE).await;
+        let after = redis.counters().await?;
+        step(before, after, sent.max(1), &mut out);
+    }
+    Ok(out)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[(v.len() - 1) / 2])
 }
 
 struct RunResult {
@@ -710,10 +833,19 @@ struct RunResult {
     edge_summary: Option<String>,
     sample: Option<String>,
     round_rps: Vec<f64>,
-    /// Per request: CPU µs of the server's processes, of its Redis; Redis commands.
+    /// Per request under load: CPU µs of the server's processes, of its Redis; Redis
+    /// commands and read events.
     cpu_us: Option<f64>,
     redis_cpu_us: Option<f64>,
     redis_cmds: Option<f64>,
+    redis_reads: Option<f64>,
+    /// Redis round trips per request without load (the sequential probe): median and most.
+    redis_rt: Option<f64>,
+    redis_rt_max: Option<f64>,
+    /// Redis commands per request in the probe (median).
+    probe_cmds: Option<f64>,
+    /// A probe-only scenario's result (no load: no rate, no CPU).
+    sequential: bool,
     /// The load generator's CPU, % of one core, over the windows.
     gen_cpu_pct: Option<f64>,
     /// RSS of the server's processes at the end of the last window, in MiB.
@@ -739,10 +871,12 @@ struct Acc {
     cpu_s: Option<f64>,
     redis_cpu_s: Option<f64>,
     redis_cmds: Option<f64>,
+    redis_reads: Option<f64>,
     gen_cpu_s: f64,
     window_s: f64,
     window_requests: f64,
     rss_kib: Option<u64>,
+    probe: Option<Probe>,
 }
 
 fn add(sum: &mut Option<f64>, v: Option<f64>) {
@@ -793,9 +927,11 @@ async fn measure(
         }
     }
     // the usage window: after the first scrape, before the second (they cost the gateway)
-    let first = read_usage(t, warnings, &tag).await;
+    let mut redis = t.redis.map(|a| Redis::new(a, Duration::from_secs(2)));
+    let first = read_usage(redis.as_mut(), t, warnings, &tag).await;
     tokio::time::sleep_until(end).await;
-    let last = read_usage(t, warnings, &tag).await;
+    let last = read_usage(redis.as_mut(), t, warnings, &tag).await;
+    drop(redis);
     let usage = usage_between(&first, &last);
     let rss = (!t.pids.is_empty())
         .then(|| procs::rss_kib(&t.pids))
@@ -828,6 +964,7 @@ async fn measure(
     add(&mut acc.cpu_s, usage.cpu_s);
     add(&mut acc.redis_cpu_s, usage.redis_cpu_s);
     add(&mut acc.redis_cmds, usage.redis_cmds);
+    add(&mut acc.redis_reads, usage.redis_reads);
     acc.gen_cpu_s += usage.gen_cpu_s;
     if rss.is_some() {
         acc.rss_kib = rss;
@@ -849,10 +986,12 @@ fn summarize(sc: &Scenario, t: &Server, acc: Acc, warnings: &mut Vec<String>) ->
         cpu_s,
         redis_cpu_s,
         redis_cmds,
+        redis_reads,
         gen_cpu_s,
         window_s,
         window_requests,
         rss_kib,
+        probe,
     } = acc;
     let lat = Summary::of(&mut st.lat_us);
     let n = lat.n;
@@ -999,8 +1138,84 @@ fn summarize(sc: &Scenario, t: &Server, acc: Acc, warnings: &mut Vec<String>) ->
         cpu_us,
         redis_cpu_us,
         redis_cmds: per_req(redis_cmds, 1.0),
+        redis_reads: per_req(redis_reads, 1.0),
+        redis_rt: probe.as_ref().and_then(|p| median(&p.round_trips)),
+        redis_rt_max: probe
+            .as_ref()
+            .and_then(|p| p.round_trips.iter().copied().reduce(f64::max)),
+        probe_cmds: probe.as_ref().and_then(|p| median(&p.commands)),
+        sequential: false,
         gen_cpu_pct: (window_s > 0.0).then(|| 100.0 * gen_cpu_s / window_s),
         rss_mib: rss_kib.map(|k| k as f64 / 1024.0),
+    }
+}
+
+/// The probe's answers must be the expected ones.
+fn check_probe(sc: &Scenario, t: &Server, p: &Probe, warnings: &mut Vec<String>) {
+    if let Some(want) = sc.expect_for(t.name()).status {
+        let bad: u64 = p
+            .statuses
+            .iter()
+            .filter(|(s, _)| **s != want)
+            .map(|(_, n)| n)
+            .sum();
+        if bad > 0 {
+            warnings.push(format!(
+                "{} / {}: probe: {bad} answer(s) not {want}: {:?}",
+                sc.name,
+                t.name(),
+                p.statuses
+            ));
+        }
+    }
+}
+
+/// A probe-only scenario on one target: its requests once each, Redis read around each.
+async fn sequence_result(
+    cfg: &Config,
+    sc: &Scenario,
+    t: &Server,
+    warnings: &mut Vec<String>,
+) -> RunResult {
+    let tag = format!("{} / {}", sc.name, t.name());
+    let mut p = Probe::default();
+    match t.redis {
+        None => warnings.push(format!("{tag}: a sequence needs a target with \"redis\"")),
+        Some(addr) => {
+            let mut redis = Redis::new(addr, Duration::from_secs(2));
+            let reqs: Vec<&RequestSpec> = sc.sequence.iter().collect();
+            match probe(cfg, t, &mut redis, &reqs, true).await {
+                Ok(got) => p = got,
+                Err(e) => warnings.push(format!("{tag}: {e}")),
+            }
+        }
+    }
+    check_probe(sc, t, &p, warnings);
+    let n = p.lat_us.len() as u64;
+    RunResult {
+        scenario: sc.name.clone(),
+        target: t.name().to_string(),
+        duration_s: 0.0,
+        requests: n,
+        rps: 0.0,
+        lat: Summary::of(&mut p.lat_us),
+        statuses: std::mem::take(&mut p.statuses),
+        errors: BTreeMap::new(),
+        connects: 0,
+        edge: None,
+        edge_summary: None,
+        sample: None,
+        round_rps: Vec::new(),
+        cpu_us: None,
+        redis_cpu_us: None,
+        redis_cmds: None,
+        redis_reads: None,
+        redis_rt: median(&p.round_trips),
+        redis_rt_max: p.round_trips.iter().copied().reduce(f64::max),
+        probe_cmds: median(&p.commands),
+        gen_cpu_pct: None,
+        rss_mib: None,
+        sequential: true,
     }
 }
 
@@ -1061,6 +1276,7 @@ const HEAD: &[(&str, Align)] = &[
     ("CPU µs/req", Align::Right),
     ("Redis CPU µs/req", Align::Right),
     ("Redis cmd/req", Align::Right),
+    ("Redis round trips/req", Align::Right),
     ("RSS MiB", Align::Right),
     ("client CPU %", Align::Right),
     ("statuses", Align::Left),
@@ -1075,7 +1291,9 @@ fn table(cfg: &Config, results: &[RunResult]) -> (Table, Vec<Value>) {
     for sc in &cfg.scenarios {
         let mine: Vec<&RunResult> = results.iter().filter(|r| r.scenario == sc.name).collect();
         for (i, r) in mine.iter().enumerate() {
-            let rps = if r.round_rps.len() > 1 {
+            let rps = if r.sequential {
+                format!("- ({} sequential)", r.requests)
+            } else if r.round_rps.len() > 1 {
                 let each: Vec<String> = r.round_rps.iter().map(|x| rate(*x)).collect();
                 format!("{} ({})", rate(r.rps), each.join(", "))
             } else {
@@ -1093,7 +1311,13 @@ fn table(cfg: &Config, results: &[RunResult]) -> (Table, Vec<Value>) {
                 ms(r.lat.p99),
                 sig3(r.cpu_us),
                 sig3(r.redis_cpu_us),
-                sig3(r.redis_cmds),
+                sig3(r.redis_cmds.or(r.probe_cmds)),
+                match (r.redis_rt, r.redis_rt_max) {
+                    (Some(m), Some(x)) if r.sequential && x > m => {
+                        format!("{} (max {})", sig3(Some(m)), sig3(Some(x)))
+                    }
+                    (m, _) => sig3(m),
+                },
                 sig3(r.rss_mib),
                 r.gen_cpu_pct.map_or("-".into(), |p| format!("{p:.0}")),
                 statuses_str(r),
@@ -1117,6 +1341,7 @@ fn table(cfg: &Config, results: &[RunResult]) -> (Table, Vec<Value>) {
                     ratio_str(p50),
                     ratio_str(p99),
                     ratio_str(cpu),
+                    String::new(),
                     String::new(),
                     String::new(),
                     String::new(),
@@ -1161,6 +1386,11 @@ fn write_results(
                 "server_cpu_us_per_request": r.cpu_us,
                 "redis_cpu_us_per_request": r.redis_cpu_us,
                 "redis_commands_per_request": r.redis_cmds,
+                "redis_reads_per_request": r.redis_reads,
+                "redis_round_trips_per_request_sequential": r.redis_rt,
+                "redis_round_trips_per_request_sequential_max": r.redis_rt_max,
+                "redis_commands_per_request_sequential": r.probe_cmds,
+                "sequential_only": r.sequential,
                 "server_rss_mib": r.rss_mib,
                 "load_generator_cpu_pct": r.gen_cpu_pct,
                 "statuses": r.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -1195,7 +1425,7 @@ fn write_results(
         "config_file": cfg.config_file.display().to_string(),
         "settings": {"duration_s": cfg.duration.as_secs_f64(), "warmup_s": cfg.warmup.as_secs_f64(),
                      "concurrency": cfg.concurrency, "rounds": cfg.rounds, "timeout_ms": cfg.timeout.as_millis() as u64,
-                     "load_generator": "1 thread (tokio current_thread)",
+                     "load_generator": "1 thread (tokio current_thread)", "probe_requests": cfg.probe,
                      "percentiles": "nearest rank", "cpu_source": "/proc/<pid>/stat utime+stime",
                      "clock_ticks_per_s": procs::clock_ticks()},
         "machine": {"cpus": cpus, "loadavg_1m_at_end": load},
@@ -1217,7 +1447,10 @@ fn write_results(
          load average {} at the end. Percentiles: nearest rank. CPU µs/req: the server's \
          processes (utime+stime of /proc/<pid>/stat over the window / requests), its Redis \
          apart; Redis cmd/req: `INFO stats` total_commands_processed over the window / \
-         requests; client CPU: the load generator, % of one core. Ratio rows: \
+         requests under load (commands run inside Lua scripts count); Redis round trips/req: \
+         Redis's read events (total_reads_processed) around {} requests sent one at a time \
+         after the rounds, per request (a sequence: median, and the most); client CPU: the \
+         load generator, % of one core. Ratio rows: \
          {{target}}/{{baseline}} measured in the same run (req/s: higher is better for the \
          target; latency and CPU (the server's processes plus its Redis): lower is better).\n\n",
         cfg.concurrency,
@@ -1231,6 +1464,7 @@ fn write_results(
         },
         cpus.map_or("?".into(), |c| c.to_string()),
         load.clone().unwrap_or_else(|| "?".into()),
+        cfg.probe,
     ));
     md.push_str(table_md);
     if !warnings.is_empty() {
@@ -1250,7 +1484,13 @@ async fn run(cfg: Config) -> Result<bool, String> {
     let mut warnings = Vec::new();
     let mut results = Vec::new();
     let per_run = cfg.warmup + cfg.duration;
-    let runs: usize = cfg.scenarios.iter().map(|s| s.targets.len()).sum::<usize>() * cfg.rounds;
+    let runs: usize = cfg
+        .scenarios
+        .iter()
+        .filter(|s| s.sequence.is_empty())
+        .map(|s| s.targets.len())
+        .sum::<usize>()
+        * cfg.rounds;
     println!(
         "gateway_load: {} scenario(s), {} run(s) of {:.0}+{:.0} s at concurrency {} (about {:.0} s)",
         cfg.scenarios.len(),
@@ -1280,6 +1520,27 @@ async fn run(cfg: Config) -> Result<bool, String> {
         println!("\n== {}: {} {}", sc.name, sc.req.method, sc.req.path);
         prime(&cfg, sc, &mut warnings).await;
         let targets: Vec<&Server> = sc.targets.iter().map(|&i| &cfg.targets[i]).collect();
+        if !sc.sequence.is_empty() {
+            for t in targets {
+                let n_warn = warnings.len();
+                let r = sequence_result(&cfg, sc, t, &mut warnings).await;
+                println!(
+                    "  {:<16} {} sequential request(s): p50 {} ms, Redis {} round trips (at most {}), {} commands per request  {}",
+                    t.name(),
+                    r.requests,
+                    ms(r.lat.p50),
+                    sig3(r.redis_rt),
+                    sig3(r.redis_rt_max),
+                    sig3(r.probe_cmds),
+                    statuses_str(&r)
+                );
+                for w in &warnings[n_warn..] {
+                    println!("  WARNING: {w}");
+                }
+                results.push(r);
+            }
+            continue;
+        }
         let mut accs: Vec<Acc> = targets.iter().map(|_| Acc::default()).collect();
         for round in 0..cfg.rounds {
             // ABBA: every other round runs the targets in reverse order (drift cancels out)
@@ -1311,9 +1572,22 @@ async fn run(cfg: Config) -> Result<bool, String> {
         }
         for (t, acc) in targets.into_iter().zip(accs) {
             let n_warn = warnings.len();
+            let mut acc = acc;
+            if let (Some(addr), true) = (t.redis, cfg.probe > 0) {
+                // Redis round trips per request, without load
+                let mut redis = Redis::new(addr, Duration::from_secs(2));
+                let reqs = vec![&sc.req; cfg.probe];
+                match probe(&cfg, t, &mut redis, &reqs, false).await {
+                    Ok(p) => {
+                        check_probe(sc, t, &p, &mut warnings);
+                        acc.probe = Some(p);
+                    }
+                    Err(e) => warnings.push(format!("{} / {}: probe: {e}", sc.name, t.name())),
+                }
+            }
             let r = summarize(sc, t, acc, &mut warnings);
             println!(
-                "  {:<16} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  cpu {:>6} µs/req  redis {:>6} µs, {:>5} cmd/req  {}  {}",
+                "  {:<16} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  cpu {:>6} µs/req  redis {:>6} µs, {:>5} cmd, {:>5} round trips/req  {}  {}",
                 t.name(),
                 rate(r.rps),
                 ms(r.lat.p50),
@@ -1321,6 +1595,7 @@ async fn run(cfg: Config) -> Result<bool, String> {
                 sig3(r.cpu_us),
                 sig3(r.redis_cpu_us),
                 sig3(r.redis_cmds),
+                sig3(r.redis_rt),
                 statuses_str(&r),
                 r.edge_summary.clone().unwrap_or_default()
             );

@@ -2,8 +2,8 @@
 //!
 //! CPU: `utime + stime` of `/proc/<pid>/stat` (every thread of the process, in clock ticks,
 //! `sysconf(_SC_CLK_TCK)`, 100 per second on Linux: read over windows of seconds).
-//! Memory: `VmRSS` / `VmHWM` of `/proc/<pid>/status`. Redis: `INFO` through a minimal RESP
-//! client (one command per connection).
+//! Memory: `VmRSS` / `VmHWM` of `/proc/<pid>/status`. Redis: `INFO stats` through a minimal
+//! RESP client ([`Redis`]: one kept connection, one command at a time).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,45 +73,120 @@ pub enum RespValue {
     Bulk(Option<Vec<u8>>),
 }
 
-/// Sends one command to Redis on a fresh connection and reads its (non-array) reply.
-pub async fn redis_command(
+/// One connection to Redis, for commands one at a time (kept open: readings over it add a
+/// fixed overhead, no connection events).
+pub struct Redis {
     addr: SocketAddr,
-    args: &[&str],
+    stream: Option<TcpStream>,
     timeout: Duration,
-) -> Result<RespValue, String> {
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+}
+
+impl Redis {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Redis {
+        Redis {
+            addr,
+            stream: None,
+            timeout,
+        }
     }
-    let fut = async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("redis {addr}: {e}"))?;
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("redis {addr}: {e}"))?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 16 << 10];
-        loop {
-            if let Some(v) = parse_reply(&buf)? {
-                return Ok(v);
-            }
-            let n = s
-                .read(&mut chunk)
+
+    /// Sends one command and reads its (non-array) reply; on an error the connection goes.
+    pub async fn command(&mut self, args: &[&str]) -> Result<RespValue, String> {
+        let addr = self.addr;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        let mut stream = self.stream.take();
+        let fut = async {
+            let s = match stream.as_mut() {
+                Some(s) => s,
+                None => stream.insert(
+                    TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| format!("redis {addr}: {e}"))?,
+                ),
+            };
+            s.write_all(req.as_bytes())
                 .await
                 .map_err(|e| format!("redis {addr}: {e}"))?;
-            if n == 0 {
-                return Err(format!("redis {addr}: closed"));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 16 << 10];
+            loop {
+                if let Some(v) = parse_reply(&buf)? {
+                    return Ok(v);
+                }
+                let n = s
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("redis {addr}: {e}"))?;
+                if n == 0 {
+                    return Err(format!("redis {addr}: closed"));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > 16 << 20 {
+                    return Err(format!("redis {addr}: reply too large"));
+                }
             }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > 16 << 20 {
-                return Err(format!("redis {addr}: reply too large"));
-            }
+        };
+        let out = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| format!("redis {addr}: no reply within {:?}", self.timeout))?;
+        if out.is_ok() {
+            self.stream = stream;
         }
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("redis {addr}: no reply within {timeout:?}"))?
+        out
+    }
+
+    /// The numeric fields of `INFO <section>` (`total_commands_processed`, `used_memory`...).
+    pub async fn info(
+        &mut self,
+        section: &str,
+    ) -> Result<std::collections::BTreeMap<String, f64>, String> {
+        match self.command(&["INFO", section]).await? {
+            RespValue::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b)
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    Some((k.to_string(), v.trim().parse().ok()?))
+                })
+                .collect()),
+            other => Err(format!("INFO {section}: {other:?}")),
+        }
+    }
+
+    pub async fn counters(&mut self) -> Result<RedisCounters, String> {
+        let info = self.info("stats").await?;
+        let get = |k: &str| {
+            info.get(k)
+                .map(|v| *v as u64)
+                .ok_or_else(|| format!("INFO stats: no {k}"))
+        };
+        Ok(RedisCounters {
+            commands: get("total_commands_processed")?,
+            reads: get("total_reads_processed")?,
+        })
+    }
+
+    /// What two back-to-back readings of [`Redis::counters`] add themselves (1 command, the
+    /// first `INFO`, counted once answered; 1 read, the second one's): subtract it from the
+    /// difference of two readings around something. The least of three tries.
+    pub async fn overhead(&mut self) -> Result<RedisCounters, String> {
+        let mut best: Option<RedisCounters> = None;
+        for _ in 0..3 {
+            let a = self.counters().await?;
+            let b = self.counters().await?;
+            let d = b.since(&a, &RedisCounters::default());
+            best = Some(match best {
+                Some(x) => RedisCounters {
+                    commands: x.commands.min(d.commands),
+                    reads: x.reads.min(d.reads),
+                },
+                None => d,
+            });
+        }
+        Ok(best.unwrap_or_default())
+    }
 }
 
 /// A complete reply at the start of `buf`, `None` if more bytes are needed.
@@ -140,31 +215,32 @@ fn parse_reply(buf: &[u8]) -> Result<Option<RespValue>, String> {
     }))
 }
 
-/// The numeric fields of `INFO <section>` (`total_commands_processed`, `used_memory`...).
-pub async fn redis_info(
-    addr: SocketAddr,
-    section: &str,
-    timeout: Duration,
-) -> Result<std::collections::BTreeMap<String, f64>, String> {
-    match redis_command(addr, &["INFO", section], timeout).await? {
-        RespValue::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b)
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()),
-        other => Err(format!("INFO {section}: {other:?}")),
-    }
+/// Two counters of `INFO stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisCounters {
+    /// `total_commands_processed`: every command, those run inside Lua scripts (`EVALSHA`)
+    /// too; the `INFO` that reads it is counted only afterwards.
+    pub commands: u64,
+    /// `total_reads_processed`: read events on client sockets. For one client sending one
+    /// request (or one pipeline) at a time and waiting for the answer, one per round trip;
+    /// under concurrency several clients' requests may arrive in one read.
+    pub reads: u64,
 }
 
-/// Redis's `total_commands_processed` (it counts the `INFO` that reads it only afterwards).
-pub async fn redis_commands(addr: SocketAddr, timeout: Duration) -> Result<u64, String> {
-    redis_info(addr, "stats", timeout)
-        .await?
-        .get("total_commands_processed")
-        .map(|v| *v as u64)
-        .ok_or_else(|| "INFO stats: no total_commands_processed".into())
+impl RedisCounters {
+    /// `self - earlier - overhead`, saturating.
+    pub fn since(&self, earlier: &RedisCounters, overhead: &RedisCounters) -> RedisCounters {
+        RedisCounters {
+            commands: self
+                .commands
+                .saturating_sub(earlier.commands)
+                .saturating_sub(overhead.commands),
+            reads: self
+                .reads
+                .saturating_sub(earlier.reads)
+                .saturating_sub(overhead.reads),
+        }
+    }
 }
 
 pub(super) fn self_check() {
