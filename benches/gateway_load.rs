@@ -1428,7 +1428,7 @@ fn write_results(
                      "load_generator": "1 thread (tokio current_thread)", "probe_requests": cfg.probe,
                      "percentiles": "nearest rank", "cpu_source": "/proc/<pid>/stat utime+stime",
                      "clock_ticks_per_s": procs::clock_ticks()},
-        "machine": {"cpus": cpus, "loadavg_1m_at_end": load},
+        "machine": {"cpus": cpus, "load_generator_cpus": report::own_cpus(), "loadavg_1m_at_end": load},
         "targets": targets,
         "scenarios": scenarios,
         "runs": runs,
@@ -1443,8 +1443,8 @@ fn write_results(
     }
     md.push_str(&format!(
         "{} keep-alive connections per run, {:.0} s measured after {:.0} s warm-up, \
-         {} round(s) per scenario and target{}; load generator on one thread; {} CPUs, \
-         load average {} at the end. Percentiles: nearest rank. CPU µs/req: the server's \
+         {} round(s) per scenario and target{}; load generator on one thread (may run on {} \
+         CPU(s)); {} CPUs, load average {} at the end. Percentiles: nearest rank. CPU µs/req: the server's \
          processes (utime+stime of /proc/<pid>/stat over the window / requests), its Redis \
          apart; Redis cmd/req: `INFO stats` total_commands_processed over the window / \
          requests under load (commands run inside Lua scripts count); Redis round trips/req: \
@@ -1462,6 +1462,7 @@ fn write_results(
         } else {
             ""
         },
+        report::own_cpus().map_or("?".into(), |c| c.to_string()),
         cpus.map_or("?".into(), |c| c.to_string()),
         load.clone().unwrap_or_else(|| "?".into()),
         cfg.probe,

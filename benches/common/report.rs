@@ -177,13 +177,24 @@ pub fn unix_stamp(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPUs available to this process, and the 1-minute load average.
+/// The machine's online CPUs (not only those this process may run on: a load generator
+/// is often pinned to one), and the 1-minute load average.
 pub fn machine() -> (Option<usize>, Option<String>) {
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string));
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = usize::try_from(online)
+        .ok()
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().map(|n| n.get()).ok());
     (cpus, load)
+}
+
+/// How many CPUs this process may run on (its affinity).
+pub fn own_cpus() -> Option<usize> {
+    std::thread::available_parallelism().map(|n| n.get()).ok()
 }
 
 /// Writes `<name>-<stamp>.json`, `<name>-<stamp>.md`, `<name>.json` and `<name>.md` in
