@@ -80,7 +80,7 @@ def measure(o):
     }
     md = [f'| {n:,} indexed nodes (one port each; every node with an agent_url and a token) | |',
           '| --- | ---: |',
-          f"| index whole after the gateway started (a full round from a fake listing) | {took:.1f} s |",
+          f"| index whole, from the gateway ready (a full round from a fake listing) | {took:.1f} s |",
           f"| gateway RSS (VmRSS) / peak (VmHWM) | {r['gateway_rss_mib']:.1f} / "
           f"{r['gateway_peak_rss_mib']:.1f} MiB |"]
     if r['other_gateway_rss_mib'] is not None:
