@@ -1,29 +1,43 @@
-//! gateway_load: a bounded, closed-loop HTTP/1.1 load generator for ironic-edge.
+//! gateway_load: a bounded, closed-loop HTTP/1.1 load generator for ironic-edge and the
+//! servers it is measured against.
 //!
-//! `scripts/bench.sh` (`make bench`) starts Redis, the real Ironic and the gateway, writes a
-//! scenario file and runs this bench; it can also be run by hand:
+//! `scripts/bench.sh` (`make bench`) starts Redis, the real Ironic, the gateway and the peers
+//! (a bare Pingora server, nginx), writes a scenario file and runs this bench; it can also be
+//! run by hand:
 //!
 //! ```text
 //! cargo bench --bench gateway_load -- --config FILE [--duration S] [--warmup S] [--conc N]
-//!     [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] [--only A,B]
+//!     [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] [--only A,B] [--probe N]
 //! ```
 //!
 //! Environment (overridden by the command line, overriding the file): `BENCH_CONFIG`,
 //! `BENCH_DURATION`, `BENCH_WARMUP`, `BENCH_CONC`, `BENCH_ROUNDS`, `BENCH_TIMEOUT_MS`,
-//! `BENCH_PAUSE_MS`, `BENCH_OUT`, `BENCH_ONLY`, `BENCH_STRICT=1` (exit 1 when a correctness
+//! `BENCH_PAUSE_MS`, `BENCH_OUT`, `BENCH_ONLY`, `BENCH_PROBE`, `BENCH_STRICT=1` (exit 1 when a correctness
 //! check warns). With `rounds` > 1 every scenario runs its targets `rounds` times, in
 //! alternating order (ABBA), and the rounds are pooled: on a noisy machine that cancels drift.
-//! Without a scenario file it prints a note and exits 0 (so `cargo test --all-targets`, which
-//! runs bench targets too, stays fast).
+//! Without a scenario file it runs the shared parts' self-checks and exits 0 (so
+//! `cargo test --all-targets`, which runs bench targets too, stays fast).
 //!
-//! For every scenario and every target (e.g. `direct` = Ironic, `gateway` = ironic-edge in
-//! front of it) it opens `concurrency` keep-alive connections, each sending the scenario's
-//! request in a loop for `warmup + duration` seconds (responses framed by Content-Length or
-//! chunked encoding, parsed with httparse), and reports, over the measured window, req/s,
-//! p50/p90/p99 latency, the status codes and errors, and the ratio of each target to the
-//! baseline target measured in the same run. With an ops URL for a target, the gateway's
-//! Prometheus counters are read before and after the window: how many requests of the
-//! scenario's route were answered locally or forwarded.
+//! For every scenario and every target it opens `concurrency` keep-alive connections, each
+//! sending the scenario's request in a loop for `warmup + duration` seconds (the client of
+//! `benches/common/http.rs`), and reports, over the measured window, req/s, p50/p90/p99
+//! latency (nearest rank, `benches/common/stats.rs`), the status codes and errors, and the
+//! ratio of each target to the scenario's baselines measured in the same run. Over the same
+//! window it reads, for a target with `pids`, the CPU those server processes used
+//! (`/proc/<pid>/stat`: µs per request) and their RSS at its end; with `redis` (and
+//! `redis_pids`), the commands that Redis processed (`INFO stats`, per request; the bench's
+//! own `INFO` is not counted) and its CPU per request, apart; and the load generator's own
+//! CPU (% of one core: near 100 % means the client, not the server, was the limit). With an
+//! ops URL for a target, the gateway's Prometheus counters are read before and after the
+//! window: how many requests of the scenario's route were answered locally or forwarded.
+//! After a scenario's rounds, a target with `redis` gets the sequential probe: `probe`
+//! (default 100) of the scenario's requests sent one at a time on one connection, Redis's
+//! `total_reads_processed` (read events) and `total_commands_processed` read around them on a
+//! kept connection (50 ms after the last answer; at most 3 s of requests): one request at a time, a read event is a
+//! round trip, so this is Redis round trips per request (under load, requests of several
+//! clients can share a read). A scenario with `sequence` (a list of requests) is probe-only:
+//! each request once, in order, Redis read around each one (median and most per request);
+//! no load, no rate (e.g. lookups that each mint a token).
 //!
 //! Only loopback targets are accepted; every phase is bounded in time: a run lasts warm-up +
 //! duration, plus at most one request timeout for the requests still in flight at its end
@@ -32,56 +46,67 @@
 //! Scenario file (JSON):
 //! ```json
 //! { "duration_s": 10, "warmup_s": 1, "concurrency": 16, "rounds": 1, "timeout_ms": 10000,
-//!   "pause_ms": 1000,
+//!   "pause_ms": 1000, "probe_requests": 100,
 //!   "out_dir": "target/bench", "label": "free text",
-//!   "targets": [{"name": "direct", "url": "http://127.0.0.1:6396"},
-//!               {"name": "gateway", "url": "http://127.0.0.1:16380", "ops": "http://127.0.0.1:19380"}],
+//!   "targets": [{"name": "direct", "url": "http://127.0.0.1:6396", "pids": [4242]},
+//!               {"name": "gateway", "url": "http://127.0.0.1:16380", "ops": "http://127.0.0.1:19380",
+//!                "pids": [4343], "redis": "127.0.0.1:16379", "redis_pids": [4141]}],
 //!   "baseline": "direct",
 //!   "scenarios": [{
 //!     "name": "lookup 404", "method": "GET", "path": "/v1/lookup?addresses=...",
 //!     "headers": [["X-OpenStack-Ironic-API-Version", "1.62"]], "body": null,
 //!     "expect_status": 404, "expect_body": "substring", "expect_body_not": "substring",
 //!     "expect_json": {"/config/agent_token": "******"}, "expect_json_not": {"/a/b": null},
+//!     "expect_by_target": {"direct": {"expect_status": 404}},
 //!     "route": "lookup", "expect_outcome": {"gateway": "local"},
-//!     "prime": [{"target": "gateway", "method": "GET", "path": "...", "expect_status": 200}] }] }
+//!     "targets": ["direct", "gateway"], "baseline": ["direct"],
+//!     "prime": [{"target": "gateway", "method": "GET", "path": "...", "expect_status": 200}] },
+//!   { "name": "minted lookups", "targets": ["gateway"], "expect_status": 200,
+//!     "sequence": [{"path": "/v1/lookup?addresses=..."}, {"path": "..."}] }] }
 //! ```
-//! `targets` (per scenario, optional) restricts a scenario to some targets; `prime` requests are
-//! sent once, in order, before the scenario's first run.
+//! `targets` (per scenario, optional) restricts a scenario to some targets, run in that
+//! order; `baseline` (per scenario, a name or a list; default: the file's `baseline` if the
+//! scenario has it, else its first target): every other target gets a ratio row against
+//! each; `expect_by_target` replaces the scenario's expectations for a target (a peer that
+//! answers every request with the same 404, say); `prime` requests are sent once, in order,
+//! before the scenario's first run.
 
+mod common;
+
+use common::cli::{self, Opt, Spec, Unknown};
+use common::http::{build_request, connect, one_shot, parse_target, Conn, RequestSpec, Target};
+use common::procs::{self, Redis, RedisCounters};
+use common::report::{self, ms, rate, ratio, ratio_opt, ratio_str, sig3, Align, Table};
+use common::stats::Summary;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime};
 
-const MAX_HEADERS: usize = 96;
 const SAMPLE_BYTES: usize = 400;
-/// A response larger than this is an error (the agent API answers in a few KiB).
-const MAX_RESPONSE: usize = 16 << 20;
 
 // ------------------------------------------------------------------------------------------
 // configuration
 
+/// A server under load: where it listens and what to read of it.
 #[derive(Clone, Debug)]
-struct Target {
-    name: String,
-    url: String,
-    host_header: String,
-    addr: SocketAddr,
-    base_path: String,
-    ops: Option<Box<Target>>,
+struct Server {
+    http: Target,
+    /// The gateway's ops listener (`/metrics`).
+    ops: Option<Target>,
+    /// The server's processes (CPU, RSS).
+    pids: Vec<u32>,
+    /// The Redis it uses, and that Redis's processes.
+    redis: Option<SocketAddr>,
+    redis_pids: Vec<u32>,
 }
 
-#[derive(Clone, Debug)]
-struct RequestSpec {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Option<Vec<u8>>,
+impl Server {
+    fn name(&self) -> &str {
+        &self.http.name
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -175,10 +200,21 @@ struct Scenario {
     name: String,
     req: RequestSpec,
     expect: Expect,
+    expect_by_target: BTreeMap<String, Expect>,
     route: Option<String>,
     expect_outcome: BTreeMap<String, String>,
-    targets: Option<Vec<String>>,
+    /// The targets, in the order they run (indices into `Config::targets`).
+    targets: Vec<usize>,
+    baselines: Vec<String>,
     prime: Vec<Prime>,
+    /// A probe-only scenario: these requests, once each, in order, one connection, no load.
+    sequence: Vec<RequestSpec>,
+}
+
+impl Scenario {
+    fn expect_for(&self, target: &str) -> &Expect {
+        self.expect_by_target.get(target).unwrap_or(&self.expect)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -189,114 +225,18 @@ struct Config {
     rounds: usize,
     timeout: Duration,
     pause: Duration,
+    /// Requests of the sequential probe after a scenario's rounds (0: none).
+    probe: usize,
     out_dir: PathBuf,
     label: String,
-    targets: Vec<Target>,
-    baseline: String,
+    targets: Vec<Server>,
     scenarios: Vec<Scenario>,
     strict: bool,
     config_file: PathBuf,
 }
 
-/// `http://host:port[/base]` with a loopback host only.
-fn parse_target(name: &str, url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("target {name}: only http:// URLs are supported: {url}"))?;
-    let (authority, base) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!("target {name}: bad URL {url}"));
-    }
-    let with_port = if authority.starts_with('[') {
-        if authority.contains("]:") {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        }
-    } else if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let addrs: Vec<SocketAddr> = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("target {name}: cannot resolve {authority}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("target {name}: {authority} resolves to nothing"));
-    }
-    if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-        return Err(format!(
-            "target {name}: refusing a non-loopback target {url} ({})",
-            bad.ip()
-        ));
-    }
-    Ok(Target {
-        name: name.to_string(),
-        url: url.to_string(),
-        host_header: authority.to_string(),
-        addr: addrs[0],
-        base_path: base.to_string(),
-        ops: None,
-    })
-}
-
 fn str_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
-fn parse_request(v: &Value, what: &str) -> Result<RequestSpec, String> {
-    let method = str_field(v, "method").unwrap_or_else(|| "GET".into());
-    let path = str_field(v, "path").ok_or_else(|| format!("{what}: missing \"path\""))?;
-    if !path.starts_with('/') || path.contains(['\r', '\n', ' ']) {
-        return Err(format!("{what}: bad path {path:?}"));
-    }
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(format!("{what}: bad method {method:?}"));
-    }
-    let mut headers = Vec::new();
-    match v.get("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for h in items {
-                let pair = h.as_array().filter(|a| a.len() == 2);
-                let (k, val) = match pair.map(|a| (a[0].as_str(), a[1].as_str())) {
-                    Some((Some(k), Some(val))) => (k, val),
-                    _ => return Err(format!("{what}: headers must be [[name, value], ...]")),
-                };
-                headers.push((k.to_string(), val.to_string()));
-            }
-        }
-        Some(Value::Object(map)) => {
-            for (k, val) in map {
-                let val = val
-                    .as_str()
-                    .ok_or_else(|| format!("{what}: header {k} must be a string"))?;
-                headers.push((k.clone(), val.to_string()));
-            }
-        }
-        Some(_) => return Err(format!("{what}: bad \"headers\"")),
-    }
-    for (k, val) in &headers {
-        if k.is_empty() || k.contains([':', '\r', '\n', ' ']) || val.contains(['\r', '\n']) {
-            return Err(format!("{what}: bad header {k:?}: {val:?}"));
-        }
-    }
-    let body = match v.get("body") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone().into_bytes()),
-        // a JSON body given as a JSON value is sent compactly serialised
-        Some(other) => Some(other.to_string().into_bytes()),
-    };
-    Ok(RequestSpec {
-        method,
-        path,
-        headers,
-        body,
-    })
 }
 
 fn status_field(v: &Value, what: &str) -> Result<Option<u16>, String> {
@@ -310,96 +250,55 @@ fn status_field(v: &Value, what: &str) -> Result<Option<u16>, String> {
     }
 }
 
-struct Overrides {
-    config: Option<String>,
-    duration: Option<String>,
-    warmup: Option<String>,
-    conc: Option<String>,
-    rounds: Option<String>,
-    timeout_ms: Option<String>,
-    pause_ms: Option<String>,
-    out: Option<String>,
-    only: Option<String>,
-}
+const OPTIONS: &[Opt] = &[
+    Opt {
+        name: "config",
+        aliases: &["-c"],
+    },
+    Opt {
+        name: "duration",
+        aliases: &[],
+    },
+    Opt {
+        name: "warmup",
+        aliases: &[],
+    },
+    Opt {
+        name: "conc",
+        aliases: &["--concurrency"],
+    },
+    Opt {
+        name: "rounds",
+        aliases: &[],
+    },
+    Opt {
+        name: "timeout-ms",
+        aliases: &[],
+    },
+    Opt {
+        name: "pause-ms",
+        aliases: &[],
+    },
+    Opt {
+        name: "out",
+        aliases: &[],
+    },
+    Opt {
+        name: "only",
+        aliases: &[],
+    },
+    Opt {
+        name: "probe",
+        aliases: &[],
+    },
+];
 
-fn parse_args() -> Result<Overrides, String> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut o = Overrides {
-        config: env("BENCH_CONFIG"),
-        duration: env("BENCH_DURATION"),
-        warmup: env("BENCH_WARMUP"),
-        conc: env("BENCH_CONC"),
-        rounds: env("BENCH_ROUNDS"),
-        timeout_ms: env("BENCH_TIMEOUT_MS"),
-        pause_ms: env("BENCH_PAUSE_MS"),
-        out: env("BENCH_OUT"),
-        only: env("BENCH_ONLY"),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let slot = match key.as_str() {
-            "--config" | "-c" => &mut o.config,
-            "--duration" => &mut o.duration,
-            "--warmup" => &mut o.warmup,
-            "--conc" | "--concurrency" => &mut o.conc,
-            "--rounds" => &mut o.rounds,
-            "--timeout-ms" => &mut o.timeout_ms,
-            "--pause-ms" => &mut o.pause_ms,
-            "--out" => &mut o.out,
-            "--only" => &mut o.only,
-            // what cargo passes to bench and test binaries
-            "--bench" | "--test" | "--nocapture" | "--quiet" | "-q" => continue,
-            "-h" | "--help" => {
-                println!("{}", usage());
-                std::process::exit(0);
-            }
-            other => {
-                eprintln!("gateway_load: ignoring unknown argument {other:?}");
-                continue;
-            }
-        };
-        let val = match inline {
-            Some(v) => v,
-            None => args.next().ok_or_else(|| format!("{key} needs a value"))?,
-        };
-        *slot = Some(val);
-    }
-    Ok(o)
-}
-
-fn usage() -> &'static str {
-    "usage: cargo bench --bench gateway_load -- --config FILE [--duration S] [--warmup S] \
-     [--conc N] [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] [--only NAME,NAME]\n\
-     (env: BENCH_CONFIG BENCH_DURATION BENCH_WARMUP BENCH_CONC BENCH_ROUNDS BENCH_TIMEOUT_MS BENCH_PAUSE_MS \
-     BENCH_OUT BENCH_ONLY BENCH_STRICT); scripts/bench.sh (make bench) writes the file and \
-     starts everything"
-}
-
-fn secs(what: &str, s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{what}: not a number: {s}"))?;
-    if !(0.0..=3600.0).contains(&v) {
-        return Err(format!("{what}: must be within 0..3600 s: {s}"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn millis(what: &str, s: &str, max: u64) -> Result<Duration, String> {
-    let v: u64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{what}: not an integer: {s}"))?;
-    if v > max {
-        return Err(format!("{what}: at most {max} ms: {s}"));
-    }
-    Ok(Duration::from_millis(v))
-}
+const USAGE: &str = "usage: cargo bench --bench gateway_load -- --config FILE [--duration S] \
+     [--warmup S] [--conc N] [--rounds R] [--timeout-ms MS] [--pause-ms MS] [--out DIR] \
+     [--only NAME,NAME] [--probe N]\n\
+     (env: BENCH_CONFIG BENCH_DURATION BENCH_WARMUP BENCH_CONC BENCH_ROUNDS BENCH_TIMEOUT_MS \
+     BENCH_PAUSE_MS BENCH_OUT BENCH_ONLY BENCH_PROBE BENCH_STRICT); scripts/bench.sh (make bench) writes \
+     the file and starts everything";
 
 fn num_str(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(|x| match x {
@@ -409,77 +308,113 @@ fn num_str(v: &Value, key: &str) -> Option<String> {
     })
 }
 
-fn load_config(o: Overrides, file: &str) -> Result<Config, String> {
+fn pids_field(v: &Value, key: &str, what: &str) -> Result<Vec<u32>, String> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|p| {
+                p.as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("{what}: {key} must be process ids"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{what}: {key} must be a list of process ids")),
+    }
+}
+
+/// A name or a list of names.
+fn names_field(v: &Value, key: &str) -> Option<Vec<String>> {
+    match v.get(key)? {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn load_config(o: cli::Args, file: &str) -> Result<Config, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
-    let pick = |cli: &Option<String>, key: &str, default: &str| -> String {
-        cli.clone()
+    let pick = |name: &str, key: &str, default: &str| -> String {
+        o.string(name)
             .or_else(|| num_str(&doc, key))
             .unwrap_or_else(|| default.to_string())
     };
-    let duration = secs("duration", &pick(&o.duration, "duration_s", "10"))?;
+    let duration = cli::secs("duration", &pick("duration", "duration_s", "10"))?;
     if duration.is_zero() {
         return Err("duration must be > 0".into());
     }
-    let warmup = secs("warmup", &pick(&o.warmup, "warmup_s", "1"))?;
-    let conc_s = pick(&o.conc, "concurrency", "16");
-    let concurrency: usize = conc_s
-        .trim()
-        .parse()
-        .ok()
-        .filter(|c| (1..=1024).contains(c))
-        .ok_or_else(|| format!("concurrency must be 1..1024: {conc_s}"))?;
-    let rounds_s = pick(&o.rounds, "rounds", "1");
-    let rounds: usize = rounds_s
-        .trim()
-        .parse()
-        .ok()
-        .filter(|c| (1..=100).contains(c))
-        .ok_or_else(|| format!("rounds must be 1..100: {rounds_s}"))?;
-    let timeout = millis(
+    let warmup = cli::secs("warmup", &pick("warmup", "warmup_s", "1"))?;
+    let concurrency = cli::integer("concurrency", &pick("conc", "concurrency", "16"), 1..=1024)?;
+    let rounds = cli::integer("rounds", &pick("rounds", "rounds", "1"), 1..=100)?;
+    let timeout = cli::millis(
         "timeout_ms",
-        &pick(&o.timeout_ms, "timeout_ms", "10000"),
+        &pick("timeout-ms", "timeout_ms", "10000"),
         120_000,
     )?;
     if timeout.is_zero() {
         return Err("timeout_ms must be > 0".into());
     }
-    let pause = millis("pause_ms", &pick(&o.pause_ms, "pause_ms", "1000"), 60_000)?;
+    let pause = cli::millis("pause_ms", &pick("pause-ms", "pause_ms", "1000"), 60_000)?;
+    let probe = cli::integer(
+        "probe",
+        &pick("probe", "probe_requests", "100"),
+        0..=100_000,
+    )?;
     let out_dir = PathBuf::from(
-        o.out
-            .clone()
+        o.string("out")
             .or_else(|| str_field(&doc, "out_dir"))
             .unwrap_or_else(|| "target/bench".into()),
     );
     let label = str_field(&doc, "label").unwrap_or_default();
 
-    let mut targets = Vec::new();
+    let mut targets: Vec<Server> = Vec::new();
     for t in doc
         .get("targets")
         .and_then(Value::as_array)
         .ok_or("missing \"targets\": [{name, url, ops?}]")?
     {
         let name = str_field(t, "name").ok_or("a target without \"name\"")?;
-        let url = str_field(t, "url").ok_or_else(|| format!("target {name}: no \"url\""))?;
-        let mut target = parse_target(&name, &url)?;
-        if let Some(ops) = str_field(t, "ops").filter(|s| !s.is_empty()) {
-            target.ops = Some(Box::new(parse_target(&format!("{name} ops"), &ops)?));
-        }
-        if targets.iter().any(|x: &Target| x.name == name) {
+        let what = format!("target {name}");
+        let url = str_field(t, "url").ok_or_else(|| format!("{what}: no \"url\""))?;
+        let ops = match str_field(t, "ops").filter(|s| !s.is_empty()) {
+            Some(ops) => Some(parse_target(&format!("{name} ops"), &ops)?),
+            None => None,
+        };
+        let redis = match str_field(t, "redis").filter(|s| !s.is_empty()) {
+            Some(r) => Some(common::http::loopback_addr(
+                &format!("{what} redis"),
+                r.trim_start_matches("redis://"),
+            )?),
+            None => None,
+        };
+        if targets.iter().any(|x| x.name() == name) {
             return Err(format!("target {name} listed twice"));
         }
-        targets.push(target);
+        targets.push(Server {
+            http: parse_target(&name, &url)?,
+            ops,
+            pids: pids_field(t, "pids", &what)?,
+            redis,
+            redis_pids: pids_field(t, "redis_pids", &what)?,
+        });
     }
     if targets.is_empty() {
         return Err("no targets".into());
     }
-    let baseline = str_field(&doc, "baseline").unwrap_or_else(|| targets[0].name.clone());
-    if !targets.iter().any(|t| t.name == baseline) {
-        return Err(format!("baseline {baseline} is not a target"));
+    let default_baseline = str_field(&doc, "baseline").unwrap_or_else(|| targets[0].name().into());
+    let index = |n: &str| targets.iter().position(|t| t.name() == n);
+    if index(&default_baseline).is_none() {
+        return Err(format!("baseline {default_baseline} is not a target"));
     }
-    let known = |n: &str| targets.iter().any(|t| t.name == n);
 
-    let only: Option<Vec<String>> = o.only.as_ref().map(|s| {
+    let only: Option<Vec<String>> = o.get("only").map(|s| {
         s.split(',')
             .map(|x| x.trim().to_lowercase())
             .filter(|x| !x.is_empty())
@@ -495,18 +430,27 @@ fn load_config(o: Overrides, file: &str) -> Result<Config, String> {
     {
         let name = str_field(s, "name").unwrap_or_else(|| format!("scenario {i}"));
         let what = format!("scenario {name:?}");
-        let req = parse_request(s, &what)?;
+        let mut sequence = Vec::new();
+        if let Some(list) = s.get("sequence").and_then(Value::as_array) {
+            for (k, r) in list.iter().enumerate() {
+                sequence.push(RequestSpec::from_json(r, &format!("{what} sequence[{k}]"))?);
+            }
+        }
+        let req = match sequence.first() {
+            Some(first) if s.get("path").is_none() => first.clone(),
+            _ => RequestSpec::from_json(s, &what)?,
+        };
         let mut prime = Vec::new();
         if let Some(list) = s.get("prime").and_then(Value::as_array) {
             for p in list {
                 let target = str_field(p, "target")
                     .ok_or_else(|| format!("{what}: a prime request without \"target\""))?;
-                if !known(&target) {
+                if index(&target).is_none() {
                     return Err(format!("{what}: prime target {target} is not a target"));
                 }
                 prime.push(Prime {
                     target,
-                    req: parse_request(p, &format!("{what} prime"))?,
+                    req: RequestSpec::from_json(p, &format!("{what} prime"))?,
                     expect: Expect::parse(p, &format!("{what} prime"))?,
                 });
             }
@@ -521,28 +465,45 @@ fn load_config(o: Overrides, file: &str) -> Result<Config, String> {
                 expect_outcome.insert(k.clone(), v);
             }
         }
-        let scen_targets = match s.get("targets").and_then(Value::as_array) {
-            Some(list) => {
-                let names: Vec<String> = list
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect();
-                if let Some(bad) = names.iter().find(|n| !known(n)) {
-                    return Err(format!("{what}: unknown target {bad}"));
+        let mut expect_by_target = BTreeMap::new();
+        if let Some(map) = s.get("expect_by_target").and_then(Value::as_object) {
+            for (k, v) in map {
+                if index(k).is_none() {
+                    return Err(format!("{what}: expect_by_target: unknown target {k}"));
                 }
-                Some(names)
+                expect_by_target.insert(k.clone(), Expect::parse(v, &format!("{what} / {k}"))?);
             }
-            None => None,
+        }
+        let scen_targets: Vec<usize> = match names_field(s, "targets") {
+            Some(names) => names
+                .iter()
+                .map(|n| index(n).ok_or_else(|| format!("{what}: unknown target {n}")))
+                .collect::<Result<_, _>>()?,
+            None => (0..targets.len()).collect(),
         };
+        if scen_targets.is_empty() {
+            return Err(format!("{what}: no targets"));
+        }
+        let in_scenario = |n: &str| scen_targets.iter().any(|&i| targets[i].name() == n);
+        let baselines = match names_field(s, "baseline") {
+            Some(list) => list,
+            None if in_scenario(&default_baseline) => vec![default_baseline.clone()],
+            None => vec![targets[scen_targets[0]].name().to_string()],
+        };
+        if let Some(bad) = baselines.iter().find(|b| !in_scenario(b)) {
+            return Err(format!("{what}: baseline {bad} is not one of its targets"));
+        }
         let sc = Scenario {
             name,
             req,
             expect: Expect::parse(s, &what)?,
+            expect_by_target,
             route: str_field(s, "route"),
             expect_outcome,
             targets: scen_targets,
+            baselines,
             prime,
+            sequence,
         };
         if let Some(only) = &only {
             let lname = sc.name.to_lowercase();
@@ -562,271 +523,14 @@ fn load_config(o: Overrides, file: &str) -> Result<Config, String> {
         rounds,
         timeout,
         pause,
+        probe,
         out_dir,
         label,
         targets,
-        baseline,
         scenarios,
-        strict: std::env::var("BENCH_STRICT").is_ok_and(|v| v == "1" || v == "true"),
+        strict: cli::env_flag("BENCH_STRICT"),
         config_file: PathBuf::from(file),
     })
-}
-
-// ------------------------------------------------------------------------------------------
-// a minimal keep-alive HTTP/1.1 client
-
-fn build_request(t: &Target, r: &RequestSpec, close: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + r.body.as_ref().map_or(0, Vec::len));
-    let has = |name: &str| r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-    let _ = write!(
-        WriteVec(&mut out),
-        "{} {}{} HTTP/1.1\r\nHost: {}\r\n",
-        r.method,
-        t.base_path,
-        r.path,
-        t.host_header
-    );
-    if !has("accept") {
-        out.extend_from_slice(b"Accept: application/json\r\n");
-    }
-    if !has("user-agent") {
-        out.extend_from_slice(b"User-Agent: ironic-edge-gateway-load/0.1\r\n");
-    }
-    for (k, v) in &r.headers {
-        let _ = write!(WriteVec(&mut out), "{k}: {v}\r\n");
-    }
-    if let Some(b) = &r.body {
-        if !has("content-type") {
-            out.extend_from_slice(b"Content-Type: application/json\r\n");
-        }
-        let _ = write!(WriteVec(&mut out), "Content-Length: {}\r\n", b.len());
-    } else if matches!(r.method.as_str(), "POST" | "PUT" | "PATCH") {
-        out.extend_from_slice(b"Content-Length: 0\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if let Some(b) = &r.body {
-        out.extend_from_slice(b);
-    }
-    out
-}
-
-struct WriteVec<'a>(&'a mut Vec<u8>);
-impl std::fmt::Write for WriteVec<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    chunk: Box<[u8]>,
-}
-
-struct Reply {
-    status: u16,
-    /// The server will close the connection (or did: body delimited by EOF).
-    close: bool,
-    body: Option<Vec<u8>>,
-}
-
-async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(Conn {
-        stream,
-        buf: Vec::with_capacity(16 << 10),
-        chunk: vec![0u8; 16 << 10].into_boxed_slice(),
-    })
-}
-
-impl Conn {
-    /// Reads more bytes; `Ok(false)` on EOF.
-    async fn fill(&mut self) -> Result<bool, String> {
-        let n = self
-            .stream
-            .read(&mut self.chunk)
-            .await
-            .map_err(|e| format!("read: {}", e.kind()))?;
-        if n == 0 {
-            return Ok(false);
-        }
-        if self.buf.len() + n > MAX_RESPONSE {
-            return Err("response too large".into());
-        }
-        self.buf.extend_from_slice(&self.chunk[..n]);
-        Ok(true)
-    }
-
-    /// Sends one request and reads its response. `keep_body`: return the body bytes.
-    async fn exchange(&mut self, req: &[u8], head: bool, keep_body: bool) -> Result<Reply, String> {
-        self.stream
-            .write_all(req)
-            .await
-            .map_err(|e| format!("write: {}", e.kind()))?;
-        loop {
-            // header
-            let (hlen, status, clen, chunked, close) = loop {
-                if !self.buf.is_empty() {
-                    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut resp = httparse::Response::new(&mut hs);
-                    match resp.parse(&self.buf) {
-                        Ok(httparse::Status::Complete(n)) => {
-                            let status = resp.code.unwrap_or(0);
-                            let mut clen = None;
-                            let mut chunked = false;
-                            let mut close = resp.version == Some(0);
-                            for h in resp.headers.iter() {
-                                let v = String::from_utf8_lossy(h.value);
-                                let v = v.trim();
-                                if h.name.eq_ignore_ascii_case("content-length") {
-                                    clen = Some(
-                                        v.parse::<usize>()
-                                            .map_err(|_| format!("bad content-length {v:?}"))?,
-                                    );
-                                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                                    chunked = v.to_ascii_lowercase().contains("chunked");
-                                } else if h.name.eq_ignore_ascii_case("connection") {
-                                    let v = v.to_ascii_lowercase();
-                                    if v.contains("close") {
-                                        close = true;
-                                    } else if v.contains("keep-alive") {
-                                        close = false;
-                                    }
-                                }
-                            }
-                            break (n, status, clen, chunked, close);
-                        }
-                        Ok(httparse::Status::Partial) => {}
-                        Err(e) => return Err(format!("bad response: {e}")),
-                    }
-                }
-                if !self.fill().await? {
-                    return Err(if self.buf.is_empty() {
-                        "closed by peer".into()
-                    } else {
-                        "eof in header".into()
-                    });
-                }
-            };
-            if (100..200).contains(&status) {
-                self.buf.drain(..hlen);
-                continue; // e.g. 100 Continue: the real answer follows
-            }
-            let mut close = close;
-            let end = if head || status == 204 || status == 304 {
-                hlen
-            } else if chunked {
-                loop {
-                    if let Some(n) = chunked_end(&self.buf, hlen)? {
-                        break n;
-                    }
-                    if !self.fill().await? {
-                        return Err("eof in chunked body".into());
-                    }
-                }
-            } else if let Some(n) = clen {
-                while self.buf.len() < hlen + n {
-                    if !self.fill().await? {
-                        return Err("eof in body".into());
-                    }
-                }
-                hlen + n
-            } else {
-                // delimited by the end of the connection
-                while self.fill().await? {}
-                close = true;
-                self.buf.len()
-            };
-            let body = if keep_body {
-                Some(if chunked {
-                    dechunk(&self.buf[hlen..end])
-                } else {
-                    self.buf[hlen..end].to_vec()
-                })
-            } else {
-                None
-            };
-            self.buf.drain(..end);
-            return Ok(Reply {
-                status,
-                close,
-                body,
-            });
-        }
-    }
-}
-
-/// The end offset of a complete chunked body starting at `start`, `None` when incomplete.
-fn chunked_end(buf: &[u8], start: usize) -> Result<Option<usize>, String> {
-    let mut pos = start;
-    loop {
-        match httparse::parse_chunk_size(&buf[pos..]) {
-            Ok(httparse::Status::Complete((used, size))) => {
-                pos += used;
-                if size == 0 {
-                    // trailers (usually none) end with an empty line
-                    let rest = &buf[pos..];
-                    if rest.len() < 2 {
-                        return Ok(None);
-                    }
-                    if rest.starts_with(b"\r\n") {
-                        return Ok(Some(pos + 2));
-                    }
-                    return Ok(rest
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map(|i| pos + i + 4));
-                }
-                let size = usize::try_from(size).map_err(|_| "chunk too large")?;
-                if size > MAX_RESPONSE {
-                    return Err("chunk too large".into());
-                }
-                if buf.len() < pos + size + 2 {
-                    return Ok(None);
-                }
-                pos += size + 2;
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err("bad chunk size".into()),
-        }
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(httparse::Status::Complete((used, size))) = httparse::parse_chunk_size(b) {
-        let size = size as usize;
-        if size == 0 || b.len() < used + size {
-            break;
-        }
-        out.extend_from_slice(&b[used..used + size]);
-        b = &b[(used + size + 2).min(b.len())..];
-    }
-    out
-}
-
-/// One request on a fresh connection (prime requests, metrics scrapes).
-async fn one_shot(
-    t: &Target,
-    r: &RequestSpec,
-    timeout: Duration,
-) -> Result<(u16, Vec<u8>), String> {
-    let req = build_request(t, r, true);
-    let fut = async {
-        let mut c = connect(t.addr)
-            .await
-            .map_err(|e| format!("connect {}: {e}", t.addr))?;
-        let rep = c.exchange(&req, r.method == "HEAD", true).await?;
-        Ok::<_, String>((rep.status, rep.body.unwrap_or_default()))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("no answer from {} within {timeout:?}", t.url))?
 }
 
 // ------------------------------------------------------------------------------------------
@@ -838,7 +542,6 @@ struct Stats {
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
     connects: u64,
-    samples: BTreeMap<u16, Vec<u8>>,
 }
 
 impl Stats {
@@ -851,9 +554,6 @@ impl Stats {
             *self.errors.entry(k).or_default() += v;
         }
         self.connects += o.connects;
-        for (k, v) in o.samples {
-            self.samples.entry(k).or_insert(v);
-        }
     }
 }
 
@@ -887,7 +587,7 @@ async fn worker(
                         conn.insert(c)
                     }
                     Ok(Err(e)) => {
-                        err(&mut st, format!("connect: {}", e.kind()), now);
+                        err(&mut st, e.to_string(), now);
                         // a refused connection fails at once: do not spin
                         tokio::time::sleep_until(end.min(now + Duration::from_millis(20))).await;
                         continue;
@@ -917,7 +617,7 @@ async fn worker(
                 }
             }
             Ok(Err(e)) => {
-                err(&mut st, e, tokio::time::Instant::now());
+                err(&mut st, e.to_string(), tokio::time::Instant::now());
                 conn = None;
             }
             Err(_) => {
@@ -932,12 +632,8 @@ async fn worker(
 type Counters = BTreeMap<String, f64>;
 
 async fn scrape(ops: &Target, timeout: Duration) -> Result<Counters, String> {
-    let req = RequestSpec {
-        method: "GET".into(),
-        path: "/metrics".into(),
-        headers: vec![("Accept".into(), "text/plain".into())],
-        body: None,
-    };
+    let mut req = RequestSpec::get("/metrics");
+    req.headers.push(("Accept".into(), "text/plain".into()));
     let (status, body) = one_shot(ops, &req, timeout).await?;
     if status != 200 {
         return Err(format!("GET {}/metrics: {status}", ops.url));
@@ -966,17 +662,170 @@ fn delta(before: &Counters, after: &Counters) -> Counters {
         .collect()
 }
 
+/// What the server side did over one measured window.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    /// Wall seconds between the two readings.
+    window_s: f64,
+    /// CPU seconds of the server's processes, of its Redis; `None` when not read.
+    cpu_s: Option<f64>,
+    redis_cpu_s: Option<f64>,
+    /// Commands its Redis processed and read events on its sockets (the bench's own
+    /// readings not counted).
+    redis_cmds: Option<f64>,
+    redis_reads: Option<f64>,
+    /// CPU seconds of this load generator.
+    gen_cpu_s: f64,
+}
+
+/// One reading of the server side (at the start or the end of a window).
+struct Reading {
+    at: Instant,
+    cpu_s: Option<f64>,
+    redis_cpu_s: Option<f64>,
+    redis: Option<RedisCounters>,
+    gen_cpu_s: f64,
+}
+
+async fn read_usage(
+    redis: Option<&mut Redis>,
+    t: &Server,
+    warnings: &mut Vec<String>,
+    tag: &str,
+) -> Reading {
+    let redis = match redis {
+        Some(r) => match r.counters().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warnings.push(format!("{tag}: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let cpu = |pids: &[u32], what: &str, warnings: &mut Vec<String>| {
+        if pids.is_empty() {
+            return None;
+        }
+        let v = procs::cpu_seconds(pids);
+        if v.is_none() {
+            warnings.push(format!("{tag}: {what} process {pids:?} is gone"));
+        }
+        v
+    };
+    Reading {
+        at: Instant::now(),
+        cpu_s: cpu(&t.pids, "server", warnings),
+        redis_cpu_s: cpu(&t.redis_pids, "redis", warnings),
+        redis,
+        gen_cpu_s: procs::self_cpu_seconds(),
+    }
+}
+
+/// The readings' own share of Redis's counters (one kept connection: the first `INFO` is
+/// counted as a command once answered, the second one as a read).
+const READING_OVERHEAD: RedisCounters = RedisCounters {
+    commands: 1,
+    reads: 1,
+};
+
+fn usage_between(a: &Reading, b: &Reading) -> Usage {
+    let d = |x: Option<f64>, y: Option<f64>| Some(y? - x?);
+    let redis = match (a.redis, b.redis) {
+        (Some(x), Some(y)) => Some(y.since(&x, &READING_OVERHEAD)),
+        _ => None,
+    };
+    Usage {
+        window_s: (b.at - a.at).as_secs_f64(),
+        cpu_s: d(a.cpu_s, b.cpu_s),
+        redis_cpu_s: d(a.redis_cpu_s, b.redis_cpu_s),
+        redis_cmds: redis.map(|r| r.commands as f64),
+        redis_reads: redis.map(|r| r.reads as f64),
+        gen_cpu_s: b.gen_cpu_s - a.gen_cpu_s,
+    }
+}
+
+/// Redis round trips and commands per request, measured without load: requests sent one
+/// at a time on one keep-alive connection, Redis's read events and commands counted around
+/// them (after a 50 ms pause for anything the gateway does after answering).
+#[derive(Clone, Debug, Default)]
+struct Probe {
+    /// Per measured step (one request, or `n` identical ones): round trips and commands
+    /// per request.
+    round_trips: Vec<f64>,
+    commands: Vec<f64>,
+    statuses: BTreeMap<u16, u64>,
+    lat_us: Vec<u32>,
+}
+
+const PROBE_SETTLE: Duration = Duration::from_millis(50);
+/// A probe of identical requests stops after this (then it has sent fewer).
+const PROBE_AT_MOST: Duration = Duration::from_secs(3);
+
+/// Sends `reqs` in order on one connection; with `each`, Redis is read around every request
+/// (a step per request), else around all of them (one step).
+async fn probe(
+    cfg: &Config,
+    t: &Server,
+    redis: &mut Redis,
+    reqs: &[&RequestSpec],
+    each: bool,
+) -> Result<Probe, String> {
+    let mut client = common::http::Client::new(t.http.clone());
+    let mut out = Probe::default();
+    let step = |before: RedisCounters, after: RedisCounters, n: usize, out: &mut Probe| {
+        let d = after.since(&before, &READING_OVERHEAD);
+        out.round_trips.push(d.reads as f64 / n as f64);
+        out.commands.push(d.commands as f64 / n as f64);
+    };
+    if !each {
+        // the connection is opened outside the counted step
+        if let Some(r) = reqs.first() {
+            client.request(r, cfg.timeout).await.map_err(String::from)?;
+        }
+        tokio::time::sleep(PROBE_SETTLE).await;
+    }
+    let mut before = redis.counters().await?;
+    let until = Instant::now() + PROBE_AT_MOST;
+    let mut sent = 0;
+    for r in reqs {
+        if !each && sent > 0 && Instant::now() >= until {
+            break; // slow answers (forwarded to Ironic): fewer requests
+        }
+        sent += 1;
+        let t0 = Instant::now();
+        let rep = client.request(r, cfg.timeout).await.map_err(String::from)?;
+        out.lat_us
+            .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        *out.statuses.entry(rep.status).or_default() += 1;
+        if each {
+            tokio::time::sleep(PROBE_SETTLE).await;
+            let after = redis.counters().await?;
+            step(before, after, 1, &mut out);
+            before = redis.counters().await?;
+        }
+    }
+    if !each {
+        tokio::time::sleep(PROBE_SETTLE).await;
+        let after = redis.counters().await?;
+        step(before, after, sent.max(1), &mut out);
+    }
+    Ok(out)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[(v.len() - 1) / 2])
+}
+
 struct RunResult {
     scenario: String,
     target: String,
     duration_s: f64,
     requests: u64,
     rps: f64,
-    p50_us: Option<u32>,
-    p90_us: Option<u32>,
-    p99_us: Option<u32>,
-    max_us: Option<u32>,
-    mean_us: Option<f64>,
+    lat: Summary,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
     connects: u64,
@@ -984,14 +833,30 @@ struct RunResult {
     edge_summary: Option<String>,
     sample: Option<String>,
     round_rps: Vec<f64>,
+    /// Per request under load: CPU µs of the server's processes, of its Redis; Redis
+    /// commands and read events.
+    cpu_us: Option<f64>,
+    redis_cpu_us: Option<f64>,
+    redis_cmds: Option<f64>,
+    redis_reads: Option<f64>,
+    /// Redis round trips per request without load (the sequential probe): median and most.
+    redis_rt: Option<f64>,
+    redis_rt_max: Option<f64>,
+    /// Redis commands per request in the probe (median).
+    probe_cmds: Option<f64>,
+    /// A probe-only scenario's result (no load: no rate, no CPU).
+    sequential: bool,
+    /// The load generator's CPU, % of one core, over the windows.
+    gen_cpu_pct: Option<f64>,
+    /// RSS of the server's processes at the end of the last window, in MiB.
+    rss_mib: Option<f64>,
 }
 
-fn pct(sorted: &[u32], p: f64) -> Option<u32> {
-    if sorted.is_empty() {
-        return None;
+impl RunResult {
+    /// CPU µs per request on the server's side: its processes plus its Redis.
+    fn server_cpu_us(&self) -> Option<f64> {
+        self.cpu_us.map(|c| c + self.redis_cpu_us.unwrap_or(0.0))
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// What the rounds of one scenario on one target gathered.
@@ -1002,26 +867,40 @@ struct Acc {
     sample: Option<(u16, Vec<u8>)>,
     round_rps: Vec<f64>,
     measured: Duration,
+    /// Sums over the rounds: usage, and the requests answered within the usage windows.
+    cpu_s: Option<f64>,
+    redis_cpu_s: Option<f64>,
+    redis_cmds: Option<f64>,
+    redis_reads: Option<f64>,
+    gen_cpu_s: f64,
+    window_s: f64,
+    window_requests: f64,
+    rss_kib: Option<u64>,
+    probe: Option<Probe>,
+}
+
+fn add(sum: &mut Option<f64>, v: Option<f64>) {
+    if let Some(v) = v {
+        *sum = Some(sum.unwrap_or(0.0) + v);
+    }
 }
 
 /// One round: `concurrency` connections for warm-up + duration on one target.
 async fn measure(
     cfg: &Config,
     sc: &Scenario,
-    t: &Target,
+    t: &Server,
     acc: &mut Acc,
     warnings: &mut Vec<String>,
 ) {
-    let req = std::sync::Arc::new(build_request(t, &sc.req, false));
+    let tag = format!("{} / {}", sc.name, t.name());
+    let req = std::sync::Arc::new(build_request(&t.http, &sc.req, false));
     let head = sc.req.method == "HEAD";
     // one untimed request: a sample body for the report and the correctness checks
-    let sample = match one_shot(t, &sc.req, cfg.timeout).await {
+    let sample = match one_shot(&t.http, &sc.req, cfg.timeout).await {
         Ok((status, body)) => Some((status, body)),
         Err(e) => {
-            warnings.push(format!(
-                "{} / {}: sample request failed: {e}",
-                sc.name, t.name
-            ));
+            warnings.push(format!("{tag}: sample request failed: {e}"));
             None
         }
     };
@@ -1031,7 +910,7 @@ async fn measure(
     let mut handles = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
         handles.push(tokio::spawn(worker(
-            t.addr,
+            t.http.addr,
             req.clone(),
             head,
             measure_from,
@@ -1039,19 +918,29 @@ async fn measure(
             cfg.timeout,
         )));
     }
+    tokio::time::sleep_until(measure_from).await;
     let mut before = None;
     if let Some(ops) = &t.ops {
-        tokio::time::sleep_until(measure_from).await;
         match scrape(ops, Duration::from_secs(2)).await {
             Ok(c) => before = Some(c),
-            Err(e) => warnings.push(format!("{} / {}: metrics: {e}", sc.name, t.name)),
+            Err(e) => warnings.push(format!("{tag}: metrics: {e}")),
         }
     }
+    // the usage window: after the first scrape, before the second (they cost the gateway)
+    let mut redis = t.redis.map(|a| Redis::new(a, Duration::from_secs(2)));
+    let first = read_usage(redis.as_mut(), t, warnings, &tag).await;
+    tokio::time::sleep_until(end).await;
+    let last = read_usage(redis.as_mut(), t, warnings, &tag).await;
+    drop(redis);
+    let usage = usage_between(&first, &last);
+    let rss = (!t.pids.is_empty())
+        .then(|| procs::rss_kib(&t.pids))
+        .flatten();
     let mut st = Stats::default();
     for h in handles {
         match h.await {
             Ok(s) => st.merge(s),
-            Err(e) => warnings.push(format!("{} / {}: worker failed: {e}", sc.name, t.name)),
+            Err(e) => warnings.push(format!("{tag}: worker failed: {e}")),
         }
     }
     if let (Some(ops), Some(before)) = (&t.ops, before) {
@@ -1063,12 +952,23 @@ async fn measure(
                     *sum.entry(k).or_default() += v;
                 }
             }
-            Err(e) => warnings.push(format!("{} / {}: metrics: {e}", sc.name, t.name)),
+            Err(e) => warnings.push(format!("{tag}: metrics: {e}")),
         }
     }
-    acc.round_rps
-        .push(st.lat_us.len() as f64 / cfg.duration.as_secs_f64());
+    let n = st.lat_us.len() as f64;
+    acc.round_rps.push(n / cfg.duration.as_secs_f64());
     acc.measured += cfg.duration;
+    // requests answered within the usage window (a few ms shorter than the counted one)
+    acc.window_requests += n * (usage.window_s / cfg.duration.as_secs_f64()).min(1.0);
+    acc.window_s += usage.window_s;
+    add(&mut acc.cpu_s, usage.cpu_s);
+    add(&mut acc.redis_cpu_s, usage.redis_cpu_s);
+    add(&mut acc.redis_cmds, usage.redis_cmds);
+    add(&mut acc.redis_reads, usage.redis_reads);
+    acc.gen_cpu_s += usage.gen_cpu_s;
+    if rss.is_some() {
+        acc.rss_kib = rss;
+    }
     acc.stats.merge(st);
     if acc.sample.is_none() {
         acc.sample = sample;
@@ -1076,18 +976,30 @@ async fn measure(
 }
 
 /// Percentiles, rates and the correctness checks over all rounds.
-fn summarize(sc: &Scenario, t: &Target, acc: Acc, warnings: &mut Vec<String>) -> RunResult {
+fn summarize(sc: &Scenario, t: &Server, acc: Acc, warnings: &mut Vec<String>) -> RunResult {
     let Acc {
         stats: mut st,
         edge,
         sample,
         round_rps,
         measured,
+        cpu_s,
+        redis_cpu_s,
+        redis_cmds,
+        redis_reads,
+        gen_cpu_s,
+        window_s,
+        window_requests,
+        rss_kib,
+        probe,
     } = acc;
-    st.lat_us.sort_unstable();
-    let n = st.lat_us.len() as u64;
+    let lat = Summary::of(&mut st.lat_us);
+    let n = lat.n;
     let dur = measured.as_secs_f64();
-    let mean = (n > 0).then(|| st.lat_us.iter().map(|&x| x as f64).sum::<f64>() / n as f64);
+    let per_req = |v: Option<f64>, scale: f64| {
+        v.filter(|_| window_requests > 0.0)
+            .map(|v| v * scale / window_requests)
+    };
     let edge_summary = edge.as_ref().map(|d| {
         let route = sc.route.as_deref().unwrap_or("");
         let get = |k: String| d.get(&k).copied().unwrap_or(0.0) as u64;
@@ -1126,11 +1038,12 @@ fn summarize(sc: &Scenario, t: &Target, acc: Acc, warnings: &mut Vec<String>) ->
     });
 
     // light correctness checks
-    let tag = format!("{} / {}", sc.name, t.name);
+    let tag = format!("{} / {}", sc.name, t.name());
+    let expect = sc.expect_for(t.name());
     if n == 0 {
         warnings.push(format!("{tag}: no response in the measured window"));
     }
-    if let Some(want) = sc.expect.status {
+    if let Some(want) = expect.status {
         let (top, top_n) = st
             .statuses
             .iter()
@@ -1154,7 +1067,7 @@ fn summarize(sc: &Scenario, t: &Target, acc: Acc, warnings: &mut Vec<String>) ->
         }
     }
     if let Some((s, body)) = &sample {
-        for problem in sc.expect.check(*s, body) {
+        for problem in expect.check(*s, body) {
             warnings.push(format!("{tag}: sample {problem}"));
         }
     }
@@ -1163,7 +1076,7 @@ fn summarize(sc: &Scenario, t: &Target, acc: Acc, warnings: &mut Vec<String>) ->
         warnings.push(format!("{tag}: {err_total} errors: {:?}", st.errors));
     }
     if let (Some(want), Some(d), Some(route)) =
-        (sc.expect_outcome.get(&t.name), &edge, sc.route.as_deref())
+        (sc.expect_outcome.get(t.name()), &edge, sc.route.as_deref())
     {
         let get = |o: &str| {
             d.get(&format!(
@@ -1199,17 +1112,22 @@ fn summarize(sc: &Scenario, t: &Target, acc: Acc, warnings: &mut Vec<String>) ->
             }
         }
     }
+    let cpu_us = per_req(cpu_s, 1e6);
+    let redis_cpu_us = per_req(redis_cpu_s, 1e6);
+    if let (Some(c), true) = (cpu_us, n > 0) {
+        if c <= 0.0 {
+            warnings.push(format!(
+                "{tag}: no server CPU seen for {n} requests (wrong pids?)"
+            ));
+        }
+    }
     RunResult {
         scenario: sc.name.clone(),
-        target: t.name.clone(),
+        target: t.name().to_string(),
         duration_s: dur,
         requests: n,
         rps: if dur > 0.0 { n as f64 / dur } else { 0.0 },
-        p50_us: pct(&st.lat_us, 50.0),
-        p90_us: pct(&st.lat_us, 90.0),
-        p99_us: pct(&st.lat_us, 99.0),
-        max_us: st.lat_us.last().copied(),
-        mean_us: mean,
+        lat,
         statuses: st.statuses,
         errors: st.errors,
         connects: st.connects,
@@ -1217,25 +1135,111 @@ fn summarize(sc: &Scenario, t: &Target, acc: Acc, warnings: &mut Vec<String>) ->
         edge_summary,
         sample: sample_text,
         round_rps,
+        cpu_us,
+        redis_cpu_us,
+        redis_cmds: per_req(redis_cmds, 1.0),
+        redis_reads: per_req(redis_reads, 1.0),
+        redis_rt: probe.as_ref().and_then(|p| median(&p.round_trips)),
+        redis_rt_max: probe
+            .as_ref()
+            .and_then(|p| p.round_trips.iter().copied().reduce(f64::max)),
+        probe_cmds: probe.as_ref().and_then(|p| median(&p.commands)),
+        sequential: false,
+        gen_cpu_pct: (window_s > 0.0).then(|| 100.0 * gen_cpu_s / window_s),
+        rss_mib: rss_kib.map(|k| k as f64 / 1024.0),
+    }
+}
+
+/// The probe's answers must be the expected ones.
+fn check_probe(sc: &Scenario, t: &Server, p: &Probe, warnings: &mut Vec<String>) {
+    if let Some(want) = sc.expect_for(t.name()).status {
+        let bad: u64 = p
+            .statuses
+            .iter()
+            .filter(|(s, _)| **s != want)
+            .map(|(_, n)| n)
+            .sum();
+        if bad > 0 {
+            warnings.push(format!(
+                "{} / {}: probe: {bad} answer(s) not {want}: {:?}",
+                sc.name,
+                t.name(),
+                p.statuses
+            ));
+        }
+    }
+}
+
+/// A probe-only scenario on one target: its requests once each, Redis read around each.
+async fn sequence_result(
+    cfg: &Config,
+    sc: &Scenario,
+    t: &Server,
+    warnings: &mut Vec<String>,
+) -> RunResult {
+    let tag = format!("{} / {}", sc.name, t.name());
+    let mut p = Probe::default();
+    match t.redis {
+        None => warnings.push(format!("{tag}: a sequence needs a target with \"redis\"")),
+        Some(addr) => {
+            let mut redis = Redis::new(addr, Duration::from_secs(2));
+            let reqs: Vec<&RequestSpec> = sc.sequence.iter().collect();
+            match probe(cfg, t, &mut redis, &reqs, true).await {
+                Ok(got) => p = got,
+                Err(e) => warnings.push(format!("{tag}: {e}")),
+            }
+        }
+    }
+    check_probe(sc, t, &p, warnings);
+    let n = p.lat_us.len() as u64;
+    RunResult {
+        scenario: sc.name.clone(),
+        target: t.name().to_string(),
+        duration_s: 0.0,
+        requests: n,
+        rps: 0.0,
+        lat: Summary::of(&mut p.lat_us),
+        statuses: std::mem::take(&mut p.statuses),
+        errors: BTreeMap::new(),
+        connects: 0,
+        edge: None,
+        edge_summary: None,
+        sample: None,
+        round_rps: Vec::new(),
+        cpu_us: None,
+        redis_cpu_us: None,
+        redis_cmds: None,
+        redis_reads: None,
+        redis_rt: median(&p.round_trips),
+        redis_rt_max: p.round_trips.iter().copied().reduce(f64::max),
+        probe_cmds: median(&p.commands),
+        gen_cpu_pct: None,
+        rss_mib: None,
+        sequential: true,
     }
 }
 
 async fn prime(cfg: &Config, sc: &Scenario, warnings: &mut Vec<String>) {
     for p in &sc.prime {
-        let Some(t) = cfg.targets.iter().find(|t| t.name == p.target) else {
+        let Some(t) = cfg.targets.iter().find(|t| t.name() == p.target) else {
             continue;
         };
         let tag = format!(
             "{} / prime {} {} on {}",
-            sc.name, p.req.method, p.req.path, t.name
+            sc.name,
+            p.req.method,
+            p.req.path,
+            t.name()
         );
-        match one_shot(t, &p.req, cfg.timeout).await {
+        match one_shot(&t.http, &p.req, cfg.timeout).await {
             Ok((status, body)) => {
                 let problems = p.expect.check(status, &body);
                 if problems.is_empty() {
                     println!(
                         "  prime: {} {} on {} -> {status}",
-                        p.req.method, p.req.path, t.name
+                        p.req.method,
+                        p.req.path,
+                        t.name()
                     );
                 }
                 for problem in problems {
@@ -1250,30 +1254,6 @@ async fn prime(cfg: &Config, sc: &Scenario, warnings: &mut Vec<String>) {
 // ------------------------------------------------------------------------------------------
 // report
 
-fn ms(us: Option<u32>) -> String {
-    match us {
-        None => "-".into(),
-        Some(u) => {
-            let m = u as f64 / 1000.0;
-            if m < 10.0 {
-                format!("{m:.2}")
-            } else if m < 100.0 {
-                format!("{m:.1}")
-            } else {
-                format!("{m:.0}")
-            }
-        }
-    }
-}
-
-fn rate(r: f64) -> String {
-    if r >= 1000.0 {
-        format!("{r:.0}")
-    } else {
-        format!("{r:.1}")
-    }
-}
-
 fn statuses_str(r: &RunResult) -> String {
     let mut s: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     let errs: u64 = r.errors.values().sum();
@@ -1287,148 +1267,102 @@ fn statuses_str(r: &RunResult) -> String {
     }
 }
 
-fn ratio(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0 && a.is_finite()).then(|| a / b)
-}
+const HEAD: &[(&str, Align)] = &[
+    ("scenario", Align::Left),
+    ("target", Align::Left),
+    ("req/s", Align::Right),
+    ("p50 ms", Align::Right),
+    ("p99 ms", Align::Right),
+    ("CPU µs/req", Align::Right),
+    ("Redis CPU µs/req", Align::Right),
+    ("Redis cmd/req", Align::Right),
+    ("Redis round trips/req", Align::Right),
+    ("RSS MiB", Align::Right),
+    ("client CPU %", Align::Right),
+    ("statuses", Align::Left),
+    ("gateway metrics (window)", Align::Left),
+];
 
-fn ratio_str(r: Option<f64>) -> String {
-    match r {
-        None => "-".into(),
-        Some(x) if x >= 100.0 => format!("{x:.0}x"),
-        Some(x) if x >= 10.0 => format!("{x:.1}x"),
-        Some(x) if x >= 0.1 => format!("{x:.2}x"),
-        Some(x) => format!("{x:.4}x"),
-    }
-}
-
-struct Row {
-    scenario: String,
-    target: String,
-    rps: String,
-    p50: String,
-    p99: String,
-    statuses: String,
-    edge: String,
-}
-
-fn rows(cfg: &Config, results: &[RunResult]) -> (Vec<Row>, Vec<Value>) {
-    let mut rows = Vec::new();
+/// The table (a row per scenario and target, a ratio row per target and baseline) and the
+/// ratios as JSON.
+fn table(cfg: &Config, results: &[RunResult]) -> (Table, Vec<Value>) {
+    let mut t = Table::new(HEAD);
     let mut ratios = Vec::new();
     for sc in &cfg.scenarios {
         let mine: Vec<&RunResult> = results.iter().filter(|r| r.scenario == sc.name).collect();
-        let base = mine.iter().find(|r| r.target == cfg.baseline);
         for (i, r) in mine.iter().enumerate() {
-            rows.push(Row {
-                scenario: if i == 0 {
+            let rps = if r.sequential {
+                format!("- ({} sequential)", r.requests)
+            } else if r.round_rps.len() > 1 {
+                let each: Vec<String> = r.round_rps.iter().map(|x| rate(*x)).collect();
+                format!("{} ({})", rate(r.rps), each.join(", "))
+            } else {
+                rate(r.rps)
+            };
+            t.row(vec![
+                if i == 0 {
                     sc.name.clone()
                 } else {
                     String::new()
                 },
-                target: r.target.clone(),
-                rps: if r.round_rps.len() > 1 {
-                    let each: Vec<String> = r.round_rps.iter().map(|x| rate(*x)).collect();
-                    format!("{} ({})", rate(r.rps), each.join(", "))
-                } else {
-                    rate(r.rps)
+                r.target.clone(),
+                rps,
+                ms(r.lat.p50),
+                ms(r.lat.p99),
+                sig3(r.cpu_us),
+                sig3(r.redis_cpu_us),
+                sig3(r.redis_cmds.or(r.probe_cmds)),
+                match (r.redis_rt, r.redis_rt_max) {
+                    (Some(m), Some(x)) if r.sequential && x > m => {
+                        format!("{} (max {})", sig3(Some(m)), sig3(Some(x)))
+                    }
+                    (m, _) => sig3(m),
                 },
-                p50: ms(r.p50_us),
-                p99: ms(r.p99_us),
-                statuses: statuses_str(r),
-                edge: r.edge_summary.clone().unwrap_or_default(),
-            });
+                sig3(r.rss_mib),
+                r.gen_cpu_pct.map_or("-".into(), |p| format!("{p:.0}")),
+                statuses_str(r),
+                r.edge_summary.clone().unwrap_or_default(),
+            ]);
         }
-        if let Some(b) = base {
-            for r in mine.iter().filter(|r| r.target != cfg.baseline) {
-                let rr = ratio(r.rps, b.rps);
-                let p50 = match (r.p50_us, b.p50_us) {
-                    (Some(x), Some(y)) => ratio(x as f64, y as f64),
-                    _ => None,
-                };
-                let p99 = match (r.p99_us, b.p99_us) {
-                    (Some(x), Some(y)) => ratio(x as f64, y as f64),
-                    _ => None,
-                };
-                rows.push(Row {
-                    scenario: String::new(),
-                    target: format!("{}/{}", r.target, b.target),
-                    rps: ratio_str(rr),
-                    p50: ratio_str(p50),
-                    p99: ratio_str(p99),
-                    statuses: String::new(),
-                    edge: String::new(),
-                });
+        for b in &sc.baselines {
+            let Some(base) = mine.iter().find(|r| &r.target == b) else {
+                continue;
+            };
+            for r in mine.iter().filter(|r| !sc.baselines.contains(&r.target)) {
+                let lat = |v: Option<u32>| v.map(f64::from);
+                let rr = ratio(r.rps, base.rps);
+                let p50 = ratio_opt(lat(r.lat.p50), lat(base.lat.p50));
+                let p99 = ratio_opt(lat(r.lat.p99), lat(base.lat.p99));
+                let cpu = ratio_opt(r.server_cpu_us(), base.server_cpu_us());
+                t.marked_row(vec![
+                    String::new(),
+                    format!("{}/{}", r.target, base.target),
+                    ratio_str(rr),
+                    ratio_str(p50),
+                    ratio_str(p99),
+                    ratio_str(cpu),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
                 ratios.push(json!({
-                    "scenario": sc.name, "target": r.target, "baseline": b.target,
+                    "scenario": sc.name, "target": r.target, "baseline": base.target,
                     "rps_ratio": rr, "p50_ratio": p50, "p99_ratio": p99,
+                    "server_cpu_per_request_ratio": cpu,
                 }));
             }
         }
     }
-    (rows, ratios)
+    (t, ratios)
 }
 
-fn text_table(rows: &[Row]) -> String {
-    let head = Row {
-        scenario: "scenario".into(),
-        target: "target".into(),
-        rps: "req/s".into(),
-        p50: "p50 ms".into(),
-        p99: "p99 ms".into(),
-        statuses: "statuses".into(),
-        edge: "gateway metrics (window)".into(),
-    };
-    let all: Vec<&Row> = std::iter::once(&head).chain(rows.iter()).collect();
-    let w = |f: fn(&Row) -> &String| all.iter().map(|r| f(r).chars().count()).max().unwrap_or(0);
-    let (ws, wt, wr, w5, w9, wst) = (
-        w(|r| &r.scenario),
-        w(|r| &r.target),
-        w(|r| &r.rps),
-        w(|r| &r.p50),
-        w(|r| &r.p99),
-        w(|r| &r.statuses),
-    );
-    let mut out = String::new();
-    for (i, r) in all.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{:<ws$}  {:<wt$}  {:>wr$}  {:>w5$}  {:>w9$}  {:<wst$}  {}",
-            r.scenario, r.target, r.rps, r.p50, r.p99, r.statuses, r.edge
-        );
-        if i == 0 {
-            let total = ws + wt + wr + w5 + w9 + wst + 12 + 24;
-            let _ = writeln!(out, "{}", "-".repeat(total));
-        }
-    }
-    out
-}
-
-fn md_table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| scenario | target | req/s | p50 ms | p99 ms | statuses | gateway metrics (window) |\n\
-         | --- | --- | ---: | ---: | ---: | --- | --- |\n",
-    );
-    for r in rows {
-        let bold = r.target.contains('/');
-        let f = |s: &str| {
-            if bold && !s.is_empty() {
-                format!("**{s}**")
-            } else {
-                s.replace('|', "\\|")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario.replace('|', "\\|"),
-            r.target,
-            f(&r.rps),
-            f(&r.p50),
-            f(&r.p99),
-            r.statuses,
-            r.edge
-        );
-    }
-    out
+struct RunInfo {
+    started: SystemTime,
+    elapsed: Duration,
 }
 
 fn write_results(
@@ -1437,27 +1371,28 @@ fn write_results(
     ratios: Vec<Value>,
     table_md: &str,
     warnings: &[String],
-    started: SystemTime,
-    elapsed: Duration,
+    info: RunInfo,
 ) -> Result<Vec<PathBuf>, String> {
-    std::fs::create_dir_all(&cfg.out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", cfg.out_dir.display()))?;
-    let stamp = started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string));
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
+    let stamp = report::unix_stamp(info.started);
+    let (cpus, load) = report::machine();
     let runs: Vec<Value> = results
         .iter()
         .map(|r| {
             json!({
                 "scenario": r.scenario, "target": r.target, "duration_s": r.duration_s,
                 "requests": r.requests, "req_per_s": r.rps, "req_per_s_by_round": r.round_rps,
-                "latency_us": {"p50": r.p50_us, "p90": r.p90_us, "p99": r.p99_us,
-                               "max": r.max_us, "mean": r.mean_us},
+                "latency_us": {"p50": r.lat.p50, "p90": r.lat.p90, "p99": r.lat.p99,
+                               "max": r.lat.max, "mean": r.lat.mean},
+                "server_cpu_us_per_request": r.cpu_us,
+                "redis_cpu_us_per_request": r.redis_cpu_us,
+                "redis_commands_per_request": r.redis_cmds,
+                "redis_reads_per_request": r.redis_reads,
+                "redis_round_trips_per_request_sequential": r.redis_rt,
+                "redis_round_trips_per_request_sequential_max": r.redis_rt_max,
+                "redis_commands_per_request_sequential": r.probe_cmds,
+                "sequential_only": r.sequential,
+                "server_rss_mib": r.rss_mib,
+                "load_generator_cpu_pct": r.gen_cpu_pct,
                 "statuses": r.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "errors": r.errors, "connections_opened": r.connects,
                 "gateway_metrics_delta": r.edge, "sample_response": r.sample,
@@ -1467,28 +1402,33 @@ fn write_results(
     let targets: Vec<Value> = cfg
         .targets
         .iter()
-        .map(
-            |t| json!({"name": t.name, "url": t.url, "ops": t.ops.as_ref().map(|o| o.url.clone())}),
-        )
+        .map(|t| {
+            json!({"name": t.name(), "url": t.http.url, "ops": t.ops.as_ref().map(|o| o.url.clone()),
+                   "pids": t.pids, "redis": t.redis.map(|a| a.to_string()), "redis_pids": t.redis_pids})
+        })
         .collect();
     let scenarios: Vec<Value> = cfg
         .scenarios
         .iter()
         .map(|s| {
             json!({"name": s.name, "method": s.req.method, "path": s.req.path,
-                   "headers": s.req.headers, "expect_status": s.expect.status, "route": s.route})
+                   "headers": s.req.headers, "expect_status": s.expect.status, "route": s.route,
+                   "targets": s.targets.iter().map(|&i| cfg.targets[i].name()).collect::<Vec<_>>(),
+                   "baselines": s.baselines})
         })
         .collect();
     let doc = json!({
         "bench": "gateway_load",
         "started_unix": stamp,
-        "elapsed_s": elapsed.as_secs_f64(),
+        "elapsed_s": info.elapsed.as_secs_f64(),
         "label": cfg.label,
         "config_file": cfg.config_file.display().to_string(),
         "settings": {"duration_s": cfg.duration.as_secs_f64(), "warmup_s": cfg.warmup.as_secs_f64(),
                      "concurrency": cfg.concurrency, "rounds": cfg.rounds, "timeout_ms": cfg.timeout.as_millis() as u64,
-                     "baseline": cfg.baseline, "load_generator": "1 thread (tokio current_thread)"},
-        "machine": {"cpus": cpus, "loadavg_1m_at_end": load},
+                     "load_generator": "1 thread (tokio current_thread)", "probe_requests": cfg.probe,
+                     "percentiles": "nearest rank", "cpu_source": "/proc/<pid>/stat utime+stime",
+                     "clock_ticks_per_s": procs::clock_ticks()},
+        "machine": {"cpus": cpus, "load_generator_cpus": report::own_cpus(), "loadavg_1m_at_end": load},
         "targets": targets,
         "scenarios": scenarios,
         "runs": runs,
@@ -1497,17 +1437,22 @@ fn write_results(
     });
     let json_text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     let mut md = String::new();
-    let _ = writeln!(md, "# gateway_load ({stamp})\n");
+    md.push_str(&format!("# gateway_load ({stamp})\n\n"));
     if !cfg.label.is_empty() {
-        let _ = writeln!(md, "{}\n", cfg.label);
+        md.push_str(&format!("{}\n\n", cfg.label));
     }
-    let _ = writeln!(
-        md,
+    md.push_str(&format!(
         "{} keep-alive connections per run, {:.0} s measured after {:.0} s warm-up, \
-         {} round(s) per scenario and target{}; load generator on one thread; {} CPUs, \
-         load average {} at the end. \
-         Ratio rows: {{target}}/{} measured in the same run (req/s: higher is better for the \
-         target; latency: lower is better).\n",
+         {} round(s) per scenario and target{}; load generator on one thread (may run on {} \
+         CPU(s)); {} CPUs, load average {} at the end. Percentiles: nearest rank. CPU µs/req: the server's \
+         processes (utime+stime of /proc/<pid>/stat over the window / requests), its Redis \
+         apart; Redis cmd/req: `INFO stats` total_commands_processed over the window / \
+         requests under load (commands run inside Lua scripts count); Redis round trips/req: \
+         Redis's read events (total_reads_processed) around {} requests sent one at a time \
+         after the rounds, per request (a sequence: median, and the most); client CPU: the \
+         load generator, % of one core. Ratio rows: \
+         {{target}}/{{baseline}} measured in the same run (req/s: higher is better for the \
+         target; latency and CPU (the server's processes plus its Redis): lower is better).\n\n",
         cfg.concurrency,
         cfg.duration.as_secs_f64(),
         cfg.warmup.as_secs_f64(),
@@ -1517,29 +1462,19 @@ fn write_results(
         } else {
             ""
         },
+        report::own_cpus().map_or("?".into(), |c| c.to_string()),
         cpus.map_or("?".into(), |c| c.to_string()),
         load.clone().unwrap_or_else(|| "?".into()),
-        cfg.baseline
-    );
+        cfg.probe,
+    ));
     md.push_str(table_md);
     if !warnings.is_empty() {
         md.push_str("\nWarnings:\n\n");
         for w in warnings {
-            let _ = writeln!(md, "- {}", w.replace('\n', " "));
+            md.push_str(&format!("- {}\n", w.replace('\n', " ")));
         }
     }
-    let mut written = Vec::new();
-    for (name, text) in [
-        (format!("gateway_load-{stamp}.json"), &json_text),
-        (format!("gateway_load-{stamp}.md"), &md),
-        ("gateway_load.json".to_string(), &json_text),
-        ("gateway_load.md".to_string(), &md),
-    ] {
-        let p = cfg.out_dir.join(name);
-        std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-        written.push(p);
-    }
-    Ok(written)
+    report::write_results(&cfg.out_dir, "gateway_load", stamp, &json_text, &md)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1553,7 +1488,8 @@ async fn run(cfg: Config) -> Result<bool, String> {
     let runs: usize = cfg
         .scenarios
         .iter()
-        .map(|s| s.targets.as_ref().map_or(cfg.targets.len(), Vec::len))
+        .filter(|s| s.sequence.is_empty())
+        .map(|s| s.targets.len())
         .sum::<usize>()
         * cfg.rounds;
     println!(
@@ -1567,23 +1503,45 @@ async fn run(cfg: Config) -> Result<bool, String> {
     );
     for t in &cfg.targets {
         println!(
-            "  target {:<10} {}{}",
-            t.name,
-            t.url,
+            "  target {:<16} {}{}{}",
+            t.name(),
+            t.http.url,
             t.ops
                 .as_ref()
                 .map(|o| format!("  (ops {})", o.url))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if t.pids.is_empty() {
+                String::new()
+            } else {
+                format!("  pids {:?}", t.pids)
+            }
         );
     }
     for sc in &cfg.scenarios {
         println!("\n== {}: {} {}", sc.name, sc.req.method, sc.req.path);
         prime(&cfg, sc, &mut warnings).await;
-        let targets: Vec<&Target> = cfg
-            .targets
-            .iter()
-            .filter(|t| sc.targets.as_ref().is_none_or(|l| l.contains(&t.name)))
-            .collect();
+        let targets: Vec<&Server> = sc.targets.iter().map(|&i| &cfg.targets[i]).collect();
+        if !sc.sequence.is_empty() {
+            for t in targets {
+                let n_warn = warnings.len();
+                let r = sequence_result(&cfg, sc, t, &mut warnings).await;
+                println!(
+                    "  {:<16} {} sequential request(s): p50 {} ms, Redis {} round trips (at most {}), {} commands per request  {}",
+                    t.name(),
+                    r.requests,
+                    ms(r.lat.p50),
+                    sig3(r.redis_rt),
+                    sig3(r.redis_rt_max),
+                    sig3(r.probe_cmds),
+                    statuses_str(&r)
+                );
+                for w in &warnings[n_warn..] {
+                    println!("  WARNING: {w}");
+                }
+                results.push(r);
+            }
+            continue;
+        }
         let mut accs: Vec<Acc> = targets.iter().map(|_| Acc::default()).collect();
         for round in 0..cfg.rounds {
             // ABBA: every other round runs the targets in reverse order (drift cancels out)
@@ -1600,10 +1558,10 @@ async fn run(cfg: Config) -> Result<bool, String> {
                 let got = accs[i].stats.lat_us.len() - before;
                 if cfg.rounds > 1 {
                     println!(
-                        "  round {}/{} {:<10} {:>9} req/s",
+                        "  round {}/{} {:<16} {:>9} req/s",
                         round + 1,
                         cfg.rounds,
-                        t.name,
+                        t.name(),
                         rate(got as f64 / cfg.duration.as_secs_f64())
                     );
                 }
@@ -1615,13 +1573,30 @@ async fn run(cfg: Config) -> Result<bool, String> {
         }
         for (t, acc) in targets.into_iter().zip(accs) {
             let n_warn = warnings.len();
+            let mut acc = acc;
+            if let (Some(addr), true) = (t.redis, cfg.probe > 0) {
+                // Redis round trips per request, without load
+                let mut redis = Redis::new(addr, Duration::from_secs(2));
+                let reqs = vec![&sc.req; cfg.probe];
+                match probe(&cfg, t, &mut redis, &reqs, false).await {
+                    Ok(p) => {
+                        check_probe(sc, t, &p, &mut warnings);
+                        acc.probe = Some(p);
+                    }
+                    Err(e) => warnings.push(format!("{} / {}: probe: {e}", sc.name, t.name())),
+                }
+            }
             let r = summarize(sc, t, acc, &mut warnings);
             println!(
-                "  {:<10} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  {}  {}",
-                t.name,
+                "  {:<16} {:>9} req/s  p50 {:>7} ms  p99 {:>7} ms  cpu {:>6} µs/req  redis {:>6} µs, {:>5} cmd, {:>5} round trips/req  {}  {}",
+                t.name(),
                 rate(r.rps),
-                ms(r.p50_us),
-                ms(r.p99_us),
+                ms(r.lat.p50),
+                ms(r.lat.p99),
+                sig3(r.cpu_us),
+                sig3(r.redis_cpu_us),
+                sig3(r.redis_cmds),
+                sig3(r.redis_rt),
                 statuses_str(&r),
                 r.edge_summary.clone().unwrap_or_default()
             );
@@ -1631,9 +1606,8 @@ async fn run(cfg: Config) -> Result<bool, String> {
             results.push(r);
         }
     }
-    let (rows, ratios) = rows(&cfg, &results);
-    let table = text_table(&rows);
-    println!("\n{table}");
+    let (table, ratios) = table(&cfg, &results);
+    println!("\n{}", table.text());
     if !warnings.is_empty() {
         println!("{} warning(s):", warnings.len());
         for w in &warnings {
@@ -1644,10 +1618,12 @@ async fn run(cfg: Config) -> Result<bool, String> {
         &cfg,
         &results,
         ratios,
-        &md_table(&rows),
+        &table.markdown(),
         &warnings,
-        started,
-        t_start.elapsed(),
+        RunInfo {
+            started,
+            elapsed: t_start.elapsed(),
+        },
     )?;
     for f in files.iter().skip(2) {
         println!("results: {}", f.display());
@@ -1656,17 +1632,25 @@ async fn run(cfg: Config) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
-    let o = match parse_args() {
+    let spec = Spec {
+        prog: "gateway_load",
+        options: OPTIONS,
+        env_prefix: "BENCH_",
+        unknown: Unknown::Warn,
+        usage: USAGE,
+    };
+    let o = match spec.parse() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("gateway_load: {e}\n{}", usage());
+            eprintln!("gateway_load: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let Some(file) = o.config.clone() else {
+    let Some(file) = o.string("config") else {
+        common::self_check();
         println!(
-            "gateway_load: no scenario file (--config FILE or BENCH_CONFIG): nothing to do; \
-             run `make bench` (scripts/bench.sh)"
+            "gateway_load: no scenario file (--config FILE or BENCH_CONFIG): nothing to do \
+             (shared parts self-checked); run `make bench` (scripts/bench.sh)"
         );
         return ExitCode::SUCCESS;
     };
