@@ -144,6 +144,30 @@ impl RedisStore {
     /// (Redis 7), so one more round trip guarantees that the view has dropped what the write
     /// changed before the write is reported done (a heartbeat decided right after must not read
     /// the record as it was before).
+    async fn settled<T>(
+        &self,
+        write: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let written = write.await;
+        self.settle_view().await;
+        written
+    }
+
+    /// A negative-cache marker, `ttl` long.
+    async fn set_marker(&self, key: String, ttl: Duration) -> StoreResult<()> {
+        self.settled(
+            self.run(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg("1")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .clone(),
+            ),
+        )
+        .await
+    }
+
     async fn settle_view(&self) {
         if self.view_entries > 0 {
             if let Ok(mut conn) = self.manager() {
@@ -177,20 +201,7 @@ impl EdgeStore for RedisStore {
     }
 
     async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()> {
-        let written = async {
-            self.run(
-                redis::cmd("SET")
-                    .arg(self.lookup_key("nf", key))
-                    .arg("1")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .clone(),
-            )
-            .await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        self.set_marker(self.lookup_key("nf", key), ttl).await
     }
 
     async fn begin_flight(&self, key: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
@@ -290,7 +301,7 @@ impl EdgeStore for RedisStore {
         fingerprint: &str,
         at_ms: u64,
     ) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             self.run(
                 redis::cmd("HSET")
                     .arg(self.node_key(uuid))
@@ -301,10 +312,8 @@ impl EdgeStore for RedisStore {
                     .clone(),
             )
             .await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn record_token_minted(
@@ -314,7 +323,7 @@ impl EdgeStore for RedisStore {
         node_data: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             let key = self.node_key(uuid);
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -339,10 +348,8 @@ impl EdgeStore for RedisStore {
                 .arg(ttl.as_secs().max(1))
                 .ignore();
             self.run_pipe(pipe).await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn record_heartbeat_accepted(
@@ -352,7 +359,7 @@ impl EdgeStore for RedisStore {
         agent_url: &str,
         ttl: Duration,
     ) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             let key = self.node_key(uuid);
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -370,14 +377,12 @@ impl EdgeStore for RedisStore {
                 .arg(ttl.as_secs().max(1))
                 .ignore();
             self.run_pipe(pipe).await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn record_node_action(&self, uuid: &str, at_ms: u64, ttl: Duration) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
         let key = self.node_key(uuid);
         let mut pipe = redis::pipe();
         // The latest action wins: a late write of an older one must not shorten the unsettled
@@ -396,14 +401,12 @@ impl EdgeStore for RedisStore {
             .arg(ttl.as_secs().max(1))
             .ignore();
         self.run_pipe(pipe).await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             self.run(
                 redis::cmd("HDEL")
                     .arg(self.node_key(uuid))
@@ -415,10 +418,8 @@ impl EdgeStore for RedisStore {
                     .clone(),
             )
             .await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn claim_mismatch_forward(
@@ -457,34 +458,20 @@ impl EdgeStore for RedisStore {
     }
 
     async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()> {
-        let written = async {
-            self.run(
-                redis::cmd("SET")
-                    .arg(format!("{}hb:nf:{ident}", self.prefix))
-                    .arg("1")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .clone(),
-            )
+        self.set_marker(format!("{}hb:nf:{ident}", self.prefix), ttl)
             .await
-        }
-        .await;
-        self.settle_view().await;
-        written
     }
 
     async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             self.run(
                 redis::cmd("DEL")
                     .arg(format!("{}hb:nf:{ident}", self.prefix))
                     .clone(),
             )
             .await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn put_minted_answer(
@@ -494,7 +481,7 @@ impl EdgeStore for RedisStore {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             let key = self.lookup_key("minted", replay_key);
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -513,10 +500,8 @@ impl EdgeStore for RedisStore {
                 .arg(&key)
                 .ignore();
             self.run_pipe(pipe).await
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn take_minted_answer(
@@ -585,7 +570,7 @@ impl EdgeStore for RedisStore {
     }
 
     async fn drop_minted_answer(&self, uuid: &str) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             let script = redis::Script::new(
                 r"local k = redis.call('HGET', KEYS[1], 'minted')
               if k then
@@ -598,10 +583,8 @@ impl EdgeStore for RedisStore {
             invocation.key(self.node_key(uuid));
             let _: i64 = self.run_script(invocation).await?;
             Ok(())
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn put_pending_heartbeat(
@@ -807,7 +790,7 @@ impl EdgeStore for RedisStore {
     }
 
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
-        let written = async {
+        self.settled(async {
             let (nodes, macs) = (self.idx(IDX_NODES), self.idx(IDX_MACS));
             if u.full_round {
                 // Marks both halves as being rebuilt by this round: a flush or an eviction while
@@ -905,10 +888,8 @@ impl EdgeStore for RedisStore {
                     "the node index changed under the round (Redis lost data?)".into(),
                 ))
             }
-        }
-        .await;
-        self.settle_view().await;
-        written
+        })
+        .await
     }
 
     async fn lease(&self, name: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
