@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 /// Path of the gateway binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_ironic-edge");
 
+/// The binary the tests start: [`BIN`], or `IRONIC_EDGE_TEST_BIN` (a probe's wrapper).
+fn bin() -> String {
+    std::env::var("IRONIC_EDGE_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// The shipped configuration file.
 pub fn shipped_conf() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ironic-edge.yaml")
@@ -180,7 +185,7 @@ impl Gateway {
         let conf = cfg.write();
         let log_path = cfg.dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
