@@ -10,7 +10,7 @@
 
 use ironic_edge::ironic::error::{resource_not_found, IronicError};
 use ironic_edge::ironic::heartbeat::{check_heartbeat, HeartbeatRejection, HeartbeatRequest};
-use ironic_edge::ironic::ident::is_uuid_like;
+use ironic_edge::ironic::ident::{is_uuid_like, Mac};
 use ironic_edge::ironic::lookup::{check_lookup, LookupQuery, INCOMPLETE_LOOKUP};
 use ironic_edge::ironic::version::negotiate_values;
 use ironic_edge::ironic::{ApiVersion, HeaderSet, VersionRange};
@@ -160,13 +160,22 @@ fn model_lookup(raw: &str, version: ApiVersion) -> Result<LookupQuery, IronicErr
             unexpected.join(", ")
         )));
     }
+    // Every address given (a comma list's non-empty items, duplicates counted), and
+    // string_list's result.
+    let mut given: Vec<String> = vec![];
     let addresses: Vec<String> = match get(&params, "addresses") {
         None => vec![],
-        Some(Mixed::Many(vs)) => vs.iter().map(py_str).collect(),
+        Some(Mixed::Many(vs)) => {
+            given = vs.iter().map(py_str).collect();
+            given.clone()
+        }
         Some(Mixed::One(v)) => {
             let mut items: Vec<String> = vec![];
             for part in py_str(v).split(',') {
                 let norm = part.trim_matches([' ', '\t']).to_lowercase();
+                if !norm.is_empty() {
+                    given.push(norm.clone());
+                }
                 if !norm.is_empty() && !items.contains(&norm) {
                     items.push(norm);
                 }
@@ -188,23 +197,31 @@ fn model_lookup(raw: &str, version: ApiVersion) -> Result<LookupQuery, IronicErr
         return Err(resource_not_found());
     }
     let mut macs: Vec<String> = vec![];
-    let mut invalid_macs = vec![];
     for a in addresses {
         let lower = a.to_lowercase();
-        if naive_is_mac(&lower) {
-            if !macs.contains(&lower) {
-                macs.push(lower);
-            }
-        } else {
-            invalid_macs.push(a);
+        if naive_is_mac(&lower) && !macs.contains(&lower) {
+            macs.push(lower);
         }
     }
+    let addresses_given = given.len();
+    let invalid_macs = given
+        .iter()
+        .filter(|a| !naive_is_mac(&a.to_lowercase()))
+        .count();
     if macs.is_empty() && node_uuid.is_none() {
         return Err(bad(INCOMPLETE_LOOKUP));
     }
+    // With a node_uuid, Ironic never reads the MACs.
+    if node_uuid.is_some() {
+        macs.clear();
+    }
     Ok(LookupQuery {
         node_uuid,
-        macs,
+        macs: macs
+            .iter()
+            .map(|m| Mac::parse(m).expect("valid MAC"))
+            .collect(),
+        addresses_given,
         invalid_macs,
     })
 }

@@ -15,6 +15,7 @@ use crate::config::SyncConfig;
 use crate::disposition::{AfterWrite, Disposition};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::resource_not_found;
+use crate::ironic::ident::Mac;
 use crate::ironic::lookup::{check_lookup, LookupQuery};
 use crate::ironic::states::lookup_allowed;
 use crate::ironic::token::{lookup_token, replace_token, LookupToken, MASK};
@@ -49,11 +50,11 @@ pub(crate) async fn handle(
         Ok(q) => q,
         Err(e) => return Ok(r.answer_error(&e)),
     };
-    if !query.invalid_macs.is_empty() {
+    if query.invalid_macs > 0 {
         // The count only: the addresses are the caller's input, of any length.
         log::debug!(
             "lookup: ignoring {} invalid MAC addresses",
-            query.invalid_macs.len()
+            query.invalid_macs
         );
     }
     let key = bounded_key(query.cache_key());
@@ -280,7 +281,8 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
             // request holds stays small whatever the length of its MAC list.
             let mut distinct: Vec<String> = Vec::new();
             for slice in query.macs.chunks(INDEX_READ_SLICE) {
-                match store.index_macs(slice).await {
+                let slice: Vec<String> = slice.iter().map(Mac::to_string).collect();
+                match store.index_macs(&slice).await {
                     Ok(found) => {
                         for node in found.into_iter().flatten() {
                             if !distinct.contains(&node) {
@@ -684,8 +686,9 @@ mod tests {
     fn by_macs(macs: &[&str]) -> LookupQuery {
         LookupQuery {
             node_uuid: None,
-            macs: macs.iter().map(|m| m.to_string()).collect(),
-            invalid_macs: Vec::new(),
+            macs: macs.iter().map(|m| Mac::parse(m).unwrap()).collect(),
+            addresses_given: macs.len(),
+            invalid_macs: 0,
         }
     }
 

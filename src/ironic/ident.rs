@@ -61,9 +61,122 @@ pub fn normalize_mac(value: &str) -> Option<String> {
     Some(lower)
 }
 
+/// A MAC that [`normalize_mac`] accepts, in 7 bytes: its six octets, and whether it kept a
+/// final newline (such a MAC is valid but never matches a port). What a lookup holds of a
+/// long MAC list is this, never the caller's text.
+///
+/// The order is that of the normalised strings (fixed-width lower-case hex sorts as the
+/// octets do, and a newline sorts after its prefix): sorting either gives the same list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac {
+    octets: [u8; 6],
+    newline: bool,
+}
+
+impl Mac {
+    /// The MAC of an address, if Ironic accepts it: exactly [`normalize_mac`], without its
+    /// copy. An address with a non-ASCII character is never one (no character outside ASCII
+    /// lower-cases to a hex digit or `:`; the Kelvin sign becomes `k`), so ASCII case is all
+    /// there is to ignore.
+    pub fn parse(value: &str) -> Option<Mac> {
+        let body = value.strip_suffix('\n').unwrap_or(value);
+        let b = body.as_bytes();
+        if b.len() != 17 {
+            return None;
+        }
+        let hex = |c: u8| match c.to_ascii_lowercase() {
+            c @ b'0'..=b'9' => Some(c - b'0'),
+            c @ b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut octets = [0u8; 6];
+        for (i, o) in octets.iter_mut().enumerate() {
+            if i > 0 && b[3 * i - 1] != b':' {
+                return None;
+            }
+            *o = hex(b[3 * i])? << 4 | hex(b[3 * i + 1])?;
+        }
+        Some(Mac {
+            octets,
+            newline: body.len() < value.len(),
+        })
+    }
+
+    /// Appends the normalised form (`52:54:00:12:34:56`, and the newline if it had one).
+    pub fn write_to(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, o) in self.octets.iter().enumerate() {
+            if i > 0 {
+                out.push(':');
+            }
+            out.push(HEX[usize::from(o >> 4)] as char);
+            out.push(HEX[usize::from(o & 0xf)] as char);
+        }
+        if self.newline {
+            out.push('\n');
+        }
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::with_capacity(18);
+        self.write_to(&mut s);
+        f.write_str(&s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_are_their_normalised_strings() {
+        for a in [
+            "52:54:00:12:34:56",
+            "52:54:00:AB:cd:EF",
+            "00:00:00:00:00:00",
+            "ff:ff:ff:ff:ff:ff",
+            "52:54:00:12:34:56\n",
+            "52:54:00:12:34:5",
+            "52-54-00-12-34-56",
+            "zz:54:00:12:34:56",
+            "",
+            "\n",
+            "52:54:00:12:34:56\n\n",
+            " 52:54:00:12:34:56",
+            "52:54:00:12:34:56 ",
+            "52:54:00:12:34:56:",
+            "52:54:00:12:34:5G",
+            "52;54:00:12:34:56",
+            "52:54:00:12:34:5\u{212a}",
+            "52:54:00:12:34:\u{130}6",
+            "52:54:00:12:34:56\u{307}",
+            "\u{ff15}2:54:00:12:34:56",
+            "52:54:00:12:34:56\r",
+        ] {
+            assert_eq!(
+                Mac::parse(a).map(|m| m.to_string()),
+                normalize_mac(a),
+                "{a:?}"
+            );
+        }
+        // Sorted as the strings are.
+        let mut strings = vec![
+            "52:54:00:12:34:56\n",
+            "52:54:00:12:34:56",
+            "0a:00:00:00:00:00",
+            "a0:00:00:00:00:00",
+            "09:ff:ff:ff:ff:ff",
+            "52:54:00:12:34:5f",
+        ];
+        let mut macs: Vec<Mac> = strings.iter().map(|s| Mac::parse(s).unwrap()).collect();
+        strings.sort();
+        macs.sort();
+        let back: Vec<String> = macs.iter().map(Mac::to_string).collect();
+        assert_eq!(back, strings);
+        assert_eq!(std::mem::size_of::<Mac>(), 7);
+    }
 
     #[test]
     fn uuid_like_as_oslo() {

@@ -1,21 +1,27 @@
 //! `GET /v1/lookup`: argument validation in Ironic's order (spec 1.2, steps 1-7).
 
 use super::error::{resource_not_found, IronicError};
-use super::ident::{is_uuid_like, normalize_mac};
+use super::ident::{is_uuid_like, Mac};
 use super::params::{mixed, parse_query};
 use super::pyjson::PyValue;
 use super::version::{py_strip, ApiVersion, RAMDISK_ENDPOINTS};
-use super::work::{step, FirstSeen};
+use super::work::step;
+use std::collections::HashSet;
 
-/// A lookup request that passed every API-side check.
+/// A lookup request that passed every API-side check. Compact: whatever the length of the
+/// caller's list, it holds 7 bytes per distinct valid MAC and nothing of the invalid ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LookupQuery {
     /// `node_uuid` exactly as supplied (Ironic matches it verbatim); when present it alone decides.
     pub node_uuid: Option<String>,
-    /// The valid MACs, lower-cased, de-duplicated, in the order given.
-    pub macs: Vec<String>,
-    /// Addresses that were dropped as invalid (Ironic logs them).
-    pub invalid_macs: Vec<String>,
+    /// The valid MACs, de-duplicated, in the order given; none when a `node_uuid` is given
+    /// (Ironic then never reads them).
+    pub macs: Vec<Mac>,
+    /// How many addresses were given, valid or not (a comma list's non-empty items,
+    /// duplicates counted).
+    pub addresses_given: usize,
+    /// How many of them are no MAC: Ironic drops them (and logs them).
+    pub invalid_macs: usize,
 }
 
 impl LookupQuery {
@@ -26,11 +32,54 @@ impl LookupQuery {
             Some(u) => format!("uuid:{u}"),
             None => {
                 let mut macs = self.macs.clone();
-                macs.sort();
+                macs.sort_unstable();
                 macs.dedup();
-                format!("macs:{}", macs.join(","))
+                let mut key = String::with_capacity(5 + 18 * macs.len());
+                key.push_str("macs:");
+                for (i, m) in macs.iter().enumerate() {
+                    if i > 0 {
+                        key.push(',');
+                    }
+                    m.write_to(&mut key);
+                }
+                key
             }
         }
+    }
+}
+
+/// The addresses of a lookup as they are read: the distinct valid MACs in the order given
+/// (if kept), how many addresses were given and how many were no MAC.
+#[derive(Default)]
+struct Macs {
+    keep: bool,
+    macs: Vec<Mac>,
+    seen: HashSet<Mac>,
+    given: usize,
+    invalid: usize,
+}
+
+impl Macs {
+    fn take(&mut self, address: &str) {
+        step();
+        self.given += 1;
+        match Mac::parse(address) {
+            Some(m) if self.keep => {
+                if self.seen.insert(m) {
+                    self.macs.push(m);
+                }
+            }
+            Some(_) => {}
+            None => self.invalid += 1,
+        }
+    }
+}
+
+/// A parameter's value as Python's `str()` gives it (a string as it is, without a copy).
+fn py_str(v: &PyValue) -> std::borrow::Cow<'_, str> {
+    match v {
+        PyValue::Str(s) => std::borrow::Cow::Borrowed(s.as_str()),
+        other => std::borrow::Cow::Owned(other.to_py_str()),
     }
 }
 
@@ -62,7 +111,7 @@ pub const ALLOW: &str = "GET";
 ///   (`52:54:00:00:00:01,52:54:00:00:00:02` as one item is invalid); a single one is split on
 ///   `,`, items stripped (Python `str.strip()`) and lower-cased, empty ones dropped, duplicates
 ///   removed.
-/// - MAC validity is `netutils.is_valid_mac` ([`normalize_mac`]); a MAC with one trailing
+/// - MAC validity is `netutils.is_valid_mac` ([`Mac::parse`]); a MAC with one trailing
 ///   newline (only possible in the repeated form) counts as valid but matches no port.
 pub fn check_lookup(
     raw_query: Option<&str>,
@@ -96,28 +145,6 @@ pub fn check_lookup(
     }
     let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
 
-    // args.string_list: a list is kept item by item, a string is split and normalised.
-    let addresses: Vec<String> = match get("addresses") {
-        None => Vec::new(),
-        Some(PyValue::List(items)) => items.iter().map(PyValue::to_py_str).collect(),
-        Some(v) => {
-            let mut items: Vec<String> = Vec::new();
-            let mut seen = FirstSeen::new();
-            for part in v.to_py_str().split(',') {
-                step();
-                let norm = py_strip(part).to_lowercase();
-                let new = !norm.is_empty()
-                    && seen
-                        .first_or_insert(&norm, |at| items[at].as_str(), items.len())
-                        .is_none();
-                if new {
-                    items.push(norm);
-                }
-            }
-            items
-        }
-    };
-
     // args.uuid
     let node_uuid = match get("node_uuid") {
         None => None,
@@ -134,29 +161,50 @@ pub fn check_lookup(
         return Err(resource_not_found());
     }
 
-    let mut macs: Vec<String> = Vec::new();
-    let mut invalid_macs = Vec::new();
-    let mut seen = FirstSeen::new();
-    for a in addresses {
-        step();
-        match normalize_mac(&a) {
-            Some(m) => {
-                if seen
-                    .first_or_insert(&m, |at| macs[at].as_str(), macs.len())
-                    .is_none()
-                {
-                    macs.push(m);
-                }
+    // args.string_list (a list is kept item by item, a string is split on `,`, its items
+    // stripped and lower-cased, empty ones dropped), then get_valid_mac_addresses. Nothing
+    // above depends on the addresses (string_list takes any string), so they are read here,
+    // in one pass, keeping only the distinct valid MACs (7 bytes each): duplicates, which
+    // string_list drops, are the same MAC. With a node_uuid they are only counted.
+    let keep = node_uuid.is_none();
+    let mut found = Macs {
+        keep,
+        ..Macs::default()
+    };
+    match get("addresses") {
+        None => {}
+        Some(PyValue::List(items)) => {
+            for item in items {
+                found.take(&py_str(item));
             }
-            None => invalid_macs.push(a),
+        }
+        Some(v) => {
+            for part in py_str(v).split(',') {
+                let item = py_strip(part);
+                if item.is_empty() {
+                    step();
+                    continue;
+                }
+                // Lower-casing decides nothing here: `Mac::parse` ignores ASCII case, and an
+                // item with a non-ASCII character is no MAC whatever its case.
+                found.take(item);
+            }
         }
     }
+    let Macs {
+        mut macs,
+        given: addresses_given,
+        invalid: invalid_macs,
+        ..
+    } = found;
     if macs.is_empty() && node_uuid.is_none() {
         return Err(IronicError::fault(400, INCOMPLETE_LOOKUP));
     }
+    macs.shrink_to_fit();
     Ok(LookupQuery {
         node_uuid,
         macs,
+        addresses_given,
         invalid_macs,
     })
 }
@@ -176,6 +224,11 @@ mod tests {
 
     fn ok(q: &str) -> LookupQuery {
         check_lookup(Some(q), V62).unwrap()
+    }
+
+    /// The valid MACs as strings.
+    fn macs(l: &LookupQuery) -> Vec<String> {
+        l.macs.iter().map(Mac::to_string).collect()
     }
 
     #[test]
@@ -210,7 +263,7 @@ mod tests {
     fn self_is_dropped() {
         assert_eq!(msg("self=1", V62), INCOMPLETE_LOOKUP);
         assert_eq!(
-            ok("self=1&addresses=52:54:00:00:00:01").macs,
+            macs(&ok("self=1&addresses=52:54:00:00:00:01")),
             vec!["52:54:00:00:00:01"]
         );
     }
@@ -318,18 +371,18 @@ mod tests {
         let l = ok(
             "addresses=52%3A54%3A00%3A00%3A00%3A01%2CZZ%2C+52:54:00:00:00:0A+,,52:54:00:00:00:01",
         );
-        assert_eq!(l.macs, vec!["52:54:00:00:00:01", "52:54:00:00:00:0a"]);
-        assert_eq!(l.invalid_macs, vec!["zz"]);
+        assert_eq!(macs(&l), vec!["52:54:00:00:00:01", "52:54:00:00:00:0a"]);
+        assert_eq!(l.invalid_macs, 1);
         assert_eq!(l.node_uuid, None);
         let l = ok("addresses=%2052:54:00:00:00:01%20");
-        assert_eq!(l.macs, vec!["52:54:00:00:00:01"]);
+        assert_eq!(macs(&l), vec!["52:54:00:00:00:01"]);
     }
 
     #[test]
     fn repeated_addresses_are_kept_as_given() {
         let l = ok("addresses=zz&addresses=52:54:00:00:00:01");
-        assert_eq!(l.macs, vec!["52:54:00:00:00:01"]);
-        assert_eq!(l.invalid_macs, vec!["zz"]);
+        assert_eq!(macs(&l), vec!["52:54:00:00:00:01"]);
+        assert_eq!(l.invalid_macs, 1);
         assert_eq!(
             msg(
                 "addresses=52:54:00:00:00:01,52:54:00:00:00:02&addresses=x",
@@ -342,9 +395,9 @@ mod tests {
             INCOMPLETE_LOOKUP
         );
         let l = ok("addresses=52:54:00:00:00:01%0A&addresses=x");
-        assert_eq!(l.macs, vec!["52:54:00:00:00:01\n"]);
+        assert_eq!(macs(&l), vec!["52:54:00:00:00:01\n"]);
         let l = ok("addresses=AA:BB:CC:DD:EE:FF&addresses=aa:bb:cc:dd:ee:ff");
-        assert_eq!(l.macs, vec!["aa:bb:cc:dd:ee:ff"]);
+        assert_eq!(macs(&l), vec!["aa:bb:cc:dd:ee:ff"]);
     }
 
     #[test]
@@ -352,9 +405,11 @@ mod tests {
         let l = ok(&format!("addresses=52:54:00:00:00:01&node_uuid={U}"));
         assert_eq!(l.node_uuid.as_deref(), Some(U));
         assert_eq!(l.cache_key(), format!("uuid:{U}"));
+        // The addresses are counted, not kept: Ironic never reads them then.
+        assert_eq!((l.macs.len(), l.addresses_given), (0, 1));
         let l = ok(&format!("addresses=meow&node_uuid={U}"));
-        assert_eq!(l.macs, Vec::<String>::new());
-        assert_eq!(l.invalid_macs, vec!["meow"]);
+        assert_eq!(macs(&l), Vec::<String>::new());
+        assert_eq!(l.invalid_macs, 1);
     }
 
     #[test]
