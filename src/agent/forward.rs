@@ -10,6 +10,7 @@ use crate::upstream::governor::{self, Class};
 use crate::upstream::headers::{forwarded_values, is_hop_by_hop};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use std::sync::Arc;
@@ -18,42 +19,74 @@ use tokio::time::Instant;
 
 use super::AgentRequest;
 
-/// The upstream request for the agent's request, carrying `body_len` bytes of body.
-pub fn upstream_request(
-    session: &Session,
-    client: Option<&crate::client_addr::ClientAddr>,
+/// What the upstream request for an agent's request is made of, taken from the session
+/// without copying the caller's input: the path and query and the header values are the
+/// session's own bytes (reference counted). A request waiting for a place in Ironic's budget
+/// holds this, never a second copy of a long query; the request is built once the place is
+/// granted ([`Recipe::build`]).
+pub(crate) struct Recipe {
+    method: http::Method,
+    path_and_query: Option<PathAndQuery>,
+    headers: http::HeaderMap,
+    forwarded_for: Option<String>,
     tls: bool,
-    body_len: usize,
-) -> pingora::Result<RequestHeader> {
-    let src = session.req_header();
-    let pq = src.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = RequestHeader::build(
-        src.method.clone(),
-        pq.as_bytes(),
-        Some(src.headers.len() + 4),
-    )?;
-    for (name, value) in src.headers.iter() {
-        let n = name.as_str();
-        if is_hop_by_hop(n)
-            || n.eq_ignore_ascii_case("content-length")
-            || n.eq_ignore_ascii_case("expect")
-            || n.starts_with("x-forwarded-")
-        {
-            continue;
+}
+
+impl Recipe {
+    pub(crate) fn of(
+        session: &Session,
+        client: Option<&crate::client_addr::ClientAddr>,
+        tls: bool,
+    ) -> Recipe {
+        let src = session.req_header();
+        Recipe {
+            method: src.method.clone(),
+            path_and_query: src.uri.path_and_query().cloned(),
+            headers: src.headers.clone(),
+            forwarded_for: client.map(|c| c.forwarded_for.clone()),
+            tls,
         }
-        req.append_header(name.clone(), value.clone())?;
     }
-    // X-Forwarded-For is the chain the gateway vouches for, not what the client sent.
-    for (name, value) in forwarded_values(&src.headers, None, tls) {
-        req.insert_header(name, value)?;
+
+    /// The upstream request: the agent's, carrying `body_len` bytes of body, with the
+    /// gateway's `X-Forwarded-*` and without hop-by-hop headers.
+    pub(crate) fn build(&self, body_len: usize) -> pingora::Result<RequestHeader> {
+        let src = &self.headers;
+        let mut req = RequestHeader::build(self.method.clone(), b"/", Some(src.len() + 4))?;
+        // The path and query shared, not copied (`set_uri` keeps no raw bytes of its own).
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(
+            self.path_and_query
+                .clone()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri = http::Uri::from_parts(parts).map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "upstream uri", e)
+        })?;
+        req.set_uri(uri);
+        for (name, value) in src.iter() {
+            let n = name.as_str();
+            if is_hop_by_hop(n)
+                || n.eq_ignore_ascii_case("content-length")
+                || n.eq_ignore_ascii_case("expect")
+                || n.starts_with("x-forwarded-")
+            {
+                continue;
+            }
+            req.append_header(name.clone(), value.clone())?;
+        }
+        // X-Forwarded-For is the chain the gateway vouches for, not what the client sent.
+        for (name, value) in forwarded_values(src, None, self.tls) {
+            req.insert_header(name, value)?;
+        }
+        if let Some(chain) = &self.forwarded_for {
+            req.insert_header("X-Forwarded-For", chain.as_str())?;
+        }
+        if body_len > 0 || self.method == http::Method::POST {
+            req.insert_header("Content-Length", body_len.to_string())?;
+        }
+        Ok(req)
     }
-    if let Some(client) = client {
-        req.insert_header("X-Forwarded-For", client.forwarded_for.as_str())?;
-    }
-    if body_len > 0 || src.method == http::Method::POST {
-        req.insert_header("Content-Length", body_len.to_string())?;
-    }
-    Ok(req)
 }
 
 /// An agent request ready to go upstream, owning all it needs: a lookup's trip to Ironic must
@@ -66,7 +99,8 @@ pub struct Prepared {
     /// The request's node as far as it is known (the lookup key, the heartbeat's ident): the
     /// governor's queue holds one place per node and class.
     node: String,
-    req: RequestHeader,
+    /// Built into the request once the governor grants a place.
+    recipe: Recipe,
     body: Bytes,
     /// Not sent if still waiting for the governor by then.
     deadline: Instant,
@@ -82,7 +116,7 @@ pub fn answer_deadline(edge: &Edge, ctx: &RequestCtx) -> Instant {
         + Duration::from_millis(edge.config.upstream.agent_answer_within_ms)
 }
 
-/// Builds the upstream request for the agent's request.
+/// Gets the agent's request ready to go upstream (the request itself is built when it goes).
 pub(crate) fn prepare(
     r: &AgentRequest<'_>,
     session: &Session,
@@ -95,14 +129,12 @@ pub(crate) fn prepare(
         .server_addr()
         .and_then(|a| a.as_inet())
         .is_some_and(|a| r.edge.tls_ports.contains(&a.port()));
-    let req = upstream_request(session, ctx.client.as_ref(), tls, body.len())
-        .map_err(|e| UpstreamError::Exchange(e.to_string()))?;
     Ok(Prepared {
         edge: r.edge.clone(),
         route: ctx.route,
         class,
         node: node.to_string(),
-        req,
+        recipe: Recipe::of(session, ctx.client.as_ref(), tls),
         body: body.clone(),
         deadline: answer_deadline(r.edge, ctx),
     })
@@ -133,8 +165,13 @@ impl Prepared {
                 return Err(UpstreamError::Busy);
             }
         };
+        let req = match self.recipe.build(self.body.len()) {
+            Ok(req) => req,
+            // (Made of a request Pingora parsed: not expected. The place is given back.)
+            Err(e) => return Err(UpstreamError::Exchange(e.to_string())),
+        };
         edge.metrics.upstream_request(self.route);
-        let result = edge.upstream.send(&self.req, &self.body).await;
+        let result = edge.upstream.send(&req, &self.body).await;
         permit.answered(governor::sample_of(&result));
         match &result {
             Ok(resp) => edge.versions.observe_headers(&resp.header.headers),

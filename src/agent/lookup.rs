@@ -71,7 +71,8 @@ pub(crate) async fn handle(
         Err(e) => store_error(r.edge, &e),
     }
     // Nothing of the parsed request is needed past this point: what waits for Ironic holds
-    // the request itself and a key of fixed size, never a copy of the caller's MAC list.
+    // the request itself (shared, not copied: see `forward::Recipe`) and a key of fixed
+    // size, never a copy of the caller's MAC list.
     drop(query);
 
     let trip = match LookupTrip::prepare(r, session, ctx, &key, caller.clone()) {
