@@ -445,6 +445,26 @@ fn lookup_versions_and_routing() {
         v62(format!("addresses=meow&node_uuid={}", n[0].uuid)),
         Forwarded,
     ));
+    // More addresses than any agent sends, with a node_uuid: Ironic is asked with the
+    // node_uuid alone (it never reads the addresses then), and answers the same.
+    let many: Vec<String> = (0..=255u8)
+        .map(unknown_mac)
+        .chain((0..100).map(|i| format!("junk{i}")))
+        .collect();
+    let many = many.join(",");
+    d.run(case(
+        "node_uuid with 357 addresses (no node's, invalid, another node's): node_uuid alone sent",
+        v62(format!("addresses={many},{m20}&node_uuid={}", n[0].uuid)),
+        Forwarded,
+    ));
+    d.run(case(
+        "node_uuid in braces without hyphens and 356 addresses: valid, 404",
+        v62(format!(
+            "node_uuid=%7B{}%7D&addresses={many}",
+            n[0].uuid.replace('-', "")
+        )),
+        Forwarded,
+    ));
     d.run(
         case(
             "an unknown node_uuid with a valid MAC: no fallback, 404, then again from the edge",

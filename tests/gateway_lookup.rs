@@ -631,6 +631,65 @@ fn forwarded_lookup_is_the_agents_request_unchanged() {
     assert!(s.body.is_empty());
 }
 
+/// A lookup by `node_uuid` with more addresses than any agent sends (over 128) reaches Ironic
+/// with its `node_uuid` alone: Ironic never reads the addresses then, so the answer is the
+/// same (the conformance suite compares it with the real Ironic's). Otherwise the agent's
+/// query goes as it is, a long list of MACs alone too.
+#[test]
+fn a_node_uuid_lookup_with_hundreds_of_addresses_reaches_ironic_with_its_node_uuid_alone() {
+    let env = Env::start();
+    let many = |n: usize| {
+        (0..n)
+            .map(|_| ironic::random_mac())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let sent = |target: &str| -> String {
+        env.fake.clear_log();
+        let r = env.send(
+            &Request::get(target)
+                .version("1.62")
+                .header("Accept", "application/json"),
+        );
+        assert_ironic_error(&r, 404, NOT_FOUND, MAX, "1.62");
+        let seen: Vec<Recorded> = env
+            .fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/v1/lookup"))
+            .collect();
+        assert_eq!(seen.len(), 1, "{} lookups reached Ironic", seen.len());
+        assert_eq!(
+            seen[0].header("X-OpenStack-Ironic-API-Version"),
+            Some("1.62")
+        );
+        seen[0].target.clone()
+    };
+    let u = ironic::random_uuid();
+    let target = format!("/v1/lookup?addresses={},zz,%20&node_uuid={u}", many(200));
+    assert_eq!(sent(&target), format!("/v1/lookup?node_uuid={u}"));
+    // Any accepted spelling, as Ironic decodes it; the path as the agent sent it.
+    let u = ironic::random_uuid().replace('-', "");
+    let target = format!("/v1/lookup/?node_uuid=%7B{u}%7D&addresses={}", many(200));
+    assert_eq!(sent(&target), format!("/v1/lookup/?node_uuid=%7B{u}%7D"));
+    let u = ironic::random_uuid();
+    let target = format!("/v1/lookup?node_uuid=urn:uuid:{u}&addresses={}", many(200));
+    assert_eq!(
+        sent(&target),
+        format!("/v1/lookup?node_uuid=urn%3Auuid%3A{u}")
+    );
+    // 128 addresses: as they are.
+    let target = format!(
+        "/v1/lookup?addresses={}&node_uuid={}",
+        many(128),
+        ironic::random_uuid()
+    );
+    assert_eq!(sent(&target), target);
+    // MACs alone: every one decides (one of another node makes it a 404).
+    let target = format!("/v1/lookup?addresses={}", many(300));
+    assert_eq!(sent(&target), target);
+}
+
 #[test]
 fn only_404_is_cached() {
     let env = Env::start();

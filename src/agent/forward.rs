@@ -48,6 +48,15 @@ impl Recipe {
         }
     }
 
+    /// Replaces the query (the path stays): `query` is sent as it is.
+    pub(crate) fn set_query(&mut self, query: &str) -> Result<(), UpstreamError> {
+        let path = self.path_and_query.as_ref().map_or("/", |pq| pq.path());
+        let pq = PathAndQuery::try_from(format!("{path}?{query}"))
+            .map_err(|e| UpstreamError::Exchange(format!("bad query: {e}")))?;
+        self.path_and_query = Some(pq);
+        Ok(())
+    }
+
     /// The upstream request: the agent's, carrying `body_len` bytes of body, with the
     /// gateway's `X-Forwarded-*` and without hop-by-hop headers.
     pub(crate) fn build(&self, body_len: usize) -> pingora::Result<RequestHeader> {
@@ -143,6 +152,11 @@ pub(crate) fn prepare(
 impl Prepared {
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Sends `query` upstream in place of the agent's (see `lookup`'s cap).
+    pub(crate) fn set_query(&mut self, query: &str) -> Result<(), UpstreamError> {
+        self.recipe.set_query(query)
     }
 
     /// Sends the request upstream (through the governor) and returns the answer (not yet

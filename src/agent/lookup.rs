@@ -73,9 +73,11 @@ pub(crate) async fn handle(
     // Nothing of the parsed request is needed past this point: what waits for Ironic holds
     // the request itself (shared, not copied: see `forward::Recipe`) and a key of fixed
     // size, never a copy of the caller's MAC list.
+    let sent_query = capped_query(&query);
     drop(query);
 
-    let trip = match LookupTrip::prepare(r, session, ctx, &key, caller.clone()) {
+    let sent = sent_query.as_deref();
+    let trip = match LookupTrip::prepare(r, session, ctx, &key, sent, caller.clone()) {
         Ok(trip) => trip,
         Err(_) => return Ok(forward::unavailable(r)),
     };
@@ -103,7 +105,7 @@ pub(crate) async fn handle(
         FlightAnswer::AskUpstream => {
             match take_replay(r.edge, r.version, caller.as_deref()).await {
                 Some(replay) => hand_over(r, replay),
-                None => ask_detached(r, &key, caller, session, ctx, until).await,
+                None => ask_detached(r, &key, sent, caller, session, ctx, until).await,
             }
         }
         FlightAnswer::StillRunning => still_at_ironic(r),
@@ -121,15 +123,21 @@ struct LookupTrip {
 }
 
 impl LookupTrip {
+    /// `query`: sent in place of the agent's ([`capped_query`]).
     fn prepare(
         r: &AgentRequest<'_>,
         session: &Session,
         ctx: &RequestCtx,
         key: &str,
+        query: Option<&str>,
         caller: Option<String>,
     ) -> Result<Self, crate::upstream::UpstreamError> {
+        let mut prepared = forward::prepare(r, session, ctx, Class::Mint, key, &Bytes::new())?;
+        if let Some(q) = query {
+            prepared.set_query(q)?;
+        }
         Ok(LookupTrip {
-            prepared: forward::prepare(r, session, ctx, Class::Mint, key, &Bytes::new())?,
+            prepared,
             version: r.version,
             key: key.to_string(),
             caller,
@@ -161,12 +169,13 @@ impl LookupTrip {
 async fn ask_detached(
     r: &AgentRequest<'_>,
     key: &str,
+    query: Option<&str>,
     caller: Option<String>,
     session: &mut Session,
     ctx: &mut RequestCtx,
     until: tokio::time::Instant,
 ) -> pingora::Result<Disposition> {
-    let trip = match LookupTrip::prepare(r, session, ctx, key, caller.clone()) {
+    let trip = match LookupTrip::prepare(r, session, ctx, key, query, caller.clone()) {
         Ok(trip) => trip,
         Err(_) => return Ok(forward::unavailable(r)),
     };
@@ -426,6 +435,39 @@ async fn learn_minted(edge: &Edge, version: ApiVersion, caller: Option<&str>, bo
         store_error(edge, &e);
     }
     keep_for_replay(edge, caller, &uuid, body).await;
+}
+
+/// More addresses than a machine has NICs: no agent sends that many.
+const MAX_SANE_ADDRESSES: usize = 128;
+
+/// The characters of a `node_uuid` sent as they are in the capped query (the rest are
+/// percent-encoded, and webob decodes them back to the same string).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-');
+
+/// The query Ironic is sent in place of the agent's, where a shorter one is sure to get the
+/// same answer: a lookup by `node_uuid` with more addresses than any agent sends goes with
+/// its `node_uuid` alone. Ironic reads the addresses only to log the invalid ones and to
+/// refuse a lookup with neither a valid MAC nor a `node_uuid` (`LookupController.get_all`:
+/// with a `node_uuid`, `Node.get_by_uuid(node_uuid)`, the addresses unread); whether the
+/// query passes its argument checks does not depend on them either (`args.string_list`
+/// takes any string or list), and the edge has already run those checks on the whole
+/// query, in Ironic's order.
+///
+/// A list of MACs alone is sent as it is, however long: its answer depends on every
+/// address (any of them belonging to a second node makes it a 404), and the node index,
+/// which lags Ironic by up to its staleness bound, cannot prove that an address it does
+/// not know is no port (one created since the last round may be another node's).
+fn capped_query(query: &LookupQuery) -> Option<String> {
+    let uuid = query.node_uuid.as_deref()?;
+    if query.addresses_given <= MAX_SANE_ADDRESSES {
+        return None;
+    }
+    log::debug!(
+        "lookup: {} addresses with a node_uuid; Ironic is asked with the node_uuid alone",
+        query.addresses_given
+    );
+    let encoded = percent_encoding::utf8_percent_encode(uuid, QUERY_VALUE);
+    Some(format!("node_uuid={encoded}"))
 }
 
 /// The longest lookup key kept as it is; longer ones (long MAC lists) are replaced by their
