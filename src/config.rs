@@ -189,7 +189,7 @@ impl Default for RedisConfig {
             key_prefix: "ironic-edge:".into(),
             command_timeout_ms: 250,
             connect_timeout_ms: 250,
-            view_entries: 100_000,
+            view_entries: 20_000,
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct RedisStore {
     view_entries: usize,
 }
 
+/// The most fields of an index read the view keeps (the generation marker and up to 8 MACs):
+/// every entry of the view stays under about a kilobyte.
+const MAX_VIEWED_FIELDS: usize = 9;
+
 /// Marks a read as served by the in-process view: Redis tracks the key for this process and
 /// pushes an invalidation when anyone changes it (or it expires, is evicted or flushed); a
 /// reconnect starts an empty view. Only the agent path's hot reads are marked: the index, node
@@ -993,9 +997,15 @@ impl RedisStore {
         pipe.add_command(viewed(
             redis::cmd("GET").arg(self.idx(IDX_SYNCED_AT)).clone(),
         ));
-        pipe.add_command(viewed(
-            redis::cmd("HMGET").arg(self.idx(half)).arg(fields).clone(),
-        ));
+        let read = redis::cmd("HMGET").arg(self.idx(half)).arg(fields).clone();
+        // The view keeps each read whole, command and answer: a lookup with a long address
+        // list is read from Redis each time, so that what the view holds stays small whatever
+        // callers send (an agent has a handful of NICs).
+        pipe.add_command(if fields.len() <= MAX_VIEWED_FIELDS {
+            viewed(read)
+        } else {
+            read
+        });
         let (synced, found): (Option<String>, Vec<Option<String>>) =
             self.run_pipe_viewed(pipe).await?;
         let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
