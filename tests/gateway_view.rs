@@ -1,7 +1,8 @@
-//! The in-process view (issue 10, item 3): what the agent path reads most (the node index,
-//! node records, negative caches) is served from the process's own memory, kept consistent by
-//! Redis (`CLIENT TRACKING`: Redis pushes an invalidation whenever anyone changes a key the
-//! process read). Repeated local answers cost no Redis round trip; a change made elsewhere is
+//! The in-process view (issue 10, item 3): what the agent path reads most (node records,
+//! negative caches, the index's markers) is served from the process's own memory, kept
+//! consistent by Redis (`CLIENT TRACKING`: Redis pushes an invalidation whenever anyone changes
+//! a key the process read). A repeated local answer costs one Redis command (the index entry,
+//! which is never kept: see `src/store/redis.rs`) instead of six; a change made elsewhere is
 //! seen at once. Counted with Redis's own `total_commands_processed`, not timed.
 
 mod common;
@@ -115,11 +116,11 @@ fn redis_commands_per_local_answer(env: &Env, uuid: &str, token: &str, rounds: u
 }
 
 #[test]
-fn repeated_local_answers_need_no_redis_round_trip() {
+fn repeated_local_answers_need_one_redis_read_at_most() {
     let (env, uuid, token) = booted(10_000);
     let per_request = redis_commands_per_local_answer(&env, &uuid, &token, 100);
     assert!(
-        per_request < 0.5,
+        per_request < 1.5,
         "{per_request:.2} Redis commands per local answer"
     );
 }
@@ -129,7 +130,7 @@ fn without_the_view_every_local_answer_asks_redis() {
     let (env, uuid, token) = booted(0);
     let per_request = redis_commands_per_local_answer(&env, &uuid, &token, 100);
     assert!(
-        per_request >= 1.0,
+        per_request >= 3.0,
         "{per_request:.2} Redis commands per local answer"
     );
 }

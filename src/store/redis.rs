@@ -47,14 +47,11 @@ pub struct RedisStore {
     view_entries: usize,
 }
 
-/// The most fields of an index read the view keeps (the generation marker and up to 8 MACs):
-/// every entry of the view stays under about a kilobyte.
-const MAX_VIEWED_FIELDS: usize = 9;
-
 /// Marks a read as served by the in-process view: Redis tracks the key for this process and
 /// pushes an invalidation when anyone changes it (or it expires, is evicted or flushed); a
-/// reconnect starts an empty view. Only the agent path's hot reads are marked: the index, node
-/// records, negative caches.
+/// reconnect starts an empty view. Only reads of one small key each, whose distinct reads per
+/// key are fixed, are marked (node records, negative-cache markers, the index's markers): the
+/// view bounds keys, not the reads kept under one key.
 fn viewed(mut cmd: redis::Cmd) -> redis::Cmd {
     cmd.set_cache_config(redis::CommandCacheConfig::new());
     cmd
@@ -997,15 +994,11 @@ impl RedisStore {
         pipe.add_command(viewed(
             redis::cmd("GET").arg(self.idx(IDX_SYNCED_AT)).clone(),
         ));
-        let read = redis::cmd("HMGET").arg(self.idx(half)).arg(fields).clone();
-        // The view keeps each read whole, command and answer: a lookup with a long address
-        // list is read from Redis each time, so that what the view holds stays small whatever
-        // callers send (an agent has a handful of NICs).
-        pipe.add_command(if fields.len() <= MAX_VIEWED_FIELDS {
-            viewed(read)
-        } else {
-            read
-        });
+        // Never from the view: it keeps every distinct read of a key, command and answer, under
+        // that key until the key changes, and the whole index is two keys: reads of MACs and
+        // idents that callers choose would pile up in it without bound (and each read would
+        // scan them). The markers above are a few fixed reads.
+        pipe.cmd("HMGET").arg(self.idx(half)).arg(fields);
         let (synced, found): (Option<String>, Vec<Option<String>>) =
             self.run_pipe_viewed(pipe).await?;
         let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
