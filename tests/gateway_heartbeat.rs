@@ -31,16 +31,6 @@ fn boot_agent(env: &Env) -> (std::sync::Arc<MiniIronic>, String, String, String)
 }
 
 /// Heartbeats the fake received carrying this token.
-fn forwarded_with_token(env: &Env, token: &str) -> usize {
-    env.fake
-        .requests()
-        .iter()
-        .filter(|r| {
-            r.path.starts_with("/v1/heartbeat/")
-                && r.json_str("agent_token").as_deref() == Some(token)
-        })
-        .count()
-}
 
 #[test]
 fn heartbeat_validation_table_is_answered_locally() {
@@ -331,7 +321,7 @@ fn wrong_token_reaches_ironic_at_most_once_per_interval() {
 
     let r = env.send(&heartbeat(&uuid, CB, &token));
     assert_eq!(r.status, 202, "the right token is forwarded: {}", r.text());
-    assert_eq!(forwarded_with_token(&env, &token), 1);
+    assert_eq!(env.heartbeats_forwarded_with(&token), 1);
 
     let t0 = Instant::now(); // the interval starts with the first wrong token
     for _ in 0..4 {
@@ -339,7 +329,7 @@ fn wrong_token_reaches_ironic_at_most_once_per_interval() {
         assert_ironic_error(&r, 400, INVALID_TOKEN, MAX, "1.68");
     }
     assert_eq!(
-        forwarded_with_token(&env, &wrong),
+        env.heartbeats_forwarded_with(&wrong),
         1,
         "within one interval a wrong token reaches Ironic once, then the edge answers"
     );
@@ -347,7 +337,7 @@ fn wrong_token_reaches_ironic_at_most_once_per_interval() {
     // The right token still goes through.
     let r = env.send(&heartbeat(&uuid, CB, &token));
     assert_eq!(r.status, 202);
-    assert_eq!(forwarded_with_token(&env, &token), 2);
+    assert_eq!(env.heartbeats_forwarded_with(&token), 2);
 
     assert!(
         t0.elapsed() < Duration::from_millis(2800),
@@ -359,7 +349,7 @@ fn wrong_token_reaches_ironic_at_most_once_per_interval() {
         let r = env.send(&heartbeat(&uuid, CB, &wrong));
         assert_ironic_error(&r, 400, INVALID_TOKEN, MAX, "1.68");
     }
-    assert_eq!(forwarded_with_token(&env, &wrong), 2);
+    assert_eq!(env.heartbeats_forwarded_with(&wrong), 2);
 }
 
 #[test]
@@ -373,18 +363,18 @@ fn a_flooded_wrong_token_does_not_starve_a_new_one() {
         let r = env.send(&heartbeat(&uuid, CB, &flooded));
         assert_ironic_error(&r, 400, INVALID_TOKEN, MAX, "1.68");
     }
-    assert_eq!(forwarded_with_token(&env, &flooded), 1);
+    assert_eq!(env.heartbeats_forwarded_with(&flooded), 1);
     // A token minted where the gateway did not see it (another API, an alias path...) gets
     // its own turn while the flood goes on, and Ironic accepts it.
     mini.wipe(&uuid);
     let fresh = mini.mint(&uuid);
     let r = env.send(&heartbeat(&uuid, CB, &fresh));
     assert_eq!(r.status, 202, "the new token reached Ironic: {}", r.text());
-    assert_eq!(forwarded_with_token(&env, &fresh), 1);
+    assert_eq!(env.heartbeats_forwarded_with(&fresh), 1);
     // The flood still gets the edge's answer.
     let r = env.send(&heartbeat(&uuid, CB, &flooded));
     assert_ironic_error(&r, 400, INVALID_TOKEN, MAX, "1.68");
-    assert_eq!(forwarded_with_token(&env, &flooded), 1);
+    assert_eq!(env.heartbeats_forwarded_with(&flooded), 1);
 }
 
 #[test]
@@ -433,7 +423,7 @@ fn a_new_token_from_lookup_starts_a_new_agent_session() {
 
     // New session: another callback_url and the new token are accepted.
     let cb2 = "https://10.0.0.77:9999";
-    let n = forwarded_with_token(&env, &t2);
+    let n = env.heartbeats_forwarded_with(&t2);
     let r = env.send(&heartbeat(&uuid, cb2, &t2));
     assert_eq!(
         r.status,
@@ -441,7 +431,7 @@ fn a_new_token_from_lookup_starts_a_new_agent_session() {
         "the new agent must not be held to the old callback_url: {}",
         r.text()
     );
-    assert_eq!(forwarded_with_token(&env, &t2), n + 1);
+    assert_eq!(env.heartbeats_forwarded_with(&t2), n + 1);
     assert_eq!(mini.node(&uuid).unwrap().agent_url.as_deref(), Some(cb2));
 
     // The old token is now wrong.
@@ -640,18 +630,13 @@ fn coalescing_is_capped_by_the_heartbeat_timeout_ironic_hands_out() {
         .to_string();
     assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
     // Once the index shows the accepted agent_url, a repeat is coalesced at the edge.
-    let coalesced = wait_for(Duration::from_secs(10), || {
-        let before = forwarded_with_token(&env, &token);
-        let r = env.send(&heartbeat(&uuid, CB, &token));
-        (r.status == 202 && forwarded_with_token(&env, &token) == before).then_some(())
-    });
-    assert!(coalesced.is_some(), "repeats are coalesced");
+    env.wait_until_coalesced(&token, || env.send(&heartbeat(&uuid, CB, &token)));
     // Past a third of the heartbeat timeout, the next one reaches Ironic again.
     std::thread::sleep(Duration::from_millis(1300));
-    let before = forwarded_with_token(&env, &token);
+    let before = env.heartbeats_forwarded_with(&token);
     assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
     assert_eq!(
-        forwarded_with_token(&env, &token),
+        env.heartbeats_forwarded_with(&token),
         before + 1,
         "the window is 1 s, not the configured 60 s"
     );

@@ -30,14 +30,6 @@ fn local(env: &Env, route: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn forwarded_with_token(env: &Env, token: &str) -> usize {
-    env.fake
-        .requests()
-        .iter()
-        .filter(|r| r.path.starts_with("/v1/heartbeat/") && r.text().contains(token))
-        .count()
-}
-
 /// A gateway with the node index on, one node whose agent booted through it and whose
 /// repeated heartbeat is coalesced at the edge: (env, node uuid, token).
 fn booted(view_entries: usize) -> (Env, String, String) {
@@ -59,12 +51,7 @@ fn booted(view_entries: usize) -> (Env, String, String) {
         .unwrap()
         .to_string();
     assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
-    let coalesced = wait_for(Duration::from_secs(10), || {
-        let before = forwarded_with_token(&env, &token);
-        let r = env.send(&heartbeat(&uuid, CB, &token));
-        (r.status == 202 && forwarded_with_token(&env, &token) == before).then_some(())
-    });
-    assert!(coalesced.is_some(), "repeats are coalesced");
+    env.wait_until_coalesced(&token, || env.send(&heartbeat(&uuid, CB, &token)));
     (env, uuid, token)
 }
 
@@ -145,10 +132,10 @@ fn a_change_made_elsewhere_is_seen_at_once() {
     // Redis pushes the invalidation as it runs the DEL; the gateway drops the entry when its
     // connection reads the push (well under a millisecond; room for a loaded machine).
     std::thread::sleep(Duration::from_millis(100));
-    let before = forwarded_with_token(&env, &token);
+    let before = env.heartbeats_forwarded_with(&token);
     assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
     assert_eq!(
-        forwarded_with_token(&env, &token),
+        env.heartbeats_forwarded_with(&token),
         before + 1,
         "no longer coalesced from a record Redis no longer holds"
     );
@@ -193,15 +180,8 @@ fn a_mint_on_one_gateway_is_honoured_by_the_other_at_once() {
         .unwrap()
         .to_string();
     assert_eq!(send_b(&heartbeat(&uuid, CB, &t1)).status, 202);
-    let coalesced = wait_for(Duration::from_secs(10), || {
-        let before = forwarded_with_token(&a, &t1);
-        let r = send_b(&heartbeat(&uuid, CB, &t1));
-        (r.status == 202 && forwarded_with_token(&a, &t1) == before).then_some(())
-    });
-    assert!(
-        coalesced.is_some(),
-        "B coalesces the first session's heartbeats"
-    );
+    // (counted at the fake Ironic both gateways share)
+    a.wait_until_coalesced(&t1, || send_b(&heartbeat(&uuid, CB, &t1)));
 
     // The agent reboots: Ironic wipes the token; the new lookup mints through A.
     mini.wipe(&uuid);

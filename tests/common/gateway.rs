@@ -461,6 +461,33 @@ impl Env {
 
     /// Waits until the node index is complete and fresh: a never-seen MAC (so not in the
     /// negative cache) is answered at the edge.
+    /// Heartbeats that reached the fake Ironic carrying this agent token.
+    pub fn heartbeats_forwarded_with(&self, token: &str) -> usize {
+        self.fake
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.path.starts_with("/v1/heartbeat/")
+                    && r.json_str("agent_token").as_deref() == Some(token)
+            })
+            .count()
+    }
+
+    /// Repeats a verified heartbeat (`send`, carrying `token`) until the gateway accepts it at
+    /// the edge without asking Ironic; panics after 10 s.
+    pub fn wait_until_coalesced(&self, token: &str, send: impl Fn() -> Response) {
+        let coalesced = super::wait_for(Duration::from_secs(10), || {
+            let before = self.heartbeats_forwarded_with(token);
+            let r = send();
+            (r.status == 202 && self.heartbeats_forwarded_with(token) == before).then_some(())
+        });
+        assert!(
+            coalesced.is_some(),
+            "repeats are coalesced:\n{}",
+            self.gw.logs()
+        );
+    }
+
     pub fn wait_for_index(&self) {
         let local = || {
             self.gw
