@@ -59,6 +59,12 @@ pub struct Listener {
     pub address: String,
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// The source blocks this listener serves (empty: every source not denied).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// The source blocks it never serves (checked first).
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -375,6 +381,8 @@ impl Default for EdgeConfig {
             listeners: vec![Listener {
                 address: "127.0.0.1:6380".into(),
                 tls: None,
+                allow: Vec::new(),
+                deny: Vec::new(),
             }],
             ops_address: "127.0.0.1:9380".into(),
             route_policy: RoutePolicy::All,
@@ -438,6 +446,7 @@ impl EdgeConfig {
         for (i, l) in self.listeners.iter().enumerate() {
             let field = format!("ironic_edge.listeners[{i}].address");
             parse_socket_addr(&l.address).map_err(|r| ConfigError::new(&field, r))?;
+            crate::source_policy::SourcePolicy::parse(i, &l.allow, &l.deny)?;
             if let Some(tls) = &l.tls {
                 for (name, p) in [("cert", &tls.cert), ("key", &tls.key)] {
                     if !p.is_file() {
@@ -757,7 +766,7 @@ fn positive(field: &str, value: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| format!("{s:?} is not an IP:port address"))
 }

@@ -36,14 +36,17 @@ pub enum Outcome {
     /// The edge's own 503: Ironic could not be asked (unreachable, or no place in its budget
     /// in time) or did not answer in time.
     Unavailable = 3,
+    /// Refused: the source is not one its listener serves (`listeners[].allow`/`deny`).
+    RefusedSource = 4,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Local,
         Outcome::Forwarded,
         Outcome::Denied,
         Outcome::Unavailable,
+        Outcome::RefusedSource,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -51,13 +54,14 @@ impl Outcome {
             Outcome::Forwarded => "forwarded",
             Outcome::Denied => "denied",
             Outcome::Unavailable => "unavailable",
+            Outcome::RefusedSource => "refused_source",
         }
     }
 }
 
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; 4]; 3],
+    requests: [[AtomicU64; Outcome::ALL.len()]; 3],
     upstream_requests: [AtomicU64; 3],
     upstream_errors: [AtomicU64; 3],
     store_errors: AtomicU64,

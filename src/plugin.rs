@@ -51,6 +51,7 @@ pub(crate) fn build_plugins(
     edge: &Arc<Edge>,
 ) -> Result<Vec<Box<dyn Plugin>>, crate::config::ConfigError> {
     Ok(vec![
+        Box::new(crate::source_policy::SourcePolicyPlugin::new(edge.clone())?),
         Box::new(crate::route_policy::RoutePolicyPlugin::new(edge.clone())?),
         Box::new(crate::agent::AgentPlugin::new(edge.clone())?),
     ])

@@ -98,6 +98,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         let req = session.req_header();
+        ctx.route = crate::agent::route_of(&req.method, req.uri.path());
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())

@@ -142,6 +142,26 @@ fn bad_configs_exit_1_naming_the_field() {
             }),
         ),
         (
+            "ironic_edge.listeners[0].allow[1]",
+            Box::new(|c| {
+                let listen = c.listen.to_string();
+                c.set(
+                    "ironic_edge.listeners",
+                    serde_json::json!([{"address": listen, "allow": ["10.0.0.0/8", "10.1.0.0/33"]}]),
+                );
+            }),
+        ),
+        (
+            "ironic_edge.listeners[0].deny[0]",
+            Box::new(|c| {
+                let listen = c.listen.to_string();
+                c.set(
+                    "ironic_edge.listeners",
+                    serde_json::json!([{"address": listen, "deny": ["provisioning-net"]}]),
+                );
+            }),
+        ),
+        (
             "ironic_edge.trusted_proxies[1]",
             Box::new(|c| {
                 c.set(

@@ -51,6 +51,20 @@ pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
     }
 }
 
+/// The route a request is counted under (metrics, access log), decided once before any
+/// plugin runs: every GET that may reach the lookup controller is a lookup, a heartbeat is
+/// one by [`classify`], the rest is other API traffic.
+pub(crate) fn route_of(method: &http::Method, path: &str) -> Route {
+    if method == http::Method::GET && may_route_to_lookup(path) {
+        return Route::Lookup;
+    }
+    match classify(method.as_str(), path) {
+        Some(AgentRoute::Heartbeat { .. }) => Route::Heartbeat,
+        Some(AgentRoute::Lookup) => Route::Lookup,
+        None => Route::Other,
+    }
+}
+
 /// Whether a request may reach Ironic's lookup controller, whatever the spelling of its path
 /// (such a request never leaves with a raw stored token below 1.62, see [`AgentPlugin`]).
 ///
@@ -210,7 +224,6 @@ impl Plugin for AgentPlugin {
         // only through pecan's `_method`, which Ironic then refuses as an unexpected argument
         // (400): those are proxied.
         if req.method == http::Method::GET && may_route_to_lookup(path) {
-            ctx.route = Route::Lookup;
             let exact = classify("GET", path) == Some(AgentRoute::Lookup);
             if !(exact && edge_may_answer) {
                 return self.forward_guarded_lookup(session, ctx).await;
@@ -227,10 +240,6 @@ impl Plugin for AgentPlugin {
         }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
             return Ok(Disposition::Continue);
-        };
-        ctx.route = match route {
-            AgentRoute::Lookup => Route::Lookup,
-            AgentRoute::Heartbeat { .. } => Route::Heartbeat,
         };
         // Without the upstream's range the gateway cannot negotiate as Ironic would.
         let Some(info) = self.edge.versions.get() else {
