@@ -39,8 +39,12 @@ def write_conf(src, out, run, listen, ops, upstream, redis, prefix, by, threads=
     e['redis']['password'] = ''
     e['redis']['key_prefix'] = prefix
     # Every simulated agent and load client connects from the same loopback address: the
-    # per-source connection cap, sized for one machine per address, would cut the bench.
-    e.setdefault('limits', {})['max_connections_per_source'] = 0
+    # per-source connection cap and request limits, sized for one machine per address, would
+    # cut the bench.
+    limits = e.setdefault('limits', {})
+    limits['max_connections_per_source'] = 0
+    limits['per_source_requests_per_second'] = 0
+    limits['per_source_in_flight'] = 0
     if seal_key:
         # The relay (verified heartbeats kept through an outage) and the replay of lost
         # lookup answers need it: on, as an operator would run the gateway.

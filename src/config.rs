@@ -338,6 +338,12 @@ pub struct LimitsConfig {
     /// Open connections from one source address (an IPv6 source counts by its /64);
     /// the next is closed before any HTTP is read. Trusted proxies are exempt. 0: no cap.
     pub max_connections_per_source: usize,
+    /// Agent requests (lookups, heartbeats) per second from one source (IPv6: its /64). Over
+    /// it, lookups and unverified heartbeats get Ironic's error shape with 429; a verified
+    /// heartbeat is still accepted (and kept for the relay). 0: no limit.
+    pub per_source_requests_per_second: u32,
+    /// Agent requests in flight from one source at once; over it, as above. 0: no limit.
+    pub per_source_in_flight: u32,
 }
 
 impl Default for LimitsConfig {
@@ -347,6 +353,10 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             agent_body_min_bytes_per_second: 32 * 1024,
             max_connections_per_source: 256,
+            // IPA sends about one request per 5 s at most (a lookup every 1-60 s, a heartbeat
+            // every 5-180 s, two `GET /` per boot): 20 a second is a wide margin.
+            per_source_requests_per_second: 20,
+            per_source_in_flight: 8,
         }
     }
 }

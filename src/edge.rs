@@ -33,6 +33,8 @@ pub struct Edge {
     pub(crate) heartbeat_timeout_s: std::sync::atomic::AtomicU64,
     /// The one budget for everything sent to Ironic ([`crate::upstream::governor`]).
     pub(crate) governor: Arc<crate::upstream::governor::Governor>,
+    /// Agent requests per source (`limits.per_source_*`).
+    pub(crate) source_limits: crate::source_limits::SourceLimits,
 }
 
 /// A fresh Ironic-style request id, `req-<uuid4>`.

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod relay;
 pub mod route_policy;
 pub mod server;
+pub(crate) mod source_limits;
 pub(crate) mod source_policy;
 pub mod store;
 pub mod sync;

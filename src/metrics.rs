@@ -38,15 +38,19 @@ pub enum Outcome {
     Unavailable = 3,
     /// Refused: the source is not one its listener serves (`listeners[].allow`/`deny`).
     RefusedSource = 4,
+    /// The source was over a per-source limit (`limits.per_source_*`): Ironic's error shape
+    /// with 429, or a verified heartbeat accepted at the edge.
+    OverLimit = 5,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Local,
         Outcome::Forwarded,
         Outcome::Denied,
         Outcome::Unavailable,
         Outcome::RefusedSource,
+        Outcome::OverLimit,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -55,6 +59,7 @@ impl Outcome {
             Outcome::Denied => "denied",
             Outcome::Unavailable => "unavailable",
             Outcome::RefusedSource => "refused_source",
+            Outcome::OverLimit => "over_limit",
         }
     }
 }
@@ -306,7 +311,10 @@ mod tests {
         assert!(text.contains("ironic_edge_upstream_requests_total{route=\"heartbeat\"} 1\n"));
         assert!(text
             .contains("# TYPE ironic_edge_heartbeats_kept gauge\nironic_edge_heartbeats_kept 4\n"));
-        // 3 routes x 3 outcomes, and nothing else labelled.
-        assert_eq!(text.matches("ironic_edge_requests_total{").count(), 12);
+        // 3 routes x every outcome, and nothing else labelled.
+        assert_eq!(
+            text.matches("ironic_edge_requests_total{").count(),
+            3 * Outcome::ALL.len()
+        );
     }
 }

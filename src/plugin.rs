@@ -20,6 +20,8 @@ pub struct RequestCtx {
     /// Who sent the request (see `client_addr`), computed once in `early_request_filter`;
     /// `None` only for a peer without an IP address.
     pub client: Option<crate::client_addr::ClientAddr>,
+    /// An agent request's place among its source's (`source_limits`), held until it ends.
+    pub(crate) source: Option<crate::source_limits::Admitted>,
 }
 
 impl Default for RequestCtx {
@@ -30,6 +32,7 @@ impl Default for RequestCtx {
             answered: None,
             status: None,
             client: None,
+            source: None,
         }
     }
 }

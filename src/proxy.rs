@@ -110,7 +110,11 @@ impl ProxyHttp for EdgeProxy {
                 .get_all("x-forwarded-for")
                 .iter()
                 .map(|v| v.to_str().unwrap_or(""));
-            ctx.client = Some(crate::client_addr::resolve(peer, forwarded, &self.trusted));
+            let client = crate::client_addr::resolve(peer, forwarded, &self.trusted);
+            if ctx.route != crate::metrics::Route::Other {
+                ctx.source = Some(self.edge.source_limits.admit(client.ip));
+            }
+            ctx.client = Some(client);
         }
         if let Some(clock) = clock_of(session) {
             let agent = crate::agent::classify(req.method.as_str(), req.uri.path()).is_some();

@@ -92,6 +92,10 @@ fn build_edge(
             },
             edge_conf.upstream.max_agent_requests_queued,
         )),
+        source_limits: crate::source_limits::SourceLimits::new(crate::source_limits::Limits {
+            per_second: edge_conf.limits.per_source_requests_per_second,
+            in_flight: edge_conf.limits.per_source_in_flight,
+        }),
     });
     Ok((edge, events_rx))
 }

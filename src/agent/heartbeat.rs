@@ -287,6 +287,9 @@ pub(crate) async fn handle(
                 };
                 return Ok(r.answer_error(&e));
             }
+            if super::over_source_limit(ctx) {
+                return Ok(r.answer_over_limit(false));
+            }
             let class = Class::First;
             return forward_and_learn(r, ident, None, None, false, class, session, ctx, body).await;
         }
@@ -295,6 +298,9 @@ pub(crate) async fn handle(
     let facts = node_facts(r, ident).await;
     if facts.missing {
         return Ok(r.answer_error(&node_not_found(ident)));
+    }
+    if super::over_source_limit(ctx) {
+        return Ok(over_limit(r, ident, &checked, facts.record.as_ref(), session, body).await);
     }
     let record = facts.record.clone();
     match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
@@ -456,6 +462,26 @@ async fn forward_and_learn(
     }
     let body = resp.body.clone();
     Ok(forward::relay(&resp, &body))
+}
+
+/// A heartbeat from a source over its limits: accepted if verified (and kept for the relay,
+/// so that Ironic still gets the node's latest), Ironic's error shape with 429 otherwise.
+async fn over_limit(
+    r: &AgentRequest<'_>,
+    ident: &str,
+    checked: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    session: &Session,
+    body: &Bytes,
+) -> Disposition {
+    let verified = is_verified(Some(checked), record);
+    if verified && r.edge.config.heartbeat.relay_when_upstream_fails {
+        let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
+        if !crate::relay::defer(r.edge, ident, &pending).await {
+            log::debug!("heartbeat for {ident}: over its source's limits, not kept");
+        }
+    }
+    r.answer_over_limit(verified)
 }
 
 /// Sends a verified heartbeat and waits for Ironic until the agent's deadline. Past it

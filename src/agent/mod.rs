@@ -146,6 +146,27 @@ impl AgentRequest<'_> {
     pub(crate) fn answer_local(&self, a: LocalAnswer) -> Disposition {
         Disposition::local(a, Some(self.info.clone()), Some(self.version))
     }
+
+    /// The answer to a source over its limits (`source_limits`): a verified heartbeat is
+    /// accepted as any other, anything else gets Ironic's error shape with 429.
+    pub(crate) fn answer_over_limit(&self, accepted: bool) -> Disposition {
+        let answer = if accepted {
+            LocalAnswer::accepted()
+        } else {
+            LocalAnswer::error(&crate::ironic::error::too_many_requests())
+        };
+        Disposition::counted(
+            answer,
+            Some(self.info.clone()),
+            Some(self.version),
+            crate::metrics::Outcome::OverLimit,
+        )
+    }
+}
+
+/// Whether the request's source is over its limits ([`crate::source_limits`]).
+pub(crate) fn over_source_limit(ctx: &RequestCtx) -> bool {
+    ctx.source.as_ref().is_some_and(|s| s.over)
 }
 
 pub struct AgentPlugin {
@@ -205,6 +226,35 @@ impl AgentPlugin {
     }
 }
 
+impl AgentPlugin {
+    /// Ironic's error shape with 429, at the request's version when the range is known.
+    fn refuse_over_limit(&self, session: &Session) -> Disposition {
+        let e = crate::ironic::error::too_many_requests();
+        match self.edge.versions.get() {
+            Some(info) => match version::negotiate(&session.req_header().headers, &info.range) {
+                Ok(version) => AgentRequest {
+                    edge: &self.edge,
+                    info,
+                    version,
+                }
+                .answer_over_limit(false),
+                Err(_) => Disposition::counted(
+                    LocalAnswer::error(&e),
+                    Some(info),
+                    None,
+                    crate::metrics::Outcome::OverLimit,
+                ),
+            },
+            None => Disposition::counted(
+                LocalAnswer::error(&e),
+                None,
+                None,
+                crate::metrics::Outcome::OverLimit,
+            ),
+        }
+    }
+}
+
 #[async_trait]
 impl Plugin for AgentPlugin {
     async fn handle(
@@ -217,6 +267,16 @@ impl Plugin for AgentPlugin {
         // (`crate::ironic::accept`): a value only Ironic answers is forwarded.
         let edge_may_answer = accept::negotiate_headers(&req.headers).edge_may_answer();
         let path = req.uri.path();
+        // A source over its limits: no lookup, and no heartbeat the gateway cannot verify, goes
+        // on (a verified heartbeat is still accepted: `heartbeat::handle`).
+        if over_source_limit(ctx) {
+            let verifiable = ctx.route == Route::Heartbeat
+                && edge_may_answer
+                && self.edge.versions.get().is_some();
+            if !verifiable {
+                return Ok(self.refuse_over_limit(session));
+            }
+        }
         // One rule for every lookup answer that leaves the gateway: a GET that may reach the
         // lookup controller is answered by `lookup::handle` (its exact form, an `Accept` the
         // edge answers, a known version range) or forwarded with the token guard; no other
@@ -258,6 +318,9 @@ impl Plugin for AgentPlugin {
                         return Ok(answer_unversioned(&info, &e));
                     }
                     // Larger than the gateway reads and not JSON: Ironic has no limit there.
+                    heartbeat::BodyRead::TooLargeToCheck if over_source_limit(ctx) => {
+                        return Ok(self.refuse_over_limit(session));
+                    }
                     heartbeat::BodyRead::TooLargeToCheck => return Ok(Disposition::Continue),
                 }
             }

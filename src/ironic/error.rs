@@ -153,6 +153,15 @@ pub fn upstream_unavailable() -> IronicError {
     IronicError::fault(503, "Resource temporarily unavailable, please retry.")
 }
 
+/// 429 for a source over the edge's per-source limits (Ironic has no such limit; the shape is
+/// its controller error's).
+pub fn too_many_requests() -> IronicError {
+    IronicError::fault(
+        429,
+        "Too many requests from this source, please retry later.",
+    )
+}
+
 /// 403 `Access was denied to the following resource: <what>`.
 pub fn access_denied(what: &str) -> IronicError {
     IronicError::fault(

@@ -80,6 +80,9 @@ impl GatewayConfig {
             .set("ironic_edge.heartbeat.not_found_ttl_seconds", 1)
             .set("ironic_edge.heartbeat.max_body_bytes", 1048576)
             .set("ironic_edge.node_ttl_seconds", 600)
+            // Every test client is 127.0.0.1: the per-source request limits are tested apart.
+            .set("ironic_edge.limits.per_source_requests_per_second", 0)
+            .set("ironic_edge.limits.per_source_in_flight", 0)
             // The fake Ironic has no node listings: tests of the sync turn it on themselves.
             .set("ironic_edge.sync.enabled", false);
         c
