@@ -2,6 +2,7 @@
 //! [`EdgeStore`] trait. [`redis::RedisStore`] is the real implementation; every call it makes
 //! has a deadline, and the callers treat any [`StoreError`] as "nothing known" and forward.
 
+pub(crate) mod keys;
 pub mod memory;
 pub mod redis;
 pub mod seal;

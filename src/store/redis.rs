@@ -5,27 +5,12 @@
 //! its driver). Reconnects are few and short, and every call has a hard deadline on top, so a
 //! down or frozen Redis costs a request at most `command_timeout_ms` before it is forwarded.
 //!
-//! Keys (all under `key_prefix`; lookup keys are hashed so that MAC lists never appear):
-//! - `lookup:nf:<sha256(key)>`: an upstream 404 for that lookup, with a short TTL
-//! - `lookup:flight:<sha256(key)>` / `lookup:result:<sha256(key)>`: single flight
-//! - `node:<uuid>`: hash {`token` (salted hash), `agent_url`, `node` (masked node data)}
-//! - `hb:nf:<ident>`: heartbeat 404 cache; `hb:mismatch:<ident>:<token tag>` and the count
-//!   `hb:mismatch:<ident>`: forward slots for heartbeats whose token cannot be verified
-//! - hashes `idx:v2:nodes` (uuid → JSON, and `name:<name>` → uuid) and `idx:v2:macs` (MAC → uuid), each with the field
-//!   `@gen` (the generation it belongs to; `@building` while a full round rebuilds it),
-//!   `idx:v2:synced_at` (`<Unix ms> <generation>`), `idx:sync_marks`: the node index the sync
-//!   service keeps. The index is used only while the three agree: a half that Redis lost (a
-//!   flush, a restart without persistence, an eviction) takes its marker with it
-//! - `lease:<name>`: leases (one syncing process at a time)
-//! - `pending:hb:<uuid>` (sealed), set `pending:hb` (takeable), hash `pending:hb-claims`
-//!   (uuid → claim), zset `pending:hb-claimed` (uuid → claim expiry), `pending:hb-claim:<claim>`
-//!   (uuid): heartbeats waiting for Ironic, each taken by a claim and deleted only once relayed
-//! - `lookup:minted:<sha256(key, caller)>` (`<uuid>\n<sealed>`), `…:claim`: a minted answer
-//!   kept for one replay, deleted only once delivered
+//! Key names: [`super::keys`].
 //!
 //! Every write is safe if it runs late, after its caller gave up on it (a frozen Redis runs
 //! what it had received when it thaws): nothing is deleted on a take, only claimed.
 
+use super::keys::Keys;
 use super::{
     EdgeStore, FlightResult, FlightState, IndexUpdate, IndexedNode, KeptMinted, NodeRecord,
     StoreError, StoreResult,
@@ -34,13 +19,12 @@ use crate::config::EdgeConfig;
 use async_trait::async_trait;
 use once_cell::sync::OnceCell;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 pub struct RedisStore {
     client: redis::Client,
     manager: OnceCell<ConnectionManager>,
-    prefix: String,
+    keys: Keys,
     timeout: Duration,
     connect_timeout: Duration,
     /// Entries of the in-process view (0: off).
@@ -65,7 +49,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             manager: OnceCell::new(),
-            prefix: cfg.redis.key_prefix.clone(),
+            keys: Keys::new(&cfg.redis.key_prefix),
             timeout: cfg.redis_command_timeout(),
             connect_timeout: Duration::from_millis(cfg.redis.connect_timeout_ms),
             view_entries: cfg.redis.view_entries,
@@ -178,14 +162,6 @@ impl RedisStore {
             }
         }
     }
-
-    fn lookup_key(&self, kind: &str, key: &str) -> String {
-        format!("{}{}", self.prefix, lookup_key_name(kind, key))
-    }
-
-    fn node_key(&self, uuid: &str) -> String {
-        format!("{}node:{uuid}", self.prefix)
-    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -196,20 +172,22 @@ fn millis(d: Duration) -> u64 {
 impl EdgeStore for RedisStore {
     async fn lookup_not_found(&self, key: &str) -> StoreResult<bool> {
         self.run_viewed(viewed(
-            redis::cmd("EXISTS").arg(self.lookup_key("nf", key)).clone(),
+            redis::cmd("EXISTS")
+                .arg(self.keys.lookup_not_found(key))
+                .clone(),
         ))
         .await
     }
 
     async fn remember_lookup_not_found(&self, key: &str, ttl: Duration) -> StoreResult<()> {
-        self.set_marker(self.lookup_key("nf", key), ttl).await
+        self.set_marker(self.keys.lookup_not_found(key), ttl).await
     }
 
     async fn begin_flight(&self, key: &str, owner: &str, ttl: Duration) -> StoreResult<bool> {
         let reply: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(self.lookup_key("flight", key))
+                    .arg(self.keys.flight(key))
                     .arg(owner)
                     .arg("NX")
                     .arg("PX")
@@ -223,9 +201,9 @@ impl EdgeStore for RedisStore {
     async fn flight_state(&self, key: &str) -> StoreResult<FlightState> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
-            .arg(self.lookup_key("result", key))
+            .arg(self.keys.flight_result(key))
             .cmd("EXISTS")
-            .arg(self.lookup_key("flight", key));
+            .arg(self.keys.flight(key));
         let (result, running): (Option<String>, bool) = self.run_pipe(pipe).await?;
         if let Some(text) = result {
             return Ok(FlightState::Done(decode_result(&text)));
@@ -254,8 +232,8 @@ impl EdgeStore for RedisStore {
         let mut conn = self.manager()?;
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.lookup_key("flight", key))
-            .key(self.lookup_key("result", key))
+            .key(self.keys.flight(key))
+            .key(self.keys.flight_result(key))
             .arg(owner)
             .arg(encode_result(result))
             .arg(millis(ttl));
@@ -268,7 +246,7 @@ impl EdgeStore for RedisStore {
         let fields: Vec<Option<String>> = self
             .run_viewed(viewed(
                 redis::cmd("HMGET")
-                    .arg(self.node_key(uuid))
+                    .arg(self.keys.node(uuid))
                     .arg("token")
                     .arg("agent_url")
                     .arg("hb_fp")
@@ -305,7 +283,7 @@ impl EdgeStore for RedisStore {
         self.settled(async {
             self.run(
                 redis::cmd("HSET")
-                    .arg(self.node_key(uuid))
+                    .arg(self.keys.node(uuid))
                     .arg("hb_fp")
                     .arg(fingerprint)
                     .arg("hb_at")
@@ -325,7 +303,7 @@ impl EdgeStore for RedisStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         self.settled(async {
-            let key = self.node_key(uuid);
+            let key = self.keys.node(uuid);
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("HSET")
@@ -361,7 +339,7 @@ impl EdgeStore for RedisStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         self.settled(async {
-            let key = self.node_key(uuid);
+            let key = self.keys.node(uuid);
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("HSET")
@@ -384,7 +362,7 @@ impl EdgeStore for RedisStore {
 
     async fn record_node_action(&self, uuid: &str, at_ms: u64, ttl: Duration) -> StoreResult<()> {
         self.settled(async {
-        let key = self.node_key(uuid);
+        let key = self.keys.node(uuid);
         let mut pipe = redis::pipe();
         // The latest action wins: a late write of an older one must not shorten the unsettled
         // time of a newer one (`reset_at` only grows).
@@ -410,7 +388,7 @@ impl EdgeStore for RedisStore {
         self.settled(async {
             self.run(
                 redis::cmd("HDEL")
-                    .arg(self.node_key(uuid))
+                    .arg(self.keys.node(uuid))
                     .arg("token")
                     .arg("token_at")
                     .arg("agent_url")
@@ -441,8 +419,8 @@ impl EdgeStore for RedisStore {
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{}hb:mismatch:{ident}:{token_tag}", self.prefix))
-            .key(format!("{}hb:mismatch:{ident}", self.prefix))
+            .key(self.keys.mismatch_slot(ident, token_tag))
+            .key(self.keys.mismatch_count(ident))
             .arg(millis(interval))
             .arg(per_node);
         let claimed: i64 = self.run_script(invocation).await?;
@@ -452,14 +430,14 @@ impl EdgeStore for RedisStore {
     async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
         self.run_viewed(viewed(
             redis::cmd("EXISTS")
-                .arg(format!("{}hb:nf:{ident}", self.prefix))
+                .arg(self.keys.heartbeat_not_found(ident))
                 .clone(),
         ))
         .await
     }
 
     async fn remember_heartbeat_not_found(&self, ident: &str, ttl: Duration) -> StoreResult<()> {
-        self.set_marker(format!("{}hb:nf:{ident}", self.prefix), ttl)
+        self.set_marker(self.keys.heartbeat_not_found(ident), ttl)
             .await
     }
 
@@ -467,7 +445,7 @@ impl EdgeStore for RedisStore {
         self.settled(async {
             self.run(
                 redis::cmd("DEL")
-                    .arg(format!("{}hb:nf:{ident}", self.prefix))
+                    .arg(self.keys.heartbeat_not_found(ident))
                     .clone(),
             )
             .await
@@ -483,7 +461,7 @@ impl EdgeStore for RedisStore {
         ttl: Duration,
     ) -> StoreResult<()> {
         self.settled(async {
-            let key = self.lookup_key("minted", replay_key);
+            let key = self.keys.minted(replay_key);
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("SET")
@@ -493,10 +471,10 @@ impl EdgeStore for RedisStore {
                 .arg(ttl.as_secs().max(1))
                 .ignore()
                 .cmd("DEL")
-                .arg(format!("{key}:claim"))
+                .arg(Keys::minted_claim(&key))
                 .ignore()
                 .cmd("HSET")
-                .arg(self.node_key(uuid))
+                .arg(self.keys.node(uuid))
                 .arg("minted")
                 .arg(&key)
                 .ignore();
@@ -520,12 +498,12 @@ impl EdgeStore for RedisStore {
               if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return v end
               return nil",
         );
-        let key = self.lookup_key("minted", replay_key);
+        let key = self.keys.minted(replay_key);
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&key)
-            .key(format!("{key}:claim"))
-            .key(format!("{key}:released:{claim}"))
+            .key(Keys::minted_claim(&key))
+            .key(Keys::minted_released(&key, claim))
             .arg(claim)
             .arg(millis(claim_ttl));
         let value: Option<Vec<u8>> = self.run_script(invocation).await?;
@@ -539,9 +517,12 @@ impl EdgeStore for RedisStore {
               end
               return 1",
         );
-        let key = self.lookup_key("minted", replay_key);
+        let key = self.keys.minted(replay_key);
         let mut invocation = script.prepare_invoke();
-        invocation.key(&key).key(format!("{key}:claim")).arg(claim);
+        invocation
+            .key(&key)
+            .key(Keys::minted_claim(&key))
+            .arg(claim);
         let _: i64 = self.run_script(invocation).await?;
         Ok(())
     }
@@ -559,11 +540,11 @@ impl EdgeStore for RedisStore {
               redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
               return 1",
         );
-        let key = self.lookup_key("minted", replay_key);
+        let key = self.keys.minted(replay_key);
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{key}:claim"))
-            .key(format!("{key}:released:{claim}"))
+            .key(Keys::minted_claim(&key))
+            .key(Keys::minted_released(&key, claim))
             .arg(claim)
             .arg(millis(claim_ttl));
         let _: i64 = self.run_script(invocation).await?;
@@ -581,7 +562,7 @@ impl EdgeStore for RedisStore {
               return 1",
             );
             let mut invocation = script.prepare_invoke();
-            invocation.key(self.node_key(uuid));
+            invocation.key(self.keys.node(uuid));
             let _: i64 = self.run_script(invocation).await?;
             Ok(())
         })
@@ -597,13 +578,13 @@ impl EdgeStore for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(self.pending(uuid))
+            .arg(self.keys.pending(uuid))
             .arg(sealed)
             .arg("EX")
             .arg(ttl.as_secs().max(1))
             .ignore()
             .cmd("SADD")
-            .arg(self.pending_set(""))
+            .arg(self.keys.pending_takeable())
             .arg(uuid)
             .ignore();
         self.run_pipe(pipe).await
@@ -697,9 +678,9 @@ impl EdgeStore for RedisStore {
     async fn pending_heartbeats(&self) -> StoreResult<u64> {
         let mut pipe = redis::pipe();
         pipe.cmd("SCARD")
-            .arg(self.pending_set(""))
+            .arg(self.keys.pending_takeable())
             .cmd("ZCARD")
-            .arg(self.pending_set("-claimed"));
+            .arg(self.keys.pending_claimed());
         let (takeable, claimed): (u64, u64) = self.run_pipe(pipe).await?;
         Ok(takeable + claimed)
     }
@@ -710,10 +691,10 @@ impl EdgeStore for RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("DEL")
-            .arg(self.pending(uuid))
+            .arg(self.keys.pending(uuid))
             .ignore()
             .cmd("SREM")
-            .arg(self.pending_set(""))
+            .arg(self.keys.pending_takeable())
             .arg(uuid)
             .ignore();
         self.run_pipe(pipe).await
@@ -728,14 +709,14 @@ impl EdgeStore for RedisStore {
     }
 
     async fn sync_marks(&self) -> StoreResult<Option<String>> {
-        self.run(redis::cmd("GET").arg(self.idx("sync_marks")).clone())
+        self.run(redis::cmd("GET").arg(self.keys.sync_marks()).clone())
             .await
     }
 
     async fn put_sync_marks(&self, marks: &str) -> StoreResult<()> {
         self.run(
             redis::cmd("SET")
-                .arg(self.idx("sync_marks"))
+                .arg(self.keys.sync_marks())
                 .arg(marks)
                 .clone(),
         )
@@ -748,14 +729,14 @@ impl EdgeStore for RedisStore {
         }
         let mut fields = vec![GENERATION_FIELD.to_string()];
         fields.extend(macs.iter().cloned());
-        let mut found = self.index_read(IDX_MACS, &fields).await?;
+        let mut found = self.index_read(self.keys.index_macs(), &fields).await?;
         found.remove(0);
         Ok(found)
     }
 
     async fn index_node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
         let fields = [GENERATION_FIELD.to_string(), uuid.to_string()];
-        let found = self.index_read(IDX_NODES, &fields).await?;
+        let found = self.index_read(self.keys.index_nodes(), &fields).await?;
         Ok(found
             .into_iter()
             .nth(1)
@@ -765,7 +746,7 @@ impl EdgeStore for RedisStore {
 
     async fn index_node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
         let fields = [GENERATION_FIELD.to_string(), format!("{NAME_FIELD}{name}")];
-        let found = self.index_read(IDX_NODES, &fields).await?;
+        let found = self.index_read(self.keys.index_nodes(), &fields).await?;
         let Some(uuid) = found.into_iter().nth(1).flatten() else {
             return Ok(None);
         };
@@ -778,9 +759,9 @@ impl EdgeStore for RedisStore {
     async fn index_members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
         let mut pipe = redis::pipe();
         pipe.cmd("HKEYS")
-            .arg(self.idx(IDX_NODES))
+            .arg(self.keys.index_nodes())
             .cmd("HKEYS")
-            .arg(self.idx(IDX_MACS));
+            .arg(self.keys.index_macs());
         let (nodes, macs): (Vec<String>, Vec<String>) = self.run_pipe(pipe).await?;
         let entries = |v: Vec<String>| {
             v.into_iter()
@@ -792,7 +773,7 @@ impl EdgeStore for RedisStore {
 
     async fn index_write(&self, u: &IndexUpdate) -> StoreResult<()> {
         self.settled(async {
-            let (nodes, macs) = (self.idx(IDX_NODES), self.idx(IDX_MACS));
+            let (nodes, macs) = (self.keys.index_nodes(), self.keys.index_macs());
             if u.full_round {
                 // Marks both halves as being rebuilt by this round: a flush or an eviction while
                 // the round writes removes the mark, and the round then does not vouch for them.
@@ -877,7 +858,7 @@ impl EdgeStore for RedisStore {
             invocation
                 .key(&nodes)
                 .key(&macs)
-                .key(self.idx(IDX_SYNCED_AT))
+                .key(self.keys.index_synced_at())
                 .arg(generation)
                 .arg(at)
                 .arg(if u.full_round { "1" } else { "0" });
@@ -902,7 +883,7 @@ impl EdgeStore for RedisStore {
         );
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(format!("{}lease:{name}", self.prefix))
+            .key(self.keys.lease(name))
             .arg(owner)
             .arg(millis(ttl));
         let held: i64 = self.run_script(invocation).await?;
@@ -910,12 +891,6 @@ impl EdgeStore for RedisStore {
     }
 }
 
-/// The index's two halves (hashes: uuid → node JSON, MAC → uuid) and its freshness
-/// (`<Unix ms> <generation>`). One key per half, so that Redis loses a half whole or not at
-/// all (an eviction takes whole keys): each half carries the generation it belongs to.
-const IDX_NODES: &str = "v2:nodes";
-const IDX_MACS: &str = "v2:macs";
-const IDX_SYNCED_AT: &str = "v2:synced_at";
 /// The generation a half belongs to, and the one a full round is rebuilding it for.
 const GENERATION_FIELD: &str = "@gen";
 /// Fields `name:<name>` of the nodes hash map a node name to its uuid. Names of deleted or
@@ -946,33 +921,29 @@ impl RedisStore {
     ) -> redis::ScriptInvocation<'s> {
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(self.pending_set(""))
-            .key(self.pending_set("-claims"))
-            .key(self.pending_set("-claimed"))
-            .key(self.pending_set(&format!("-claim:{claim}")))
-            .arg(self.pending(""));
+            .key(self.keys.pending_takeable())
+            .key(self.keys.pending_claims())
+            .key(self.keys.pending_claimed())
+            .key(self.keys.pending_claim(claim))
+            .arg(self.keys.pending(""));
         invocation
-    }
-
-    fn idx(&self, rest: &str) -> String {
-        format!("{}idx:{rest}", self.prefix)
     }
 
     /// The index's freshness and generation, if both halves belong to that generation.
     async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
         let mut pipe = redis::pipe();
         pipe.add_command(viewed(
-            redis::cmd("GET").arg(self.idx(IDX_SYNCED_AT)).clone(),
+            redis::cmd("GET").arg(self.keys.index_synced_at()).clone(),
         ))
         .add_command(viewed(
             redis::cmd("HGET")
-                .arg(self.idx(IDX_NODES))
+                .arg(self.keys.index_nodes())
                 .arg(GENERATION_FIELD)
                 .clone(),
         ))
         .add_command(viewed(
             redis::cmd("HGET")
-                .arg(self.idx(IDX_MACS))
+                .arg(self.keys.index_macs())
                 .arg(GENERATION_FIELD)
                 .clone(),
         ));
@@ -989,16 +960,20 @@ impl RedisStore {
     /// `HMGET` of an index half (the first field being its generation), with the freshness,
     /// in one step: an error unless the half still belongs to the vouched-for generation (a
     /// missing entry of a half that Redis lost is not "no such node").
-    async fn index_read(&self, half: &str, fields: &[String]) -> StoreResult<Vec<Option<String>>> {
+    async fn index_read(
+        &self,
+        half: String,
+        fields: &[String],
+    ) -> StoreResult<Vec<Option<String>>> {
         let mut pipe = redis::pipe();
         pipe.add_command(viewed(
-            redis::cmd("GET").arg(self.idx(IDX_SYNCED_AT)).clone(),
+            redis::cmd("GET").arg(self.keys.index_synced_at()).clone(),
         ));
         // Never from the view: it keeps every distinct read of a key, command and answer, under
         // that key until the key changes, and the whole index is two keys: reads of MACs and
         // idents that callers choose would pile up in it without bound (and each read would
         // scan them). The markers above are a few fixed reads.
-        pipe.cmd("HMGET").arg(self.idx(half)).arg(fields);
+        pipe.cmd("HMGET").arg(half).arg(fields);
         let (synced, found): (Option<String>, Vec<Option<String>>) =
             self.run_pipe_viewed(pipe).await?;
         let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
@@ -1009,35 +984,6 @@ impl RedisStore {
             )),
         }
     }
-
-    /// `pending:hb:<uuid>`: a kept heartbeat.
-    fn pending(&self, uuid: &str) -> String {
-        format!("{}{}", self.prefix, pending_key_name(uuid))
-    }
-
-    /// `pending:hb<suffix>`: the takeable set, the claims (`-claims`, uuid → claim), their
-    /// expiry (`-claimed`, uuid → Unix ms) and each claim's node (`-claim:<claim>`).
-    fn pending_set(&self, suffix: &str) -> String {
-        format!("{}pending:hb{suffix}", self.prefix)
-    }
-}
-
-/// `lookup:<kind>:<sha256(key)>`, without the prefix: lookup keys are hashed so that MAC lists
-/// never appear in Redis.
-fn lookup_key_name(kind: &str, key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    format!("lookup:{kind}:{}", super::token_hash::hex(&digest))
-}
-
-/// The logical key (no prefix) of the minted answer kept for `replay_key`: what its seal is
-/// bound to.
-pub(crate) fn minted_key_name(replay_key: &str) -> String {
-    lookup_key_name("minted", replay_key)
-}
-
-/// The logical key (no prefix) of a node's kept heartbeat: what its seal is bound to.
-pub(crate) fn pending_key_name(uuid: &str) -> String {
-    format!("pending:hb:{uuid}")
 }
 
 /// A kept minted answer as stored: the node uuid, a newline, the sealed answer.

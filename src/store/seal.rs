@@ -29,11 +29,11 @@ impl SealedPlace<'_> {
         let (purpose, key, node) = match self {
             SealedPlace::MintedAnswer { replay_key, node } => (
                 "minted-lookup",
-                super::redis::minted_key_name(replay_key),
+                super::keys::minted_key_name(replay_key),
                 *node,
             ),
             SealedPlace::PendingHeartbeat { node } => {
-                ("heartbeat", super::redis::pending_key_name(node), *node)
+                ("heartbeat", super::keys::pending_key_name(node), *node)
             }
         };
         format!("ironic-edge seal v2\0{purpose}\0{key}\0{node}").into_bytes()
