@@ -5,7 +5,7 @@
 //! spelling ([`may_route_to_lookup`]) and that the plugin does not answer is forwarded with the
 //! token guard (no raw stored token below 1.62).
 
-pub mod flight;
+pub(crate) mod flight;
 pub mod forward;
 pub mod heartbeat;
 pub mod lookup;
@@ -94,7 +94,7 @@ impl AgentRequest<'_> {
         if !sync.enabled {
             return None;
         }
-        match self.edge.store.index_synced_at().await {
+        match self.edge.store.index.synced_at().await {
             Ok(Some(at)) => crate::sync::index_is_fresh(sync, at).then_some(at),
             Ok(None) => None,
             Err(e) => {
@@ -119,7 +119,7 @@ impl AgentRequest<'_> {
         uuid: &str,
     ) -> Option<(Option<crate::store::IndexedNode>, u64)> {
         let synced_at = self.fresh_index_synced_at().await?;
-        let node = self.edge.store.index_node(uuid).await.ok()?;
+        let node = self.edge.store.index.node(uuid).await.ok()?;
         Some((node, synced_at))
     }
 
@@ -142,7 +142,7 @@ pub struct AgentPlugin {
 impl AgentPlugin {
     pub fn new(edge: Arc<Edge>) -> Result<Self, ConfigError> {
         Ok(AgentPlugin {
-            flights: Arc::new(flight::Flights::new(edge.store.clone())),
+            flights: Arc::new(flight::Flights::new(edge.store.flights.clone())),
             edge,
         })
     }
