@@ -7,8 +7,8 @@
 
 pub(crate) mod flight;
 pub mod forward;
-pub mod heartbeat;
-pub mod lookup;
+pub(crate) mod heartbeat;
+pub(crate) mod lookup;
 pub(crate) mod session;
 
 use crate::config::ConfigError;
@@ -105,16 +105,10 @@ impl AgentRequest<'_> {
         }
     }
 
-    /// Ironic's view of a node from a fresh index: `Some(None)` if the index says the node
-    /// does not exist, `None` if the index cannot tell.
-    pub async fn indexed_node(&self, uuid: &str) -> Option<Option<crate::store::IndexedNode>> {
-        self.indexed_node_with_time(uuid)
-            .await
-            .map(|(node, _)| node)
-    }
-
-    /// [`Self::indexed_node`], with when the round that wrote the index started (Unix ms).
-    pub async fn indexed_node_with_time(
+    /// Ironic's view of a node from a fresh index (`Some((None, _))` if the index says the node
+    /// does not exist, `None` if the index cannot tell), with when the round that wrote the
+    /// index started (Unix ms).
+    pub(crate) async fn indexed_node_with_time(
         &self,
         uuid: &str,
     ) -> Option<(Option<crate::store::IndexedNode>, u64)> {

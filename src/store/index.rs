@@ -8,7 +8,7 @@ use super::{StoreError, StoreResult};
 /// A node's `driver_info.fast_track` as Ironic reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FastTrack {
+pub(crate) enum FastTrack {
     /// Not set: Ironic's `[deploy]fast_track` applies.
     Default,
     On,
@@ -19,42 +19,42 @@ pub enum FastTrack {
 
 /// What the node index knows of one node (kept fresh by the sync service).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IndexedNode {
-    pub uuid: String,
-    pub name: Option<String>,
-    pub provision_state: String,
-    pub fast_track: FastTrack,
-    pub maintenance: bool,
+pub(crate) struct IndexedNode {
+    pub(crate) uuid: String,
+    pub(crate) name: Option<String>,
+    pub(crate) provision_state: String,
+    pub(crate) fast_track: FastTrack,
+    pub(crate) maintenance: bool,
     /// `agent_secret_token` present in `driver_internal_info`.
-    pub token_held: bool,
-    pub agent_url: Option<String>,
+    pub(crate) token_held: bool,
+    pub(crate) agent_url: Option<String>,
     /// A power or provision change is under way (`target_power_state` or
     /// `target_provision_state` set): the token and `agent_url` may be about to be wiped.
     #[serde(default)]
-    pub in_transition: bool,
+    pub(crate) in_transition: bool,
     /// When the node was read from Ironic (the start of the round or refresh), in Unix
     /// milliseconds (0: unknown, an entry written before this field existed).
     #[serde(default)]
-    pub read_at_ms: u64,
+    pub(crate) read_at_ms: u64,
 }
 
 /// One write to the index: entries to set and entries to drop, and the time of the round.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IndexUpdate {
-    pub nodes: Vec<IndexedNode>,
+pub(crate) struct IndexUpdate {
+    pub(crate) nodes: Vec<IndexedNode>,
     /// `(mac, node uuid)`.
-    pub ports: Vec<(String, String)>,
-    pub removed_nodes: Vec<String>,
-    pub removed_macs: Vec<String>,
+    pub(crate) ports: Vec<(String, String)>,
+    pub(crate) removed_nodes: Vec<String>,
+    pub(crate) removed_macs: Vec<String>,
     /// Unix milliseconds of the round, written as the index's freshness; `None` for an
     /// event-driven refresh that does not vouch for the whole index.
-    pub synced_at_ms: Option<u64>,
+    pub(crate) synced_at_ms: Option<u64>,
     /// The index generation the round vouches for (with `synced_at_ms`): a full round starts a
     /// new one; an incremental round only carries on the one it read, and its freshness is not
     /// written if the index in Redis is no longer of that generation (Redis lost it meanwhile).
-    pub generation: Option<String>,
+    pub(crate) generation: Option<String>,
     /// A full round: everything Ironic has, written under a new `generation`.
-    pub full_round: bool,
+    pub(crate) full_round: bool,
 }
 
 /// The node index.

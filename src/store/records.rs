@@ -7,22 +7,22 @@ use std::time::Duration;
 
 /// What the gateway knows about one node, from traffic it forwarded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeRecord {
+pub(crate) struct NodeRecord {
     /// Salted hash of the node's current agent token ([`super::token_hash`]), if known.
-    pub token_hash: Option<String>,
+    pub(crate) token_hash: Option<String>,
     /// The `callback_url` (normalised) of the last heartbeat Ironic accepted with that token.
-    pub agent_url: Option<String>,
+    pub(crate) agent_url: Option<String>,
     /// The last heartbeat Ironic accepted: its fingerprint (everything but the token, which
     /// `token_hash` covers) and when, in Unix milliseconds.
-    pub last_heartbeat: Option<(String, u64)>,
+    pub(crate) last_heartbeat: Option<(String, u64)>,
     /// When Ironic last showed it holds that token (it minted it, or accepted a heartbeat
     /// with it), in Unix milliseconds: newer than the node index, this knowledge wins.
-    pub token_seen_ms: Option<u64>,
+    pub(crate) token_seen_ms: Option<u64>,
     /// When the gateway forwarded an action on the node (a power or provision change, an
     /// edit) that may have ended its agent session, in Unix milliseconds: until a new token is
     /// minted or the index shows the node settled after it, nothing is answered at the edge
     /// from this record ([`crate::agent::session`]).
-    pub unsettled_since_ms: Option<u64>,
+    pub(crate) unsettled_since_ms: Option<u64>,
 }
 
 /// The node records.

@@ -42,7 +42,7 @@ const PORTS: (&str, &str, Option<&str>) = ("ports", "/v1/ports", Some(PORT_FIELD
 const OVERLAP_SECONDS: i64 = 30;
 
 /// Reads one node of the API's answer into an index entry.
-pub fn indexed_node(v: &Value) -> Option<IndexedNode> {
+pub(crate) fn indexed_node(v: &Value) -> Option<IndexedNode> {
     let uuid = v.get("uuid")?.as_str()?.to_string();
     let fast_track = match v.get("driver_info").and_then(|d| d.get("fast_track")) {
         None | Some(Value::Null) => FastTrack::Default,
