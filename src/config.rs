@@ -211,8 +211,8 @@ impl Default for LookupConfig {
         LookupConfig {
             not_found_ttl_seconds: 5,
             replay_window_seconds: 120,
-            conflict_retries: 3,
-            conflict_budget_ms: 2000,
+            conflict_retries: 8,
+            conflict_budget_ms: 10_000,
         }
     }
 }

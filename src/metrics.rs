@@ -1,7 +1,7 @@
 //! Counters for the ops listener, with bounded labels only (a route template and an outcome,
 //! never a node UUID, name or MAC).
 
-use crate::upstream::governor::{Class, GovernorStats};
+use crate::upstream::governor::{Class, GovernorStats, Lane};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -125,11 +125,17 @@ impl Metrics {
             "Requests to Ironic that found no place in its budget in time, by class.",
             &per_class(&|c| self.deferred[c as usize].load(Ordering::Relaxed)),
         );
+        let per_lane = |v: &[u64; 2]| -> Vec<(String, u64)> {
+            Lane::ALL
+                .iter()
+                .map(|l| (format!("{{lane=\"{}\"}}", l.label()), v[*l as usize]))
+                .collect()
+        };
         family(
             &mut out,
             "ironic_edge_budget_overloaded_total",
-            "Ironic's answers that said it was overloaded (5xx, timeouts, slow answers).",
-            &[(String::new(), governor.overloaded)],
+            "Ironic's answers that said it was overloaded (5xx, timeouts, slow answers), by lane (its API, its conductor's worker pool).",
+            &per_lane(&governor.overloaded),
         );
         gauge(
             &mut out,
@@ -143,15 +149,26 @@ impl Metrics {
             "Requests in flight to Ironic.",
             &[(String::new(), governor.in_flight as u64)],
         );
-        let _ = writeln!(
-            out,
-            "# HELP ironic_edge_budget_rate_per_second The rate of requests to Ironic the budget allows now (learnt).\n# TYPE ironic_edge_budget_rate_per_second gauge\nironic_edge_budget_rate_per_second {:.3}",
-            governor.rate_millis as f64 / 1000.0
+        let per_lane_rate = |v: &[u64; 2]| -> Vec<(String, f64)> {
+            Lane::ALL
+                .iter()
+                .map(|l| {
+                    let label = format!("{{lane=\"{}\"}}", l.label());
+                    (label, v[*l as usize] as f64 / 1000.0)
+                })
+                .collect()
+        };
+        rate_gauge(
+            &mut out,
+            "ironic_edge_budget_rate_per_second",
+            "The rate of requests to Ironic the budget allows now (learnt), by lane.",
+            &per_lane_rate(&governor.rate_millis),
         );
-        let _ = writeln!(
-            out,
-            "# HELP ironic_edge_budget_proven_per_second The best rate Ironic answered the gateway over 10 s without an overload answer: the rate after an outage is no higher.\n# TYPE ironic_edge_budget_proven_per_second gauge\nironic_edge_budget_proven_per_second {:.3}",
-            governor.proven_millis as f64 / 1000.0
+        rate_gauge(
+            &mut out,
+            "ironic_edge_budget_proven_per_second",
+            "The best rate Ironic answered the gateway over 10 s without an overload answer, by lane: for a minute after an outage the rate is no higher.",
+            &per_lane_rate(&governor.proven_millis),
         );
         out
     }
@@ -251,6 +268,14 @@ fn family(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
 
 fn gauge(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
     typed(out, name, help, "gauge", rows);
+}
+
+fn rate_gauge(out: &mut String, name: &str, help: &str, rows: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in rows {
+        let _ = writeln!(out, "{name}{labels} {value:.3}");
+    }
 }
 
 fn typed(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, u64)]) {

@@ -6,7 +6,7 @@ use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::{Outcome as Counted, Route};
 use crate::plugin::RequestCtx;
-use crate::upstream::governor::{self, Class};
+use crate::upstream::governor::{self, Class, Lane};
 use crate::upstream::headers::{forwarded_values, is_hop_by_hop};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use bytes::Bytes;
@@ -113,11 +113,18 @@ pub struct Prepared {
     body: Bytes,
     /// Not sent if still waiting for the governor by then.
     deadline: Instant,
+    /// How long it waits for the governor at most, if less than until the deadline.
+    queue_wait: Option<Duration>,
 }
 
 /// How long a record-only refresh waits for the governor: past that it is kept for the relay
 /// (a verified one) rather than keeping its agent waiting while others need Ironic more.
 const REFRESH_WAIT: Duration = Duration::from_millis(500);
+
+/// How long the verified first heartbeat of a session waits for the governor where Ironic
+/// only records heartbeats: past that it is kept for the relay, which sends it before any
+/// refresh (holding the agent for the whole deadline would teach Ironic nothing sooner).
+pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(2);
 
 /// The instant by which the agent's request must be answered.
 pub fn answer_deadline(edge: &Edge, ctx: &RequestCtx) -> Instant {
@@ -146,12 +153,19 @@ pub(crate) fn prepare(
         recipe: Recipe::of(session, ctx.client.as_ref(), tls),
         body: body.clone(),
         deadline: answer_deadline(r.edge, ctx),
+        queue_wait: (class == Class::Refresh).then_some(REFRESH_WAIT),
     })
 }
 
 impl Prepared {
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// Waits for the governor no longer than `wait` (the caller keeps the request if it
+    /// finds no place by then).
+    pub(crate) fn wait_at_most(&mut self, wait: Duration) {
+        self.queue_wait = Some(self.queue_wait.map_or(wait, |w| w.min(wait)));
     }
 
     /// Sends `query` upstream in place of the agent's (see `lookup`'s cap).
@@ -163,11 +177,19 @@ impl Prepared {
     /// written).
     pub async fn send(&self) -> Result<UpstreamResponse, UpstreamError> {
         let edge = &self.edge;
-        let until = match self.class {
-            Class::Refresh => self.deadline.min(Instant::now() + REFRESH_WAIT),
-            _ => self.deadline,
+        let until = match self.queue_wait {
+            Some(wait) => self.deadline.min(Instant::now() + wait),
+            None => self.deadline,
         };
-        let permit = match edge.governor.enter(self.class, &self.node, until).await {
+        let lane = match self.route {
+            Route::Heartbeat => Lane::Conductor,
+            _ => Lane::Api,
+        };
+        let permit = match edge
+            .governor
+            .enter(self.class, lane, &self.node, until)
+            .await
+        {
             Ok(p) => p,
             Err(_) => {
                 log::debug!(

@@ -475,10 +475,14 @@ async fn send_within_deadline(
     ident: &str,
     body: &Bytes,
 ) -> Option<Result<UpstreamResponse, UpstreamError>> {
-    let prepared = match forward::prepare(r, session, ctx, class, ident, body) {
+    let mut prepared = match forward::prepare(r, session, ctx, class, ident, body) {
         Ok(p) => p,
         Err(e) => return Some(Err(e)),
     };
+    if class == Class::First {
+        // Verified, where Ironic only records it: kept for the relay rather than held.
+        prepared.wait_at_most(forward::FIRST_WAIT);
+    }
     let until = prepared.deadline();
     let mut running = tokio::spawn(async move { prepared.send().await });
     match tokio::time::timeout_at(until, &mut running).await {

@@ -9,7 +9,7 @@
 //! holds no other relayer sends it.
 
 use crate::edge::Edge;
-use crate::upstream::governor::Class;
+use crate::upstream::governor::{Class, Lane};
 use async_trait::async_trait;
 use base64::Engine;
 use pingora::http::RequestHeader;
@@ -194,8 +194,10 @@ impl HeartbeatRelay {
             return Relayed::Idle;
         };
         // The place in Ironic's budget first, then the heartbeat: a relay never holds a kept
-        // heartbeat while it waits (a newer one of the same node would then be relayed too),
-        // and it waits behind every request of a higher class.
+        // heartbeat while it waits (a newer one of the same node would then be relayed too).
+        // It goes with the first heartbeats of sessions (what it keeps is mostly those, and
+        // their nodes' sessions are unknown to Ironic until it arrives), before refreshes,
+        // after lookups and heartbeats that drive a step.
         let worker = self
             .workers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,7 +205,12 @@ impl HeartbeatRelay {
         let permit = match self
             .edge
             .governor
-            .enter(Class::Refresh, &format!("relay-{worker}"), until)
+            .enter(
+                Class::First,
+                Lane::Conductor,
+                &format!("relay-{worker}"),
+                until,
+            )
             .await
         {
             Ok(p) => p,

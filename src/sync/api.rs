@@ -3,7 +3,7 @@
 use crate::config::{SyncAuth, SyncAuthType};
 use crate::edge::Edge;
 use crate::ironic::ApiVersion;
-use crate::upstream::governor::{self, Class};
+use crate::upstream::governor::{self, Class, Lane};
 use pingora::http::RequestHeader;
 use serde_json::Value;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ impl IronicApi {
         let permit = self
             .edge
             .governor
-            .enter(Class::Mint, "node sync", until)
+            .enter(Class::Mint, Lane::Api, "node sync", until)
             .await
             .map_err(|_| format!("GET {path}: no place in Ironic's budget"))?;
         self.edge.metrics.sync_request();

@@ -2,19 +2,22 @@
 //! gateway never becomes the storm, before, during or after an outage.
 //!
 //! Two limits hold every request: at most `max_in_flight` at once (Ironic's API answers a
-//! handful at a time), and at most `rate` per second, where the rate is learnt from Ironic's
-//! answers (AIMD): it creeps up while Ironic keeps up and the budget is what holds requests
+//! handful at a time), and at most `rate` per second in its [`Lane`] (Ironic's API, or the
+//! conductor's worker pool that takes heartbeats: a pool exhausted by a heartbeat storm must
+//! not slow the lookups that mint tokens), where each lane's rate is learnt from its answers
+//! (AIMD): it creeps up while Ironic keeps up and the budget is what holds requests
 //! back, and halves when Ironic says it is overloaded (503 "no free conductor workers", other
 //! 5xx, a timeout, an answer slower than `slow_answer_ms`). Heartbeats are handed to a
 //! conductor pool that stays exhausted long after a burst (Ironic 39, futurist 3.5), so what
 //! matters is the rate at which they arrive, not how many wait on the API: hence a rate, not
-//! only a concurrency limit. An unreachable Ironic is no load signal: the rate it sustained
-//! before an outage is the rate it gets after it, and tokens never pile up into a burst (the
-//! bucket holds one second's worth at most).
+//! only a concurrency limit. An unreachable Ironic is no load signal: for a minute after an
+//! outage each lane gets no more than Ironic proved it sustains ([`Budgets`]), and tokens never
+//! pile up into a burst (the bucket holds one second's worth at most).
 //!
-//! Waiting requests are served by class ([`Class`]): a lower class gets a token only when no
-//! higher one waits; each node holds at most one waiting place per class.
-//! [`RateBudget`] and [`Queues`] are pure and table-tested; [`Governor`] is the async shell.
+//! Waiting requests are served by class ([`Class`]): in a lane, a lower class gets a token only
+//! when no higher one waits; each node holds at most one waiting place among refreshes.
+//! [`RateBudget`], [`Budgets`] and [`Queues`] are pure and table-tested; [`Governor`] is the
+//! async shell.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -98,8 +101,33 @@ pub(crate) struct BudgetSettings {
     pub slow_answer_ms: u64,
 }
 
-/// The adaptive rate: a token bucket whose rate follows Ironic's answers. Pure (time is passed
-/// in, in milliseconds).
+/// Which of Ironic's resources a request uses up, each with a budget of its own.
+///
+/// Ironic's API answers lookups, the node sync and version discovery itself; a heartbeat is
+/// handed to the conductor's worker pool, which can be exhausted while the API keeps up (503
+/// "lack of free conductor workers"). A heartbeat storm must not slow the lookups that mint
+/// tokens, so each resource learns its own rate from its own answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// Requests Ironic's API answers itself.
+    Api = 0,
+    /// Heartbeats (the agents' and the relay's): the conductor's worker pool.
+    Conductor = 1,
+}
+
+impl Lane {
+    pub(crate) const ALL: [Lane; 2] = [Lane::Api, Lane::Conductor];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Lane::Api => "api",
+            Lane::Conductor => "conductor",
+        }
+    }
+}
+
+/// The adaptive rate of one lane: a token bucket whose rate follows Ironic's answers. Pure
+/// (time is passed in, in milliseconds).
 #[derive(Clone, Debug)]
 pub(crate) struct RateBudget {
     settings: BudgetSettings,
@@ -114,11 +142,11 @@ pub(crate) struct RateBudget {
     /// idle maximum that would let a burst through after an outage).
     held_back: bool,
     increased_at_ms: u64,
-    /// What Ironic proved it sustains: the best rate of answers it gave in a window of
-    /// [`PROOF_WINDOW_MS`] without any overload answer.
+    /// What Ironic proved it sustains in this lane: the best rate of answers it gave in a
+    /// window of [`PROOF_WINDOW_MS`] without any overload answer.
     proven: ProvenRate,
-    /// Since when Ironic has been unreachable (no answer at all), if it is.
-    unreachable_since_ms: Option<u64>,
+    /// After an outage: the rate grows no higher than this until then (`(cap, until_ms)`).
+    ceiling: Option<(f64, u64)>,
 }
 
 /// The window over which Ironic's sustained rate is measured.
@@ -127,6 +155,9 @@ pub(crate) const PROOF_WINDOW_MS: u64 = 10_000;
 /// proved it sustains (a restarted Ironic starts with a cold conductor pool, and every agent's
 /// delayed request arrives at once).
 pub(crate) const OUTAGE_MS: u64 = 5_000;
+/// After an outage, the rates stay at or below what Ironic proved for this long: the minute in
+/// which every agent's delayed request and every kept heartbeat arrive.
+pub(crate) const RECOVERY_MS: u64 = 60_000;
 
 /// The best rate of answers without overload over whole windows. Pure.
 #[derive(Clone, Debug, Default)]
@@ -175,7 +206,7 @@ impl RateBudget {
             held_back: false,
             increased_at_ms: now_ms,
             proven: ProvenRate::default(),
-            unreachable_since_ms: None,
+            ceiling: None,
         }
     }
 
@@ -221,28 +252,38 @@ impl RateBudget {
         }
     }
 
+    /// Whether an answer says Ironic is overloaded (`None`: it says nothing).
+    fn overloaded(&self, sample: Sample) -> Option<bool> {
+        match sample {
+            Sample::Unreachable => None,
+            Sample::Overloaded => Some(true),
+            Sample::Answered { latency_ms } => Some(latency_ms > self.settings.slow_answer_ms),
+        }
+    }
+
+    /// Holds the rate at or below `cap` until `until_ms` (after an outage).
+    fn hold_at_most(&mut self, cap: f64, now_ms: u64, until_ms: u64) {
+        let cap = cap.max(self.settings.min_per_second);
+        self.rate = self.rate.min(cap);
+        self.tokens = self.tokens.min(self.capacity());
+        self.ceiling = Some((cap, until_ms));
+        self.increased_at_ms = now_ms;
+        self.held_back = false;
+    }
+
+    /// The highest rate allowed now.
+    fn limit(&self, now_ms: u64) -> f64 {
+        match self.ceiling {
+            Some((cap, until)) if now_ms < until => cap,
+            _ => self.settings.max_per_second,
+        }
+    }
+
     /// Learns from one answer.
     pub(crate) fn observe(&mut self, now_ms: u64, sample: Sample) {
-        let overloaded = match sample {
-            Sample::Unreachable => {
-                self.unreachable_since_ms.get_or_insert(now_ms);
-                return;
-            }
-            Sample::Overloaded => true,
-            Sample::Answered { latency_ms } => latency_ms > self.settings.slow_answer_ms,
+        let Some(overloaded) = self.overloaded(sample) else {
+            return;
         };
-        if let Some(since) = self.unreachable_since_ms.take() {
-            if now_ms.saturating_sub(since) >= OUTAGE_MS && self.proven.best_per_second > 0.0 {
-                // Back after an outage: no more than what Ironic proved it sustains.
-                self.rate = self
-                    .rate
-                    .min(self.proven.best_per_second)
-                    .max(self.settings.min_per_second);
-                self.tokens = self.tokens.min(self.capacity());
-                self.increased_at_ms = now_ms;
-                self.held_back = false;
-            }
-        }
         self.proven.record(now_ms, overloaded);
         if overloaded {
             let recent = self
@@ -259,29 +300,100 @@ impl RateBudget {
             // Additive increase, once a second while the budget held requests back: about 10 %
             // a second, at least one request per second more.
             let step = (self.rate * 0.1).max(1.0);
-            self.rate = (self.rate + step).min(self.settings.max_per_second);
+            let limit = self.limit(now_ms);
+            if self.rate < limit {
+                self.rate = (self.rate + step).min(limit);
+            }
             self.held_back = false;
             self.increased_at_ms = now_ms;
         }
     }
 }
 
-/// A waiting request: its node (one place per node and class) and what it is told.
+/// The budgets of both lanes, and what they share: the outage (Ironic unreachable as a whole)
+/// and the best total rate Ironic proved it sustains. Pure.
+#[derive(Clone, Debug)]
+pub(crate) struct Budgets {
+    lanes: [RateBudget; 2],
+    /// The best rate of answers over both lanes together.
+    total: ProvenRate,
+    /// Since when Ironic has been unreachable (no answer at all), if it is.
+    unreachable_since_ms: Option<u64>,
+}
+
+impl Budgets {
+    pub(crate) fn new(settings: BudgetSettings, now_ms: u64) -> Self {
+        Budgets {
+            lanes: [
+                RateBudget::new(settings, now_ms),
+                RateBudget::new(settings, now_ms),
+            ],
+            total: ProvenRate::default(),
+            unreachable_since_ms: None,
+        }
+    }
+
+    pub(crate) fn lane(&self, lane: Lane) -> &RateBudget {
+        &self.lanes[lane as usize]
+    }
+
+    pub(crate) fn lane_mut(&mut self, lane: Lane) -> &mut RateBudget {
+        &mut self.lanes[lane as usize]
+    }
+
+    /// Learns from one answer in `lane`.
+    pub(crate) fn observe(&mut self, lane: Lane, now_ms: u64, sample: Sample) {
+        let Some(overloaded) = self.lanes[lane as usize].overloaded(sample) else {
+            self.unreachable_since_ms.get_or_insert(now_ms);
+            return;
+        };
+        if let Some(since) = self.unreachable_since_ms.take() {
+            if now_ms.saturating_sub(since) >= OUTAGE_MS {
+                self.recover(now_ms);
+            }
+        }
+        self.total.record(now_ms, overloaded);
+        self.lanes[lane as usize].observe(now_ms, sample);
+    }
+
+    /// Back after an outage: for [`RECOVERY_MS`], each lane gets no more than it proved, and
+    /// both together no more than Ironic proved in all (the lanes' best windows need not be
+    /// the same ones). A lane that proved nothing keeps its rate (a fresh gateway).
+    fn recover(&mut self, now_ms: u64) {
+        let sum: f64 = self.lanes.iter().map(RateBudget::proven_rate).sum();
+        let total = self.total.best_per_second;
+        let share = if sum > 0.0 && total > 0.0 {
+            (total / sum).min(1.0)
+        } else {
+            1.0
+        };
+        for lane in &mut self.lanes {
+            let proven = lane.proven_rate();
+            if proven > 0.0 {
+                lane.hold_at_most(proven * share, now_ms, now_ms + RECOVERY_MS);
+            }
+        }
+    }
+}
+
+/// A waiting request: its node (one place per node among refreshes) and what it is told.
 struct Waiter<T> {
     node: String,
     ticket: T,
 }
 
-/// The waiting requests, one queue per class, first come first served within a class. Pure.
+/// The waiting requests, one queue per lane and class, first come first served within one.
+/// Pure.
 ///
 /// A node holds at most one waiting place among the record-only refreshes (an agent repeating
 /// itself in a storm cannot crowd others out; a refused one is kept for the relay). Requests of
 /// the other classes are never refused for their node: identical lookups after a flight each
 /// ask Ironic, and refusing one would answer a genuine agent 503.
 pub(crate) struct Queues<T> {
-    by_class: [VecDeque<Waiter<T>>; 4],
+    by_lane: [[VecDeque<Waiter<T>>; 4]; 2],
     refreshing: HashSet<String>,
     max_waiting: usize,
+    len: usize,
 }
 
 /// Why a request was not queued.
@@ -296,93 +408,124 @@ pub(crate) enum Refused {
 impl<T> Queues<T> {
     pub(crate) fn new(max_waiting: usize) -> Self {
         Queues {
-            by_class: Default::default(),
+            by_lane: Default::default(),
             refreshing: HashSet::new(),
             max_waiting,
+            len: 0,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_class.iter().map(VecDeque::len).sum()
+        self.len
     }
 
+    /// How many wait in `class`, in both lanes.
     pub(crate) fn waiting(&self, class: Class) -> usize {
-        self.by_class[class as usize].len()
+        self.by_lane.iter().map(|l| l[class as usize].len()).sum()
     }
 
-    pub(crate) fn push(&mut self, class: Class, node: &str, ticket: T) -> Result<(), Refused> {
-        if self.len() >= self.max_waiting {
+    /// How many wait in `lane`.
+    pub(crate) fn waiting_in(&self, lane: Lane) -> usize {
+        self.by_lane[lane as usize].iter().map(VecDeque::len).sum()
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        lane: Lane,
+        class: Class,
+        node: &str,
+        ticket: T,
+    ) -> Result<(), Refused> {
+        if self.len >= self.max_waiting {
             return Err(Refused::Full);
         }
         if class == Class::Refresh && !self.refreshing.insert(node.to_string()) {
             return Err(Refused::NodeWaits);
         }
-        self.by_class[class as usize].push_back(Waiter {
+        self.by_lane[lane as usize][class as usize].push_back(Waiter {
             node: node.to_string(),
             ticket,
         });
+        self.len += 1;
         Ok(())
     }
 
-    /// The next waiter to serve: the oldest of the highest class.
-    pub(crate) fn pop(&mut self) -> Option<(Class, T)> {
+    /// The next waiter to serve among the lanes that can send now: the oldest of the highest
+    /// class (a lane waiting for its rate holds up nobody in the other lane).
+    pub(crate) fn pop(&mut self, ready: impl Fn(Lane) -> bool) -> Option<(Lane, Class, T)> {
         for class in Class::ALL {
-            if let Some(w) = self.by_class[class as usize].pop_front() {
-                if class == Class::Refresh {
-                    self.refreshing.remove(&w.node);
+            for lane in Lane::ALL {
+                if !ready(lane) {
+                    continue;
                 }
-                return Some((class, w.ticket));
+                if let Some(w) = self.by_lane[lane as usize][class as usize].pop_front() {
+                    if class == Class::Refresh {
+                        self.refreshing.remove(&w.node);
+                    }
+                    self.len -= 1;
+                    return Some((lane, class, w.ticket));
+                }
             }
         }
         None
     }
 
-    /// Whether a waiter of a class above `class` waits.
-    pub(crate) fn higher_waits(&self, class: Class) -> bool {
+    /// Whether a waiter of `class` or a higher one waits in `lane` (which a newcomer of
+    /// `class` must not overtake).
+    pub(crate) fn waits_at_or_above(&self, lane: Lane, class: Class) -> bool {
         Class::ALL
             .iter()
-            .take_while(|c| **c < class)
-            .any(|c| !self.by_class[*c as usize].is_empty())
+            .take_while(|c| **c <= class)
+            .any(|c| !self.by_lane[lane as usize][*c as usize].is_empty())
     }
 
     /// Drops the waiters whose ticket says they are gone.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        for class in Class::ALL {
-            let q = &mut self.by_class[class as usize];
-            let refreshing = &mut self.refreshing;
-            q.retain(|w| {
-                let k = keep(&w.ticket);
-                if !k && class == Class::Refresh {
-                    refreshing.remove(&w.node);
-                }
-                k
-            });
+        let mut len = 0;
+        for lane in &mut self.by_lane {
+            for class in Class::ALL {
+                let q = &mut lane[class as usize];
+                let refreshing = &mut self.refreshing;
+                q.retain(|w| {
+                    let k = keep(&w.ticket);
+                    if !k && class == Class::Refresh {
+                        refreshing.remove(&w.node);
+                    }
+                    k
+                });
+                len += q.len();
+            }
         }
+        self.len = len;
     }
 }
 
 /// Counters of what the governor did, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GovernorStats {
-    pub rate_millis: u64,
-    /// What Ironic proved it sustains ([`RateBudget::proven_rate`]), per 1000 seconds.
-    pub proven_millis: u64,
+    /// Each lane's rate now, per 1000 seconds (by [`Lane`]).
+    pub rate_millis: [u64; 2],
+    /// What Ironic proved it sustains in each lane ([`RateBudget::proven_rate`]), per 1000
+    /// seconds.
+    pub proven_millis: [u64; 2],
     pub in_flight: usize,
     pub waiting: [usize; 4],
-    pub overloaded: u64,
+    /// Overload answers, by lane.
+    pub overloaded: [u64; 2],
 }
 
 struct Inner {
-    budget: RateBudget,
+    budgets: Budgets,
     queues: Queues<oneshot::Sender<()>>,
     in_flight: usize,
     max_in_flight: usize,
     ticker_running: bool,
-    overloaded: u64,
+    overloaded: [u64; 2],
 }
 
-/// The governor: requests [`enter`](Governor::enter) with their class and get a [`Permit`]
-/// when both the rate and the in-flight limit allow; the permit reports Ironic's answer.
+/// The governor: requests [`enter`](Governor::enter) with their class and lane and get a
+/// [`Permit`] when both their lane's rate and the in-flight limit allow; the permit reports
+/// Ironic's answer.
 pub(crate) struct Governor {
     inner: Mutex<Inner>,
     started: std::time::Instant,
@@ -396,12 +539,12 @@ impl Governor {
     pub(crate) fn new(settings: BudgetSettings, max_in_flight: usize, max_waiting: usize) -> Self {
         Governor {
             inner: Mutex::new(Inner {
-                budget: RateBudget::new(settings, 0),
+                budgets: Budgets::new(settings, 0),
                 queues: Queues::new(max_waiting),
                 in_flight: 0,
                 max_in_flight: max_in_flight.max(1),
                 ticker_running: false,
-                overloaded: 0,
+                overloaded: [0; 2],
             }),
             started: std::time::Instant::now(),
         }
@@ -411,31 +554,34 @@ impl Governor {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Waits, until `deadline` at most, for a place to send one request of `class` for `node`.
+    /// Waits, until `deadline` at most, for a place to send one request of `class` in `lane`
+    /// for `node`.
     pub(crate) async fn enter(
         self: &Arc<Self>,
         class: Class,
+        lane: Lane,
         node: &str,
         deadline: Instant,
     ) -> Result<Permit, Busy> {
         let mut waiting = {
             let mut inner = self.inner.lock().map_err(|_| Busy)?;
             let now = self.now_ms();
-            if let Some(permit) = self.take_now(&mut inner, class, now) {
+            if let Some(permit) = self.take_now(&mut inner, class, lane, now) {
                 return Ok(permit);
             }
             let (tx, rx) = oneshot::channel();
-            inner.queues.push(class, node, tx).map_err(|_| Busy)?;
+            inner.queues.push(lane, class, node, tx).map_err(|_| Busy)?;
             self.dispatch(&mut inner);
             self.ensure_ticker(&mut inner);
             Waiting {
                 rx: Some(rx),
+                lane,
                 governor: self.clone(),
             }
         };
         let granted = tokio::time::timeout_at(deadline, waiting.granted()).await;
         match granted {
-            Ok(true) => Ok(self.permit(self.now_ms())),
+            Ok(true) => Ok(self.permit(lane, self.now_ms())),
             // Timed out: `Waiting`'s drop gives back a grant that raced the deadline.
             _ => Err(Busy),
         }
@@ -443,28 +589,34 @@ impl Governor {
 
     /// Takes a place now or not at all.
     #[cfg(test)]
-    pub(crate) fn try_enter(self: &Arc<Self>, class: Class) -> Option<Permit> {
+    pub(crate) fn try_enter(self: &Arc<Self>, class: Class, lane: Lane) -> Option<Permit> {
         let mut inner = self.inner.lock().ok()?;
         let now = self.now_ms();
-        self.take_now(&mut inner, class, now)
+        self.take_now(&mut inner, class, lane, now)
     }
 
-    /// A place now, if both limits allow and nobody of this class or a higher one waits
-    /// (nothing jumps the queue).
-    fn take_now(self: &Arc<Self>, inner: &mut Inner, class: Class, now: u64) -> Option<Permit> {
-        let free = inner.in_flight < inner.max_in_flight
-            && !inner.queues.higher_waits(class)
-            && inner.queues.waiting(class) == 0;
-        if free && inner.budget.try_take(now) {
+    /// A place now, if both limits allow and nobody of this class or a higher one waits in
+    /// the lane (nothing jumps the queue).
+    fn take_now(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        class: Class,
+        lane: Lane,
+        now: u64,
+    ) -> Option<Permit> {
+        let free =
+            inner.in_flight < inner.max_in_flight && !inner.queues.waits_at_or_above(lane, class);
+        if free && inner.budgets.lane_mut(lane).try_take(now) {
             inner.in_flight += 1;
-            return Some(self.permit(now));
+            return Some(self.permit(lane, now));
         }
         None
     }
 
-    fn permit(self: &Arc<Self>, now_ms: u64) -> Permit {
+    fn permit(self: &Arc<Self>, lane: Lane, now_ms: u64) -> Permit {
         Permit {
             governor: self.clone(),
+            lane,
             sent_at_ms: now_ms,
             reported: false,
         }
@@ -476,22 +628,26 @@ impl Governor {
         // Waiters that gave up (their receiver is gone) hold no place.
         inner.queues.retain(|tx| !tx.is_closed());
         while inner.in_flight < inner.max_in_flight && inner.queues.len() > 0 {
-            if inner.budget.wait_ms(now) > 0 {
-                // Requests wait for the rate: it is what holds them back, so it may grow.
-                inner.budget.held_back = true;
-                break;
+            let mut ready = [false; 2];
+            for lane in Lane::ALL {
+                let budget = inner.budgets.lane_mut(lane);
+                ready[lane as usize] = budget.wait_ms(now) == 0;
+                if !ready[lane as usize] && inner.queues.waiting_in(lane) > 0 {
+                    // Requests wait for the rate: it is what holds them back, so it may grow.
+                    inner.budgets.lane_mut(lane).held_back = true;
+                }
             }
-            let Some((_, tx)) = inner.queues.pop() else {
+            let Some((lane, _, tx)) = inner.queues.pop(|l| ready[l as usize]) else {
                 break;
             };
             if tx.send(()).is_ok() {
-                inner.budget.try_take(now);
+                inner.budgets.lane_mut(lane).try_take(now);
                 inner.in_flight += 1;
             }
         }
     }
 
-    /// One task wakes the queue when the next token is due, while anything waits.
+    /// One task wakes the queues when the next token is due, while anything waits.
     fn ensure_ticker(self: &Arc<Self>, inner: &mut Inner) {
         if inner.ticker_running {
             return;
@@ -510,14 +666,20 @@ impl Governor {
                         return;
                     }
                     let now = me.now_ms();
-                    inner.budget.wait_ms(now).clamp(1, 50)
+                    let mut wait = 50;
+                    for lane in Lane::ALL {
+                        if inner.queues.waiting_in(lane) > 0 {
+                            wait = wait.min(inner.budgets.lane_mut(lane).wait_ms(now));
+                        }
+                    }
+                    wait.clamp(1, 50)
                 };
                 tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
             }
         });
     }
 
-    fn release(&self, sent_at_ms: u64, sample: Option<Sample>) {
+    fn release(&self, lane: Lane, sent_at_ms: u64, sample: Option<Sample>) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
@@ -531,9 +693,9 @@ impl Governor {
                 other => other,
             };
             if s == Sample::Overloaded {
-                inner.overloaded += 1;
+                inner.overloaded[lane as usize] += 1;
             }
-            inner.budget.observe(now, s);
+            inner.budgets.observe(lane, now, s);
         }
         self.dispatch(&mut inner);
     }
@@ -542,17 +704,20 @@ impl Governor {
         let Ok(inner) = self.inner.lock() else {
             return GovernorStats::default();
         };
-        let mut waiting = [0; 4];
-        for c in Class::ALL {
-            waiting[c as usize] = inner.queues.waiting(c);
-        }
-        GovernorStats {
-            rate_millis: (inner.budget.rate() * 1000.0) as u64,
-            proven_millis: (inner.budget.proven_rate() * 1000.0) as u64,
+        let mut stats = GovernorStats {
             in_flight: inner.in_flight,
-            waiting,
             overloaded: inner.overloaded,
+            ..GovernorStats::default()
+        };
+        for c in Class::ALL {
+            stats.waiting[c as usize] = inner.queues.waiting(c);
         }
+        for lane in Lane::ALL {
+            let b = inner.budgets.lane(lane);
+            stats.rate_millis[lane as usize] = (b.rate() * 1000.0) as u64;
+            stats.proven_millis[lane as usize] = (b.proven_rate() * 1000.0) as u64;
+        }
+        stats
     }
 }
 
@@ -560,6 +725,7 @@ impl Governor {
 /// request dropped) is given back, so that no place leaks.
 struct Waiting {
     rx: Option<oneshot::Receiver<()>>,
+    lane: Lane,
     governor: Arc<Governor>,
 }
 
@@ -579,7 +745,7 @@ impl Drop for Waiting {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
             if rx.try_recv().is_ok() {
-                self.governor.release(0, None);
+                self.governor.release(self.lane, 0, None);
             }
         }
     }
@@ -589,6 +755,7 @@ impl Drop for Waiting {
 /// it unreported frees the place and teaches nothing).
 pub(crate) struct Permit {
     governor: Arc<Governor>,
+    lane: Lane,
     sent_at_ms: u64,
     reported: bool,
 }
@@ -598,14 +765,15 @@ impl Permit {
     /// measured from the grant; `Sample::Answered`'s own value is ignored.
     pub(crate) fn answered(mut self, sample: Sample) {
         self.reported = true;
-        self.governor.release(self.sent_at_ms, Some(sample));
+        self.governor
+            .release(self.lane, self.sent_at_ms, Some(sample));
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.reported {
-            self.governor.release(self.sent_at_ms, None);
+            self.governor.release(self.lane, self.sent_at_ms, None);
         }
     }
 }
@@ -693,11 +861,31 @@ mod tests {
 
     #[test]
     fn an_unreachable_ironic_teaches_nothing() {
-        let mut b = RateBudget::new(settings(), 0);
+        let mut b = Budgets::new(settings(), 0);
         for t in 0..100 {
-            b.observe(t * 1000, Sample::Unreachable);
+            b.observe(Lane::Conductor, t * 1000, Sample::Unreachable);
         }
-        assert_eq!(b.rate(), 10.0, "after the outage, the rate from before it");
+        assert_eq!(b.lane(Lane::Conductor).rate(), 10.0, "the rate from before");
+        b.observe(Lane::Conductor, 100_000, OK);
+        assert_eq!(
+            b.lane(Lane::Conductor).rate(),
+            10.0,
+            "nothing proven caps nothing"
+        );
+    }
+
+    #[test]
+    fn each_lane_learns_from_its_own_answers() {
+        let mut b = Budgets::new(settings(), 0);
+        // The conductor's pool is exhausted: its lane halves, the API's does not.
+        for t in 0..5 {
+            b.observe(Lane::Conductor, 100 + t * 1000, Sample::Overloaded);
+        }
+        assert_eq!(b.lane(Lane::Conductor).rate(), 1.0);
+        assert_eq!(b.lane(Lane::Api).rate(), 10.0);
+        b.observe(Lane::Api, 6000, Sample::Overloaded);
+        assert_eq!(b.lane(Lane::Api).rate(), 5.0);
+        assert_eq!(b.lane(Lane::Conductor).rate(), 1.0);
     }
 
     #[test]
@@ -716,30 +904,53 @@ mod tests {
 
     #[test]
     fn queues_serve_higher_classes_first_and_one_place_per_node() {
+        const C: Lane = Lane::Conductor;
         let mut q: Queues<&str> = Queues::new(5);
-        q.push(Class::Refresh, "a", "refresh-a").unwrap();
+        q.push(C, Class::Refresh, "a", "refresh-a").unwrap();
         assert_eq!(
-            q.push(Class::Refresh, "a", "again"),
+            q.push(C, Class::Refresh, "a", "again"),
             Err(Refused::NodeWaits),
             "one refresh per node"
         );
-        q.push(Class::First, "b", "first-b").unwrap();
-        q.push(Class::Refresh, "b", "refresh-b").unwrap();
-        q.push(Class::Mint, "c", "mint-c").unwrap();
-        q.push(Class::Mint, "c", "mint-c2").unwrap();
-        assert_eq!(q.push(Class::Mint, "d", "full"), Err(Refused::Full));
-        assert!(q.higher_waits(Class::Refresh));
-        assert!(!q.higher_waits(Class::Mint));
-        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, t)| t)).collect();
+        q.push(C, Class::First, "b", "first-b").unwrap();
+        q.push(C, Class::Refresh, "b", "refresh-b").unwrap();
+        q.push(Lane::Api, Class::Mint, "c", "mint-c").unwrap();
+        q.push(Lane::Api, Class::Mint, "c", "mint-c2").unwrap();
+        assert_eq!(
+            q.push(Lane::Api, Class::Mint, "d", "full"),
+            Err(Refused::Full)
+        );
+        assert!(q.waits_at_or_above(C, Class::Refresh));
+        assert!(
+            !q.waits_at_or_above(C, Class::Drive),
+            "mints wait in the API's lane"
+        );
+        assert!(q.waits_at_or_above(Lane::Api, Class::Mint));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(|_| true).map(|(_, _, t)| t)).collect();
         assert_eq!(
             order,
             ["mint-c", "mint-c2", "first-b", "refresh-a", "refresh-b"]
         );
         assert_eq!(q.len(), 0);
-        q.push(Class::Refresh, "b", "b-back").unwrap();
+        q.push(C, Class::Refresh, "b", "b-back").unwrap();
         q.retain(|t| *t != "b-back");
         assert_eq!(q.len(), 0, "a waiter that left frees its place");
-        q.push(Class::Refresh, "b", "b-again").unwrap();
+        q.push(C, Class::Refresh, "b", "b-again").unwrap();
+    }
+
+    #[test]
+    fn a_lane_waiting_for_its_rate_holds_up_nobody_in_the_other() {
+        let mut q: Queues<&str> = Queues::new(8);
+        q.push(Lane::Api, Class::Mint, "m", "mint").unwrap();
+        q.push(Lane::Conductor, Class::Refresh, "r", "refresh")
+            .unwrap();
+        let conductor_only = |l: Lane| l == Lane::Conductor;
+        assert_eq!(
+            q.pop(conductor_only),
+            Some((Lane::Conductor, Class::Refresh, "refresh"))
+        );
+        assert_eq!(q.pop(conductor_only), None, "the mint waits for its lane");
+        assert_eq!(q.waiting_in(Lane::Api), 1);
     }
 
     #[tokio::test]
@@ -753,14 +964,20 @@ mod tests {
             16,
         ));
         let far = Instant::now() + std::time::Duration::from_secs(5);
-        let held = g.enter(Class::Drive, "n0", far).await.unwrap();
+        let held = g
+            .enter(Class::Drive, Lane::Conductor, "n0", far)
+            .await
+            .unwrap();
         // While one is in flight, a refresh and a mint wait; the mint goes first.
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        for (class, node) in [(Class::Refresh, "r"), (Class::Mint, "m")] {
+        for (class, lane, node) in [
+            (Class::Refresh, Lane::Conductor, "r"),
+            (Class::Mint, Lane::Api, "m"),
+        ] {
             let (g, order) = (g.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let p = g.enter(class, node, far).await.unwrap();
+                let p = g.enter(class, lane, node, far).await.unwrap();
                 order.lock().unwrap().push(class);
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 p.answered(OK);
@@ -769,7 +986,7 @@ mod tests {
         }
         assert_eq!(g.stats().waiting[Class::Mint as usize], 1);
         assert!(
-            g.try_enter(Class::Refresh).is_none(),
+            g.try_enter(Class::Refresh, Lane::Conductor).is_none(),
             "nothing jumps the queue"
         );
         held.answered(OK);
@@ -778,6 +995,41 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [Class::Mint, Class::Refresh]);
         assert_eq!(g.stats().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_storm_does_not_hold_up_lookups() {
+        let g = Arc::new(Governor::new(
+            BudgetSettings {
+                initial_per_second: 2.0,
+                min_per_second: 1.0,
+                ..settings()
+            },
+            64,
+            64,
+        ));
+        let far = Instant::now() + std::time::Duration::from_secs(5);
+        // The conductor's lane spends its tokens and heartbeats queue behind its rate.
+        while let Some(p) = g.try_enter(Class::Drive, Lane::Conductor) {
+            p.answered(Sample::Overloaded);
+        }
+        let mut queued = Vec::new();
+        for i in 0..10 {
+            let g = g.clone();
+            queued.push(tokio::spawn(async move {
+                let node = format!("hb{i}");
+                g.enter(Class::Drive, Lane::Conductor, &node, far)
+                    .await
+                    .is_ok()
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(g.stats().waiting[Class::Drive as usize] > 0);
+        let lookup = g.try_enter(Class::Mint, Lane::Api);
+        assert!(lookup.is_some(), "the API's lane has its own rate");
+        for t in queued {
+            t.abort();
+        }
     }
 
     #[tokio::test]
@@ -798,7 +1050,8 @@ mod tests {
             let g = g.clone();
             tasks.push(tokio::spawn(async move {
                 let until = Instant::now() + std::time::Duration::from_secs(10);
-                if let Ok(p) = g.enter(Class::Mint, &format!("n{i}"), until).await {
+                let node = format!("n{i}");
+                if let Ok(p) = g.enter(Class::Mint, Lane::Api, &node, until).await {
                     p.answered(OK);
                 }
             }));
@@ -806,7 +1059,7 @@ mod tests {
         while started.elapsed() < std::time::Duration::from_millis(3500) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let rate = g.stats().rate_millis;
+        let rate = g.stats().rate_millis[Lane::Api as usize];
         for t in tasks {
             t.abort();
         }
@@ -823,13 +1076,15 @@ mod tests {
         let held = g
             .enter(
                 Class::Drive,
+                Lane::Conductor,
                 "a",
                 Instant::now() + std::time::Duration::from_secs(1),
             )
             .await
             .unwrap();
         let soon = Instant::now() + std::time::Duration::from_millis(30);
-        assert_eq!(g.enter(Class::First, "b", soon).await.err(), Some(Busy));
+        let waited = g.enter(Class::First, Lane::Conductor, "b", soon).await;
+        assert_eq!(waited.err(), Some(Busy));
         drop(held);
         let stats = g.stats();
         assert_eq!(stats.in_flight, 0);
@@ -871,36 +1126,93 @@ mod tests {
         assert!(b.proven_rate() < 9.0, "{}", b.proven_rate());
     }
 
+    /// `per_second` answers a second in `lane` from `from_ms` for `seconds`.
+    fn answer_lane(
+        b: &mut Budgets,
+        lane: Lane,
+        from_ms: u64,
+        seconds: u64,
+        per_second: u64,
+    ) -> u64 {
+        let mut now = from_ms;
+        for _ in 0..seconds * per_second {
+            now += 1000 / per_second;
+            b.observe(lane, now, OK);
+        }
+        now
+    }
+
+    fn outage(b: &mut Budgets, from_ms: u64, seconds: u64) -> u64 {
+        for t in 0..seconds {
+            b.observe(Lane::Conductor, from_ms + t * 1000, Sample::Unreachable);
+        }
+        from_ms + seconds * 1000
+    }
+
     #[test]
     fn after_an_outage_the_rate_is_no_more_than_what_ironic_proved() {
-        let mut b = RateBudget::new(roomy(), 0);
-        let now = answer_steadily(&mut b, 0, 25, 8);
+        let mut b = Budgets::new(roomy(), 0);
+        let now = answer_lane(&mut b, Lane::Conductor, 0, 25, 8);
         assert_eq!(
-            b.rate(),
+            b.lane(Lane::Conductor).rate(),
             50.0,
             "the limit was never what held requests back"
         );
-        // Ironic goes away for 30 s.
-        for t in 0..30 {
-            b.observe(now + t * 1000, Sample::Unreachable);
+        let back = outage(&mut b, now, 30);
+        b.observe(Lane::Conductor, back, OK);
+        let lane = b.lane(Lane::Conductor);
+        assert!((lane.rate() - 8.0).abs() < 0.2, "{}", lane.rate());
+        assert!(lane.tokens <= lane.capacity());
+    }
+
+    #[test]
+    fn after_an_outage_both_lanes_together_get_no_more_than_ironic_proved_in_all() {
+        let mut b = Budgets::new(roomy(), 0);
+        // Each lane proved 8 a second, but never at the same time: 8 in all.
+        let now = answer_lane(&mut b, Lane::Api, 0, 25, 8);
+        let now = answer_lane(&mut b, Lane::Conductor, now, 25, 8);
+        let back = outage(&mut b, now, 30);
+        b.observe(Lane::Api, back, OK);
+        let sum = b.lane(Lane::Api).rate() + b.lane(Lane::Conductor).rate();
+        assert!((sum - 8.0).abs() < 0.5, "{sum}");
+    }
+
+    #[test]
+    fn the_cap_after_an_outage_holds_for_the_recovery_minute_then_lifts() {
+        let mut b = Budgets::new(roomy(), 0);
+        let now = answer_lane(&mut b, Lane::Conductor, 0, 25, 8);
+        let back = outage(&mut b, now, 30);
+        // Demand above the cap, Ironic answering: the rate stays at the cap for the minute.
+        let mut now = back;
+        while now < back + RECOVERY_MS - 1000 {
+            now += 100;
+            b.lane_mut(Lane::Conductor).try_take(now);
+            b.observe(Lane::Conductor, now, OK);
         }
-        let back = now + 30_000;
-        b.observe(back, OK);
-        assert!((b.rate() - 8.0).abs() < 0.2, "{}", b.rate());
-        assert!(b.tokens <= b.capacity());
+        let capped = b.lane(Lane::Conductor).rate();
+        assert!(capped <= 8.2, "held at what was proven: {capped}");
+        while now < back + RECOVERY_MS + 5000 {
+            now += 100;
+            b.lane_mut(Lane::Conductor).try_take(now);
+            b.observe(Lane::Conductor, now, OK);
+        }
+        assert!(
+            b.lane(Lane::Conductor).rate() > capped,
+            "then it grows again"
+        );
     }
 
     #[test]
     fn a_short_blip_is_no_outage_and_nothing_proven_caps_nothing() {
-        let mut b = RateBudget::new(roomy(), 0);
-        let now = answer_steadily(&mut b, 0, 25, 8);
-        b.observe(now + 100, Sample::Unreachable);
-        b.observe(now + 1_000, OK);
-        assert_eq!(b.rate(), 50.0, "a 1 s blip");
+        let mut b = Budgets::new(roomy(), 0);
+        let now = answer_lane(&mut b, Lane::Conductor, 0, 25, 8);
+        b.observe(Lane::Conductor, now + 100, Sample::Unreachable);
+        b.observe(Lane::Conductor, now + 1_000, OK);
+        assert_eq!(b.lane(Lane::Conductor).rate(), 50.0, "a 1 s blip");
         // Nothing proven yet (a fresh gateway): the configured rate stands.
-        let mut fresh = RateBudget::new(roomy(), 0);
-        fresh.observe(10, Sample::Unreachable);
-        fresh.observe(40_000, OK);
-        assert_eq!(fresh.rate(), 50.0);
+        let mut fresh = Budgets::new(roomy(), 0);
+        fresh.observe(Lane::Api, 10, Sample::Unreachable);
+        fresh.observe(Lane::Api, 40_000, OK);
+        assert_eq!(fresh.lane(Lane::Api).rate(), 50.0);
     }
 }

@@ -4,7 +4,7 @@
 //! known, the agent plugin forwards everything: it cannot negotiate versions without the range.
 
 use super::client::UpstreamClient;
-use super::governor::{Class, Governor};
+use super::governor::{Class, Governor, Lane};
 use crate::ironic::root::{VersionDocument, PROBE_HOST};
 use crate::ironic::{ApiVersion, VersionRange};
 use async_trait::async_trait;
@@ -177,7 +177,7 @@ impl VersionDiscovery {
         let until = tokio::time::Instant::now() + Duration::from_secs(5);
         let permit = self
             .governor
-            .enter(Class::Mint, "version discovery", until)
+            .enter(Class::Mint, Lane::Api, "version discovery", until)
             .await
             .map_err(|_| "no place in Ironic's budget".to_string())?;
         let sent = self.client.send(&req, b"").await;
@@ -214,7 +214,7 @@ impl VersionDiscovery {
         let until = tokio::time::Instant::now() + Duration::from_secs(5);
         let permit = self
             .governor
-            .enter(Class::Refresh, "version documents", until)
+            .enter(Class::Refresh, Lane::Api, "version documents", until)
             .await
             .ok()?;
         let sent = self.client.send(&req, b"").await;

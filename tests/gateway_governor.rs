@@ -1,0 +1,116 @@
+//! The load governor, black-box: what the gateway sends Ironic under a heartbeat storm into an
+//! exhausted conductor pool (Ironic's 503 "lack of free conductor workers"), with a small
+//! budget so that a few requests show what a thousand agents would.
+
+mod common;
+
+use common::{Env, FakeIronic, MiniIronic, Request};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn heartbeat(uuid: &str, token: &str, n: usize) -> Request {
+    Request::post(&format!("/v1/heartbeat/{uuid}"))
+        .version("1.68")
+        .json_body(&format!(
+            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"13.0.{n}\"}}"
+        ))
+}
+
+fn minted_token(env: &Env, mac: &str) -> String {
+    let r = env.send(&common::lookup(mac));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A small budget that does not grow (so that the storm's 503s can only push it down) and a
+/// short answer deadline (so that a request held back for the rate shows as Ironic's 503).
+fn small_budget(cfg: &mut common::GatewayConfig) {
+    cfg.with_seal_key()
+        .set("ironic_edge.heartbeat.relay_when_upstream_fails", true)
+        .set("ironic_edge.upstream.budget.initial_per_second", 4)
+        .set("ironic_edge.upstream.budget.min_per_second", 1)
+        .set("ironic_edge.upstream.budget.max_per_second", 4)
+        .set("ironic_edge.upstream.agent_answer_within_ms", 3000);
+}
+
+fn mac(group: u8, i: usize) -> String {
+    format!("52:54:0b:00:{group:02x}:{i:02x}")
+}
+
+#[test]
+fn lookups_keep_minting_while_the_conductor_pool_refuses_heartbeats() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let failing = mini.fail_heartbeats_while(&fake);
+    let storm: Vec<(String, String)> = (0..6)
+        .map(|i| (mini.add_node(&[mac(1, i).as_str()]), mac(1, i)))
+        .collect();
+    let booting: Vec<String> = (0..6)
+        .map(|i| {
+            let m = mac(2, i);
+            mini.add_node(&[m.as_str()]);
+            m
+        })
+        .collect();
+    let env = Env::start_with_fake(fake, small_budget);
+    let tokens: Vec<String> = storm.iter().map(|(_, m)| minted_token(&env, m)).collect();
+
+    // The pool is exhausted: for 3 s the storm's agents heartbeat, each answered at the edge
+    // (verified, kept for the relay) while every one forwarded gets Ironic's 503.
+    failing.store(true, Ordering::SeqCst);
+    let storm_end = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|s| {
+        for ((uuid, _), token) in storm.iter().zip(&tokens) {
+            let env = &env;
+            s.spawn(move || {
+                let mut n = 0;
+                while Instant::now() < storm_end {
+                    n += 1;
+                    let r = env.send(&heartbeat(uuid, token, n));
+                    assert_eq!(r.status, 202, "a verified heartbeat: {}", r.text());
+                }
+            });
+        }
+    });
+    let refused = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/heartbeat/"))
+        .count();
+    assert!(
+        refused >= 2,
+        "the storm reached the refusing pool: {refused}"
+    );
+
+    // New agents boot meanwhile: their lookups (Ironic's API, not its pool) all mint.
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = booting
+            .iter()
+            .map(|m| {
+                let env = &env;
+                s.spawn(move || {
+                    let r = env.send(&common::lookup(m));
+                    (r.status, r.text())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "a lookup behind the heartbeat storm: {body}");
+    }
+    let rate = |lane| {
+        env.gw
+            .metric("ironic_edge_budget_rate_per_second", &[("lane", lane)])
+            .expect("the budget's rate, by lane")
+    };
+    let (api_rate, pool_rate) = (rate("api"), rate("conductor"));
+    assert!(
+        pool_rate < api_rate,
+        "the pool's refusals lowered its lane only: conductor {pool_rate}, api {api_rate}"
+    );
+}
