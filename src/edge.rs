@@ -5,7 +5,7 @@ use crate::config::EdgeConfig;
 use crate::ironic::error::version_header_values;
 use crate::ironic::{ApiVersion, HeaderSet, IronicError};
 use crate::metrics::Metrics;
-use crate::store::EdgeStore;
+use crate::store::Stores;
 use crate::upstream::{UpstreamClient, UpstreamInfo, UpstreamResponse, VersionState};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -16,7 +16,8 @@ use std::time::SystemTime;
 
 pub struct Edge {
     pub config: EdgeConfig,
-    pub store: Arc<dyn EdgeStore>,
+    /// What the gateway remembers in Redis, one handle per concern.
+    pub(crate) store: Stores,
     pub upstream: Arc<UpstreamClient>,
     pub versions: Arc<VersionState>,
     pub metrics: Arc<Metrics>,
@@ -27,7 +28,7 @@ pub struct Edge {
     pub sync_events: tokio::sync::mpsc::Sender<crate::sync::SyncEvent>,
     /// Seals what must carry an agent token through Redis (`seal_key_file`); `None`: the
     /// features that need it are off.
-    pub sealer: Option<Arc<crate::store::seal::Sealer>>,
+    pub(crate) sealer: Option<Arc<crate::store::seal::Sealer>>,
     /// Ironic's `[api]ramdisk_heartbeat_timeout` in seconds, as its lookup answers hand it to
     /// agents (`config.heartbeat_timeout`; 0: not seen yet): it caps the coalescing window.
     pub(crate) heartbeat_timeout_s: std::sync::atomic::AtomicU64,

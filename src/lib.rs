@@ -3,7 +3,7 @@
 //! Where things live:
 //! - [`ironic`]: Ironic's own rules, without I/O (API versions, error bodies, MACs, parameters).
 //! - [`agent`]: the agent-endpoints plugin: the lookup path and the heartbeat path.
-//! - [`store`]: what the gateway remembers, behind a trait; Redis is the real implementation.
+//! - [`store`]: what the gateway remembers in Redis, one small handle per concern.
 //! - [`upstream`]: talking to Ironic (forwarded agent requests, version discovery).
 //! - [`plugin`], [`proxy`], [`server`], [`config`]: the gateway around them.
 
@@ -25,6 +25,6 @@ pub mod route_policy;
 pub mod server;
 pub(crate) mod source_limits;
 pub(crate) mod source_policy;
-pub mod store;
+pub(crate) mod store;
 pub mod sync;
 pub mod upstream;

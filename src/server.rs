@@ -6,7 +6,7 @@ use crate::edge::Edge;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::EdgeProxy;
-use crate::store::redis::RedisStore;
+use crate::store::Stores;
 use crate::upstream::{UpstreamClient, VersionDiscovery, VersionState};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -42,7 +42,7 @@ pub fn prepare(conf_path: Option<&str>) -> Result<Prepared, ConfigError> {
         server_conf.ca_file = Some(edge_conf.upstream.ca_file.clone());
     }
     // Build the parts that can fail on configuration now, so that `-t` catches them too.
-    RedisStore::new(&edge_conf)?;
+    Stores::new(&edge_conf)?;
     Ok(Prepared {
         server_conf,
         edge_conf,
@@ -74,7 +74,7 @@ fn build_edge(
     }
     let edge = Arc::new(Edge {
         config: edge_conf.clone(),
-        store: Arc::new(RedisStore::new(edge_conf)?),
+        store: Stores::new(edge_conf)?,
         upstream: Arc::new(UpstreamClient::new(edge_conf, target)),
         versions: Arc::new(VersionState::default()),
         metrics: Arc::new(Metrics::default()),

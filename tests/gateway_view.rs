@@ -2,7 +2,7 @@
 //! negative caches, the index's markers) is served from the process's own memory, kept
 //! consistent by Redis (`CLIENT TRACKING`: Redis pushes an invalidation whenever anyone changes
 //! a key the process read). A repeated local answer costs one Redis command (the index entry,
-//! which is never kept: see `src/store/redis.rs`) instead of six; a change made elsewhere is
+//! which is never kept: see `src/store/index.rs`) instead of six; a change made elsewhere is
 //! seen at once. Counted with Redis's own `total_commands_processed`, not timed.
 
 mod common;

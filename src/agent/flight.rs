@@ -9,7 +9,7 @@
 //! freshly minted token that belongs to the caller who got it; each waiter of a successful
 //! flight asks Ironic itself, and so gets exactly what Ironic would have told it.
 
-use crate::store::{EdgeStore, FlightResult, FlightState};
+use crate::store::{FlightBoard, FlightResult, FlightState};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -42,7 +42,7 @@ pub enum Ticket<T> {
 }
 
 pub struct Flights {
-    store: Arc<dyn EdgeStore>,
+    board: FlightBoard,
     owner: String,
     local: Mutex<HashMap<String, watch::Receiver<Option<FlightResult>>>>,
 }
@@ -63,9 +63,9 @@ impl Drop for LocalLead<'_> {
 }
 
 impl Flights {
-    pub fn new(store: Arc<dyn EdgeStore>) -> Self {
+    pub(crate) fn new(board: FlightBoard) -> Self {
         Flights {
-            store,
+            board,
             owner: crate::edge::request_id(),
             local: Mutex::new(HashMap::new()),
         }
@@ -125,7 +125,7 @@ impl Flights {
             flights: self,
             key: key.to_string(),
         };
-        match self.store.begin_flight(key, &self.owner, lease).await {
+        match self.board.begin(key, &self.owner, lease).await {
             Ok(false) => {
                 let answer = self.wait_remote(key, lease).await;
                 let shared = match &answer {
@@ -143,11 +143,7 @@ impl Flights {
             Err(e) => log::debug!("lookup flight without the store: {e}"),
         }
         let (own, result) = lead().await;
-        if let Err(e) = self
-            .store
-            .end_flight(key, &self.owner, &result, RESULT_TTL)
-            .await
-        {
+        if let Err(e) = self.board.end(key, &self.owner, &result, RESULT_TTL).await {
             log::debug!("lookup flight result not shared: {e}");
         }
         let _ = tx.send(Some(result));
@@ -158,7 +154,7 @@ impl Flights {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            match self.store.flight_state(key).await {
+            match self.board.state(key).await {
                 Ok(FlightState::Done(FlightResult::Shared { status, body })) => {
                     return FlightAnswer::Shared { status, body }
                 }
@@ -205,7 +201,7 @@ impl<T> Ticket<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
+    use crate::store::testing::TestRedis;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn not_found() -> FlightResult {
@@ -227,13 +223,16 @@ mod tests {
             .await
     }
 
-    fn flights() -> Arc<Flights> {
-        Arc::new(Flights::new(Arc::new(MemoryStore::new())))
+    /// Flights over a redis-server of their own (kept running while the test holds it).
+    async fn flights() -> (TestRedis, Arc<Flights>) {
+        let redis = TestRedis::start().await;
+        let flights = Arc::new(Flights::new(redis.stores.flights.clone()));
+        (redis, flights)
     }
 
     #[tokio::test]
     async fn concurrent_callers_share_one_lead() {
-        let flights = flights();
+        let (_redis, flights) = flights().await;
         let calls = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -261,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn success_is_not_shared() {
-        let flights = flights();
+        let (_redis, flights) = flights().await;
         let f2 = flights.clone();
         let leader = tokio::spawn(async move {
             run(&f2, Duration::from_secs(2), || async {
@@ -281,20 +280,19 @@ mod tests {
 
     #[tokio::test]
     async fn another_process_leading_is_waited_for() {
-        let store = Arc::new(MemoryStore::new());
-        let other = Flights::new(store.clone());
-        let here = Arc::new(Flights::new(store.clone()));
-        assert!(store
-            .begin_flight("k", &other.owner, Duration::from_secs(2))
+        let redis = TestRedis::start().await;
+        let board = redis.stores.flights.clone();
+        let other = Flights::new(board.clone());
+        let here = Arc::new(Flights::new(board.clone()));
+        assert!(board
+            .begin("k", &other.owner, Duration::from_secs(2))
             .await
             .unwrap());
-        let s2 = store.clone();
+        let s2 = board.clone();
         let owner = other.owner.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(40)).await;
-            s2.end_flight("k", &owner, &not_found(), RESULT_TTL)
-                .await
-                .unwrap();
+            s2.end("k", &owner, &not_found(), RESULT_TTL).await.unwrap();
         });
         let answer = run(&here, Duration::from_secs(2), || async {
             panic!("must not lead") as ((), FlightResult)
@@ -313,7 +311,7 @@ mod tests {
     /// (its result is still published to later joiners).
     #[tokio::test]
     async fn a_slow_flight_outlives_its_callers() {
-        let flights = flights();
+        let (_redis, flights) = flights().await;
         let done = Arc::new(AtomicUsize::new(0));
         let d = done.clone();
         let t0 = std::time::Instant::now();

@@ -328,8 +328,9 @@ pub(crate) async fn handle(
             let interval =
                 Duration::from_secs(r.edge.config.heartbeat.token_mismatch_forward_seconds);
             let tag = mismatch_tag(checked.request.agent_token.as_deref().unwrap_or_default());
-            let claim =
-                store.claim_mismatch_forward(ident, &tag, interval, UNVERIFIED_TOKENS_PER_INTERVAL);
+            let claim = store
+                .mismatch
+                .claim(ident, &tag, interval, UNVERIFIED_TOKENS_PER_INTERVAL);
             match claim.await {
                 Ok(true) => log::info!(
                     "heartbeat for {ident}: a token the gateway cannot verify; forwarding it once"
@@ -422,17 +423,19 @@ async fn forward_and_learn(
                         let hash = token_hash::hash_token(token);
                         let url = &hb.normalized_callback_url;
                         store
-                            .record_heartbeat_accepted(ident, &hash, url, ttl)
+                            .records
+                            .heartbeat_accepted(ident, &hash, url, ttl)
                             .await?;
                     }
                     // The agent's token works: no lost lookup answer to replay any more, and
                     // a heartbeat kept for the relay is older than this one Ironic just took.
-                    store.drop_minted_answer(ident).await?;
+                    store.replay.drop_node(ident).await?;
                     if relay_on {
-                        store.drop_pending_heartbeat(ident).await?;
+                        store.relay.drop_node(ident).await?;
                     }
                     store
-                        .record_heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
+                        .records
+                        .heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
                         .await
                 }
                 .await
@@ -440,7 +443,10 @@ async fn forward_and_learn(
         }
         (404, _) => {
             let ttl = Duration::from_secs(cfg.heartbeat.not_found_ttl_seconds);
-            store.remember_heartbeat_not_found(ident, ttl).await
+            store
+                .negative
+                .remember_heartbeat_not_found(ident, ttl)
+                .await
         }
         (400, Some(hb)) if is_invalid_token_answer(&resp.body) => {
             // Ironic refused a token we thought current: it was wiped (power off, end of
@@ -450,7 +456,7 @@ async fn forward_and_learn(
                 .and_then(|rec| rec.token_hash.as_deref())
                 .is_some_and(|h| token_hash::verify_token(h, token));
             if was_known {
-                store.forget_token(ident).await
+                store.records.forget_token(ident).await
             } else {
                 Ok(())
             }
@@ -586,7 +592,7 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     }
     // Records are kept under the node's UUID (agents heartbeat by the UUID lookup gave them).
     let record = if is_canonical_uuid(ident) {
-        match r.edge.store.node(ident).await {
+        match r.edge.store.records.get(ident).await {
             Ok(rec) => rec,
             Err(err) => {
                 store_error(r, &err);
@@ -625,7 +631,7 @@ async fn indexed_by_ident(r: &AgentRequest<'_>, ident: &str) -> Option<(Option<I
         return None;
     }
     let synced_at = r.fresh_index_synced_at().await?;
-    match r.edge.store.index_node_named(ident).await {
+    match r.edge.store.index.node_named(ident).await {
         Ok(node) => Some((node, synced_at)),
         Err(err) => {
             store_error(r, &err);
@@ -658,7 +664,7 @@ pub fn with_newer_token_knowledge(
 }
 
 async fn known_missing(r: &AgentRequest<'_>, ident: &str) -> bool {
-    match r.edge.store.heartbeat_not_found(ident).await {
+    match r.edge.store.negative.heartbeat_not_found(ident).await {
         Ok(v) => v,
         Err(e) => {
             store_error(r, &e);

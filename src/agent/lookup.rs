@@ -65,7 +65,7 @@ pub(crate) async fn handle(
     if index_verdict(r, &query).await == IndexVerdict::NotFound {
         return Ok(r.answer_error(&resource_not_found()));
     }
-    match r.edge.store.lookup_not_found(&key).await {
+    match r.edge.store.negative.lookup_not_found(&key).await {
         Ok(true) => return Ok(r.answer_error(&resource_not_found())),
         Ok(false) => {}
         Err(e) => store_error(r.edge, &e),
@@ -292,7 +292,7 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
             let mut distinct: Vec<String> = Vec::new();
             for slice in query.macs.chunks(INDEX_READ_SLICE) {
                 let slice: Vec<String> = slice.iter().map(Mac::to_string).collect();
-                match store.index_macs(&slice).await {
+                match store.index.macs(&slice).await {
                     Ok(found) => {
                         for node in found.into_iter().flatten() {
                             if !distinct.contains(&node) {
@@ -314,7 +314,7 @@ async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdic
         }
     };
     let node = match uuid {
-        Some(u) => match store.index_node(&u).await {
+        Some(u) => match store.index.node(&u).await {
             Ok(n) => n,
             Err(e) => {
                 store_error(r.edge, &e);
@@ -396,7 +396,7 @@ async fn after_upstream_answer(
     let store = &edge.store;
     if status == 404 {
         let ttl = Duration::from_secs(edge.config.lookup.not_found_ttl_seconds);
-        if let Err(e) = store.remember_lookup_not_found(key, ttl).await {
+        if let Err(e) = store.negative.remember_lookup_not_found(key, ttl).await {
             store_error(edge, &e);
         }
     }
@@ -426,12 +426,13 @@ async fn learn_minted(edge: &Edge, version: ApiVersion, caller: Option<&str>, bo
     let masked = replace_token(body, &token, &format!("\"{MASK}\"")).unwrap_or_default();
     let ttl = Duration::from_secs(edge.config.node_ttl_seconds);
     if let Err(e) = store
-        .record_token_minted(&uuid, &token_hash::hash_token(&token), &masked, ttl)
+        .records
+        .token_minted(&uuid, &token_hash::hash_token(&token), &masked, ttl)
         .await
     {
         store_error(edge, &e);
     }
-    if let Err(e) = store.forget_heartbeat_not_found(&uuid).await {
+    if let Err(e) = store.negative.forget_heartbeat_not_found(&uuid).await {
         store_error(edge, &e);
     }
     keep_for_replay(edge, caller, &uuid, body).await;
@@ -509,7 +510,8 @@ async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[
     };
     if let Err(e) = edge
         .store
-        .put_minted_answer(caller, uuid, &sealed, Duration::from_secs(window))
+        .replay
+        .put(caller, uuid, &sealed, Duration::from_secs(window))
         .await
     {
         store_error(edge, &e);
@@ -538,21 +540,17 @@ async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> 
         return None;
     }
     let claim = crate::edge::request_id();
-    let kept = match edge
-        .store
-        .take_minted_answer(caller, &claim, REPLAY_CLAIM)
-        .await
-    {
+    let kept = match edge.store.replay.take(caller, &claim, REPLAY_CLAIM).await {
         Ok(found) => found?,
         Err(e) => {
             store_error(edge, &e);
             // The take may still run in Redis (a stall): sent after it on the same connection,
             // the release undoes its claim, so that the next retry finds the answer.
-            let (store, caller) = (edge.store.clone(), caller.to_string());
+            let (replay, caller) = (edge.store.replay.clone(), caller.to_string());
             tokio::spawn(async move {
                 // Until Redis answers again (the claim expires by itself meanwhile anyway).
                 for _ in 0..10 {
-                    let released = store.release_minted_answer(&caller, &claim, REPLAY_CLAIM);
+                    let released = replay.release(&caller, &claim, REPLAY_CLAIM);
                     if released.await.is_ok() {
                         break;
                     }
@@ -574,7 +572,7 @@ async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> 
              another caller's key): dropped"
         );
         edge.metrics.sealed_unopenable();
-        if let Err(e) = edge.store.confirm_minted_answer(caller, &claim).await {
+        if let Err(e) = edge.store.replay.confirm(caller, &claim).await {
             store_error(edge, &e);
         }
         return None;
@@ -613,11 +611,9 @@ pub(crate) async fn minted_answer_handed_over(
 ) {
     let store = &edge.store;
     let done = if delivered {
-        store.confirm_minted_answer(caller, claim).await
+        store.replay.confirm(caller, claim).await
     } else {
-        store
-            .release_minted_answer(caller, claim, REPLAY_CLAIM)
-            .await
+        store.replay.release(caller, claim, REPLAY_CLAIM).await
     };
     if let Err(e) = done {
         store_error(edge, &e);

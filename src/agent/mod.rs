@@ -5,10 +5,10 @@
 //! spelling ([`may_route_to_lookup`]) and that the plugin does not answer is forwarded with the
 //! token guard (no raw stored token below 1.62).
 
-pub mod flight;
+pub(crate) mod flight;
 pub mod forward;
-pub mod heartbeat;
-pub mod lookup;
+pub(crate) mod heartbeat;
+pub(crate) mod lookup;
 pub(crate) mod session;
 
 use crate::config::ConfigError;
@@ -108,7 +108,7 @@ impl AgentRequest<'_> {
         if !sync.enabled {
             return None;
         }
-        match self.edge.store.index_synced_at().await {
+        match self.edge.store.index.synced_at().await {
             Ok(Some(at)) => crate::sync::index_is_fresh(sync, at).then_some(at),
             Ok(None) => None,
             Err(e) => {
@@ -119,21 +119,15 @@ impl AgentRequest<'_> {
         }
     }
 
-    /// Ironic's view of a node from a fresh index: `Some(None)` if the index says the node
-    /// does not exist, `None` if the index cannot tell.
-    pub async fn indexed_node(&self, uuid: &str) -> Option<Option<crate::store::IndexedNode>> {
-        self.indexed_node_with_time(uuid)
-            .await
-            .map(|(node, _)| node)
-    }
-
-    /// [`Self::indexed_node`], with when the round that wrote the index started (Unix ms).
-    pub async fn indexed_node_with_time(
+    /// Ironic's view of a node from a fresh index (`Some((None, _))` if the index says the node
+    /// does not exist, `None` if the index cannot tell), with when the round that wrote the
+    /// index started (Unix ms).
+    pub(crate) async fn indexed_node_with_time(
         &self,
         uuid: &str,
     ) -> Option<(Option<crate::store::IndexedNode>, u64)> {
         let synced_at = self.fresh_index_synced_at().await?;
-        let node = self.edge.store.index_node(uuid).await.ok()?;
+        let node = self.edge.store.index.node(uuid).await.ok()?;
         Some((node, synced_at))
     }
 
@@ -177,7 +171,7 @@ pub struct AgentPlugin {
 impl AgentPlugin {
     pub fn new(edge: Arc<Edge>) -> Result<Self, ConfigError> {
         Ok(AgentPlugin {
-            flights: Arc::new(flight::Flights::new(edge.store.clone())),
+            flights: Arc::new(flight::Flights::new(edge.store.flights.clone())),
             edge,
         })
     }

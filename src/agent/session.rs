@@ -11,8 +11,8 @@
 //! the gateway, or the node read by a round or refresh that started after the action, with no
 //! power or provision change under way.
 //!
-//! The store writes the transitions (`record_token_minted`, `record_heartbeat_accepted`,
-//! `forget_token`, `record_node_action`); [`view`] is what every heartbeat decision reads.
+//! The node records write the transitions ([`crate::store::NodeRecords`]: `token_minted`,
+//! `heartbeat_accepted`, `forget_token`, `node_action`); [`view`] is what every heartbeat decision reads.
 
 use crate::edge::Edge;
 use crate::store::{IndexedNode, NodeRecord};
@@ -78,7 +78,7 @@ pub(crate) async fn note_node_action(edge: &Edge, ident: &str) {
     let uuid = if ident.len() == 36 && crate::ironic::ident::is_uuid_like(ident) {
         ident.to_ascii_lowercase()
     } else {
-        match edge.store.index_node_named(ident).await {
+        match edge.store.index.node_named(ident).await {
             Ok(Some(node)) => node.uuid,
             Ok(None) => return,
             Err(e) => {
@@ -90,7 +90,8 @@ pub(crate) async fn note_node_action(edge: &Edge, ident: &str) {
     let ttl = Duration::from_secs(edge.config.node_ttl_seconds);
     if let Err(e) = edge
         .store
-        .record_node_action(&uuid, crate::store::now_ms(), ttl)
+        .records
+        .node_action(&uuid, crate::store::now_ms(), ttl)
         .await
     {
         log::warn!("agent session of {uuid} not unsettled: {e}");

@@ -97,7 +97,7 @@ pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool 
         return false;
     };
     let ttl = Duration::from_secs(edge.config.heartbeat.relay_ttl_seconds);
-    match edge.store.put_pending_heartbeat(uuid, &sealed, ttl).await {
+    match edge.store.relay.put(uuid, &sealed, ttl).await {
         Ok(()) => {
             edge.metrics.heartbeat_deferred();
             true
@@ -167,11 +167,7 @@ impl HeartbeatRelay {
     /// Gives a claim back (the relay failed, or the take's answer never came): the heartbeat is
     /// takeable again. If this fails too, the claim expires.
     async fn release(&self, uuid: &str, claim: &str) {
-        let released = self
-            .edge
-            .store
-            .release_pending_heartbeat(claim, self.claim_ttl())
-            .await;
+        let released = self.edge.store.relay.release(claim, self.claim_ttl()).await;
         if let Err(e) = released {
             log::debug!("kept heartbeat {uuid}: claim not released ({e}); released again later");
             if let Ok(mut list) = self.unreleased.lock() {
@@ -221,12 +217,7 @@ impl HeartbeatRelay {
             Err(_) => return Relayed::Failed,
         };
         let claim = crate::edge::request_id();
-        let (uuid, sealed) = match self
-            .edge
-            .store
-            .take_pending_heartbeat(&claim, self.claim_ttl())
-            .await
-        {
+        let (uuid, sealed) = match self.edge.store.relay.take(&claim, self.claim_ttl()).await {
             Ok(Some(t)) => t,
             Ok(None) => return Relayed::Idle,
             Err(_) => {
@@ -317,12 +308,7 @@ impl HeartbeatRelay {
     /// The claimed heartbeat is done with: deleted (unless a newer one replaced it). If this
     /// fails, the claim expires and the heartbeat is relayed once more (Ironic records it again).
     async fn confirm(&self, uuid: &str, claim: &str, sealed: &[u8]) {
-        if let Err(e) = self
-            .edge
-            .store
-            .confirm_pending_heartbeat(uuid, claim, sealed)
-            .await
-        {
+        if let Err(e) = self.edge.store.relay.confirm(uuid, claim, sealed).await {
             log::warn!("kept heartbeat of {uuid}: relayed, not deleted ({e}); it may go again");
         }
     }
@@ -337,7 +323,7 @@ impl BackgroundService for HeartbeatRelay {
         let concurrency = self.edge.config.heartbeat.relay_concurrency;
         loop {
             // Nothing kept: no place in Ironic's budget is taken for nothing.
-            let kept = self.edge.store.pending_heartbeats().await;
+            let kept = self.edge.store.relay.kept().await;
             if let Ok(n) = kept {
                 self.edge.metrics.set_heartbeats_kept(n);
             }

@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 /// Where a sealed value lies; it opens only there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SealedPlace<'a> {
+pub(crate) enum SealedPlace<'a> {
     /// A minted lookup answer kept for one replay to `replay_key` (the normalised request and
     /// the caller's address), of node `node`.
     MintedAnswer { replay_key: &'a str, node: &'a str },
@@ -29,25 +29,25 @@ impl SealedPlace<'_> {
         let (purpose, key, node) = match self {
             SealedPlace::MintedAnswer { replay_key, node } => (
                 "minted-lookup",
-                super::redis::minted_key_name(replay_key),
+                super::keys::minted_key_name(replay_key),
                 *node,
             ),
             SealedPlace::PendingHeartbeat { node } => {
-                ("heartbeat", super::redis::pending_key_name(node), *node)
+                ("heartbeat", super::keys::pending_key_name(node), *node)
             }
         };
         format!("ironic-edge seal v2\0{purpose}\0{key}\0{node}").into_bytes()
     }
 }
 
-pub struct Sealer {
+pub(crate) struct Sealer {
     key: LessSafeKey,
     rng: SystemRandom,
 }
 
 impl Sealer {
     /// A sealer from a 32-byte key; `None` for any other length.
-    pub fn new(key: &[u8]) -> Option<Self> {
+    pub(crate) fn new(key: &[u8]) -> Option<Self> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).ok()?;
         Some(Sealer {
             key: LessSafeKey::new(unbound),
@@ -56,7 +56,7 @@ impl Sealer {
     }
 
     /// `nonce || ciphertext || tag`, bound to `place`.
-    pub fn seal(&self, place: &SealedPlace<'_>, plain: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn seal(&self, place: &SealedPlace<'_>, plain: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
         let mut buf = plain.to_vec();
@@ -73,7 +73,7 @@ impl Sealer {
     }
 
     /// Opens a sealed value; `None` if it was not sealed with this key for this place.
-    pub fn open(&self, place: &SealedPlace<'_>, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, place: &SealedPlace<'_>, sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_LEN {
             return None;
         }

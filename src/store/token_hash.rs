@@ -102,12 +102,12 @@ pub(crate) fn verify_token_with(secret: Option<&[u8; 32]>, stored: &str, token: 
 }
 
 /// Hashes a token with a new random salt (keyed with the installed secret, if any).
-pub fn hash_token(token: &str) -> String {
+pub(crate) fn hash_token(token: &str) -> String {
     hash_token_with(TOKEN_HASH_SECRET.get(), token)
 }
 
 /// Does `token` match the stored hash (of this process's scheme and key)?
-pub fn verify_token(stored: &str, token: &str) -> bool {
+pub(crate) fn verify_token(stored: &str, token: &str) -> bool {
     verify_token_with(TOKEN_HASH_SECRET.get(), stored, token)
 }
 

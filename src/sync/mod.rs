@@ -42,7 +42,7 @@ const PORTS: (&str, &str, Option<&str>) = ("ports", "/v1/ports", Some(PORT_FIELD
 const OVERLAP_SECONDS: i64 = 30;
 
 /// Reads one node of the API's answer into an index entry.
-pub fn indexed_node(v: &Value) -> Option<IndexedNode> {
+pub(crate) fn indexed_node(v: &Value) -> Option<IndexedNode> {
     let uuid = v.get("uuid")?.as_str()?.to_string();
     let fast_track = match v.get("driver_info").and_then(|d| d.get("fast_track")) {
         None | Some(Value::Null) => FastTrack::Default,
@@ -227,7 +227,8 @@ impl NodeSync {
         let held = self
             .edge
             .store
-            .index_generation()
+            .index
+            .generation()
             .await
             .map_err(|e| e.to_string())?;
         if !same_generation(Some(ours), held.as_deref()) {
@@ -332,7 +333,8 @@ impl NodeSync {
             let (old_nodes, old_macs) = self
                 .edge
                 .store
-                .index_members()
+                .index
+                .members()
                 .await
                 .map_err(|e| e.to_string())?;
             let seen_nodes: HashSet<&str> = update.nodes.iter().map(|n| n.uuid.as_str()).collect();
@@ -346,7 +348,7 @@ impl NodeSync {
                 .filter(|m| !seen_macs.contains(m.as_str()))
                 .collect();
         }
-        if let Err(e) = self.edge.store.index_write(&update).await {
+        if let Err(e) = self.edge.store.index.write(&update).await {
             // Whatever the index holds now, only a full round vouches for it again.
             self.with_state(|s| s.generation = None);
             return Err(e.to_string());
@@ -380,7 +382,7 @@ impl NodeSync {
             generation,
         };
         if let Ok(json) = serde_json::to_string(&marks) {
-            if let Err(e) = self.edge.store.put_sync_marks(&json).await {
+            if let Err(e) = self.edge.store.index.put_sync_marks(&json).await {
                 log::debug!("node sync: watermarks not shared: {e}");
             }
         }
@@ -408,7 +410,7 @@ impl NodeSync {
                     nodes: vec![n],
                     ..IndexUpdate::default()
                 };
-                if let Err(e) = self.edge.store.index_write(&update).await {
+                if let Err(e) = self.edge.store.index.write(&update).await {
                     log::debug!("node refresh of {ident}: {e}");
                 }
             }
@@ -424,16 +426,17 @@ impl NodeSync {
     /// decides, never this process's memory: the watermarks must belong to the generation of
     /// the complete index Redis holds now.
     async fn resume_from_shared_marks(&self) {
-        match self.edge.store.index_synced_at().await {
+        match self.edge.store.index.synced_at().await {
             Ok(Some(at)) if index_is_fresh(&self.cfg, at) => {}
             _ => return,
         }
-        let Ok(Some(generation)) = self.edge.store.index_generation().await else {
+        let Ok(Some(generation)) = self.edge.store.index.generation().await else {
             return;
         };
         let Some(marks) = self
             .edge
             .store
+            .index
             .sync_marks()
             .await
             .ok()
@@ -490,7 +493,7 @@ impl BackgroundService for NodeSync {
         let mut events = self.events.lock().await;
         loop {
             let held = matches!(
-                self.edge.store.lease("sync", &self.owner, lease).await,
+                self.edge.store.lease.hold("sync", &self.owner, lease).await,
                 Ok(true)
             );
             if held != leading {
@@ -514,7 +517,7 @@ impl BackgroundService for NodeSync {
                 let renew = async {
                     loop {
                         tokio::time::sleep(tick).await;
-                        let _ = self.edge.store.lease("sync", &self.owner, lease).await;
+                        let _ = self.edge.store.lease.hold("sync", &self.owner, lease).await;
                     }
                 };
                 let outcome = tokio::select! {

@@ -1,0 +1,378 @@
+//! The node index the sync service keeps (Ironic's own view of every node and port), usable
+//! only while its generation markers agree: a half that Redis lost (a flush, a restart without
+//! persistence, an eviction) takes its marker with it.
+
+use super::conn::{viewed, Conn};
+use super::{StoreError, StoreResult};
+
+/// A node's `driver_info.fast_track` as Ironic reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FastTrack {
+    /// Not set: Ironic's `[deploy]fast_track` applies.
+    Default,
+    On,
+    Off,
+    /// A value Ironic refuses (its lookup answers 400): never decided at the edge.
+    Invalid,
+}
+
+/// What the node index knows of one node (kept fresh by the sync service).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct IndexedNode {
+    pub(crate) uuid: String,
+    pub(crate) name: Option<String>,
+    pub(crate) provision_state: String,
+    pub(crate) fast_track: FastTrack,
+    pub(crate) maintenance: bool,
+    /// `agent_secret_token` present in `driver_internal_info`.
+    pub(crate) token_held: bool,
+    pub(crate) agent_url: Option<String>,
+    /// A power or provision change is under way (`target_power_state` or
+    /// `target_provision_state` set): the token and `agent_url` may be about to be wiped.
+    #[serde(default)]
+    pub(crate) in_transition: bool,
+    /// When the node was read from Ironic (the start of the round or refresh), in Unix
+    /// milliseconds (0: unknown, an entry written before this field existed).
+    #[serde(default)]
+    pub(crate) read_at_ms: u64,
+}
+
+/// One write to the index: entries to set and entries to drop, and the time of the round.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IndexUpdate {
+    pub(crate) nodes: Vec<IndexedNode>,
+    /// `(mac, node uuid)`.
+    pub(crate) ports: Vec<(String, String)>,
+    pub(crate) removed_nodes: Vec<String>,
+    pub(crate) removed_macs: Vec<String>,
+    /// Unix milliseconds of the round, written as the index's freshness; `None` for an
+    /// event-driven refresh that does not vouch for the whole index.
+    pub(crate) synced_at_ms: Option<u64>,
+    /// The index generation the round vouches for (with `synced_at_ms`): a full round starts a
+    /// new one; an incremental round only carries on the one it read, and its freshness is not
+    /// written if the index in Redis is no longer of that generation (Redis lost it meanwhile).
+    pub(crate) generation: Option<String>,
+    /// A full round: everything Ironic has, written under a new `generation`.
+    pub(crate) full_round: bool,
+}
+
+/// The node index.
+#[derive(Clone)]
+pub(crate) struct NodeIndex {
+    conn: Conn,
+}
+
+impl NodeIndex {
+    pub(crate) fn new(conn: Conn) -> Self {
+        NodeIndex { conn }
+    }
+
+    /// Unix milliseconds of the last completed sync round (`None`: no complete index: never
+    /// synced, or its generation marker is missing or inconsistent, as after Redis lost data).
+    pub(crate) async fn synced_at(&self) -> StoreResult<Option<u64>> {
+        Ok(self.index_marker().await?.map(|(at, _)| at))
+    }
+
+    /// The generation of the complete index in the store (`None`: none, or its markers
+    /// disagree): the sync carries on incrementally only from the generation it wrote.
+    pub(crate) async fn generation(&self) -> StoreResult<Option<String>> {
+        Ok(self.index_marker().await?.map(|(_, generation)| generation))
+    }
+
+    /// Where the sync resumes (its watermarks, as JSON): a process taking the lease over
+    /// carries on from there instead of starting with a full round.
+    pub(crate) async fn sync_marks(&self) -> StoreResult<Option<String>> {
+        self.conn
+            .run(redis::cmd("GET").arg(self.conn.keys.sync_marks()).clone())
+            .await
+    }
+
+    /// Writes where the sync resumes.
+    pub(crate) async fn put_sync_marks(&self, marks: &str) -> StoreResult<()> {
+        self.conn
+            .run(
+                redis::cmd("SET")
+                    .arg(self.conn.keys.sync_marks())
+                    .arg(marks)
+                    .clone(),
+            )
+            .await
+    }
+
+    /// The node uuid of each MAC (same order), from the index; an error if the index is not
+    /// the complete one [`Self::synced_at`] vouched for (its generation changed).
+    pub(crate) async fn macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if macs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut fields = vec![GENERATION_FIELD.to_string()];
+        fields.extend(macs.iter().cloned());
+        let mut found = self
+            .index_read(self.conn.keys.index_macs(), &fields)
+            .await?;
+        found.remove(0);
+        Ok(found)
+    }
+
+    /// A node of the index; an error if the index is not the complete one (as for
+    /// [`Self::macs`]): a missing entry means "no such node" only in a complete index.
+    pub(crate) async fn node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
+        let fields = [GENERATION_FIELD.to_string(), uuid.to_string()];
+        let found = self
+            .index_read(self.conn.keys.index_nodes(), &fields)
+            .await?;
+        Ok(found
+            .into_iter()
+            .nth(1)
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// The indexed node with this name (`None`: no indexed node has it).
+    pub(crate) async fn node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
+        let fields = [GENERATION_FIELD.to_string(), format!("{NAME_FIELD}{name}")];
+        let found = self
+            .index_read(self.conn.keys.index_nodes(), &fields)
+            .await?;
+        let Some(uuid) = found.into_iter().nth(1).flatten() else {
+            return Ok(None);
+        };
+        Ok(self
+            .node(&uuid)
+            .await?
+            .filter(|n| n.name.as_deref() == Some(name)))
+    }
+
+    /// Every node uuid and MAC in the index (for a full round to find what disappeared).
+    pub(crate) async fn members(&self) -> StoreResult<(Vec<String>, Vec<String>)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HKEYS")
+            .arg(self.conn.keys.index_nodes())
+            .cmd("HKEYS")
+            .arg(self.conn.keys.index_macs());
+        let (nodes, macs): (Vec<String>, Vec<String>) = self.conn.run_pipe(pipe).await?;
+        let entries = |v: Vec<String>| {
+            v.into_iter()
+                .filter(|k| !is_marker_field(k) && !k.starts_with(NAME_FIELD))
+                .collect()
+        };
+        Ok((entries(nodes), entries(macs)))
+    }
+
+    /// Writes a round (or a refresh). A round's freshness is written only if the index is
+    /// still of its generation (a full round: if nothing wiped what it wrote meanwhile);
+    /// otherwise an error, and the next round must be a full one.
+    pub(crate) async fn write(&self, u: &IndexUpdate) -> StoreResult<()> {
+        self.conn
+            .settled(async {
+                let (nodes, macs) = (self.conn.keys.index_nodes(), self.conn.keys.index_macs());
+                if u.full_round {
+                    // Marks both halves as being rebuilt by this round: a flush or an eviction while
+                    // the round writes removes the mark, and the round then does not vouch for them.
+                    let generation = u
+                        .generation
+                        .as_deref()
+                        .ok_or_else(|| StoreError("a full round without a generation".into()))?;
+                    let mut pipe = redis::pipe();
+                    pipe.atomic()
+                        .cmd("HSET")
+                        .arg(&nodes)
+                        .arg(BUILDING_FIELD)
+                        .arg(generation)
+                        .ignore()
+                        .cmd("HSET")
+                        .arg(&macs)
+                        .arg(BUILDING_FIELD)
+                        .arg(generation)
+                        .ignore();
+                    self.conn.run_pipe::<()>(pipe).await?;
+                }
+                // Large rounds are written in slices, each one pipelined, so that no single call
+                // holds Redis (or misses its deadline) for long.
+                const SLICE: usize = 500;
+                for chunk in u.nodes.chunks(SLICE) {
+                    let mut cmd = redis::cmd("HSET");
+                    cmd.arg(&nodes);
+                    for n in chunk {
+                        let text =
+                            serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
+                        cmd.arg(&n.uuid).arg(text);
+                        // Heartbeats may name their node; a renamed node leaves its old name behind,
+                        // which counts only while the node it points to still has that name.
+                        if let Some(name) = &n.name {
+                            cmd.arg(format!("{NAME_FIELD}{name}")).arg(&n.uuid);
+                        }
+                    }
+                    self.conn.run::<()>(cmd).await?;
+                }
+                for chunk in u.ports.chunks(SLICE) {
+                    let mut cmd = redis::cmd("HSET");
+                    cmd.arg(&macs);
+                    for (mac, uuid) in chunk {
+                        cmd.arg(mac).arg(uuid);
+                    }
+                    self.conn.run::<()>(cmd).await?;
+                }
+                for (key, removed) in [(&nodes, &u.removed_nodes), (&macs, &u.removed_macs)] {
+                    for chunk in removed.chunks(SLICE) {
+                        let mut cmd = redis::cmd("HDEL");
+                        cmd.arg(key);
+                        for item in chunk.iter().filter(|i| !is_marker_field(i)) {
+                            cmd.arg(item);
+                        }
+                        self.conn.run::<()>(cmd).await?;
+                    }
+                }
+                let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_deref()) else {
+                    return Ok(());
+                };
+                // The round vouches for the index only if it is still the one the round wrote to:
+                // a full round's mark is still on both halves, an incremental round's generation is
+                // still the index's (on both halves and with the freshness).
+                let script = redis::Script::new(
+                    r"local g = ARGV[1]
+              if ARGV[3] == '1' then
+                if redis.call('HGET', KEYS[1], '@building') ~= g
+                   or redis.call('HGET', KEYS[2], '@building') ~= g then return 0 end
+                redis.call('HSET', KEYS[1], '@gen', g)
+                redis.call('HSET', KEYS[2], '@gen', g)
+                redis.call('HDEL', KEYS[1], '@building')
+                redis.call('HDEL', KEYS[2], '@building')
+              else
+                local cur = redis.call('GET', KEYS[3])
+                if redis.call('HGET', KEYS[1], '@gen') ~= g
+                   or redis.call('HGET', KEYS[2], '@gen') ~= g
+                   or not cur or string.sub(cur, -(#g + 1)) ~= (' ' .. g) then return 0 end
+              end
+              redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. g)
+              return 1",
+                );
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(&nodes)
+                    .key(&macs)
+                    .key(self.conn.keys.index_synced_at())
+                    .arg(generation)
+                    .arg(at)
+                    .arg(if u.full_round { "1" } else { "0" });
+                let vouched: i64 = self.conn.run_script(invocation).await?;
+                if vouched == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError(
+                        "the node index changed under the round (Redis lost data?)".into(),
+                    ))
+                }
+            })
+            .await
+    }
+
+    /// The index's freshness and generation, if both halves belong to that generation.
+    async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(viewed(
+            redis::cmd("GET")
+                .arg(self.conn.keys.index_synced_at())
+                .clone(),
+        ))
+        .add_command(viewed(
+            redis::cmd("HGET")
+                .arg(self.conn.keys.index_nodes())
+                .arg(GENERATION_FIELD)
+                .clone(),
+        ))
+        .add_command(viewed(
+            redis::cmd("HGET")
+                .arg(self.conn.keys.index_macs())
+                .arg(GENERATION_FIELD)
+                .clone(),
+        ));
+        let (synced, nodes_gen, macs_gen): (Option<String>, Option<String>, Option<String>) =
+            self.conn.run_pipe_viewed(pipe).await?;
+        Ok(synced
+            .as_deref()
+            .and_then(parse_synced_at)
+            .filter(|(_, g)| {
+                nodes_gen.as_deref() == Some(g.as_str()) && macs_gen.as_deref() == Some(g.as_str())
+            }))
+    }
+
+    /// `HMGET` of an index half (the first field being its generation), with the freshness,
+    /// in one step: an error unless the half still belongs to the vouched-for generation (a
+    /// missing entry of a half that Redis lost is not "no such node").
+    async fn index_read(
+        &self,
+        half: String,
+        fields: &[String],
+    ) -> StoreResult<Vec<Option<String>>> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(viewed(
+            redis::cmd("GET")
+                .arg(self.conn.keys.index_synced_at())
+                .clone(),
+        ));
+        // Never from the view: it keeps every distinct read of a key, command and answer, under
+        // that key until the key changes, and the whole index is two keys: reads of MACs and
+        // idents that callers choose would pile up in it without bound (and each read would
+        // scan them). The markers above are a few fixed reads.
+        pipe.cmd("HMGET").arg(half).arg(fields);
+        let (synced, found): (Option<String>, Vec<Option<String>>) =
+            self.conn.run_pipe_viewed(pipe).await?;
+        let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
+        match (vouched, found.first().cloned().flatten()) {
+            (Some(g), Some(half_gen)) if g == half_gen => Ok(found),
+            _ => Err(StoreError(
+                "the node index is not complete (its generation changed)".into(),
+            )),
+        }
+    }
+}
+
+/// The generation a half belongs to, and the one a full round is rebuilding it for.
+const GENERATION_FIELD: &str = "@gen";
+/// Fields `name:<name>` of the nodes hash map a node name to its uuid. Names of deleted or
+/// renamed nodes stay until the hash is rebuilt (they are checked against the node on every
+/// read, so they cost a few bytes, never a wrong answer).
+const NAME_FIELD: &str = "name:";
+const BUILDING_FIELD: &str = "@building";
+
+/// Fields of an index half that are markers, not entries (no uuid or MAC starts with `@`).
+fn is_marker_field(field: &str) -> bool {
+    field.starts_with('@')
+}
+
+/// `<Unix ms> <generation>` → its parts.
+pub(crate) fn parse_synced_at(text: &str) -> Option<(u64, String)> {
+    let (at, generation) = text.split_once(' ')?;
+    let at = at.parse().ok()?;
+    (!generation.is_empty()).then(|| (at, generation.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synced_at_carries_its_generation() {
+        assert_eq!(
+            parse_synced_at("1700000000000 req-1"),
+            Some((1_700_000_000_000, "req-1".to_string()))
+        );
+    }
+
+    #[test]
+    fn synced_at_without_a_generation_is_refused() {
+        for text in ["1700000000000", "1700000000000 ", "x req-1", ""] {
+            assert_eq!(parse_synced_at(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn marker_fields_are_not_entries() {
+        assert!(is_marker_field(GENERATION_FIELD));
+        assert!(is_marker_field(BUILDING_FIELD));
+        assert!(!is_marker_field("52:54:00:aa:bb:cc"));
+        assert!(!is_marker_field("1be26c0b-03f2-4d2e-ae87-c02d7f33c123"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The negative caches: upstream 404s of lookups (by normalised key) and of heartbeats (by
+//! node ident), each a marker with a short TTL, read through the in-process view.
+
+use super::conn::{viewed, Conn};
+use super::StoreResult;
+use std::time::Duration;
+
+/// The lookup and heartbeat negative caches.
+#[derive(Clone)]
+pub(crate) struct NegativeCache {
+    conn: Conn,
+}
+
+impl NegativeCache {
+    pub(crate) fn new(conn: Conn) -> Self {
+        NegativeCache { conn }
+    }
+
+    /// Is an upstream 404 for this lookup key still remembered?
+    pub(crate) async fn lookup_not_found(&self, key: &str) -> StoreResult<bool> {
+        self.conn
+            .run_viewed(viewed(
+                redis::cmd("EXISTS")
+                    .arg(self.conn.keys.lookup_not_found(key))
+                    .clone(),
+            ))
+            .await
+    }
+
+    /// Remembers Ironic's 404 for this lookup key, `ttl` long.
+    pub(crate) async fn remember_lookup_not_found(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.conn
+            .set_marker(self.conn.keys.lookup_not_found(key), ttl)
+            .await
+    }
+
+    /// Is an upstream 404 for a heartbeat of this node ident still remembered?
+    pub(crate) async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
+        self.conn
+            .run_viewed(viewed(
+                redis::cmd("EXISTS")
+                    .arg(self.conn.keys.heartbeat_not_found(ident))
+                    .clone(),
+            ))
+            .await
+    }
+
+    /// Remembers Ironic's 404 for heartbeats of this node ident, `ttl` long.
+    pub(crate) async fn remember_heartbeat_not_found(
+        &self,
+        ident: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.conn
+            .set_marker(self.conn.keys.heartbeat_not_found(ident), ttl)
+            .await
+    }
+
+    /// A node became known (a lookup found it): drop any cached heartbeat 404 for it.
+    pub(crate) async fn forget_heartbeat_not_found(&self, ident: &str) -> StoreResult<()> {
+        self.conn
+            .settled(async {
+                self.conn
+                    .run(
+                        redis::cmd("DEL")
+                            .arg(self.conn.keys.heartbeat_not_found(ident))
+                            .clone(),
+                    )
+                    .await
+            })
+            .await
+    }
+}

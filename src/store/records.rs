@@ -1,0 +1,216 @@
+//! What the gateway knows of each node from traffic it forwarded (`node:<uuid>`), read through
+//! the in-process view; every write settles the view before it is reported done.
+
+use super::conn::{viewed, Conn};
+use super::StoreResult;
+use std::time::Duration;
+
+/// What the gateway knows about one node, from traffic it forwarded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NodeRecord {
+    /// Salted hash of the node's current agent token ([`super::token_hash`]), if known.
+    pub(crate) token_hash: Option<String>,
+    /// The `callback_url` (normalised) of the last heartbeat Ironic accepted with that token.
+    pub(crate) agent_url: Option<String>,
+    /// The last heartbeat Ironic accepted: its fingerprint (everything but the token, which
+    /// `token_hash` covers) and when, in Unix milliseconds.
+    pub(crate) last_heartbeat: Option<(String, u64)>,
+    /// When Ironic last showed it holds that token (it minted it, or accepted a heartbeat
+    /// with it), in Unix milliseconds: newer than the node index, this knowledge wins.
+    pub(crate) token_seen_ms: Option<u64>,
+    /// When the gateway forwarded an action on the node (a power or provision change, an
+    /// edit) that may have ended its agent session, in Unix milliseconds: until a new token is
+    /// minted or the index shows the node settled after it, nothing is answered at the edge
+    /// from this record ([`crate::agent::session`]).
+    pub(crate) unsettled_since_ms: Option<u64>,
+}
+
+/// The node records.
+#[derive(Clone)]
+pub(crate) struct NodeRecords {
+    conn: Conn,
+}
+
+impl NodeRecords {
+    pub(crate) fn new(conn: Conn) -> Self {
+        NodeRecords { conn }
+    }
+
+    /// The node's record (`None`: nothing known).
+    pub(crate) async fn get(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
+        let fields: Vec<Option<String>> = self
+            .conn
+            .run_viewed(viewed(
+                redis::cmd("HMGET")
+                    .arg(self.conn.keys.node(uuid))
+                    .arg("token")
+                    .arg("agent_url")
+                    .arg("hb_fp")
+                    .arg("hb_at")
+                    .arg("node")
+                    .arg("token_at")
+                    .arg("reset_at")
+                    .clone(),
+            ))
+            .await?;
+        if fields.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let field = |i: usize| fields.get(i).cloned().flatten();
+        let last_heartbeat = match (field(2), field(3).and_then(|a| a.parse().ok())) {
+            (Some(fp), Some(at)) => Some((fp, at)),
+            _ => None,
+        };
+        Ok(Some(NodeRecord {
+            token_hash: field(0),
+            agent_url: field(1),
+            last_heartbeat,
+            token_seen_ms: field(5).and_then(|a| a.parse().ok()),
+            unsettled_since_ms: field(6).and_then(|a| a.parse().ok()),
+        }))
+    }
+
+    /// A new token was minted for the node: remember its hash, forget the old `agent_url`,
+    /// and keep the node data (already masked by the caller) for later use.
+    pub(crate) async fn token_minted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        node_data: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.conn
+            .settled(async {
+                let key = self.conn.keys.node(uuid);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("token")
+                    .arg(token_hash)
+                    .arg("token_at")
+                    .arg(super::now_ms())
+                    .arg("node")
+                    .arg(node_data)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(&key)
+                    .arg("agent_url")
+                    .arg("hb_fp")
+                    .arg("hb_at")
+                    .arg("reset_at")
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(ttl.as_secs().max(1))
+                    .ignore();
+                self.conn.run_pipe(pipe).await
+            })
+            .await
+    }
+
+    /// Ironic accepted a heartbeat with this token and `callback_url`.
+    pub(crate) async fn heartbeat_accepted(
+        &self,
+        uuid: &str,
+        token_hash: &str,
+        agent_url: &str,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.conn
+            .settled(async {
+                let key = self.conn.keys.node(uuid);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HSET")
+                    .arg(&key)
+                    .arg("token")
+                    .arg(token_hash)
+                    .arg("token_at")
+                    .arg(super::now_ms())
+                    .arg("agent_url")
+                    .arg(agent_url)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(ttl.as_secs().max(1))
+                    .ignore();
+                self.conn.run_pipe(pipe).await
+            })
+            .await
+    }
+
+    /// Remembers the last heartbeat Ironic accepted (fingerprint, Unix ms).
+    pub(crate) async fn heartbeat_forwarded(
+        &self,
+        uuid: &str,
+        fingerprint: &str,
+        at_ms: u64,
+    ) -> StoreResult<()> {
+        self.conn
+            .settled(async {
+                self.conn
+                    .run(
+                        redis::cmd("HSET")
+                            .arg(self.conn.keys.node(uuid))
+                            .arg("hb_fp")
+                            .arg(fingerprint)
+                            .arg("hb_at")
+                            .arg(at_ms)
+                            .clone(),
+                    )
+                    .await
+            })
+            .await
+    }
+
+    /// Ironic no longer knows the token we had (it was wiped).
+    pub(crate) async fn forget_token(&self, uuid: &str) -> StoreResult<()> {
+        self.conn
+            .settled(async {
+                self.conn
+                    .run(
+                        redis::cmd("HDEL")
+                            .arg(self.conn.keys.node(uuid))
+                            .arg("token")
+                            .arg("token_at")
+                            .arg("agent_url")
+                            .arg("hb_fp")
+                            .arg("hb_at")
+                            .clone(),
+                    )
+                    .await
+            })
+            .await
+    }
+
+    /// The gateway forwarded an action on the node at `at_ms` that may end its agent session.
+    pub(crate) async fn node_action(
+        &self,
+        uuid: &str,
+        at_ms: u64,
+        ttl: Duration,
+    ) -> StoreResult<()> {
+        self.conn.settled(async {
+        let key = self.conn.keys.node(uuid);
+        let mut pipe = redis::pipe();
+        // The latest action wins: a late write of an older one must not shorten the unsettled
+        // time of a newer one (`reset_at` only grows).
+        pipe.atomic()
+            .cmd("EVAL")
+            .arg(
+                "local cur = tonumber(redis.call('HGET', KEYS[1], 'reset_at') or '0') \
+                 if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'reset_at', ARGV[1]) end \
+                 if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
+                 return 0",
+            )
+            .arg(1)
+            .arg(&key)
+            .arg(at_ms)
+            .arg(ttl.as_secs().max(1))
+            .ignore();
+        self.conn.run_pipe(pipe).await
+        })
+        .await
+    }
+}

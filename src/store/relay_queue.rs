@@ -1,0 +1,168 @@
+//! Heartbeats kept (sealed) for the relay while Ironic fails: a node's latest one, taken by a
+//! claim and deleted only once relayed.
+
+use super::conn::{millis, Conn};
+use super::StoreResult;
+use std::time::Duration;
+
+/// The heartbeats kept for the relay.
+#[derive(Clone)]
+pub(crate) struct RelayQueue {
+    conn: Conn,
+}
+
+impl RelayQueue {
+    pub(crate) fn new(conn: Conn) -> Self {
+        RelayQueue { conn }
+    }
+
+    /// Keeps a node's latest heartbeat (sealed) for the relay; a newer one replaces it.
+    pub(crate) async fn put(&self, uuid: &str, sealed: &[u8], ttl: Duration) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.conn.keys.pending(uuid))
+            .arg(sealed)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .ignore()
+            .cmd("SADD")
+            .arg(self.conn.keys.pending_takeable())
+            .arg(uuid)
+            .ignore();
+        self.conn.run_pipe(pipe).await
+    }
+
+    /// Claims one kept heartbeat for `claim_ttl` (node uuid, sealed value). It stays kept until
+    /// [`Self::confirm`]; a claim released or expired (its relayer died, or
+    /// the take ran late after its caller gave up) makes it takeable again.
+    pub(crate) async fn take(
+        &self,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
+        // Claims whose time is up go back to the takeable set first (their relayer died, or
+        // their take ran late after its caller gave up). Then one takeable, unclaimed heartbeat
+        // is claimed and read, in one step: it stays in Redis until its relay is confirmed.
+        // Redis's own clock times the claims (the same for every gateway process).
+        let script = redis::Script::new(
+            r"local t = redis.call('TIME')
+              local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+              local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)
+              for _, u in ipairs(expired) do
+                redis.call('ZREM', KEYS[3], u)
+                redis.call('HDEL', KEYS[2], u)
+                redis.call('SADD', KEYS[1], u)
+              end
+              if redis.call('EXISTS', KEYS[4]) == 1 then return nil end
+              while true do
+                local u = redis.call('SPOP', KEYS[1])
+                if not u then return nil end
+                if not redis.call('ZSCORE', KEYS[3], u) then
+                  local v = redis.call('GET', ARGV[1] .. u)
+                  if v then
+                    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), u)
+                    redis.call('HSET', KEYS[2], u, ARGV[2])
+                    redis.call('SET', KEYS[4], u, 'PX', ARGV[3])
+                    return {u, v}
+                  end
+                end
+              end",
+        );
+        let mut invocation = self.pending_script(&script, claim);
+        invocation.arg(claim).arg(millis(claim_ttl));
+        let taken: Option<(String, Vec<u8>)> = self.conn.run_script(invocation).await?;
+        Ok(taken)
+    }
+
+    /// The claimed heartbeat reached Ironic: it is deleted, unless a newer one replaced it
+    /// meanwhile (that one stays, takeable).
+    pub(crate) async fn confirm(&self, uuid: &str, claim: &str, sealed: &[u8]) -> StoreResult<()> {
+        // Deletes only the heartbeat that was relayed: a newer one that replaced it meanwhile
+        // goes back to the takeable set.
+        let script = redis::Script::new(
+            r"if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+              redis.call('HDEL', KEYS[2], ARGV[2])
+              redis.call('ZREM', KEYS[3], ARGV[2])
+              redis.call('DEL', KEYS[4])
+              if redis.call('GET', ARGV[1] .. ARGV[2]) == ARGV[4] then
+                redis.call('DEL', ARGV[1] .. ARGV[2])
+              else
+                redis.call('SADD', KEYS[1], ARGV[2])
+              end
+              return 1",
+        );
+        let mut invocation = self.pending_script(&script, claim);
+        invocation.arg(uuid).arg(claim).arg(sealed);
+        let _: i64 = self.conn.run_script(invocation).await?;
+        Ok(())
+    }
+
+    /// Gives up a claim (the relay failed, or the take's answer was lost): whatever it claimed
+    /// can be taken again, and a take with this claim that runs later still (a stall) is
+    /// refused for `claim_ttl`.
+    pub(crate) async fn release(&self, claim: &str, claim_ttl: Duration) -> StoreResult<()> {
+        // The claim's key is left behind, empty, for the claim's time: a take with this claim
+        // that runs even later (it may come on another connection, after this release) is
+        // refused.
+        let script = redis::Script::new(
+            r"local u = redis.call('GET', KEYS[4])
+              if u and u ~= '' and redis.call('HGET', KEYS[2], u) == ARGV[2] then
+                redis.call('HDEL', KEYS[2], u)
+                redis.call('ZREM', KEYS[3], u)
+                redis.call('SADD', KEYS[1], u)
+              end
+              redis.call('SET', KEYS[4], '', 'PX', ARGV[3])
+              return 1",
+        );
+        let mut invocation = self.pending_script(&script, claim);
+        invocation.arg(claim).arg(millis(claim_ttl));
+        let _: i64 = self.conn.run_script(invocation).await?;
+        Ok(())
+    }
+
+    /// How many heartbeats are kept (takeable or claimed).
+    pub(crate) async fn kept(&self) -> StoreResult<u64> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCARD")
+            .arg(self.conn.keys.pending_takeable())
+            .cmd("ZCARD")
+            .arg(self.conn.keys.pending_claimed());
+        let (takeable, claimed): (u64, u64) = self.conn.run_pipe(pipe).await?;
+        Ok(takeable + claimed)
+    }
+
+    /// Ironic accepted a newer heartbeat of the node directly: its kept one is obsolete and is
+    /// dropped (one already claimed by a relayer still goes, once).
+    pub(crate) async fn drop_node(&self, uuid: &str) -> StoreResult<()> {
+        // A claimed one is relayed by its claimer with the copy it holds; its confirmation
+        // then finds the value gone and the take after it skips the node.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.conn.keys.pending(uuid))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.conn.keys.pending_takeable())
+            .arg(uuid)
+            .ignore();
+        self.conn.run_pipe(pipe).await
+    }
+
+    /// A script over the kept heartbeats: KEYS are the takeable set, the claims (node → claim),
+    /// the claimed (node → expiry) and this claim's own key; ARGV starts with the value prefix.
+    fn pending_script<'s>(
+        &self,
+        script: &'s redis::Script,
+        claim: &str,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.conn.keys.pending_takeable())
+            .key(self.conn.keys.pending_claims())
+            .key(self.conn.keys.pending_claimed())
+            .key(self.conn.keys.pending_claim(claim))
+            .arg(self.conn.keys.pending(""));
+        invocation
+    }
+}

@@ -1,0 +1,293 @@
+//! The handles against a real redis-server: the claims, scripts and generation markers as
+//! Redis runs them.
+
+use super::replay::KeptMinted;
+use super::testing::TestRedis;
+use super::*;
+use std::time::Duration;
+
+const CLAIM_TTL: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn flight_and_expiry() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.flights;
+    assert!(s.begin("k", "a", Duration::from_secs(5)).await.unwrap());
+    assert!(!s.begin("k", "b", Duration::from_secs(5)).await.unwrap());
+    assert_eq!(s.state("k").await.unwrap(), FlightState::Running);
+    s.end(
+        "k",
+        "a",
+        &FlightResult::AskUpstream,
+        Duration::from_millis(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.state("k").await.unwrap(),
+        FlightState::Done(FlightResult::AskUpstream)
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(s.state("k").await.unwrap(), FlightState::Gone);
+}
+
+#[tokio::test]
+async fn node_records() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.records;
+    let ttl = Duration::from_secs(5);
+    assert_eq!(s.get("u").await.unwrap(), None);
+    s.token_minted("u", "h1", b"{}", ttl).await.unwrap();
+    s.heartbeat_accepted("u", "h1", "https://a:9999", ttl)
+        .await
+        .unwrap();
+    s.token_minted("u", "h2", b"{}", ttl).await.unwrap();
+    let rec = s.get("u").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.token_hash.as_deref(), rec.agent_url),
+        (Some("h2"), None)
+    );
+    s.forget_token("u").await.unwrap();
+    assert_eq!(s.get("u").await.unwrap().unwrap().token_hash, None);
+}
+
+#[tokio::test]
+async fn negative_markers_are_seen_at_once_and_forgotten() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.negative;
+    let ttl = Duration::from_secs(5);
+    assert!(!s.lookup_not_found("k").await.unwrap());
+    s.remember_lookup_not_found("k", ttl).await.unwrap();
+    assert!(s.lookup_not_found("k").await.unwrap());
+    assert!(!s.heartbeat_not_found("u").await.unwrap());
+    s.remember_heartbeat_not_found("u", ttl).await.unwrap();
+    assert!(s.heartbeat_not_found("u").await.unwrap());
+    s.forget_heartbeat_not_found("u").await.unwrap();
+    assert!(!s.heartbeat_not_found("u").await.unwrap());
+}
+
+#[tokio::test]
+async fn mismatch_slots_per_token_and_per_node() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.mismatch;
+    let interval = Duration::from_secs(5);
+    assert!(s.claim("u", "t1", interval, 2).await.unwrap());
+    assert!(!s.claim("u", "t1", interval, 2).await.unwrap());
+    assert!(s.claim("u", "t2", interval, 2).await.unwrap());
+    assert!(!s.claim("u", "t3", interval, 2).await.unwrap());
+    assert!(s.claim("v", "t1", interval, 2).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_lease_is_held_by_one_owner() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.lease;
+    let ttl = Duration::from_secs(5);
+    assert!(s.hold("sync", "a", ttl).await.unwrap());
+    assert!(!s.hold("sync", "b", ttl).await.unwrap());
+    assert!(s.hold("sync", "a", ttl).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_claimed_minted_answer_is_not_taken_twice() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.replay;
+    s.put("k", "u", b"sealed", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let kept = s.take("k", "c1", CLAIM_TTL).await.unwrap();
+    assert_eq!(
+        kept,
+        Some(KeptMinted {
+            uuid: "u".into(),
+            sealed: b"sealed".to_vec()
+        })
+    );
+    assert_eq!(s.take("k", "c2", CLAIM_TTL).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_released_minted_answer_can_be_taken_again() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.replay;
+    s.put("k", "u", b"sealed", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(s.take("k", "c1", CLAIM_TTL).await.unwrap().is_some());
+    s.release("k", "other", CLAIM_TTL).await.unwrap();
+    assert_eq!(s.take("k", "c2", CLAIM_TTL).await.unwrap(), None);
+    s.release("k", "c1", CLAIM_TTL).await.unwrap();
+    assert!(s.take("k", "c2", CLAIM_TTL).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_unconfirmed_minted_claim_expires() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.replay;
+    s.put("k", "u", b"sealed", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let short = Duration::from_millis(20);
+    assert!(s.take("k", "c1", short).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(s.take("k", "c2", CLAIM_TTL).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_confirmed_minted_answer_is_gone() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.replay;
+    s.put("k", "u", b"sealed", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(s.take("k", "c1", CLAIM_TTL).await.unwrap().is_some());
+    s.confirm("k", "c1").await.unwrap();
+    s.release("k", "c1", CLAIM_TTL).await.unwrap();
+    assert_eq!(s.take("k", "c2", CLAIM_TTL).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_node_drops_its_kept_minted_answer() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.replay;
+    s.put("k", "u", b"sealed", Duration::from_secs(5))
+        .await
+        .unwrap();
+    s.drop_node("u").await.unwrap();
+    assert_eq!(s.take("k", "c1", CLAIM_TTL).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_claimed_heartbeat_stays_until_confirmed() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.relay;
+    let ttl = Duration::from_secs(5);
+    s.put("u", b"v1", ttl).await.unwrap();
+    let taken = s.take("c1", CLAIM_TTL).await.unwrap();
+    assert_eq!(taken, Some(("u".to_string(), b"v1".to_vec())));
+    assert_eq!(s.take("c2", CLAIM_TTL).await.unwrap(), None);
+    assert_eq!(s.kept().await.unwrap(), 1);
+    s.confirm("u", "c1", b"v1").await.unwrap();
+    assert_eq!(s.kept().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_released_heartbeat_can_be_taken_again() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.relay;
+    s.put("u", b"v1", Duration::from_secs(5)).await.unwrap();
+    assert!(s.take("c1", CLAIM_TTL).await.unwrap().is_some());
+    s.release("c1", CLAIM_TTL).await.unwrap();
+    let again = s.take("c2", CLAIM_TTL).await.unwrap();
+    assert_eq!(again, Some(("u".to_string(), b"v1".to_vec())));
+}
+
+#[tokio::test]
+async fn a_newer_heartbeat_survives_the_confirmation_of_the_older() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.relay;
+    let ttl = Duration::from_secs(5);
+    s.put("u", b"v1", ttl).await.unwrap();
+    assert!(s.take("c1", CLAIM_TTL).await.unwrap().is_some());
+    s.put("u", b"v2", ttl).await.unwrap();
+    s.confirm("u", "c1", b"v1").await.unwrap();
+    let newer = s.take("c2", CLAIM_TTL).await.unwrap();
+    assert_eq!(newer, Some(("u".to_string(), b"v2".to_vec())));
+}
+
+#[tokio::test]
+async fn a_dropped_heartbeat_is_not_taken() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.relay;
+    s.put("u", b"v1", Duration::from_secs(5)).await.unwrap();
+    s.drop_node("u").await.unwrap();
+    assert_eq!(s.take("c1", CLAIM_TTL).await.unwrap(), None);
+    assert_eq!(s.kept().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_take_after_its_release_is_refused() {
+    let r = TestRedis::start().await;
+    let (replay, relay) = (&r.stores.replay, &r.stores.relay);
+    let ttl = Duration::from_secs(5);
+    replay.put("k", "u", b"sealed", ttl).await.unwrap();
+    relay.put("u", b"v1", ttl).await.unwrap();
+    // The release came first: the take it was meant to undo runs late.
+    replay.release("k", "c1", CLAIM_TTL).await.unwrap();
+    relay.release("c2", CLAIM_TTL).await.unwrap();
+    assert_eq!(replay.take("k", "c1", CLAIM_TTL).await.unwrap(), None);
+    assert_eq!(relay.take("c2", CLAIM_TTL).await.unwrap(), None);
+    assert!(replay.take("k", "c3", CLAIM_TTL).await.unwrap().is_some());
+    assert!(relay.take("c4", CLAIM_TTL).await.unwrap().is_some());
+}
+
+fn round(full: bool, generation: &str) -> IndexUpdate {
+    IndexUpdate {
+        nodes: vec![IndexedNode {
+            uuid: "u".into(),
+            name: Some("n".into()),
+            provision_state: "active".into(),
+            fast_track: FastTrack::Default,
+            maintenance: false,
+            token_held: false,
+            agent_url: None,
+            in_transition: false,
+            read_at_ms: 0,
+        }],
+        ports: vec![("m".into(), "u".into())],
+        synced_at_ms: Some(1_000),
+        generation: Some(generation.into()),
+        full_round: full,
+        ..IndexUpdate::default()
+    }
+}
+
+#[tokio::test]
+async fn an_index_never_synced_cannot_tell() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.index;
+    assert_eq!(s.synced_at().await.unwrap(), None);
+    assert!(s.macs(&["m".to_string()]).await.is_err());
+    assert!(s.node("u").await.is_err());
+}
+
+#[tokio::test]
+async fn a_full_round_starts_a_generation() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.index;
+    s.write(&round(true, "g1")).await.unwrap();
+    assert_eq!(s.synced_at().await.unwrap(), Some(1_000));
+    assert_eq!(s.generation().await.unwrap().as_deref(), Some("g1"));
+    assert_eq!(
+        s.macs(&["m".to_string()]).await.unwrap(),
+        vec![Some("u".to_string())]
+    );
+    assert_eq!(
+        s.node_named("n").await.unwrap().map(|n| n.uuid),
+        Some("u".into())
+    );
+    assert_eq!(
+        s.members().await.unwrap(),
+        (vec!["u".to_string()], vec!["m".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn an_incremental_round_of_another_generation_does_not_vouch() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.index;
+    assert!(s.write(&round(false, "g0")).await.is_err());
+    assert_eq!(s.synced_at().await.unwrap(), None);
+    s.write(&round(true, "g1")).await.unwrap();
+    assert!(s.write(&round(false, "g0")).await.is_err());
+    s.write(&round(false, "g1")).await.unwrap();
+}
+
+#[tokio::test]
+async fn sync_marks_round_trip() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.index;
+    assert_eq!(s.sync_marks().await.unwrap(), None);
+    s.put_sync_marks("{\"a\":1}").await.unwrap();
+    assert_eq!(s.sync_marks().await.unwrap().as_deref(), Some("{\"a\":1}"));
+}
