@@ -1832,6 +1832,14 @@ async fn wait_gateway_ready(ops: &Endpoint, limit: f64) -> Result<(), String> {
 }
 
 /// `ironic_edge_*` samples of a Prometheus text page.
+/// The sum of a metric family's series (`name` alone, or `name{...}`).
+fn family_sum(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.split('{').next() == Some(name))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     for line in text.lines() {
@@ -2326,7 +2334,8 @@ fn summarize(
             });
         }
         if let (Some(Some(m0)), Some(Some(m1))) = (marks.gateway.get(i), marks.gateway.get(i + 1)) {
-            let d = |k: &str| m1.get(k).copied().unwrap_or(0.0) - m0.get(k).copied().unwrap_or(0.0);
+            // A family's series summed (the overload count is labelled by lane).
+            let d = |k: &str| family_sum(m1, k) - family_sum(m0, k);
             phase["gateway"] = json!({
                 "ironic_overloaded": d("ironic_edge_budget_overloaded_total"),
                 "heartbeats_kept": d("ironic_edge_heartbeats_deferred_total"),

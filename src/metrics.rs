@@ -158,26 +158,24 @@ impl Metrics {
             "Requests in flight to Ironic.",
             &[(String::new(), governor.in_flight as u64)],
         );
-        let per_lane_rate = |v: &[u64; 2]| -> Vec<(String, f64)> {
-            Lane::ALL
+        let per_budget = |v: &[u64; 2]| -> Vec<(String, f64)> {
+            ["ironic", "conductor_pool"]
                 .iter()
-                .map(|l| {
-                    let label = format!("{{lane=\"{}\"}}", l.label());
-                    (label, v[*l as usize] as f64 / 1000.0)
-                })
+                .zip(v)
+                .map(|(name, millis)| (format!("{{budget=\"{name}\"}}"), *millis as f64 / 1000.0))
                 .collect()
         };
         rate_gauge(
             &mut out,
             "ironic_edge_budget_rate_per_second",
-            "The rate of requests to Ironic the budget allows now (learnt), by lane.",
-            &per_lane_rate(&governor.rate_millis),
+            "The rate the budget allows now (learnt): everything sent to Ironic, and heartbeats (its conductor's worker pool).",
+            &per_budget(&governor.rate_millis),
         );
         rate_gauge(
             &mut out,
             "ironic_edge_budget_proven_per_second",
-            "The best rate Ironic answered the gateway over 10 s without an overload answer, by lane: for a minute after an outage the rate is no higher.",
-            &per_lane_rate(&governor.proven_millis),
+            "The best rate Ironic answered without an overload answer over 10 s, by budget: for a minute after an outage the rate is no higher.",
+            &per_budget(&governor.proven_millis),
         );
         out
     }

@@ -105,10 +105,10 @@ fn lookups_keep_minting_while_the_conductor_pool_refuses_heartbeats() {
     }
     let rate = |lane| {
         env.gw
-            .metric("ironic_edge_budget_rate_per_second", &[("lane", lane)])
+            .metric("ironic_edge_budget_rate_per_second", &[("budget", lane)])
             .expect("the budget's rate, by lane")
     };
-    let (api_rate, pool_rate) = (rate("api"), rate("conductor"));
+    let (api_rate, pool_rate) = (rate("ironic"), rate("conductor_pool"));
     assert!(
         pool_rate < api_rate,
         "the pool's refusals lowered its lane only: conductor {pool_rate}, api {api_rate}"

@@ -58,7 +58,10 @@ impl Class {
 pub(crate) enum Sample {
     /// An answer (2xx, 4xx), this long after the request was sent.
     Answered { latency_ms: u64 },
-    /// 503 (no free conductor workers), another 5xx, or a timeout.
+    /// A 5xx answer (for a heartbeat mostly 503 "lack of free conductor workers": the pool is
+    /// exhausted while the API itself answered).
+    ServerError { latency_ms: u64 },
+    /// No answer in time: Ironic took the request and did not keep up.
     Overloaded,
     /// Not reached (connection refused, reset before an answer): no load signal.
     Unreachable,
@@ -68,9 +71,18 @@ impl Sample {
     /// Classifies an HTTP status with its latency.
     pub(crate) fn of_status(status: u16, latency_ms: u64) -> Sample {
         if status >= 500 {
-            Sample::Overloaded
+            Sample::ServerError { latency_ms }
         } else {
             Sample::Answered { latency_ms }
+        }
+    }
+
+    /// The same sample `latency_ms` after its request was sent.
+    fn with_latency(self, latency_ms: u64) -> Sample {
+        match self {
+            Sample::Answered { .. } => Sample::Answered { latency_ms },
+            Sample::ServerError { .. } => Sample::ServerError { latency_ms },
+            other => other,
         }
     }
 }
@@ -256,7 +268,7 @@ impl RateBudget {
     fn overloaded(&self, sample: Sample) -> Option<bool> {
         match sample {
             Sample::Unreachable => None,
-            Sample::Overloaded => Some(true),
+            Sample::Overloaded | Sample::ServerError { .. } => Some(true),
             Sample::Answered { latency_ms } => Some(latency_ms > self.settings.slow_answer_ms),
         }
     }
@@ -310,13 +322,16 @@ impl RateBudget {
     }
 }
 
-/// The budgets of both lanes, and what they share: the outage (Ironic unreachable as a whole)
-/// and the best total rate Ironic proved it sustains. Pure.
+/// Ironic's two budgets: one for everything sent to it (its API and its CPU answer all of
+/// it), and one more for heartbeats, whose work goes to the conductor's worker pool. A
+/// heartbeat needs a token from both; anything else from the first only. A 5xx answer to a
+/// heartbeat says the pool is exhausted, not the API (which answered it): only the pool's
+/// budget learns it. Ironic unreachable for [`OUTAGE_MS`] is an outage: for [`RECOVERY_MS`]
+/// after it each budget gets no more than Ironic proved it sustains. Pure.
 #[derive(Clone, Debug)]
 pub(crate) struct Budgets {
-    lanes: [RateBudget; 2],
-    /// The best rate of answers over both lanes together.
-    total: ProvenRate,
+    ironic: RateBudget,
+    pool: RateBudget,
     /// Since when Ironic has been unreachable (no answer at all), if it is.
     unreachable_since_ms: Option<u64>,
 }
@@ -324,53 +339,87 @@ pub(crate) struct Budgets {
 impl Budgets {
     pub(crate) fn new(settings: BudgetSettings, now_ms: u64) -> Self {
         Budgets {
-            lanes: [
-                RateBudget::new(settings, now_ms),
-                RateBudget::new(settings, now_ms),
-            ],
-            total: ProvenRate::default(),
+            ironic: RateBudget::new(settings, now_ms),
+            pool: RateBudget::new(settings, now_ms),
             unreachable_since_ms: None,
         }
     }
 
-    pub(crate) fn lane(&self, lane: Lane) -> &RateBudget {
-        &self.lanes[lane as usize]
+    /// The budget of everything sent to Ironic.
+    pub(crate) fn ironic(&self) -> &RateBudget {
+        &self.ironic
     }
 
-    pub(crate) fn lane_mut(&mut self, lane: Lane) -> &mut RateBudget {
-        &mut self.lanes[lane as usize]
+    /// The budget of heartbeats (the conductor's worker pool).
+    pub(crate) fn pool(&self) -> &RateBudget {
+        &self.pool
     }
 
-    /// Learns from one answer in `lane`.
+    /// Milliseconds until a request in `lane` may go (0: now).
+    pub(crate) fn wait_ms(&mut self, lane: Lane, now_ms: u64) -> u64 {
+        let all = self.ironic.wait_ms(now_ms);
+        match lane {
+            Lane::Api => all,
+            Lane::Conductor => all.max(self.pool.wait_ms(now_ms)),
+        }
+    }
+
+    /// Takes what a request in `lane` needs, if all of it is there.
+    pub(crate) fn try_take(&mut self, lane: Lane, now_ms: u64) -> bool {
+        if self.wait_ms(lane, now_ms) > 0 {
+            self.hold_back(lane, now_ms);
+            return false;
+        }
+        self.ironic.try_take(now_ms);
+        if lane == Lane::Conductor {
+            self.pool.try_take(now_ms);
+        }
+        true
+    }
+
+    /// Requests of `lane` wait for a rate: whichever budget lacks tokens is what holds them
+    /// back, so it may grow.
+    pub(crate) fn hold_back(&mut self, lane: Lane, now_ms: u64) {
+        if self.ironic.wait_ms(now_ms) > 0 {
+            self.ironic.held_back = true;
+        }
+        if lane == Lane::Conductor && self.pool.wait_ms(now_ms) > 0 {
+            self.pool.held_back = true;
+        }
+    }
+
+    /// Learns from one answer to a request of `lane`.
     pub(crate) fn observe(&mut self, lane: Lane, now_ms: u64, sample: Sample) {
-        let Some(overloaded) = self.lanes[lane as usize].overloaded(sample) else {
+        if sample == Sample::Unreachable {
             self.unreachable_since_ms.get_or_insert(now_ms);
             return;
-        };
+        }
         if let Some(since) = self.unreachable_since_ms.take() {
             if now_ms.saturating_sub(since) >= OUTAGE_MS {
                 self.recover(now_ms);
             }
         }
-        self.total.record(now_ms, overloaded);
-        self.lanes[lane as usize].observe(now_ms, sample);
+        match (lane, sample) {
+            (Lane::Api, s) => self.ironic.observe(now_ms, s),
+            (Lane::Conductor, Sample::ServerError { latency_ms }) => {
+                // The pool refused it; the API answered.
+                self.pool.observe(now_ms, sample);
+                self.ironic.observe(now_ms, Sample::Answered { latency_ms });
+            }
+            (Lane::Conductor, s) => {
+                self.pool.observe(now_ms, s);
+                self.ironic.observe(now_ms, s);
+            }
+        }
     }
 
-    /// Back after an outage: for [`RECOVERY_MS`], each lane gets no more than it proved, and
-    /// both together no more than Ironic proved in all (the lanes' best windows need not be
-    /// the same ones). A lane that proved nothing keeps its rate (a fresh gateway).
+    /// Back after an outage: each budget gets no more than it proved (a budget that proved
+    /// nothing keeps its rate: a fresh gateway).
     fn recover(&mut self, now_ms: u64) {
-        let sum: f64 = self.lanes.iter().map(RateBudget::proven_rate).sum();
-        let total = self.total.best_per_second;
-        let share = if sum > 0.0 && total > 0.0 {
-            (total / sum).min(1.0)
-        } else {
-            1.0
-        };
-        for lane in &mut self.lanes {
-            let proven = lane.proven_rate();
+        for budget in [&mut self.ironic, &mut self.pool] {
+            let proven = budget.proven_rate();
             if proven > 0.0 {
-                lane.hold_at_most(proven * share, now_ms, now_ms + RECOVERY_MS);
+                budget.hold_at_most(proven, now_ms, now_ms + RECOVERY_MS);
             }
         }
     }
@@ -503,10 +552,10 @@ impl<T> Queues<T> {
 /// Counters of what the governor did, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GovernorStats {
-    /// Each lane's rate now, per 1000 seconds (by [`Lane`]).
+    /// The rates now, per 1000 seconds: everything sent to Ironic, then heartbeats.
     pub rate_millis: [u64; 2],
-    /// What Ironic proved it sustains in each lane ([`RateBudget::proven_rate`]), per 1000
-    /// seconds.
+    /// What Ironic proved it sustains ([`RateBudget::proven_rate`]), per 1000 seconds, in the
+    /// same order.
     pub proven_millis: [u64; 2],
     pub in_flight: usize,
     pub waiting: [usize; 4],
@@ -517,10 +566,26 @@ pub(crate) struct GovernorStats {
 struct Inner {
     budgets: Budgets,
     queues: Queues<oneshot::Sender<()>>,
-    in_flight: usize,
+    /// In flight, by lane.
+    in_flight: [usize; 2],
     max_in_flight: usize,
     ticker_running: bool,
     overloaded: [u64; 2],
+}
+
+impl Inner {
+    /// Whether one more request of `lane` may be in flight: heartbeats hold at most half the
+    /// places, so that lookups never wait behind heartbeats Ironic is slow to answer.
+    fn room(&self, lane: Lane) -> bool {
+        let total: usize = self.in_flight.iter().sum();
+        total < self.max_in_flight
+            && match lane {
+                Lane::Api => true,
+                Lane::Conductor => {
+                    self.in_flight[Lane::Conductor as usize] < (self.max_in_flight / 2).max(1)
+                }
+            }
+    }
 }
 
 /// The governor: requests [`enter`](Governor::enter) with their class and lane and get a
@@ -541,7 +606,7 @@ impl Governor {
             inner: Mutex::new(Inner {
                 budgets: Budgets::new(settings, 0),
                 queues: Queues::new(max_waiting),
-                in_flight: 0,
+                in_flight: [0; 2],
                 max_in_flight: max_in_flight.max(1),
                 ticker_running: false,
                 overloaded: [0; 2],
@@ -604,10 +669,9 @@ impl Governor {
         lane: Lane,
         now: u64,
     ) -> Option<Permit> {
-        let free =
-            inner.in_flight < inner.max_in_flight && !inner.queues.waits_at_or_above(lane, class);
-        if free && inner.budgets.lane_mut(lane).try_take(now) {
-            inner.in_flight += 1;
+        let free = inner.room(lane) && !inner.queues.waits_at_or_above(lane, class);
+        if free && inner.budgets.try_take(lane, now) {
+            inner.in_flight[lane as usize] += 1;
             return Some(self.permit(lane, now));
         }
         None
@@ -627,22 +691,24 @@ impl Governor {
         let now = self.now_ms();
         // Waiters that gave up (their receiver is gone) hold no place.
         inner.queues.retain(|tx| !tx.is_closed());
-        while inner.in_flight < inner.max_in_flight && inner.queues.len() > 0 {
+        while inner.queues.len() > 0 {
             let mut ready = [false; 2];
             for lane in Lane::ALL {
-                let budget = inner.budgets.lane_mut(lane);
-                ready[lane as usize] = budget.wait_ms(now) == 0;
-                if !ready[lane as usize] && inner.queues.waiting_in(lane) > 0 {
+                let has_room = inner.room(lane);
+                let waits = inner.queues.waiting_in(lane) > 0;
+                let rated = inner.budgets.wait_ms(lane, now) == 0;
+                if has_room && waits && !rated {
                     // Requests wait for the rate: it is what holds them back, so it may grow.
-                    inner.budgets.lane_mut(lane).held_back = true;
+                    inner.budgets.hold_back(lane, now);
                 }
+                ready[lane as usize] = has_room && rated;
             }
             let Some((lane, _, tx)) = inner.queues.pop(|l| ready[l as usize]) else {
                 break;
             };
             if tx.send(()).is_ok() {
-                inner.budgets.lane_mut(lane).try_take(now);
-                inner.in_flight += 1;
+                inner.budgets.try_take(lane, now);
+                inner.in_flight[lane as usize] += 1;
             }
         }
     }
@@ -669,7 +735,7 @@ impl Governor {
                     let mut wait = 50;
                     for lane in Lane::ALL {
                         if inner.queues.waiting_in(lane) > 0 {
-                            wait = wait.min(inner.budgets.lane_mut(lane).wait_ms(now));
+                            wait = wait.min(inner.budgets.wait_ms(lane, now));
                         }
                     }
                     wait.clamp(1, 50)
@@ -683,16 +749,12 @@ impl Governor {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        inner.in_flight = inner.in_flight.saturating_sub(1);
+        let held = &mut inner.in_flight[lane as usize];
+        *held = held.saturating_sub(1);
         let now = self.now_ms();
         if let Some(s) = sample {
-            let s = match s {
-                Sample::Answered { .. } => Sample::Answered {
-                    latency_ms: now.saturating_sub(sent_at_ms),
-                },
-                other => other,
-            };
-            if s == Sample::Overloaded {
+            let s = s.with_latency(now.saturating_sub(sent_at_ms));
+            if matches!(s, Sample::Overloaded | Sample::ServerError { .. }) {
                 inner.overloaded[lane as usize] += 1;
             }
             inner.budgets.observe(lane, now, s);
@@ -705,17 +767,19 @@ impl Governor {
             return GovernorStats::default();
         };
         let mut stats = GovernorStats {
-            in_flight: inner.in_flight,
+            in_flight: inner.in_flight.iter().sum(),
             overloaded: inner.overloaded,
             ..GovernorStats::default()
         };
         for c in Class::ALL {
             stats.waiting[c as usize] = inner.queues.waiting(c);
         }
-        for lane in Lane::ALL {
-            let b = inner.budgets.lane(lane);
-            stats.rate_millis[lane as usize] = (b.rate() * 1000.0) as u64;
-            stats.proven_millis[lane as usize] = (b.proven_rate() * 1000.0) as u64;
+        for (i, b) in [inner.budgets.ironic(), inner.budgets.pool()]
+            .into_iter()
+            .enumerate()
+        {
+            stats.rate_millis[i] = (b.rate() * 1000.0) as u64;
+            stats.proven_millis[i] = (b.proven_rate() * 1000.0) as u64;
         }
         stats
     }
@@ -865,33 +929,59 @@ mod tests {
         for t in 0..100 {
             b.observe(Lane::Conductor, t * 1000, Sample::Unreachable);
         }
-        assert_eq!(b.lane(Lane::Conductor).rate(), 10.0, "the rate from before");
+        assert_eq!(b.pool().rate(), 10.0, "the rate from before");
         b.observe(Lane::Conductor, 100_000, OK);
-        assert_eq!(
-            b.lane(Lane::Conductor).rate(),
-            10.0,
-            "nothing proven caps nothing"
-        );
+        assert_eq!(b.pool().rate(), 10.0, "nothing proven caps nothing");
+        assert_eq!(b.ironic().rate(), 10.0);
+    }
+
+    const POOL_503: Sample = Sample::ServerError { latency_ms: 30 };
+
+    #[test]
+    fn the_pools_refusals_lower_the_heartbeats_budget_only() {
+        let mut b = Budgets::new(settings(), 0);
+        // The conductor's pool is exhausted: heartbeats slow down, lookups do not.
+        for t in 0..5 {
+            b.observe(Lane::Conductor, 100 + t * 1000, POOL_503);
+        }
+        assert_eq!(b.pool().rate(), 1.0);
+        assert_eq!(b.ironic().rate(), 10.0);
+        // A lookup's 5xx, or a heartbeat Ironic did not answer in time: Ironic as a whole.
+        b.observe(Lane::Api, 6000, POOL_503);
+        assert_eq!(b.ironic().rate(), 5.0);
+        b.observe(Lane::Conductor, 7100, Sample::Overloaded);
+        assert_eq!(b.ironic().rate(), 2.5);
+        assert_eq!(b.pool().rate(), 1.0, "never below the minimum");
     }
 
     #[test]
-    fn each_lane_learns_from_its_own_answers() {
+    fn a_heartbeat_needs_both_budgets_and_a_lookup_the_first_only() {
         let mut b = Budgets::new(settings(), 0);
-        // The conductor's pool is exhausted: its lane halves, the API's does not.
         for t in 0..5 {
-            b.observe(Lane::Conductor, 100 + t * 1000, Sample::Overloaded);
+            b.observe(Lane::Conductor, 100 + t * 1000, POOL_503);
         }
-        assert_eq!(b.lane(Lane::Conductor).rate(), 1.0);
-        assert_eq!(b.lane(Lane::Api).rate(), 10.0);
-        b.observe(Lane::Api, 6000, Sample::Overloaded);
-        assert_eq!(b.lane(Lane::Api).rate(), 5.0);
-        assert_eq!(b.lane(Lane::Conductor).rate(), 1.0);
+        // At 1 a second, the pool's bucket holds one token, Ironic's ten.
+        let now = 10_000;
+        assert!(b.try_take(Lane::Conductor, now));
+        assert!(
+            !b.try_take(Lane::Conductor, now),
+            "the pool's budget is spent"
+        );
+        let lookups = (0..20).filter(|_| b.try_take(Lane::Api, now)).count();
+        assert_eq!(lookups, 9, "Ironic's bucket, less the heartbeat's token");
+        assert!(b.wait_ms(Lane::Api, now) > 0);
     }
 
     #[test]
     fn statuses_are_classified() {
-        assert_eq!(Sample::of_status(503, 5), Sample::Overloaded);
-        assert_eq!(Sample::of_status(500, 5), Sample::Overloaded);
+        assert_eq!(
+            Sample::of_status(503, 5),
+            Sample::ServerError { latency_ms: 5 }
+        );
+        assert_eq!(
+            Sample::of_status(500, 5),
+            Sample::ServerError { latency_ms: 5 }
+        );
         assert_eq!(
             Sample::of_status(202, 5),
             Sample::Answered { latency_ms: 5 }
@@ -1001,7 +1091,7 @@ mod tests {
     async fn a_heartbeat_storm_does_not_hold_up_lookups() {
         let g = Arc::new(Governor::new(
             BudgetSettings {
-                initial_per_second: 2.0,
+                initial_per_second: 4.0,
                 min_per_second: 1.0,
                 ..settings()
             },
@@ -1009,9 +1099,12 @@ mod tests {
             64,
         ));
         let far = Instant::now() + std::time::Duration::from_secs(5);
-        // The conductor's lane spends its tokens and heartbeats queue behind its rate.
+        // The pool refuses a heartbeat: its budget halves, and the next heartbeats spend it
+        // and queue behind its rate.
+        let first = g.try_enter(Class::Drive, Lane::Conductor).unwrap();
+        first.answered(POOL_503);
         while let Some(p) = g.try_enter(Class::Drive, Lane::Conductor) {
-            p.answered(Sample::Overloaded);
+            drop(p);
         }
         let mut queued = Vec::new();
         for i in 0..10 {
@@ -1030,6 +1123,21 @@ mod tests {
         for t in queued {
             t.abort();
         }
+    }
+
+    #[test]
+    fn heartbeats_hold_at_most_half_the_places_in_flight() {
+        let g = Arc::new(Governor::new(roomy(), 4, 16));
+        let heartbeats: Vec<_> = (0..4)
+            .filter_map(|_| g.try_enter(Class::Drive, Lane::Conductor))
+            .collect();
+        assert_eq!(heartbeats.len(), 2, "half of 4");
+        let lookups: Vec<_> = (0..4)
+            .filter_map(|_| g.try_enter(Class::Mint, Lane::Api))
+            .collect();
+        assert_eq!(lookups.len(), 2, "the rest");
+        drop(heartbeats);
+        assert!(g.try_enter(Class::Mint, Lane::Api).is_some());
     }
 
     #[tokio::test]
@@ -1154,27 +1262,28 @@ mod tests {
         let mut b = Budgets::new(roomy(), 0);
         let now = answer_lane(&mut b, Lane::Conductor, 0, 25, 8);
         assert_eq!(
-            b.lane(Lane::Conductor).rate(),
+            b.pool().rate(),
             50.0,
             "the limit was never what held requests back"
         );
         let back = outage(&mut b, now, 30);
         b.observe(Lane::Conductor, back, OK);
-        let lane = b.lane(Lane::Conductor);
-        assert!((lane.rate() - 8.0).abs() < 0.2, "{}", lane.rate());
-        assert!(lane.tokens <= lane.capacity());
+        for budget in [b.pool(), b.ironic()] {
+            assert!((budget.rate() - 8.0).abs() < 0.2, "{}", budget.rate());
+            assert!(budget.tokens <= budget.capacity());
+        }
     }
 
     #[test]
-    fn after_an_outage_both_lanes_together_get_no_more_than_ironic_proved_in_all() {
+    fn after_an_outage_everything_sent_gets_no_more_than_ironic_proved_in_all() {
         let mut b = Budgets::new(roomy(), 0);
-        // Each lane proved 8 a second, but never at the same time: 8 in all.
+        // Lookups and heartbeats each proved 8 a second, never at the same time: 8 in all.
         let now = answer_lane(&mut b, Lane::Api, 0, 25, 8);
         let now = answer_lane(&mut b, Lane::Conductor, now, 25, 8);
         let back = outage(&mut b, now, 30);
         b.observe(Lane::Api, back, OK);
-        let sum = b.lane(Lane::Api).rate() + b.lane(Lane::Conductor).rate();
-        assert!((sum - 8.0).abs() < 0.5, "{sum}");
+        let all = b.ironic().rate();
+        assert!((all - 8.0).abs() < 0.5, "{all}");
     }
 
     #[test]
@@ -1186,20 +1295,17 @@ mod tests {
         let mut now = back;
         while now < back + RECOVERY_MS - 1000 {
             now += 100;
-            b.lane_mut(Lane::Conductor).try_take(now);
+            b.try_take(Lane::Conductor, now);
             b.observe(Lane::Conductor, now, OK);
         }
-        let capped = b.lane(Lane::Conductor).rate();
+        let capped = b.pool().rate();
         assert!(capped <= 8.2, "held at what was proven: {capped}");
         while now < back + RECOVERY_MS + 5000 {
             now += 100;
-            b.lane_mut(Lane::Conductor).try_take(now);
+            b.try_take(Lane::Conductor, now);
             b.observe(Lane::Conductor, now, OK);
         }
-        assert!(
-            b.lane(Lane::Conductor).rate() > capped,
-            "then it grows again"
-        );
+        assert!(b.pool().rate() > capped, "then it grows again");
     }
 
     #[test]
@@ -1208,11 +1314,11 @@ mod tests {
         let now = answer_lane(&mut b, Lane::Conductor, 0, 25, 8);
         b.observe(Lane::Conductor, now + 100, Sample::Unreachable);
         b.observe(Lane::Conductor, now + 1_000, OK);
-        assert_eq!(b.lane(Lane::Conductor).rate(), 50.0, "a 1 s blip");
+        assert_eq!(b.pool().rate(), 50.0, "a 1 s blip");
         // Nothing proven yet (a fresh gateway): the configured rate stands.
         let mut fresh = Budgets::new(roomy(), 0);
         fresh.observe(Lane::Api, 10, Sample::Unreachable);
         fresh.observe(Lane::Api, 40_000, OK);
-        assert_eq!(fresh.lane(Lane::Api).rate(), 50.0);
+        assert_eq!(fresh.ironic().rate(), 50.0);
     }
 }
