@@ -14,6 +14,7 @@ pub mod conn_guard;
 pub mod conn_limit;
 pub(crate) mod disposition;
 pub mod edge;
+pub(crate) mod incident;
 pub mod ironic;
 pub mod logging;
 pub mod metrics;

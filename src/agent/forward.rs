@@ -213,7 +213,8 @@ impl Prepared {
             Ok(resp) => edge.versions.observe_headers(&resp.header.headers),
             Err(e) => {
                 edge.metrics.upstream_error(self.route);
-                log::warn!("{} forward failed: {e}", self.route.label());
+                // (Ironic's failures are logged once per incident: `crate::incident`.)
+                log::debug!("{} forward failed: {e}", self.route.label());
             }
         }
         result

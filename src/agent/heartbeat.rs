@@ -696,7 +696,8 @@ async fn read_body(session: &mut Session, limit: usize) -> pingora::Result<Optio
 
 fn store_error(r: &AgentRequest<'_>, e: &StoreError) {
     r.edge.metrics.store_error();
-    log::warn!("heartbeat: {e}; carrying on without the store");
+    // (Redis's failures are logged once per incident: `crate::incident`.)
+    log::debug!("heartbeat: {e}; carrying on without the store");
 }
 
 #[cfg(test)]

@@ -681,7 +681,8 @@ fn node_uuid(body: &[u8]) -> Option<String> {
 
 fn store_error(edge: &Edge, e: &crate::store::StoreError) {
     edge.metrics.store_error();
-    log::warn!("lookup: {e}; carrying on without the store");
+    // (Redis's failures are logged once per incident: `crate::incident`.)
+    log::debug!("lookup: {e}; carrying on without the store");
 }
 
 #[cfg(test)]

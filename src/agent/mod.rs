@@ -113,7 +113,7 @@ impl AgentRequest<'_> {
             Ok(None) => None,
             Err(e) => {
                 self.edge.metrics.store_error();
-                log::warn!("node index: {e}");
+                log::debug!("node index: {e}");
                 None
             }
         }

@@ -104,7 +104,7 @@ pub async fn defer(edge: &Edge, uuid: &str, pending: &PendingHeartbeat) -> bool 
         }
         Err(e) => {
             edge.metrics.store_error();
-            log::warn!("heartbeat of {uuid} could not be kept for the relay: {e}");
+            log::debug!("heartbeat of {uuid} could not be kept for the relay: {e}");
             false
         }
     }

@@ -92,11 +92,31 @@ impl Conn {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(self.inner.timeout, call).await {
+        let result = match tokio::time::timeout(self.inner.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
+            Ok(Err(e)) => {
+                let unreachable = e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped();
+                let error = StoreError(e.to_string());
+                if unreachable {
+                    crate::incident::REDIS.failed(&error);
+                } else {
+                    // Redis answered (an error of the command): Redis is there.
+                    crate::incident::REDIS.succeeded();
+                }
+                return Err(error);
+            }
             Err(_) => Err(StoreError("deadline exceeded".into())),
+        };
+        // One line when Redis stops answering, a summary while it does not, one when it is
+        // back; each request's own failure is in the debug log.
+        match &result {
+            Ok(_) => crate::incident::REDIS.succeeded(),
+            Err(e) => crate::incident::REDIS.failed(e),
         }
+        result
     }
 
     pub(crate) async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {

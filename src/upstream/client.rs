@@ -106,10 +106,18 @@ impl UpstreamClient {
                 .map_err(|e| UpstreamError::Exchange(format!("bad path: {e}")))?;
             req.set_uri(parsed);
         }
-        match tokio::time::timeout(self.deadline, self.exchange(&req, body, true)).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::Exchange("deadline exceeded".into())),
+        let result =
+            match tokio::time::timeout(self.deadline, self.exchange(&req, body, true)).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Exchange("deadline exceeded".into())),
+            };
+        // One line when Ironic stops answering, a summary while it does not, one when it is
+        // back (an answer of any status is Ironic answering).
+        match &result {
+            Ok(_) => crate::incident::IRONIC.succeeded(),
+            Err(e) => crate::incident::IRONIC.failed(e),
         }
+        result
     }
 
     async fn exchange(

@@ -261,7 +261,7 @@ impl BackgroundService for VersionDiscovery {
                     if self.state.get().is_none() {
                         log::debug!("upstream version discovery: {e}");
                     } else {
-                        log::warn!("upstream version refresh failed: {e}");
+                        log::debug!("upstream version refresh failed: {e}");
                     }
                     if self.state.get().is_some() {
                         self.refresh.min(Duration::from_secs(5))
