@@ -98,7 +98,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         let req = session.req_header();
-        ctx.route = crate::agent::route_of(&req.method, req.uri.path());
+        // What the request is, for the per-source limits; the route it is counted under is
+        // set by whichever plugin answers it (a request proxied unchanged counts as "other").
+        let agent_route = crate::agent::route_of(&req.method, req.uri.path());
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -111,7 +113,7 @@ impl ProxyHttp for EdgeProxy {
                 .iter()
                 .map(|v| v.to_str().unwrap_or(""));
             let client = crate::client_addr::resolve(peer, forwarded, &self.trusted);
-            if ctx.route != crate::metrics::Route::Other {
+            if agent_route != crate::metrics::Route::Other {
                 ctx.source = Some(self.edge.source_limits.admit(client.ip));
             }
             ctx.client = Some(client);

@@ -156,7 +156,9 @@ impl Plugin for SourcePolicyPlugin {
         if admitted {
             return Ok(Disposition::Continue);
         }
-        let path = session.req_header().uri.path().to_string();
+        let req = session.req_header();
+        ctx.route = crate::agent::route_of(&req.method, req.uri.path());
+        let path = req.uri.path().to_string();
         let info = self.edge.versions.get();
         let version = info.as_ref().and_then(|i| {
             crate::ironic::version::negotiate(&session.req_header().headers, &i.range).ok()

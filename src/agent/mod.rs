@@ -51,9 +51,9 @@ pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
     }
 }
 
-/// The route a request is counted under (metrics, access log), decided once before any
-/// plugin runs: every GET that may reach the lookup controller is a lookup, a heartbeat is
-/// one by [`classify`], the rest is other API traffic.
+/// What an agent request is (for the per-source limits, and the route a refusal is counted
+/// under): every GET that may reach the lookup controller is a lookup, a heartbeat is one by
+/// [`classify`], the rest is other API traffic.
 pub(crate) fn route_of(method: &http::Method, path: &str) -> Route {
     if method == http::Method::GET && may_route_to_lookup(path) {
         return Route::Lookup;
@@ -268,6 +268,7 @@ impl Plugin for AgentPlugin {
                 && edge_may_answer
                 && self.edge.versions.get().is_some();
             if !verifiable {
+                ctx.route = route_of(&req.method, path);
                 return Ok(self.refuse_over_limit(session));
             }
         }
@@ -278,6 +279,7 @@ impl Plugin for AgentPlugin {
         // only through pecan's `_method`, which Ironic then refuses as an unexpected argument
         // (400): those are proxied.
         if req.method == http::Method::GET && may_route_to_lookup(path) {
+            ctx.route = Route::Lookup;
             let exact = classify("GET", path) == Some(AgentRoute::Lookup);
             if !(exact && edge_may_answer) {
                 return self.forward_guarded_lookup(session, ctx).await;
@@ -294,6 +296,10 @@ impl Plugin for AgentPlugin {
         }
         let Some(route) = classify(req.method.as_str(), req.uri.path()) else {
             return Ok(Disposition::Continue);
+        };
+        ctx.route = match route {
+            AgentRoute::Lookup => Route::Lookup,
+            AgentRoute::Heartbeat { .. } => Route::Heartbeat,
         };
         // Without the upstream's range the gateway cannot negotiate as Ironic would.
         let Some(info) = self.edge.versions.get() else {
