@@ -159,6 +159,54 @@ pub(crate) struct RateBudget {
     proven: ProvenRate,
     /// After an outage: the rate grows no higher than this until then (`(cap, until_ms)`).
     ceiling: Option<(f64, u64)>,
+    /// Answers slower than usual count as overload (the heartbeats' budget: see
+    /// [`LatencyGradient`]).
+    gradient: Option<LatencyGradient>,
+}
+
+/// Latency inflation as a load signal, as gradient concurrency limiters use it: Ironic's
+/// conductor pool fills up long before it refuses (and once its pool has grown to the maximum,
+/// Ironic 39 refuses every heartbeat until it restarts), but the API's answers to heartbeats
+/// slow down as it fills: from a 35-100 ms baseline to 300-700 ms, measured here, seconds
+/// before the first 503. So an answer stream much slower than the baseline is overload. Pure.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LatencyGradient {
+    /// The usual latency: follows a faster answer at once, a slower one very slowly.
+    baseline_ms: f64,
+    /// The recent latency: a moving average over about the last five answers.
+    recent_ms: f64,
+}
+
+/// Recent answers this many times slower than the baseline are overload...
+const INFLATION: f64 = 4.0;
+/// ...and at least this much slower (a fast baseline is noisy).
+const INFLATION_MARGIN_MS: f64 = 150.0;
+
+impl LatencyGradient {
+    pub(crate) fn new() -> Self {
+        LatencyGradient {
+            baseline_ms: f64::MAX,
+            recent_ms: 0.0,
+        }
+    }
+
+    /// Learns one answer's latency; `true` if answers are now inflated.
+    pub(crate) fn inflated(&mut self, latency_ms: u64) -> bool {
+        let l = latency_ms as f64;
+        if self.baseline_ms == f64::MAX {
+            self.baseline_ms = l;
+            self.recent_ms = l;
+            return false;
+        }
+        self.recent_ms = 0.8 * self.recent_ms + 0.2 * l;
+        if l < self.baseline_ms {
+            self.baseline_ms = l;
+        } else {
+            // About a thousand answers to follow a lasting change (Ironic's database grew).
+            self.baseline_ms += (l - self.baseline_ms) * 0.001;
+        }
+        self.recent_ms > (self.baseline_ms * INFLATION).max(self.baseline_ms + INFLATION_MARGIN_MS)
+    }
 }
 
 /// The window over which Ironic's sustained rate is measured.
@@ -219,7 +267,14 @@ impl RateBudget {
             increased_at_ms: now_ms,
             proven: ProvenRate::default(),
             ceiling: None,
+            gradient: None,
         }
+    }
+
+    /// A budget that also counts inflated latency as overload ([`LatencyGradient`]).
+    pub(crate) fn with_latency_gradient(mut self) -> Self {
+        self.gradient = Some(LatencyGradient::new());
+        self
     }
 
     /// The best rate Ironic answered without overload over a whole window (0: none yet).
@@ -265,11 +320,17 @@ impl RateBudget {
     }
 
     /// Whether an answer says Ironic is overloaded (`None`: it says nothing).
-    fn overloaded(&self, sample: Sample) -> Option<bool> {
+    fn overloaded(&mut self, sample: Sample) -> Option<bool> {
         match sample {
             Sample::Unreachable => None,
             Sample::Overloaded | Sample::ServerError { .. } => Some(true),
-            Sample::Answered { latency_ms } => Some(latency_ms > self.settings.slow_answer_ms),
+            Sample::Answered { latency_ms } => {
+                let inflated = self
+                    .gradient
+                    .as_mut()
+                    .is_some_and(|g| g.inflated(latency_ms));
+                Some(inflated || latency_ms > self.settings.slow_answer_ms)
+            }
         }
     }
 
@@ -340,7 +401,7 @@ impl Budgets {
     pub(crate) fn new(settings: BudgetSettings, now_ms: u64) -> Self {
         Budgets {
             ironic: RateBudget::new(settings, now_ms),
-            pool: RateBudget::new(settings, now_ms),
+            pool: RateBudget::new(settings, now_ms).with_latency_gradient(),
             unreachable_since_ms: None,
         }
     }
@@ -896,6 +957,43 @@ mod tests {
         let mut b = RateBudget::new(settings(), 0);
         b.observe(10, Sample::Answered { latency_ms: 6000 });
         assert_eq!(b.rate(), 5.0);
+    }
+
+    #[test]
+    fn answers_much_slower_than_usual_are_inflated() {
+        let mut g = LatencyGradient::new();
+        let feed = |g: &mut LatencyGradient, ms: u64, n: usize| -> Vec<bool> {
+            (0..n).map(|_| g.inflated(ms)).collect()
+        };
+        assert!(feed(&mut g, 50, 50).iter().all(|i| !i), "a steady 50 ms");
+        // The pool fills up: answers go to 400 ms; within a few answers that is overload.
+        let filling = feed(&mut g, 400, 6);
+        assert!(!filling[0], "one slow answer is not a trend");
+        assert!(filling[5], "{filling:?}");
+        // It drains: back to usual within a few answers.
+        assert!(!*feed(&mut g, 50, 10).last().unwrap());
+        // A fast baseline: 10 ms, then 100 ms is slower, but within the margin.
+        let mut fast = LatencyGradient::new();
+        feed(&mut fast, 10, 20);
+        assert!(feed(&mut fast, 100, 20).iter().all(|i| !i));
+        assert!(*feed(&mut fast, 300, 10).last().unwrap());
+    }
+
+    #[test]
+    fn the_heartbeats_budget_backs_off_when_answers_slow_down() {
+        let mut b = Budgets::new(settings(), 0);
+        let mut now = 0;
+        for _ in 0..40 {
+            now += 100;
+            b.observe(Lane::Conductor, now, Sample::Answered { latency_ms: 60 });
+        }
+        assert_eq!(b.pool().rate(), 10.0);
+        for _ in 0..10 {
+            now += 100;
+            b.observe(Lane::Conductor, now, Sample::Answered { latency_ms: 600 });
+        }
+        assert_eq!(b.pool().rate(), 5.0, "halved once in that second");
+        assert_eq!(b.ironic().rate(), 10.0, "lookups are not slowed by it");
     }
 
     #[test]
