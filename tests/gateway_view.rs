@@ -3,7 +3,8 @@
 //! consistent by Redis (`CLIENT TRACKING`: Redis pushes an invalidation whenever anyone changes
 //! a key the process read). A repeated local answer costs one Redis command (the index entry,
 //! which is never kept: see `src/store/index.rs`) instead of six; a change made elsewhere is
-//! seen at once. Counted with Redis's own `total_commands_processed`, not timed.
+//! seen at once. Counted with Redis's own `total_commands_processed` ([`RedisConn::stats`]), not
+//! timed.
 
 mod common;
 
@@ -11,15 +12,6 @@ use common::*;
 use std::time::{Duration, Instant};
 
 const CB: &str = "https://10.0.0.5:9999";
-
-/// Redis's count of the commands it processed (the `INFO` that reads it counts too).
-fn redis_commands(env: &Env) -> i64 {
-    let info = env.redis.cmd(&["INFO", "stats"]).to_text();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("total_commands_processed")
-}
 
 fn local(env: &Env, route: &str) -> f64 {
     env.gw
@@ -75,12 +67,13 @@ fn redis_commands_per_local_answer(env: &Env, uuid: &str, token: &str, rounds: u
     send_all();
     send_all();
     let (lookups, heartbeats) = (local(env, "lookup"), local(env, "heartbeat"));
-    let before = redis_commands(env);
+    let mut redis = env.redis.conn();
+    let before = redis.stats();
     let started = Instant::now();
     for _ in 0..rounds {
         send_all();
     }
-    let busy = redis_commands(env) - before;
+    let busy = redis.stats().since(&before).commands;
     let took = started.elapsed();
     assert_eq!(
         local(env, "lookup"),
@@ -92,9 +85,9 @@ fn redis_commands_per_local_answer(env: &Env, uuid: &str, token: &str, rounds: u
         heartbeats + 2.0 * rounds as f64,
         "answered at the edge"
     );
-    let idle_before = redis_commands(env);
+    let idle_before = redis.stats();
     std::thread::sleep(took);
-    let idle = redis_commands(env) - idle_before;
+    let idle = redis.stats().since(&idle_before).commands;
     let requests = 3 * rounds;
     eprintln!(
         "{busy} Redis commands during {requests} local answers ({took:?}), {idle} while idle"

@@ -9,9 +9,10 @@
 //! freshly minted token that belongs to the caller who got it; each waiter of a successful
 //! flight asks Ironic itself, and so gets exactly what Ironic would have told it.
 
-use crate::store::{FlightBoard, FlightResult, FlightState};
+use crate::store::{FlightBoard, FlightResult, FlightState, WriteStep};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -47,6 +48,30 @@ pub struct Flights {
     local: Mutex<HashMap<String, watch::Receiver<Option<FlightResult>>>>,
 }
 
+/// How a flight's leader ends the flight in Redis: in the step that writes what it learnt
+/// ([`Self::write`], then [`Self::written`] once that step was written); a flight whose leader
+/// did not is ended after it, in a step of its own.
+pub(crate) struct FlightEnd {
+    board: FlightBoard,
+    key: String,
+    owner: String,
+    written: Arc<AtomicBool>,
+}
+
+impl FlightEnd {
+    /// Adds the end of the flight, publishing `result`, to `step` (after the writes that
+    /// waiters asking again must find: the step runs in order).
+    pub(crate) fn write(&self, step: &mut WriteStep, result: &FlightResult) {
+        self.board
+            .write_end(step, &self.key, &self.owner, result, RESULT_TTL);
+    }
+
+    /// The step holding the end was written.
+    pub(crate) fn written(&self) {
+        self.written.store(true, Ordering::Release);
+    }
+}
+
 /// Removes the local entry when the flight's task ends, however it ends: later callers then
 /// start a new flight.
 struct LocalLead<'a> {
@@ -74,8 +99,9 @@ impl Flights {
     /// Joins the flight of `key`, or starts one: `lead` then runs in a task of its own, to its
     /// end even when no caller waits for it any more (a lookup that reached Ironic may mint a
     /// token, and that answer must be kept for the agent's retry, never dropped half-way).
-    /// `lead` returns its own outcome and the result to share. `lease`: how long callers in
-    /// other processes wait for this flight before asking themselves.
+    /// `lead` returns its own outcome and the result to share, and may end the flight in
+    /// Redis itself ([`FlightEnd`]). `lease`: how long callers in other processes wait for this
+    /// flight before asking themselves.
     pub fn join_or_start<T, F, Fut>(
         self: &Arc<Self>,
         key: &str,
@@ -84,7 +110,7 @@ impl Flights {
     ) -> Ticket<T>
     where
         T: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(FlightEnd) -> Fut + Send + 'static,
         Fut: Future<Output = (T, FlightResult)> + Send + 'static,
     {
         let tx = {
@@ -118,7 +144,7 @@ impl Flights {
         tx: &watch::Sender<Option<FlightResult>>,
     ) -> FlightAnswer<T>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(FlightEnd) -> Fut,
         Fut: Future<Output = (T, FlightResult)>,
     {
         let _lead = LocalLead {
@@ -142,9 +168,18 @@ impl Flights {
             // Without Redis the flight is local to this process; still correct, less shared.
             Err(e) => log::debug!("lookup flight without the store: {e}"),
         }
-        let (own, result) = lead().await;
-        if let Err(e) = self.board.end(key, &self.owner, &result, RESULT_TTL).await {
-            log::debug!("lookup flight result not shared: {e}");
+        let written = Arc::new(AtomicBool::new(false));
+        let end = FlightEnd {
+            board: self.board.clone(),
+            key: key.to_string(),
+            owner: self.owner.clone(),
+            written: written.clone(),
+        };
+        let (own, result) = lead(end).await;
+        if !written.load(Ordering::Acquire) {
+            if let Err(e) = self.board.end(key, &self.owner, &result, RESULT_TTL).await {
+                log::debug!("lookup flight result not shared: {e}");
+            }
         }
         let _ = tx.send(Some(result));
         FlightAnswer::Led(own)
@@ -215,7 +250,7 @@ mod tests {
     async fn run<T, F, Fut>(f: &Arc<Flights>, wait: Duration, lead: F) -> FlightAnswer<T>
     where
         T: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(FlightEnd) -> Fut + Send + 'static,
         Fut: Future<Output = (T, FlightResult)> + Send + 'static,
     {
         f.join_or_start("k", wait, lead)
@@ -238,7 +273,7 @@ mod tests {
         for _ in 0..20 {
             let (f, c) = (flights.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
-                run(&f, Duration::from_secs(2), move || async move {
+                run(&f, Duration::from_secs(2), move |_| async move {
                     c.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     ("mine", not_found())
@@ -263,14 +298,14 @@ mod tests {
         let (_redis, flights) = flights().await;
         let f2 = flights.clone();
         let leader = tokio::spawn(async move {
-            run(&f2, Duration::from_secs(2), || async {
+            run(&f2, Duration::from_secs(2), |_| async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 ((), FlightResult::AskUpstream)
             })
             .await
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let follower = run(&flights, Duration::from_secs(2), || async {
+        let follower = run(&flights, Duration::from_secs(2), |_| async {
             panic!("must not lead") as ((), FlightResult)
         })
         .await;
@@ -294,7 +329,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(40)).await;
             s2.end("k", &owner, &not_found(), RESULT_TTL).await.unwrap();
         });
-        let answer = run(&here, Duration::from_secs(2), || async {
+        let answer = run(&here, Duration::from_secs(2), |_| async {
             panic!("must not lead") as ((), FlightResult)
         })
         .await;
@@ -316,7 +351,7 @@ mod tests {
         let d = done.clone();
         let t0 = std::time::Instant::now();
         let leader = flights
-            .join_or_start("k", Duration::from_secs(5), move || async move {
+            .join_or_start("k", Duration::from_secs(5), move |_| async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 d.fetch_add(1, Ordering::SeqCst);
                 ((), not_found())
@@ -325,7 +360,7 @@ mod tests {
             .await;
         assert_eq!(leader, FlightAnswer::StillRunning);
         let joiner = flights
-            .join_or_start("k", Duration::from_secs(5), || async {
+            .join_or_start("k", Duration::from_secs(5), |_| async {
                 panic!("must not lead") as ((), FlightResult)
             })
             .wait(Instant::now() + Duration::from_millis(50))
@@ -334,7 +369,7 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_millis(250));
         // A later caller joins the same flight and gets its result.
         let later = flights
-            .join_or_start("k", Duration::from_secs(5), || async {
+            .join_or_start("k", Duration::from_secs(5), |_| async {
                 panic!("must not lead") as ((), FlightResult)
             })
             .wait(Instant::now() + Duration::from_secs(2))
@@ -349,7 +384,7 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 1);
         // Once it ended, the next caller leads a new flight.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let next = run(&flights, Duration::from_secs(1), || async {
+        let next = run(&flights, Duration::from_secs(1), |_| async {
             ("new", not_found())
         })
         .await;

@@ -8,7 +8,7 @@
 //!    A minted token is handed to the requesting agent only: Redis keeps its salted hash and
 //!    the node data with the token masked.
 
-use super::flight::{FlightAnswer, Flights};
+use super::flight::{FlightAnswer, FlightEnd, Flights};
 use super::forward;
 use super::AgentRequest;
 use crate::config::SyncConfig;
@@ -23,8 +23,8 @@ use crate::ironic::version::ApiVersion;
 use crate::ironic::{version, HeaderSet};
 use crate::plugin::RequestCtx;
 use crate::store::seal::SealedPlace;
-use crate::store::{token_hash, FlightResult};
-use crate::store::{FastTrack, IndexedNode};
+use crate::store::{token_hash, FlightResult, KeptMinted, ReadStep, WriteStep};
+use crate::store::{FastTrack, IndexKey, IndexRead, IndexedNode};
 use crate::upstream::governor::Class;
 use crate::upstream::UpstreamResponse;
 use bytes::Bytes;
@@ -59,16 +59,15 @@ pub(crate) async fn handle(
     }
     let key = bounded_key(query.cache_key());
     let caller = replay_key(&key, ctx);
-    if let Some(replay) = take_replay(r.edge, r.version, caller.as_deref()).await {
-        return hand_over(r, replay);
-    }
-    if index_verdict(r, &query).await == IndexVerdict::NotFound {
-        return Ok(r.answer_error(&resource_not_found()));
-    }
-    match r.edge.store.negative.lookup_not_found(&key).await {
-        Ok(true) => return Ok(r.answer_error(&resource_not_found())),
-        Ok(false) => {}
-        Err(e) => store_error(r.edge, &e),
+    let mut facts = read_facts(r, &query, &key, caller.as_deref()).await;
+    match decide_lookup(&query, &facts, &r.edge.config.sync, crate::store::now_ms()) {
+        LookupDecision::HandOver => {
+            if let Some(replay) = facts.replay.take() {
+                return hand_over(r, replay);
+            }
+        }
+        LookupDecision::NotFound => return Ok(r.answer_error(&resource_not_found())),
+        LookupDecision::AskIronic => {}
     }
     // Nothing of the parsed request is needed past this point: what waits for Ironic holds
     // the request itself (shared, not copied: see `forward::Recipe`) and a key of fixed
@@ -84,7 +83,7 @@ pub(crate) async fn handle(
     let until = forward::answer_deadline(r.edge, ctx);
     let lease = Duration::from_millis(r.edge.config.upstream.agent_answer_within_ms);
     let answer = flights
-        .join_or_start(&key, lease, move || trip.run())
+        .join_or_start(&key, lease, move |end| trip.run(Some(end)))
         .wait(until)
         .await;
     match answer {
@@ -144,23 +143,19 @@ impl LookupTrip {
         })
     }
 
-    /// Asks Ironic; returns the answer and what the flight's waiters get.
-    async fn run(self) -> (Asked, FlightResult) {
+    /// Asks Ironic; returns the answer and what the flight's waiters get. What the answer
+    /// taught is written in one step, with the end of the flight (`end`) if it led one.
+    async fn run(self, end: Option<FlightEnd>) -> (Asked, FlightResult) {
         let asked = ask_with_conflict_retries(&self.prepared).await;
-        let shared = match &asked {
-            Asked::Answer(resp) => {
-                let edge = &self.prepared.edge;
-                let caller = self.caller.as_deref();
-                after_upstream_answer(edge, self.version, &self.key, caller, resp).await
-            }
-            Asked::Unreachable => {
-                let e = crate::ironic::error::upstream_unavailable();
-                FlightResult::Shared {
-                    status: e.status,
-                    body: e.body,
-                }
-            }
+        let answer = match &asked {
+            Asked::Answer(resp) => Some(&**resp),
+            Asked::Unreachable => None,
         };
+        let edge = &self.prepared.edge;
+        let caller = self.caller.as_deref();
+        let shared =
+            after_upstream_answer(edge, self.version, &self.key, caller, answer, end.as_ref())
+                .await;
         (asked, shared)
     }
 }
@@ -179,7 +174,7 @@ async fn ask_detached(
         Ok(trip) => trip,
         Err(_) => return Ok(forward::unavailable(r)),
     };
-    let running = tokio::spawn(trip.run());
+    let running = tokio::spawn(trip.run(None));
     match tokio::time::timeout_at(until, running).await {
         Ok(Ok((Asked::Answer(resp), _))) => relay_answer(r, caller.as_deref(), &resp).await,
         Ok(Ok((Asked::Unreachable, _))) | Ok(Err(_)) => Ok(forward::unavailable(r)),
@@ -215,6 +210,73 @@ async fn relay_answer(
     Ok(forward::relay(resp, &body))
 }
 
+/// What a lookup's decision needs, read in one step ([`read_facts`]). `R`: a kept minted
+/// answer taken for this caller (a [`Replay`]; anything in tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LookupFacts<R> {
+    /// This caller's kept minted answer, taken (claimed) and opened for it.
+    pub(crate) replay: Option<R>,
+    /// Ironic answered 404 to this normalised lookup less than `not_found_ttl_seconds` ago.
+    pub(crate) not_found: bool,
+    /// What the node index holds for it (`None`: not read, or unreadable).
+    pub(crate) index: Option<IndexRead>,
+}
+
+impl<R> Default for LookupFacts<R> {
+    /// Nothing known (Redis did not answer): the lookup is Ironic's.
+    fn default() -> Self {
+        LookupFacts {
+            replay: None,
+            not_found: false,
+            index: None,
+        }
+    }
+}
+
+/// How a lookup is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LookupDecision {
+    /// With this caller's kept minted answer, once.
+    HandOver,
+    /// Ironic's 404, at the edge.
+    NotFound,
+    /// Only Ironic can answer (or nothing known tells).
+    AskIronic,
+}
+
+/// Decides a lookup from the facts read for it, at `now_ms` (Unix ms). Pure. In order: the
+/// caller's lost minted answer; the node index, if it may decide ([`index_may_decide`]) and is
+/// complete and fresh; a remembered 404; else Ironic.
+pub(crate) fn decide_lookup<R>(
+    query: &LookupQuery,
+    facts: &LookupFacts<R>,
+    sync: &SyncConfig,
+    now_ms: u64,
+) -> LookupDecision {
+    if facts.replay.is_some() {
+        return LookupDecision::HandOver;
+    }
+    if let Some(index) = facts
+        .index
+        .as_ref()
+        .filter(|_| index_may_decide(query, sync))
+    {
+        let fresh = index
+            .synced_at_ms
+            .is_some_and(|at| crate::sync::index_is_fresh_at(sync, at, now_ms));
+        if fresh
+            && decide_from_index(query, &index.nodes, index.node.as_ref(), sync)
+                == IndexVerdict::NotFound
+        {
+            return LookupDecision::NotFound;
+        }
+    }
+    if facts.not_found {
+        return LookupDecision::NotFound;
+    }
+    LookupDecision::AskIronic
+}
+
 /// What the node index says of a lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexVerdict {
@@ -225,16 +287,17 @@ pub enum IndexVerdict {
     AskIronic,
 }
 
-/// Decides a lookup from the index: `macs_to_nodes` is the node of each valid MAC, `node`
-/// the one node the request designates (if the index has it). Pure.
+/// Decides a lookup from a complete, fresh index: `nodes` are the distinct nodes of its valid
+/// MACs (two at most are enough), `node` the one node the request designates (if the index
+/// has it). Pure.
 pub fn decide_from_index(
     query: &LookupQuery,
-    macs_to_nodes: &[Option<String>],
+    nodes: &[String],
     node: Option<&IndexedNode>,
     sync: &SyncConfig,
 ) -> IndexVerdict {
     if query.node_uuid.is_none() {
-        let distinct: HashSet<&str> = macs_to_nodes.iter().flatten().map(String::as_str).collect();
+        let distinct: HashSet<&str> = nodes.iter().map(String::as_str).collect();
         if distinct.len() != 1 {
             return IndexVerdict::NotFound;
         }
@@ -262,68 +325,87 @@ pub fn decide_from_index(
     }
 }
 
-/// Consults the index if it is fresh (see `fresh_ms`) and complete.
-/// MACs read from the index per Redis call (agents send a handful; longer lists are hostile).
-const INDEX_READ_SLICE: usize = 128;
-
-async fn index_verdict(r: &AgentRequest<'_>, query: &LookupQuery) -> IndexVerdict {
-    let sync = &r.edge.config.sync;
+/// Whether the node index may decide this lookup: the sync is on and, by `node_uuid`, only its
+/// canonical form (Ironic matches `node_uuid` verbatim, case-sensitively on SQLite, not on
+/// MySQL; the index holds the canonical form).
+fn index_may_decide(query: &LookupQuery, sync: &SyncConfig) -> bool {
     if !sync.enabled {
-        return IndexVerdict::AskIronic;
+        return false;
     }
-    // Ironic matches node_uuid verbatim (case-sensitively on SQLite, not on MySQL): only the
-    // canonical form, which the index holds, is decided here.
-    if let Some(u) = &query.node_uuid {
-        let canonical =
-            u.len() == 36 && crate::ironic::ident::is_uuid_like(u) && *u == u.to_ascii_lowercase();
-        if !canonical {
-            return IndexVerdict::AskIronic;
+    match &query.node_uuid {
+        Some(u) => {
+            u.len() == 36 && crate::ironic::ident::is_uuid_like(u) && *u == u.to_ascii_lowercase()
         }
+        None => true,
     }
-    let store = &r.edge.store;
-    if !r.index_is_fresh().await {
-        return IndexVerdict::AskIronic;
-    }
-    let (macs_to_nodes, uuid) = match &query.node_uuid {
-        Some(u) => (Vec::new(), Some(u.clone())),
-        None => {
-            // Read in slices, keeping only the distinct nodes seen (two already decide): what a
-            // request holds stays small whatever the length of its MAC list.
-            let mut distinct: Vec<String> = Vec::new();
-            for slice in query.macs.chunks(INDEX_READ_SLICE) {
-                let slice: Vec<String> = slice.iter().map(Mac::to_string).collect();
-                match store.index.macs(&slice).await {
-                    Ok(found) => {
-                        for node in found.into_iter().flatten() {
-                            if !distinct.contains(&node) {
-                                distinct.push(node);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        store_error(r.edge, &e);
-                        return IndexVerdict::AskIronic;
-                    }
-                }
-                if distinct.len() > 1 {
-                    break;
-                }
+}
+
+/// Reads what the lookup's decision needs in one step (one Redis round trip, none for what
+/// the view holds): this caller's kept minted answer (taken with a claim), the node index's
+/// entries with its markers, the remembered 404. Redis not answering is nothing known; a take
+/// that may still run in Redis is released behind it.
+async fn read_facts(
+    r: &AgentRequest<'_>,
+    query: &LookupQuery,
+    key: &str,
+    caller: Option<&str>,
+) -> LookupFacts<Replay> {
+    let edge = r.edge;
+    let store = &edge.store;
+    let mut step = ReadStep::new();
+    let take = replay_taker(edge, r.version, caller).map(|caller| {
+        let claim = crate::edge::request_id();
+        let slot = store
+            .replay
+            .read_take(&mut step, caller, &claim, REPLAY_CLAIM);
+        (caller, claim, slot)
+    });
+    let macs: Vec<String>;
+    let index = if index_may_decide(query, &edge.config.sync) {
+        let by = match &query.node_uuid {
+            Some(u) => IndexKey::Uuid(u),
+            None => {
+                macs = query.macs.iter().map(Mac::to_string).collect();
+                IndexKey::Macs(&macs)
             }
-            let first = distinct.first().cloned();
-            (distinct.into_iter().map(Some).collect(), first)
+        };
+        Some(store.index.read_lookup(&mut step, by))
+    } else {
+        None
+    };
+    let not_found = store.negative.read_lookup_not_found(&mut step, key);
+    let mut replies = match store.read(step).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            store_error(edge, &e);
+            if let Some((caller, claim, _)) = take {
+                release_late(edge, caller, claim);
+            }
+            return LookupFacts::default();
         }
     };
-    let node = match uuid {
-        Some(u) => match store.index.node(&u).await {
-            Ok(n) => n,
+    let mut facts = LookupFacts::default();
+    if let Some((caller, claim, slot)) = take {
+        match replies.take(slot) {
+            Ok(Some(kept)) => facts.replay = open_replay(edge, caller, claim, kept).await,
+            Ok(None) => {}
             Err(e) => {
-                store_error(r.edge, &e);
-                return IndexVerdict::AskIronic;
+                store_error(edge, &e);
+                release_late(edge, caller, claim);
             }
-        },
-        None => None,
-    };
-    decide_from_index(query, &macs_to_nodes, node.as_ref(), sync)
+        }
+    }
+    if let Some(slot) = index {
+        match replies.take(slot) {
+            Ok(read) => facts.index = Some(read),
+            Err(e) => store_error(edge, &e),
+        }
+    }
+    match replies.take(not_found) {
+        Ok(found) => facts.not_found = found,
+        Err(e) => store_error(edge, &e),
+    }
+    facts
 }
 
 /// Forwards a lookup as it is (an alias path, an `Accept` only Ironic answers, an unknown
@@ -339,7 +421,17 @@ pub(crate) async fn forward_protected(
     match forward::send(r, session, ctx, Class::Mint, &node, &Bytes::new()).await {
         Ok(resp) => {
             if resp.status() == 200 {
-                learn_minted(r.edge, served_version(r, &resp), None, &resp.body).await;
+                let mut step = WriteStep::new();
+                learn_minted(
+                    r.edge,
+                    served_version(r, &resp),
+                    None,
+                    &resp.body,
+                    &mut step,
+                );
+                if let Err(e) = r.edge.store.write(step).await {
+                    store_error(r.edge, &e);
+                }
             }
             let body = protect_token(r, &resp);
             Ok(forward::relay(&resp, &body))
@@ -381,24 +473,60 @@ async fn ask_with_conflict_retries(p: &forward::Prepared) -> Asked {
     }
 }
 
-/// Learns from Ironic's answer: a 404 is remembered for the key; a freshly minted token's
-/// hash (and the node data, token masked) is recorded for the heartbeat path. Returns what
-/// the flight's waiters get.
+/// Learns from Ironic's answer (`None`: Ironic was not reached), in one write step with the
+/// end of the flight the trip led (`end`): a 404 is remembered for the key; a freshly minted
+/// token's hash (and the node data, token masked) is recorded for the heartbeat path. Returns
+/// what the flight's waiters get.
 async fn after_upstream_answer(
     edge: &Edge,
     version: ApiVersion,
     key: &str,
     caller: Option<&str>,
+    resp: Option<&UpstreamResponse>,
+    end: Option<&FlightEnd>,
+) -> FlightResult {
+    let mut step = WriteStep::new();
+    let shared = match resp {
+        Some(resp) => learn_answer(edge, version, key, caller, resp, &mut step),
+        None => {
+            let e = crate::ironic::error::upstream_unavailable();
+            FlightResult::Shared {
+                status: e.status,
+                body: e.body,
+            }
+        }
+    };
+    // Last: a waiter that asks again once the flight ended finds what it wrote.
+    if let Some(end) = end {
+        end.write(&mut step, &shared);
+    }
+    match edge.store.write(step).await {
+        Ok(()) => {
+            if let Some(end) = end {
+                end.written();
+            }
+        }
+        Err(e) => store_error(edge, &e),
+    }
+    shared
+}
+
+/// What Ironic's answer teaches, added to `step`; returns what the flight's waiters get.
+fn learn_answer(
+    edge: &Edge,
+    version: ApiVersion,
+    key: &str,
+    caller: Option<&str>,
     resp: &UpstreamResponse,
+    step: &mut WriteStep,
 ) -> FlightResult {
     let status = resp.status();
     let body = &resp.body;
-    let store = &edge.store;
     if status == 404 {
         let ttl = Duration::from_secs(edge.config.lookup.not_found_ttl_seconds);
-        if let Err(e) = store.negative.remember_lookup_not_found(key, ttl).await {
-            store_error(edge, &e);
-        }
+        edge.store
+            .negative
+            .remember_lookup_not_found(step, key, ttl);
     }
     if status != 200 {
         return FlightResult::Shared {
@@ -406,15 +534,22 @@ async fn after_upstream_answer(
             body: String::from_utf8_lossy(body).into_owned(),
         };
     }
-    learn_minted(edge, version, caller, body).await;
+    learn_minted(edge, version, caller, body, step);
     FlightResult::AskUpstream
 }
 
 /// A successful lookup answer in which Ironic minted the node's token (a raw token at 1.62+;
 /// below, a raw token is a stored one leaking): its hash and the node data (token masked) are
-/// recorded for the heartbeat path, whichever lookup form carried it, and the answer is kept
-/// for one replay to `caller`.
-async fn learn_minted(edge: &Edge, version: ApiVersion, caller: Option<&str>, body: &[u8]) {
+/// recorded for the heartbeat path, whichever lookup form carried it, any remembered heartbeat
+/// 404 of the node is forgotten, and the answer is kept for one replay to `caller`; all in
+/// `step`.
+fn learn_minted(
+    edge: &Edge,
+    version: ApiVersion,
+    caller: Option<&str>,
+    body: &[u8],
+    step: &mut WriteStep,
+) {
     learn_heartbeat_timeout(edge, body);
     if version < version::AGENT_TOKEN {
         return;
@@ -425,17 +560,12 @@ async fn learn_minted(edge: &Edge, version: ApiVersion, caller: Option<&str>, bo
     let store = &edge.store;
     let masked = replace_token(body, &token, &format!("\"{MASK}\"")).unwrap_or_default();
     let ttl = Duration::from_secs(edge.config.node_ttl_seconds);
-    if let Err(e) = store
+    let hash = token_hash::hash_token(&token);
+    store
         .records
-        .token_minted(&uuid, &token_hash::hash_token(&token), &masked, ttl)
-        .await
-    {
-        store_error(edge, &e);
-    }
-    if let Err(e) = store.negative.forget_heartbeat_not_found(&uuid).await {
-        store_error(edge, &e);
-    }
-    keep_for_replay(edge, caller, &uuid, body).await;
+        .write_token_minted(step, &uuid, &hash, &masked, ttl);
+    store.negative.forget_heartbeat_not_found(step, &uuid);
+    keep_for_replay(edge, caller, &uuid, body, step);
 }
 
 /// More addresses than a machine has NICs: no agent sends that many.
@@ -492,8 +622,14 @@ fn replay_key(key: &str, ctx: &RequestCtx) -> Option<String> {
     Some(format!("{key}\0{ip}"))
 }
 
-/// Keeps the answer that carried a freshly minted token, sealed, for one replay.
-async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[u8]) {
+/// Keeps the answer that carried a freshly minted token, sealed, for one replay, in `step`.
+fn keep_for_replay(
+    edge: &Edge,
+    caller: Option<&str>,
+    uuid: &str,
+    body: &[u8],
+    step: &mut WriteStep,
+) {
     let window = edge.config.lookup.replay_window_seconds;
     let (Some(sealer), Some(caller)) = (edge.sealer.as_ref(), caller) else {
         return;
@@ -508,14 +644,10 @@ async fn keep_for_replay(edge: &Edge, caller: Option<&str>, uuid: &str, body: &[
     let Some(sealed) = sealer.seal(&place, body) else {
         return;
     };
-    if let Err(e) = edge
-        .store
+    let ttl = Duration::from_secs(window);
+    edge.store
         .replay
-        .put(caller, uuid, &sealed, Duration::from_secs(window))
-        .await
-    {
-        store_error(edge, &e);
-    }
+        .write_put(step, caller, uuid, &sealed, ttl);
 }
 
 /// How long a taken minted answer stays claimed for its delivery (a local answer of a few KB):
@@ -531,35 +663,50 @@ struct Replay {
     claim: String,
 }
 
-/// A kept minted answer for this caller, claimed for its delivery ([`hand_over`]).
-async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> Option<Replay> {
-    let (Some(sealer), Some(caller)) = (edge.sealer.as_ref(), caller) else {
-        return None;
-    };
+/// The caller whose kept minted answer a lookup may take (`None`: no replay: no seal key, the
+/// window off, a version without tokens, or no caller address).
+fn replay_taker<'a>(edge: &Edge, version: ApiVersion, caller: Option<&'a str>) -> Option<&'a str> {
+    edge.sealer.as_ref()?;
     if edge.config.lookup.replay_window_seconds == 0 || version < version::AGENT_TOKEN {
         return None;
     }
+    caller
+}
+
+/// A kept minted answer for this caller, claimed for its delivery ([`hand_over`]).
+async fn take_replay(edge: &Edge, version: ApiVersion, caller: Option<&str>) -> Option<Replay> {
+    let caller = replay_taker(edge, version, caller)?;
     let claim = crate::edge::request_id();
-    let kept = match edge.store.replay.take(caller, &claim, REPLAY_CLAIM).await {
-        Ok(found) => found?,
+    match edge.store.replay.take(caller, &claim, REPLAY_CLAIM).await {
+        Ok(found) => open_replay(edge, caller, claim, found?).await,
         Err(e) => {
             store_error(edge, &e);
-            // The take may still run in Redis (a stall): sent after it on the same connection,
-            // the release undoes its claim, so that the next retry finds the answer.
-            let (replay, caller) = (edge.store.replay.clone(), caller.to_string());
-            tokio::spawn(async move {
-                // Until Redis answers again (the claim expires by itself meanwhile anyway).
-                for _ in 0..10 {
-                    let released = replay.release(&caller, &claim, REPLAY_CLAIM);
-                    if released.await.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(REPLAY_CLAIM / 10).await;
-                }
-            });
-            return None;
+            release_late(edge, caller, claim);
+            None
         }
-    };
+    }
+}
+
+/// A take that failed may still run in Redis (a stall): sent after it on the same connection,
+/// the release undoes its claim, so that the next retry finds the answer.
+fn release_late(edge: &Edge, caller: &str, claim: String) {
+    let (replay, caller) = (edge.store.replay.clone(), caller.to_string());
+    tokio::spawn(async move {
+        // Until Redis answers again (the claim expires by itself meanwhile anyway).
+        for _ in 0..10 {
+            let released = replay.release(&caller, &claim, REPLAY_CLAIM);
+            if released.await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(REPLAY_CLAIM / 10).await;
+        }
+    });
+}
+
+/// Opens a kept minted answer taken for `caller` with `claim`; one that does not open (another
+/// seal key, or moved from another caller's key) is dropped.
+async fn open_replay(edge: &Edge, caller: &str, claim: String, kept: KeptMinted) -> Option<Replay> {
+    let sealer = edge.sealer.as_ref()?;
     let place = SealedPlace::MintedAnswer {
         replay_key: caller,
         node: &kept.uuid,
@@ -736,32 +883,33 @@ mod tests {
     fn index_decisions() {
         let sync = SyncConfig::default();
         let u = || Some("1be26c0b-03f2-4d2e-ae87-c02d7f33c123".to_string());
+        let n = || "1be26c0b-03f2-4d2e-ae87-c02d7f33c123".to_string();
         let q = by_macs(&["52:54:00:00:00:01", "52:54:00:00:00:02"]);
         // No MAC known: 404.
         assert_eq!(
-            decide_from_index(&q, &[None, None], None, &sync),
+            decide_from_index(&q, &[], None, &sync),
             IndexVerdict::NotFound
         );
         // MACs of two nodes: 404.
         assert_eq!(
-            decide_from_index(&q, &[u(), Some("other".into())], None, &sync),
+            decide_from_index(&q, &[n(), "other".into()], None, &sync),
             IndexVerdict::NotFound
         );
         // One node, lookup state: ask Ironic (it mints the token).
         let cw = node("clean wait", FastTrack::Default);
         assert_eq!(
-            decide_from_index(&q, &[u(), None], Some(&cw), &sync),
+            decide_from_index(&q, &[n()], Some(&cw), &sync),
             IndexVerdict::AskIronic
         );
         // Wrong state, fast track aware.
         let m = node("manageable", FastTrack::Default);
         assert_eq!(
-            decide_from_index(&q, &[u(), u()], Some(&m), &sync),
+            decide_from_index(&q, &[n(), n()], Some(&m), &sync),
             IndexVerdict::NotFound
         );
         let m_ft = node("manageable", FastTrack::On);
         assert_eq!(
-            decide_from_index(&q, &[u(), u()], Some(&m_ft), &sync),
+            decide_from_index(&q, &[n(), n()], Some(&m_ft), &sync),
             IndexVerdict::AskIronic
         );
         let ft_default_on = SyncConfig {
@@ -769,23 +917,23 @@ mod tests {
             ..SyncConfig::default()
         };
         assert_eq!(
-            decide_from_index(&q, &[u()], Some(&m), &ft_default_on),
+            decide_from_index(&q, &[n()], Some(&m), &ft_default_on),
             IndexVerdict::AskIronic
         );
         let active = node("active", FastTrack::On);
         assert_eq!(
-            decide_from_index(&q, &[u()], Some(&active), &sync),
+            decide_from_index(&q, &[n()], Some(&active), &sync),
             IndexVerdict::NotFound
         );
         // Junk fast track: Ironic's 400, not ours to give.
         let junk = node("manageable", FastTrack::Invalid);
         assert_eq!(
-            decide_from_index(&q, &[u()], Some(&junk), &sync),
+            decide_from_index(&q, &[n()], Some(&junk), &sync),
             IndexVerdict::AskIronic
         );
         // A known MAC whose node entry is missing: ask Ironic.
         assert_eq!(
-            decide_from_index(&q, &[u()], None, &sync),
+            decide_from_index(&q, &[n()], None, &sync),
             IndexVerdict::AskIronic
         );
         // By uuid: unknown is 404, the MACs do not matter.
@@ -801,6 +949,176 @@ mod tests {
             decide_from_index(&by_uuid, &[], Some(&cw), &sync),
             IndexVerdict::AskIronic
         );
+    }
+
+    /// The lookup's whole decision, from the facts read for it: one row per case.
+    #[test]
+    fn lookup_decisions() {
+        use LookupDecision::*;
+        const NOW: u64 = 1_700_000_000_000;
+        let sync = SyncConfig {
+            enabled: true,
+            interval_seconds: 10,
+            ..SyncConfig::default()
+        };
+        let uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+        let cw = node("clean wait", FastTrack::Default);
+        let active = node("active", FastTrack::Default);
+        // A complete index read `age_ms` before NOW.
+        let index = |age_ms: u64, nodes: &[&str], node: Option<&IndexedNode>| IndexRead {
+            synced_at_ms: Some(NOW - age_ms),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            node: node.cloned(),
+        };
+        let incomplete = IndexRead {
+            synced_at_ms: None,
+            ..index(0, &[], None)
+        };
+        let facts = |replay: bool, not_found: bool, index: Option<IndexRead>| LookupFacts {
+            replay: replay.then_some(()),
+            not_found,
+            index,
+        };
+        let macs = by_macs(&["52:54:00:00:00:01"]);
+        let by_uuid = |u: &str| LookupQuery {
+            node_uuid: Some(u.to_string()),
+            ..by_macs(&[])
+        };
+        let upper = uuid.to_ascii_uppercase();
+        let sync_off = SyncConfig {
+            enabled: false,
+            ..sync.clone()
+        };
+        let rows: Vec<(
+            &str,
+            LookupQuery,
+            LookupFacts<()>,
+            &SyncConfig,
+            LookupDecision,
+        )> = vec![
+            (
+                "nothing known",
+                macs.clone(),
+                facts(false, false, None),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "kept answer first",
+                macs.clone(),
+                facts(true, true, Some(index(0, &[], None))),
+                &sync,
+                HandOver,
+            ),
+            (
+                "MACs of no node",
+                macs.clone(),
+                facts(false, false, Some(index(0, &[], None))),
+                &sync,
+                NotFound,
+            ),
+            (
+                "MACs of two nodes",
+                macs.clone(),
+                facts(false, false, Some(index(0, &[uuid, "other"], None))),
+                &sync,
+                NotFound,
+            ),
+            (
+                "one node, lookup state",
+                macs.clone(),
+                facts(false, false, Some(index(0, &[uuid], Some(&cw)))),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "one node, refusing state",
+                macs.clone(),
+                facts(false, false, Some(index(0, &[uuid], Some(&active)))),
+                &sync,
+                NotFound,
+            ),
+            (
+                "index entry missing",
+                macs.clone(),
+                facts(false, false, Some(index(0, &[uuid], None))),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "remembered 404",
+                macs.clone(),
+                facts(false, true, Some(index(0, &[uuid], Some(&cw)))),
+                &sync,
+                NotFound,
+            ),
+            (
+                "remembered 404, no index",
+                macs.clone(),
+                facts(false, true, None),
+                &sync,
+                NotFound,
+            ),
+            (
+                "index just fresh",
+                macs.clone(),
+                facts(false, false, Some(index(25_000, &[], None))),
+                &sync,
+                NotFound,
+            ),
+            (
+                "index stale",
+                macs.clone(),
+                facts(false, false, Some(index(25_001, &[], None))),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "index incomplete",
+                macs.clone(),
+                facts(false, false, Some(incomplete.clone())),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "sync off",
+                macs.clone(),
+                facts(false, false, Some(index(0, &[], None))),
+                &sync_off,
+                AskIronic,
+            ),
+            (
+                "unknown uuid",
+                by_uuid(uuid),
+                facts(false, false, Some(index(0, &[uuid], None))),
+                &sync,
+                NotFound,
+            ),
+            (
+                "known uuid",
+                by_uuid(uuid),
+                facts(false, false, Some(index(0, &[uuid], Some(&cw)))),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "uuid not canonical",
+                by_uuid(&upper),
+                facts(false, false, Some(index(0, &[], None))),
+                &sync,
+                AskIronic,
+            ),
+            (
+                "uuid not canonical, 404 remembered",
+                by_uuid(&upper),
+                facts(false, true, None),
+                &sync,
+                NotFound,
+            ),
+        ];
+        for (case, query, facts, sync, expected) in rows {
+            assert_eq!(decide_lookup(&query, &facts, sync, NOW), expected, "{case}");
+        }
     }
 
     #[test]

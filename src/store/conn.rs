@@ -40,6 +40,139 @@ pub(crate) fn viewed(mut cmd: redis::Cmd) -> redis::Cmd {
     cmd
 }
 
+/// Reads sent in one step: one pipeline, one round trip (none for the reads the view answers,
+/// [`viewed`] commands). Each read added gives a [`Slot`] to take its answer from.
+#[derive(Default)]
+pub(crate) struct ReadStep {
+    pipe: redis::Pipeline,
+    len: usize,
+}
+
+/// Where one read's answers are in a [`ReadStep`]'s, and how they are parsed.
+pub(crate) struct Slot<T> {
+    at: usize,
+    parse: Parse<T>,
+}
+
+enum Parse<T> {
+    One(fn(redis::Value) -> StoreResult<T>),
+    /// The answers of several commands read as one.
+    Many(usize, fn(Vec<redis::Value>) -> StoreResult<T>),
+}
+
+/// The answers of a [`ReadStep`], each taken once by its [`Slot`].
+pub(crate) struct Replies(Vec<Option<redis::Value>>);
+
+impl ReadStep {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a read whose answer `parse` turns into what its caller needs.
+    pub(crate) fn read<T>(
+        &mut self,
+        cmd: redis::Cmd,
+        parse: fn(redis::Value) -> StoreResult<T>,
+    ) -> Slot<T> {
+        self.pipe.add_command(cmd);
+        self.len += 1;
+        Slot {
+            at: self.len - 1,
+            parse: Parse::One(parse),
+        }
+    }
+
+    /// Adds reads whose answers `parse` turns, together, into what their caller needs.
+    pub(crate) fn reads<T>(
+        &mut self,
+        cmds: Vec<redis::Cmd>,
+        parse: fn(Vec<redis::Value>) -> StoreResult<T>,
+    ) -> Slot<T> {
+        let (at, n) = (self.len, cmds.len());
+        for cmd in cmds {
+            self.pipe.add_command(cmd);
+        }
+        self.len += n;
+        Slot {
+            at,
+            parse: Parse::Many(n, parse),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Replies {
+    /// The answer of one read of the step.
+    pub(crate) fn take<T>(&mut self, slot: Slot<T>) -> StoreResult<T> {
+        let mut answer = |at: usize| {
+            self.0
+                .get_mut(at)
+                .and_then(Option::take)
+                .ok_or_else(|| StoreError("a read step answered short".into()))
+        };
+        match slot.parse {
+            Parse::One(parse) => parse(answer(slot.at)?),
+            Parse::Many(n, parse) => {
+                let values = (slot.at..slot.at + n)
+                    .map(answer)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                parse(values)
+            }
+        }
+    }
+}
+
+/// Parses one answer as `T`.
+pub(crate) fn parsed<T: redis::FromRedisValue>(value: redis::Value) -> StoreResult<T> {
+    redis::from_redis_value(value).map_err(|e| StoreError(e.to_string()))
+}
+
+/// Writes sent in one step: one transaction (`MULTI`/`EXEC`: applied whole or not at all, in
+/// the order added), followed in the same round trip by the `PING` that settles the view
+/// ([`Conn::settled`]). Each write added must be safe if it runs late, as every write is.
+#[derive(Default)]
+pub(crate) struct WriteStep {
+    cmds: Vec<redis::Cmd>,
+}
+
+impl WriteStep {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn write(&mut self, cmd: redis::Cmd) {
+        self.cmds.push(cmd);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+}
+
+/// The command that sets a marker (a negative-cache entry), `ttl` long.
+pub(crate) fn marker(key: String, ttl: Duration) -> redis::Cmd {
+    redis::cmd("SET")
+        .arg(key)
+        .arg("1")
+        .arg("PX")
+        .arg(millis(ttl))
+        .clone()
+}
+
+/// An `EVAL` of `script` over `keys` with `args` (sent as it is: a pipeline cannot load a
+/// script on demand as `EVALSHA` does).
+pub(crate) fn eval<A: redis::ToRedisArgs>(script: &str, keys: &[String], args: A) -> redis::Cmd {
+    redis::cmd("EVAL")
+        .arg(script)
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args)
+        .clone()
+}
+
 /// A TTL in milliseconds, at least 1 (Redis refuses 0).
 pub(crate) fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
@@ -158,6 +291,37 @@ impl Conn {
         self.within(pipe.query_async::<T>(&mut conn)).await
     }
 
+    /// Runs a [`ReadStep`] in one round trip (the view answers the [`viewed`] reads it holds).
+    pub(crate) async fn read_step(&self, step: ReadStep) -> StoreResult<Replies> {
+        if step.is_empty() {
+            return Ok(Replies(Vec::new()));
+        }
+        let values: Vec<redis::Value> = self.run_pipe_viewed(step.pipe).await?;
+        if values.len() != step.len {
+            return Err(StoreError("a read step answered short".into()));
+        }
+        Ok(Replies(values.into_iter().map(Some).collect()))
+    }
+
+    /// Runs a [`WriteStep`] in one round trip: its transaction, then the settling `PING` (the
+    /// invalidations of this process's own writes arrive before its answer; see
+    /// [`Self::settled`]).
+    pub(crate) async fn write_step(&self, step: WriteStep) -> StoreResult<()> {
+        if step.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MULTI").ignore();
+        for cmd in step.cmds {
+            pipe.add_command(cmd).ignore();
+        }
+        pipe.cmd("EXEC").ignore();
+        if self.inner.view_entries > 0 {
+            pipe.cmd("PING").ignore();
+        }
+        self.run_pipe(pipe).await
+    }
+
     /// After a write to a key the view serves (node records, negative caches, the index): Redis
     /// sends this process the invalidations of its own writes right after the command's reply
     /// (Redis 7), so one more round trip guarantees that the view has dropped what the write
@@ -174,17 +338,7 @@ impl Conn {
 
     /// A negative-cache marker, `ttl` long.
     pub(crate) async fn set_marker(&self, key: String, ttl: Duration) -> StoreResult<()> {
-        self.settled(
-            self.run(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg("1")
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .clone(),
-            ),
-        )
-        .await
+        self.settled(self.run(marker(key, ttl))).await
     }
 
     async fn settle_view(&self) {

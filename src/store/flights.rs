@@ -1,7 +1,7 @@
 //! The cross-process half of the lookup single flight ([`crate::agent::flight`]): a lease
 //! key names the process leading a flight, a result key publishes its outcome to the waiters.
 
-use super::conn::{millis, Conn};
+use super::conn::{eval, millis, Conn, WriteStep};
 use super::StoreResult;
 use std::time::Duration;
 
@@ -78,21 +78,34 @@ impl FlightBoard {
         result: &FlightResult,
         ttl: Duration,
     ) -> StoreResult<()> {
+        let mut step = WriteStep::new();
+        self.write_end(&mut step, key, owner, result, ttl);
+        self.conn.write_step(step).await
+    }
+
+    /// [`Self::end`], in `step`.
+    pub(crate) fn write_end(
+        &self,
+        step: &mut WriteStep,
+        key: &str,
+        owner: &str,
+        result: &FlightResult,
+        ttl: Duration,
+    ) {
         // Publish the result, then release the flight only if it is still ours (it may have
         // expired and been taken by another process meanwhile).
-        let script = redis::Script::new(
-            r"redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+        const END: &str = r"redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
               if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-              return 1",
-        );
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.conn.keys.flight(key))
-            .key(self.conn.keys.flight_result(key))
-            .arg(owner)
-            .arg(encode_result(result))
-            .arg(millis(ttl));
-        self.conn.run_script::<i64>(invocation).await.map(|_| ())
+              return 1";
+        let keys = [
+            self.conn.keys.flight(key),
+            self.conn.keys.flight_result(key),
+        ];
+        step.write(eval(
+            END,
+            &keys,
+            (owner, encode_result(result), millis(ttl)),
+        ));
     }
 }
 

@@ -2,7 +2,7 @@
 //! only while its generation markers agree: a half that Redis lost (a flush, a restart without
 //! persistence, an eviction) takes its marker with it.
 
-use super::conn::{viewed, Conn};
+use super::conn::{eval, parsed, viewed, Conn, ReadStep, Slot};
 use super::{StoreError, StoreResult};
 
 /// A node's `driver_info.fast_track` as Ironic reads it.
@@ -36,6 +36,26 @@ pub(crate) struct IndexedNode {
     /// milliseconds (0: unknown, an entry written before this field existed).
     #[serde(default)]
     pub(crate) read_at_ms: u64,
+}
+
+/// What a lookup needs of the index, read in one step ([`NodeIndex::read_lookup`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IndexRead {
+    /// When the round that completed the index started (Unix ms), if both halves are of the
+    /// generation it vouched for (`None`: no complete index, nothing below counts).
+    pub(crate) synced_at_ms: Option<u64>,
+    /// By MACs: the distinct nodes of the MACs (two at most: two already decide). By uuid:
+    /// none (the uuid designates the node).
+    pub(crate) nodes: Vec<String>,
+    /// The entry of the one node `nodes` names (`None`: the index has none, or `nodes` does not
+    /// name exactly one).
+    pub(crate) node: Option<IndexedNode>,
+}
+
+/// What a lookup designates in the index.
+pub(crate) enum IndexKey<'a> {
+    Uuid(&'a str),
+    Macs(&'a [String]),
 }
 
 /// One write to the index: entries to set and entries to drop, and the time of the round.
@@ -100,23 +120,9 @@ impl NodeIndex {
             .await
     }
 
-    /// The node uuid of each MAC (same order), from the index; an error if the index is not
-    /// the complete one [`Self::synced_at`] vouched for (its generation changed).
-    pub(crate) async fn macs(&self, macs: &[String]) -> StoreResult<Vec<Option<String>>> {
-        if macs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut fields = vec![GENERATION_FIELD.to_string()];
-        fields.extend(macs.iter().cloned());
-        let mut found = self
-            .index_read(self.conn.keys.index_macs(), &fields)
-            .await?;
-        found.remove(0);
-        Ok(found)
-    }
-
-    /// A node of the index; an error if the index is not the complete one (as for
-    /// [`Self::macs`]): a missing entry means "no such node" only in a complete index.
+    /// A node of the index; an error if the index is not the complete one [`Self::synced_at`]
+    /// vouched for (its generation changed): a missing entry means "no such node" only in a
+    /// complete index.
     pub(crate) async fn node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
         let fields = [GENERATION_FIELD.to_string(), uuid.to_string()];
         let found = self
@@ -268,6 +274,45 @@ impl NodeIndex {
             .await
     }
 
+    /// Reads what a lookup needs of the index in `step`: the markers (from the view), and the
+    /// entries with the generation of the half they are read from. By MACs, one script reads
+    /// the MACs in slices, stops at the second distinct node, and reads the entry of the only
+    /// node if there is one.
+    pub(crate) fn read_lookup(&self, step: &mut ReadStep, by: IndexKey<'_>) -> Slot<IndexRead> {
+        let (nodes, macs) = (self.conn.keys.index_nodes(), self.conn.keys.index_macs());
+        let mut cmds = self.marker_reads();
+        cmds.push(match by {
+            // Never from the view (see `index_read`).
+            IndexKey::Uuid(uuid) => redis::cmd("HMGET")
+                .arg(nodes)
+                .arg(GENERATION_FIELD)
+                .arg(uuid)
+                .clone(),
+            IndexKey::Macs(found) => eval(LOOKUP_BY_MACS, &[macs, nodes], found),
+        });
+        step.reads(cmds, parse_lookup_read)
+    }
+
+    /// The viewed reads of the markers: the freshness, the generation of each half.
+    fn marker_reads(&self) -> Vec<redis::Cmd> {
+        let keys = &self.conn.keys;
+        vec![
+            viewed(redis::cmd("GET").arg(keys.index_synced_at()).clone()),
+            viewed(
+                redis::cmd("HGET")
+                    .arg(keys.index_nodes())
+                    .arg(GENERATION_FIELD)
+                    .clone(),
+            ),
+            viewed(
+                redis::cmd("HGET")
+                    .arg(keys.index_macs())
+                    .arg(GENERATION_FIELD)
+                    .clone(),
+            ),
+        ]
+    }
+
     /// The index's freshness and generation, if both halves belong to that generation.
     async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
         let mut pipe = redis::pipe();
@@ -327,6 +372,81 @@ impl NodeIndex {
             )),
         }
     }
+}
+
+/// KEYS: the MACs half, the nodes half; ARGV: the MACs. Returns `[MACs half's generation,
+/// first node, second node, nodes half's generation, entry]`: the first two distinct nodes of
+/// the MACs and, if there is only one, its entry (`false`, Redis's nil, where there is none).
+/// Most lookups cost Redis two commands (the script, one `HMGET`), a lookup that may mint three.
+const LOOKUP_BY_MACS: &str = r"local gen_macs = false
+  local first, second = false, false
+  local i, n = 1, #ARGV
+  while i <= n and not second do
+    local last = math.min(i + 127, n)
+    local got
+    if i == 1 then
+      -- The generation in the same read as the first slice: one command for most lookups.
+      got = redis.call('HMGET', KEYS[1], '@gen', unpack(ARGV, i, last))
+      gen_macs = table.remove(got, 1)
+    else
+      got = redis.call('HMGET', KEYS[1], unpack(ARGV, i, last))
+    end
+    for _, node in ipairs(got) do
+      if node then
+        if not first then first = node elseif node ~= first then second = node break end
+      end
+    end
+    i = last + 1
+  end
+  local entry = {false, false}
+  if first and not second then entry = redis.call('HMGET', KEYS[2], '@gen', first) end
+  return {gen_macs, first, second, entry[1], entry[2]}";
+
+/// The markers and entries [`NodeIndex::read_lookup`] read.
+fn parse_lookup_read(values: Vec<redis::Value>) -> StoreResult<IndexRead> {
+    let mut values = values.into_iter();
+    let mut next = || {
+        values
+            .next()
+            .ok_or_else(|| StoreError("an index read answered short".into()))
+    };
+    let synced: Option<String> = parsed(next()?)?;
+    let marked_nodes: Option<String> = parsed(next()?)?;
+    let marked_macs: Option<String> = parsed(next()?)?;
+    let entries: Vec<Option<String>> = parsed(next()?)?;
+    // The generation of the MACs half as the entries were read (`None`: not read), the
+    // distinct nodes, and the generation of the nodes half as its entry was read.
+    let (read_macs, nodes, read_nodes, entry) = match <[Option<String>; 2]>::try_from(entries) {
+        // By uuid: `[nodes generation, entry]`.
+        Ok([gen_nodes, entry]) => (None, Vec::new(), Some(gen_nodes), entry),
+        Err(entries) => match <[Option<String>; 5]>::try_from(entries) {
+            Ok([gen_macs, first, second, gen_nodes, entry]) => {
+                let one = first.is_some() && second.is_none();
+                let nodes = first.into_iter().chain(second).collect();
+                (Some(gen_macs), nodes, one.then_some(gen_nodes), entry)
+            }
+            Err(_) => return Err(StoreError("an index read answered oddly".into())),
+        },
+    };
+    // Complete: the freshness names a generation both halves' markers carry, and each half
+    // read carried it as it was read (a half Redis lost meanwhile has none).
+    let vouched = synced
+        .as_deref()
+        .and_then(parse_synced_at)
+        .filter(|(_, g)| {
+            let of = |marker: Option<&Option<String>>| {
+                marker.is_none_or(|m| m.as_deref() == Some(g.as_str()))
+            };
+            of(Some(&marked_nodes))
+                && of(Some(&marked_macs))
+                && of(read_macs.as_ref())
+                && of(read_nodes.as_ref())
+        });
+    Ok(IndexRead {
+        synced_at_ms: vouched.map(|(at, _)| at),
+        nodes,
+        node: entry.and_then(|t| serde_json::from_str(&t).ok()),
+    })
 }
 
 /// The generation a half belongs to, and the one a full round is rebuilding it for.

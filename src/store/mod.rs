@@ -23,14 +23,15 @@ pub(crate) mod testing;
 mod tests;
 pub(crate) mod token_hash;
 
+pub(crate) use conn::{ReadStep, Replies, WriteStep};
 pub(crate) use flights::{FlightBoard, FlightResult, FlightState};
-pub(crate) use index::{FastTrack, IndexUpdate, IndexedNode, NodeIndex};
+pub(crate) use index::{FastTrack, IndexKey, IndexRead, IndexUpdate, IndexedNode, NodeIndex};
 pub(crate) use lease::Lease;
 pub(crate) use mismatch::MismatchSlots;
 pub(crate) use negative::NegativeCache;
 pub(crate) use records::{NodeRecord, NodeRecords};
 pub(crate) use relay_queue::RelayQueue;
-pub(crate) use replay::ReplayBox;
+pub(crate) use replay::{KeptMinted, ReplayBox};
 
 use crate::config::{ConfigError, EdgeConfig};
 use std::fmt;
@@ -60,6 +61,7 @@ pub(crate) struct Stores {
     pub(crate) relay: RelayQueue,
     pub(crate) index: NodeIndex,
     pub(crate) lease: Lease,
+    conn: conn::Conn,
 }
 
 impl Stores {
@@ -74,8 +76,20 @@ impl Stores {
             replay: ReplayBox::new(conn.clone()),
             relay: RelayQueue::new(conn.clone()),
             index: NodeIndex::new(conn.clone()),
-            lease: Lease::new(conn),
+            lease: Lease::new(conn.clone()),
+            conn,
         })
+    }
+
+    /// Runs reads the handles added to `step` (`read_*`), in one round trip.
+    pub(crate) async fn read(&self, step: ReadStep) -> StoreResult<Replies> {
+        self.conn.read_step(step).await
+    }
+
+    /// Runs writes the handles added to `step`, in one round trip, as one transaction; the
+    /// view is settled when it returns.
+    pub(crate) async fn write(&self, step: WriteStep) -> StoreResult<()> {
+        self.conn.write_step(step).await
     }
 }
 

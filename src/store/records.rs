@@ -1,7 +1,7 @@
 //! What the gateway knows of each node from traffic it forwarded (`node:<uuid>`), read through
 //! the in-process view; every write settles the view before it is reported done.
 
-use super::conn::{viewed, Conn};
+use super::conn::{viewed, Conn, WriteStep};
 use super::StoreResult;
 use std::time::Duration;
 
@@ -72,6 +72,7 @@ impl NodeRecords {
 
     /// A new token was minted for the node: remember its hash, forget the old `agent_url`,
     /// and keep the node data (already masked by the caller) for later use.
+    #[cfg(test)]
     pub(crate) async fn token_minted(
         &self,
         uuid: &str,
@@ -79,34 +80,47 @@ impl NodeRecords {
         node_data: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        self.conn
-            .settled(async {
-                let key = self.conn.keys.node(uuid);
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg("token")
-                    .arg(token_hash)
-                    .arg("token_at")
-                    .arg(super::now_ms())
-                    .arg("node")
-                    .arg(node_data)
-                    .ignore()
-                    .cmd("HDEL")
-                    .arg(&key)
-                    .arg("agent_url")
-                    .arg("hb_fp")
-                    .arg("hb_at")
-                    .arg("reset_at")
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(ttl.as_secs().max(1))
-                    .ignore();
-                self.conn.run_pipe(pipe).await
-            })
-            .await
+        let mut step = WriteStep::new();
+        self.write_token_minted(&mut step, uuid, token_hash, node_data, ttl);
+        self.conn.write_step(step).await
+    }
+
+    /// [`Self::token_minted`], in `step`.
+    pub(crate) fn write_token_minted(
+        &self,
+        step: &mut WriteStep,
+        uuid: &str,
+        token_hash: &str,
+        node_data: &[u8],
+        ttl: Duration,
+    ) {
+        let key = self.conn.keys.node(uuid);
+        step.write(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("token")
+                .arg(token_hash)
+                .arg("token_at")
+                .arg(super::now_ms())
+                .arg("node")
+                .arg(node_data)
+                .clone(),
+        );
+        step.write(
+            redis::cmd("HDEL")
+                .arg(&key)
+                .arg("agent_url")
+                .arg("hb_fp")
+                .arg("hb_at")
+                .arg("reset_at")
+                .clone(),
+        );
+        step.write(
+            redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        );
     }
 
     /// Ironic accepted a heartbeat with this token and `callback_url`.

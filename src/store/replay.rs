@@ -1,7 +1,7 @@
 //! Minted lookup answers kept (sealed) for one replay to the same caller: claimed when taken,
 //! deleted only once delivered.
 
-use super::conn::{millis, Conn};
+use super::conn::{eval, millis, parsed, Conn, ReadStep, Slot, WriteStep};
 use super::keys::Keys;
 use super::StoreResult;
 use std::time::Duration;
@@ -26,6 +26,7 @@ impl ReplayBox {
 
     /// Keeps a minted lookup answer (sealed) for one replay to the same caller, `ttl` long;
     /// the node remembers it so that its first accepted heartbeat drops it.
+    #[cfg(test)]
     pub(crate) async fn put(
         &self,
         replay_key: &str,
@@ -33,28 +34,37 @@ impl ReplayBox {
         sealed: &[u8],
         ttl: Duration,
     ) -> StoreResult<()> {
-        self.conn
-            .settled(async {
-                let key = self.conn.keys.minted(replay_key);
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(encode_minted(uuid, sealed))
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1))
-                    .ignore()
-                    .cmd("DEL")
-                    .arg(Keys::minted_claim(&key))
-                    .ignore()
-                    .cmd("HSET")
-                    .arg(self.conn.keys.node(uuid))
-                    .arg("minted")
-                    .arg(&key)
-                    .ignore();
-                self.conn.run_pipe(pipe).await
-            })
-            .await
+        let mut step = WriteStep::new();
+        self.write_put(&mut step, replay_key, uuid, sealed, ttl);
+        self.conn.write_step(step).await
+    }
+
+    /// [`Self::put`], in `step`.
+    pub(crate) fn write_put(
+        &self,
+        step: &mut WriteStep,
+        replay_key: &str,
+        uuid: &str,
+        sealed: &[u8],
+        ttl: Duration,
+    ) {
+        let key = self.conn.keys.minted(replay_key);
+        step.write(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(encode_minted(uuid, sealed))
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone(),
+        );
+        step.write(redis::cmd("DEL").arg(Keys::minted_claim(&key)).clone());
+        step.write(
+            redis::cmd("HSET")
+                .arg(self.conn.keys.node(uuid))
+                .arg("minted")
+                .arg(&key)
+                .clone(),
+        );
     }
 
     /// Claims a kept minted answer for `claim_ttl`: it stays kept (a take that runs late, after
@@ -67,25 +77,28 @@ impl ReplayBox {
         claim: &str,
         claim_ttl: Duration,
     ) -> StoreResult<Option<KeptMinted>> {
-        // Read and claim in one step; nothing is deleted, so a take that runs late (its caller
-        // gave up) only leaves a claim, which expires or is released.
-        let script = redis::Script::new(
-            r"if redis.call('EXISTS', KEYS[3]) == 1 then return nil end
-              local v = redis.call('GET', KEYS[1])
-              if not v then return nil end
-              if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return v end
-              return nil",
-        );
+        let mut step = ReadStep::new();
+        let slot = self.read_take(&mut step, replay_key, claim, claim_ttl);
+        self.conn.read_step(step).await?.take(slot)
+    }
+
+    /// [`Self::take`], in `step` (a claim is a write, but one that is safe to run late: it
+    /// deletes nothing, and expires).
+    pub(crate) fn read_take(
+        &self,
+        step: &mut ReadStep,
+        replay_key: &str,
+        claim: &str,
+        claim_ttl: Duration,
+    ) -> Slot<Option<KeptMinted>> {
         let key = self.conn.keys.minted(replay_key);
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(&key)
-            .key(Keys::minted_claim(&key))
-            .key(Keys::minted_released(&key, claim))
-            .arg(claim)
-            .arg(millis(claim_ttl));
-        let value: Option<Vec<u8>> = self.conn.run_script(invocation).await?;
-        Ok(value.as_deref().and_then(decode_minted))
+        let (claimed, released) = (Keys::minted_claim(&key), Keys::minted_released(&key, claim));
+        let keys = [key, claimed, released];
+        let cmd = eval(TAKE, &keys, (claim, millis(claim_ttl)));
+        step.read(cmd, |v| {
+            let value: Option<Vec<u8>> = parsed(v)?;
+            Ok(value.as_deref().and_then(decode_minted))
+        })
     }
 
     /// The claimed answer was delivered: it is deleted (if the claim is still this one).
@@ -152,6 +165,15 @@ impl ReplayBox {
             .await
     }
 }
+
+/// Reads and claims in one step; nothing is deleted, so a take that runs late (its caller gave
+/// up) only leaves a claim, which expires or is released. KEYS: the kept answer, its claim,
+/// the release mark of this claim; ARGV: the claim, its TTL in ms.
+const TAKE: &str = r"if redis.call('EXISTS', KEYS[3]) == 1 then return nil end
+  local v = redis.call('GET', KEYS[1])
+  if not v then return nil end
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return v end
+  return nil";
 
 /// A kept minted answer as stored: the node uuid, a newline, the sealed answer.
 fn encode_minted(uuid: &str, sealed: &[u8]) -> Vec<u8> {

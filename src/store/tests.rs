@@ -57,12 +57,16 @@ async fn negative_markers_are_seen_at_once_and_forgotten() {
     let s = &r.stores.negative;
     let ttl = Duration::from_secs(5);
     assert!(!s.lookup_not_found("k").await.unwrap());
-    s.remember_lookup_not_found("k", ttl).await.unwrap();
+    let mut step = WriteStep::new();
+    s.remember_lookup_not_found(&mut step, "k", ttl);
+    r.stores.write(step).await.unwrap();
     assert!(s.lookup_not_found("k").await.unwrap());
     assert!(!s.heartbeat_not_found("u").await.unwrap());
     s.remember_heartbeat_not_found("u", ttl).await.unwrap();
     assert!(s.heartbeat_not_found("u").await.unwrap());
-    s.forget_heartbeat_not_found("u").await.unwrap();
+    let mut step = WriteStep::new();
+    s.forget_heartbeat_not_found(&mut step, "u");
+    r.stores.write(step).await.unwrap();
     assert!(!s.heartbeat_not_found("u").await.unwrap());
 }
 
@@ -242,12 +246,72 @@ fn round(full: bool, generation: &str) -> IndexUpdate {
     }
 }
 
+/// What a lookup reads of the index, in a step of its own.
+async fn lookup_read(r: &TestRedis, by: IndexKey<'_>) -> IndexRead {
+    let mut step = ReadStep::new();
+    let slot = r.stores.index.read_lookup(&mut step, by);
+    r.stores.read(step).await.unwrap().take(slot).unwrap()
+}
+
+/// MACs are read in slices and the reading stops at the second distinct node; the entry comes
+/// only with exactly one node.
+#[tokio::test]
+async fn a_lookup_reads_its_macs_in_slices_until_two_nodes() {
+    let r = TestRedis::start().await;
+    let mut u = round(true, "g1");
+    u.ports.push(("m2".into(), "v".into()));
+    r.stores.index.write(&u).await.unwrap();
+    let mut macs: Vec<String> = (0..300).map(|i| format!("none-{i}")).collect();
+    macs.push("m".into());
+    let read = lookup_read(&r, IndexKey::Macs(&macs)).await;
+    assert_eq!(
+        (read.nodes, read.node.is_some()),
+        (vec!["u".to_string()], true)
+    );
+    macs.insert(200, "m2".into());
+    macs.push("m".into());
+    let read = lookup_read(&r, IndexKey::Macs(&macs)).await;
+    assert_eq!(read.nodes, vec!["v".to_string(), "u".to_string()]);
+    assert_eq!(read.node, None);
+}
+
+/// One read step over several handles: a viewed read (answered by the view the second time),
+/// a script that claims, and the index script, each answer where its slot says.
+#[tokio::test]
+async fn one_read_step_serves_every_handle() {
+    let r = TestRedis::start().await;
+    let ttl = Duration::from_secs(5);
+    let mut step = WriteStep::new();
+    r.stores
+        .negative
+        .remember_lookup_not_found(&mut step, "k", ttl);
+    r.stores
+        .replay
+        .write_put(&mut step, "k", "u", b"sealed", ttl);
+    r.stores.write(step).await.unwrap();
+    for claim in ["c1", "c2"] {
+        let mut step = ReadStep::new();
+        let taken = r.stores.replay.read_take(&mut step, "k", claim, CLAIM_TTL);
+        let index = r.stores.index.read_lookup(&mut step, IndexKey::Uuid("u"));
+        let not_found = r.stores.negative.read_lookup_not_found(&mut step, "k");
+        let mut replies = r.stores.read(step).await.unwrap();
+        assert!(replies.take(not_found).unwrap());
+        assert_eq!(replies.take(index).unwrap().synced_at_ms, None);
+        let taken = replies.take(taken).unwrap();
+        // Claimed by the first step: the second gets nothing while the claim holds.
+        assert_eq!(taken.is_some(), claim == "c1", "{claim}");
+    }
+}
+
 #[tokio::test]
 async fn an_index_never_synced_cannot_tell() {
     let r = TestRedis::start().await;
     let s = &r.stores.index;
     assert_eq!(s.synced_at().await.unwrap(), None);
-    assert!(s.macs(&["m".to_string()]).await.is_err());
+    assert_eq!(
+        lookup_read(&r, IndexKey::Macs(&["m".to_string()])).await,
+        IndexRead::default()
+    );
     assert!(s.node("u").await.is_err());
 }
 
@@ -258,10 +322,15 @@ async fn a_full_round_starts_a_generation() {
     s.write(&round(true, "g1")).await.unwrap();
     assert_eq!(s.synced_at().await.unwrap(), Some(1_000));
     assert_eq!(s.generation().await.unwrap().as_deref(), Some("g1"));
+    let read = lookup_read(&r, IndexKey::Macs(&["x".to_string(), "m".to_string()])).await;
     assert_eq!(
-        s.macs(&["m".to_string()]).await.unwrap(),
-        vec![Some("u".to_string())]
+        (read.synced_at_ms, read.nodes, read.node.map(|n| n.uuid)),
+        (Some(1_000), vec!["u".to_string()], Some("u".to_string()))
     );
+    let read = lookup_read(&r, IndexKey::Uuid("u")).await;
+    assert_eq!(read.node.map(|n| n.provision_state), Some("active".into()));
+    let read = lookup_read(&r, IndexKey::Uuid("nope")).await;
+    assert_eq!((read.synced_at_ms, read.node), (Some(1_000), None));
     assert_eq!(
         s.node_named("n").await.unwrap().map(|n| n.uuid),
         Some("u".into())

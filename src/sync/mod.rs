@@ -101,8 +101,13 @@ fn changed_at(v: &Value) -> Option<i64> {
 /// from: rounds start every `interval_seconds` and take a moment (longer on a loaded Ironic),
 /// so two intervals and a 5 s margin.
 pub fn index_is_fresh(cfg: &SyncConfig, synced_at_ms: u64) -> bool {
+    index_is_fresh_at(cfg, synced_at_ms, now_ms())
+}
+
+/// [`index_is_fresh`] at `now_ms` (Unix ms).
+pub fn index_is_fresh_at(cfg: &SyncConfig, synced_at_ms: u64, now_ms: u64) -> bool {
     let fresh_ms = 2 * 1000 * cfg.interval_seconds + 5000;
-    now_ms().saturating_sub(synced_at_ms) <= fresh_ms
+    now_ms.saturating_sub(synced_at_ms) <= fresh_ms
 }
 
 /// Whether what this process knows (the generation it wrote, or the one its watermarks

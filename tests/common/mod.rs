@@ -17,7 +17,7 @@ pub use fake_ironic::{Answer, Ctx, FakeIronic, FakeResponse, Recorded};
 pub use gateway::{Env, Gateway, GatewayConfig};
 pub use http::{Client, Request, Response};
 pub use mini::MiniIronic;
-pub use redis::RedisServer;
+pub use redis::{RedisServer, RedisStats};
 
 use std::collections::HashSet;
 use std::net::TcpListener;

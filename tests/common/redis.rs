@@ -76,6 +76,25 @@ impl RedisConn {
         self.read()
     }
 
+    /// Redis's own counters of what it did (`INFO stats`): commands processed (a command a
+    /// script calls counts too) and read events on client sockets. A client that sends a batch
+    /// (one command, a pipeline, a script) and waits for its answer costs one read event per
+    /// batch: read events count round trips. Read over a connection kept open (one
+    /// `INFO` then costs one read event, one command; a new connection would add its close).
+    pub fn stats(&mut self) -> RedisStats {
+        let info = self.cmd(&["INFO", "stats"]).expect("INFO stats").to_text();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("INFO stats has no {name}"))
+        };
+        RedisStats {
+            commands: field("total_commands_processed"),
+            reads: field("total_reads_processed"),
+        }
+    }
+
     fn line(&mut self) -> std::io::Result<String> {
         let mut l = String::new();
         if self.reader.read_line(&mut l)? == 0 {
@@ -151,6 +170,25 @@ impl RedisConn {
             }
             _ => return Err(bad()),
         })
+    }
+}
+
+/// Redis's counters (see [`RedisConn::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    pub commands: i64,
+    pub reads: i64,
+}
+
+impl RedisStats {
+    /// What happened between `before` and `self`, both read over one connection: the `INFO`
+    /// that read `self` is one read event; the one that read `before` is one command (a
+    /// command is counted once it has run, a read event as it happens).
+    pub fn since(&self, before: &RedisStats) -> RedisStats {
+        RedisStats {
+            commands: self.commands - before.commands - 1,
+            reads: self.reads - before.reads - 1,
+        }
     }
 }
 
