@@ -264,7 +264,7 @@ impl Plugin for AgentPlugin {
         // A source over its limits: no lookup, and no heartbeat the gateway cannot verify, goes
         // on (a verified heartbeat is still accepted: `heartbeat::handle`).
         if over_source_limit(ctx) {
-            let verifiable = ctx.route == Route::Heartbeat
+            let verifiable = route_of(&req.method, path) == Route::Heartbeat
                 && edge_may_answer
                 && self.edge.versions.get().is_some();
             if !verifiable {
