@@ -21,6 +21,8 @@ pub struct Edge {
     pub upstream: Arc<UpstreamClient>,
     pub versions: Arc<VersionState>,
     pub metrics: Arc<Metrics>,
+    /// Lookups answered 404, by MAC set and source (`GET /agents/unknown`).
+    pub(crate) unknown: Arc<crate::unknown::UnknownMachines>,
     /// Whether the listeners speak TLS (for `X-Forwarded-Proto`), by local port.
     pub tls_ports: Vec<u16>,
     /// Changes the gateway forwarded, for the node sync (bounded; dropped when full: the

@@ -1,5 +1,6 @@
 //! The operations listener (loopback only): `GET /metrics` (Prometheus text) and
-//! `GET /status` (JSON: up, and whether the upstream's API versions are known).
+//! `GET /status` (JSON: up, and whether the upstream's API versions are known), and
+//! `GET /agents/unknown` (JSON: the MAC sets and sources that keep getting lookup 404s).
 
 use crate::metrics::Metrics;
 use crate::upstream::VersionState;
@@ -13,6 +14,7 @@ pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub versions: Arc<VersionState>,
     pub(crate) governor: Arc<crate::upstream::governor::Governor>,
+    pub(crate) unknown: Arc<crate::unknown::UnknownMachines>,
 }
 
 fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -45,6 +47,9 @@ impl ServeHttp for OpsApp {
                 };
                 let doc = serde_json::json!({"status": "ok", "upstream": upstream});
                 reply(200, "application/json", doc.to_string())
+            }
+            "/agents/unknown" => {
+                reply(200, "application/json", self.unknown.document().to_string())
             }
             _ => reply(404, "text/plain", "not found\n".into()),
         }

@@ -78,6 +78,7 @@ fn build_edge(
         upstream: Arc::new(UpstreamClient::new(edge_conf, target)),
         versions: Arc::new(VersionState::default()),
         metrics: Arc::new(Metrics::default()),
+        unknown: Arc::new(crate::unknown::UnknownMachines::default()),
         tls_ports,
         sync_events,
         sealer: seal_key
@@ -152,6 +153,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             metrics,
             versions: versions.clone(),
             governor: edge.governor.clone(),
+            unknown: edge.unknown.clone(),
         },
     );
     ops.add_tcp(&edge_conf.ops_address);

@@ -50,6 +50,27 @@ pub(crate) async fn handle(
         Ok(q) => q,
         Err(e) => return Ok(r.answer_error(&e)),
     };
+    // Who keeps getting 404 (`crate::unknown`): the MAC set as shown, bounded.
+    let mac_set = {
+        let mut macs = query.macs.clone();
+        macs.sort_unstable();
+        crate::unknown::mac_set_key(&macs)
+    };
+    let answer = decide_and_answer(r, flights, query, session, ctx).await?;
+    if answer.status() == Some(404) {
+        let source = ctx.client.as_ref().map(|c| c.ip);
+        r.edge.unknown.not_found(&mac_set, source);
+    }
+    Ok(answer)
+}
+
+async fn decide_and_answer(
+    r: &AgentRequest<'_>,
+    flights: &Arc<Flights>,
+    query: crate::ironic::lookup::LookupQuery,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<Disposition> {
     if query.invalid_macs > 0 {
         // The count only: the addresses are the caller's input, of any length.
         log::debug!(
