@@ -383,6 +383,9 @@ pub struct EdgeConfig {
     /// them, the client address is taken from `X-Forwarded-For` (the right-most address that
     /// is not itself a trusted proxy). Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// A file the structured access log is appended to (one JSON line per request); empty:
+    /// none.
+    pub access_log: String,
 }
 
 impl Default for EdgeConfig {
@@ -403,6 +406,7 @@ impl Default for EdgeConfig {
             sync: SyncConfig::default(),
             node_ttl_seconds: 86_400,
             seal_key_file: String::new(),
+            access_log: String::new(),
             limits: LimitsConfig::default(),
             trusted_proxies: Vec::new(),
         }
@@ -466,6 +470,19 @@ impl EdgeConfig {
                         ));
                     }
                 }
+            }
+        }
+        if !self.access_log.is_empty() {
+            let path = std::path::Path::new(&self.access_log);
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() || path.is_dir() {
+                return Err(ConfigError::new(
+                    "ironic_edge.access_log",
+                    format!("{}: not a file in an existing directory", path.display()),
+                ));
             }
         }
         let ops = parse_socket_addr(&self.ops_address)

@@ -7,6 +7,7 @@
 //! - [`upstream`]: talking to Ironic (forwarded agent requests, version discovery).
 //! - [`plugin`], [`proxy`], [`server`], [`config`]: the gateway around them.
 
+pub(crate) mod access_log;
 pub mod agent;
 pub mod client_addr;
 pub mod config;

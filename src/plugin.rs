@@ -22,6 +22,12 @@ pub struct RequestCtx {
     pub client: Option<crate::client_addr::ClientAddr>,
     /// An agent request's place among its source's (`source_limits`), held until it ends.
     pub(crate) source: Option<crate::source_limits::Admitted>,
+    /// When the proxy asked Ironic for a request it passes through unchanged.
+    pub(crate) upstream_started: Option<Instant>,
+    /// How long Ironic took, when it was asked (for the access log).
+    pub(crate) upstream_ms: Option<u64>,
+    /// Passed through unchanged (not answered nor forwarded by a plugin).
+    pub(crate) proxied: bool,
 }
 
 impl Default for RequestCtx {
@@ -33,6 +39,9 @@ impl Default for RequestCtx {
             status: None,
             client: None,
             source: None,
+            upstream_started: None,
+            upstream_ms: None,
+            proxied: false,
         }
     }
 }

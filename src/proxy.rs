@@ -21,6 +21,7 @@ pub struct EdgeProxy {
     edge: Arc<Edge>,
     plugins: Vec<Box<dyn Plugin>>,
     trusted: TrustedProxies,
+    access_log: Option<crate::access_log::AccessLog>,
 }
 
 impl EdgeProxy {
@@ -33,7 +34,14 @@ impl EdgeProxy {
             edge,
             plugins,
             trusted,
+            access_log: None,
         }
+    }
+
+    /// Writes one JSON line per request to `log` ([`crate::access_log`]).
+    pub(crate) fn with_access_log(mut self, log: crate::access_log::AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
     }
 
     /// Writes and counts what a plugin decided: the one place answers leave from. Counted
@@ -52,7 +60,10 @@ impl EdgeProxy {
         ctx.status = disposition.status();
         match disposition {
             Disposition::Continue => Ok(()),
-            Disposition::Relayed { resp, body } => write_upstream(session, &resp, &body).await,
+            Disposition::Relayed { resp, body } => {
+                ctx.upstream_ms = Some(resp.elapsed_ms);
+                write_upstream(session, &resp, &body).await
+            }
             Disposition::Local(local) => {
                 let written =
                     write_local(session, &local.answer, local.info.as_ref(), local.version).await;
@@ -167,8 +178,9 @@ impl ProxyHttp for EdgeProxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        ctx.upstream_started = Some(std::time::Instant::now());
         Ok(Box::new(self.edge.upstream.peer().clone()))
     }
 
@@ -183,7 +195,9 @@ impl ProxyHttp for EdgeProxy {
         if ctx.answered.is_none() {
             self.edge.metrics.request(ctx.route, Counted::Forwarded);
             ctx.answered = Some(Counted::Forwarded);
+            ctx.proxied = true;
             ctx.status = Some(upstream_response.status.as_u16());
+            ctx.upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
         }
         Ok(())
     }
@@ -308,6 +322,30 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let how = ctx.answered.map_or("upstream", Counted::label);
+        if let Some(access) = &self.access_log {
+            let req = session.req_header();
+            let request_id = session
+                .response_written()
+                .and_then(|r| r.headers.get("x-openstack-request-id"))
+                .and_then(|v| v.to_str().ok());
+            access.write(&crate::access_log::AccessLine {
+                time_ms: crate::store::now_ms(),
+                request_id,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                route: ctx.route.label(),
+                node: crate::access_log::node_of(req.uri.path()),
+                source: ctx.client.as_ref().map(|c| c.ip.to_string()),
+                disposition: match ctx.answered {
+                    _ if ctx.proxied => "proxied",
+                    Some(outcome) => outcome.label(),
+                    None => "none",
+                },
+                status,
+                upstream_ms: ctx.upstream_ms,
+                total_ms: ctx.started.elapsed().as_millis() as u64,
+            });
+        }
         // The path only: query strings may carry heartbeat tokens.
         log::info!(
             "{} {} {} {} {} {}ms{}",

@@ -125,10 +125,18 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
 
     let plugins = crate::plugin::build_plugins(&edge)?;
     let trusted = edge_conf.trusted_proxy_nets()?;
-    let app = pingora::proxy::http_proxy(
-        &server.configuration,
-        EdgeProxy::new(edge.clone(), plugins, trusted.clone()),
-    );
+    let app = pingora::proxy::http_proxy(&server.configuration, {
+        let proxy = EdgeProxy::new(edge.clone(), plugins, trusted.clone());
+        if edge_conf.access_log.is_empty() {
+            proxy
+        } else {
+            let path = std::path::Path::new(&edge_conf.access_log);
+            let log = crate::access_log::AccessLog::open(path).map_err(|e| {
+                ConfigError::new("ironic_edge.access_log", format!("{}: {e}", path.display()))
+            })?;
+            proxy.with_access_log(log)
+        }
+    });
     // Every connection passes the slow-client deadlines and the per-source cap first.
     let mut proxy = Service::new(
         "ironic-edge".to_string(),

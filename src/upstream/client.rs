@@ -45,6 +45,8 @@ impl std::error::Error for UpstreamError {}
 pub struct UpstreamResponse {
     pub header: ResponseHeader,
     pub body: Bytes,
+    /// How long the exchange took (for the access log).
+    pub elapsed_ms: u64,
 }
 
 impl UpstreamResponse {
@@ -106,9 +108,13 @@ impl UpstreamClient {
                 .map_err(|e| UpstreamError::Exchange(format!("bad path: {e}")))?;
             req.set_uri(parsed);
         }
+        let started = std::time::Instant::now();
         let result =
             match tokio::time::timeout(self.deadline, self.exchange(&req, body, true)).await {
-                Ok(r) => r,
+                Ok(r) => r.map(|mut resp| {
+                    resp.elapsed_ms = started.elapsed().as_millis() as u64;
+                    resp
+                }),
                 Err(_) => Err(UpstreamError::Exchange("deadline exceeded".into())),
             };
         // One line when Ironic stops answering, a summary while it does not, one when it is
@@ -174,6 +180,7 @@ impl UpstreamClient {
         Ok(UpstreamResponse {
             header,
             body: Bytes::from(buf),
+            elapsed_ms: 0,
         })
     }
 }
