@@ -76,6 +76,7 @@ mod common;
 use common::cli::{self, Opt, Spec, Unknown};
 use common::http::{build_request, connect, one_shot, parse_target, Conn, RequestSpec, Target};
 use common::procs::{self, Redis, RedisCounters};
+use common::prom::{self, delta};
 use common::report::{self, ms, rate, ratio, ratio_opt, ratio_str, sig3, Align, Table};
 use common::stats::Summary;
 use serde_json::{json, Value};
@@ -629,7 +630,7 @@ async fn worker(
     st
 }
 
-type Counters = BTreeMap<String, f64>;
+type Counters = prom::Samples;
 
 async fn scrape(ops: &Target, timeout: Duration) -> Result<Counters, String> {
     let mut req = RequestSpec::get("/metrics");
@@ -638,28 +639,7 @@ async fn scrape(ops: &Target, timeout: Duration) -> Result<Counters, String> {
     if status != 200 {
         return Err(format!("GET {}/metrics: {status}", ops.url));
     }
-    let mut out = Counters::new();
-    for line in String::from_utf8_lossy(&body).lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        if let Some((k, v)) = line.rsplit_once(' ') {
-            if let Ok(v) = v.trim().parse::<f64>() {
-                out.insert(k.trim().to_string(), v);
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn delta(before: &Counters, after: &Counters) -> Counters {
-    after
-        .iter()
-        .filter_map(|(k, v)| {
-            let d = v - before.get(k).copied().unwrap_or(0.0);
-            (d != 0.0).then(|| (k.clone(), d))
-        })
-        .collect()
+    Ok(prom::parse(&String::from_utf8_lossy(&body), ""))
 }
 
 /// What the server side did over one measured window.

@@ -17,6 +17,13 @@ pub struct Opt {
     pub aliases: &'static [&'static str],
 }
 
+impl Opt {
+    /// An option without aliases.
+    pub const fn new(name: &'static str) -> Opt {
+        Opt { name, aliases: &[] }
+    }
+}
+
 /// What to do with an argument that is not an option.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Unknown {

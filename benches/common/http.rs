@@ -30,11 +30,18 @@ pub struct Target {
     pub base_path: String,
 }
 
-/// `http://host:port[/base]` with a loopback host only (`host:port` alone is accepted too).
+/// `http://host:port[/base]` with a loopback host only (`host:port[/base]` alone is accepted
+/// too, and its `url` is then written with `http://`).
 pub fn parse_target(name: &str, url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("target {name}: only http:// URLs are supported: {url}"))?;
+    let rest = match url.strip_prefix("http://") {
+        Some(rest) => rest,
+        None if url.contains("://") => {
+            return Err(format!(
+                "target {name}: only http:// URLs are supported: {url}"
+            ))
+        }
+        None => url,
+    };
     let (authority, base) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
         None => (rest, ""),
@@ -68,7 +75,11 @@ pub fn parse_target(name: &str, url: &str) -> Result<Target, String> {
     }
     Ok(Target {
         name: name.to_string(),
-        url: url.to_string(),
+        url: if url.starts_with("http://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        },
         host_header: authority.to_string(),
         addr: addrs[0],
         base_path: base.to_string(),
@@ -99,12 +110,28 @@ pub struct RequestSpec {
 
 impl RequestSpec {
     pub fn get(path: &str) -> RequestSpec {
+        RequestSpec::new("GET", path)
+    }
+
+    pub fn new(method: &str, path: &str) -> RequestSpec {
         RequestSpec {
-            method: "GET".into(),
+            method: method.into(),
             path: path.into(),
             headers: Vec::new(),
             body: None,
         }
+    }
+
+    /// These headers, in this order, after `Host` (see [`build_request`] for the defaults).
+    pub fn headers(mut self, headers: &[(&str, &str)]) -> RequestSpec {
+        self.headers
+            .extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> RequestSpec {
+        self.body = Some(body.into());
+        self
     }
 
     /// From a JSON object `{method?, path, headers?: [[k, v]] | {k: v}, body?}`; a body
@@ -238,7 +265,17 @@ impl HttpError {
         HttpError::new(kind, format!("{what}: {}", e.kind()))
     }
 
-    /// A short label: `conn-refused`, `conn-reset`, `timeout`...
+    /// The label, and the message where the label alone does not say what happened (a
+    /// connect error other than a refusal, a response that is not HTTP as expected).
+    pub fn detail(&self) -> String {
+        match self.kind {
+            ErrorKind::Connect | ErrorKind::Protocol => format!("{}: {}", self.label(), self.msg),
+            _ => self.label().to_string(),
+        }
+    }
+
+    /// A short label, one per [`ErrorKind`]: `conn-refused`, `connect-error`, `conn-reset`,
+    /// `conn-closed`, `timeout`, `bad-response` (what an agent sees, as the fleet counts it).
     pub fn label(&self) -> &'static str {
         match self.kind {
             ErrorKind::Refused => "conn-refused",
@@ -275,6 +312,13 @@ pub struct Reply {
     pub close: bool,
     /// The body (de-chunked), when asked for.
     pub body: Option<Vec<u8>>,
+}
+
+impl Reply {
+    /// The body's bytes (empty when not kept).
+    pub fn bytes(&self) -> &[u8] {
+        self.body.as_deref().unwrap_or_default()
+    }
 }
 
 /// A new connection (`TCP_NODELAY`).
@@ -555,6 +599,27 @@ pub(super) fn self_check() {
         ("127.0.0.1:1", "/base")
     );
     assert!(parse_target("t", "http://192.0.2.1:1").is_err());
+    assert!(parse_target("t", "https://127.0.0.1:1").is_err());
+    let bare = parse_target("t", "127.0.0.1:2").expect("host:port");
+    assert_eq!(
+        (bare.url.as_str(), bare.addr.port()),
+        ("http://127.0.0.1:2", 2)
+    );
+    let r = RequestSpec::new("POST", "/hb")
+        .headers(&[("User-Agent", "ua"), ("Content-Type", "text/plain")])
+        .body("{}");
+    let text = String::from_utf8(build_request(&bare, &r, false)).expect("text");
+    assert_eq!(
+        text,
+        "POST /hb HTTP/1.1\r\nHost: 127.0.0.1:2\r\nAccept: application/json\r\n\
+         User-Agent: ua\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}"
+    );
+    let e = HttpError::new(ErrorKind::Protocol, "bad response: x");
+    assert_eq!(e.detail(), "bad-response: bad response: x");
+    assert_eq!(
+        HttpError::new(ErrorKind::Reset, "read: reset").detail(),
+        "conn-reset"
+    );
     let mut r = RequestSpec::get("/x");
     r.method = "POST".into();
     let bytes = build_request(&t, &r, true);

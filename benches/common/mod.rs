@@ -7,6 +7,7 @@
 //! - [`stats`]: the one percentile estimator every bench uses (nearest rank) and a latency
 //!   summary;
 //! - [`report`]: number formats, ratios, text and Markdown tables, result files;
+//! - [`prom`]: Prometheus text pages (the gateway's `/metrics`): samples, family sums, deltas;
 //! - [`procs`]: what a server process costs (CPU from `/proc/<pid>/stat`, RSS) and what a
 //!   Redis did (`INFO stats` through a tiny RESP client).
 //!
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod http;
 pub mod procs;
+pub mod prom;
 pub mod report;
 pub mod stats;
 
@@ -29,4 +31,5 @@ pub fn self_check() {
     cli::self_check();
     report::self_check();
     procs::self_check();
+    prom::self_check();
 }

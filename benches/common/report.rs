@@ -79,6 +79,10 @@ pub struct Table {
     pub head: Vec<String>,
     pub align: Vec<Align>,
     pub rows: Vec<(bool, Vec<String>)>,
+    /// In text, a cell longer than this (characters) does not widen its column: it runs
+    /// over into the next one (long lists of counts); the first column (the row names)
+    /// always fits. `None`: every column fits its cells.
+    pub max_width: Option<usize>,
 }
 
 impl Table {
@@ -87,7 +91,14 @@ impl Table {
             head: head.iter().map(|(h, _)| h.to_string()).collect(),
             align: head.iter().map(|(_, a)| *a).collect(),
             rows: Vec::new(),
+            max_width: None,
         }
+    }
+
+    /// Text columns at most `w` characters wide (see [`Table::max_width`]).
+    pub fn with_max_width(mut self, w: usize) -> Table {
+        self.max_width = Some(w);
+        self
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -105,7 +116,9 @@ impl Table {
         let mut w: Vec<usize> = self.head.iter().map(|h| h.chars().count()).collect();
         for (_, cells) in &self.rows {
             for (i, c) in cells.iter().enumerate().take(n) {
-                w[i] = w[i].max(c.chars().count());
+                let len = c.chars().count();
+                let cap = self.max_width.filter(|_| i > 0);
+                w[i] = w[i].max(cap.map_or(len, |m| len.min(m)));
             }
         }
         let mut out = String::new();
@@ -139,9 +152,10 @@ impl Table {
         out
     }
 
-    /// A Markdown table; marked rows have their cells (from the third) in bold.
+    /// A Markdown table; marked rows have their cells (from the third) in bold. Cells are
+    /// trimmed (Markdown ignores their outer spaces; text indents sub-rows with them).
     pub fn markdown(&self) -> String {
-        let esc = |s: &str| s.replace('|', "\\|");
+        let esc = |s: &str| s.trim().replace('|', "\\|");
         let mut out = String::from("|");
         for h in &self.head {
             let _ = write!(out, " {} |", esc(h));
@@ -242,4 +256,13 @@ pub(super) fn self_check() {
         ]
     );
     assert!(t.markdown().contains("|  | y/x | **0.50x** |"));
+    // long cells run over instead of widening their column; Markdown trims
+    let mut t =
+        Table::new(&[("", Align::Left), ("a", Align::Left), ("b", Align::Left)]).with_max_width(3);
+    t.row(vec!["  sub".into(), "long cell".into(), "z".into()]);
+    t.row(vec!["r".into(), "x".into(), "y".into()]);
+    let text = t.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[2..], ["  sub  long cell  z", "r      x    y"]);
+    assert!(t.markdown().contains("| sub | long cell | z |"));
 }

@@ -6,12 +6,19 @@
 //! was measured; p100 is the maximum, p0 the minimum.
 
 /// Nearest-rank percentile of `sorted` (ascending), `p` in 0..=100; `None` when empty.
-pub fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// `v` sorted ascending (total order: a NaN sorts last), for [`percentile`] of durations
+/// kept as seconds.
+pub fn sorted_f64(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 /// Latencies (µs) summarised: count, p50/p90/p99, max and mean.
@@ -48,12 +55,17 @@ pub(super) fn self_check() {
     assert_eq!(percentile(&v, 100.0), Some(100));
     assert_eq!(percentile(&v, 0.0), Some(1));
     assert_eq!(percentile(&[7], 99.0), Some(7));
-    assert_eq!(percentile(&[], 50.0), None);
+    assert_eq!(percentile::<u32>(&[], 50.0), None);
     // 10 samples: p99 is the largest (rank ceil(9.9) = 10), p50 the 5th
     let ten: Vec<u32> = (10..20).collect();
     assert_eq!(
         (percentile(&ten, 50.0), percentile(&ten, 99.0)),
         (Some(14), Some(19))
+    );
+    let secs = sorted_f64(vec![2.5, 0.5, 1.5, 9.0]);
+    assert_eq!(
+        (percentile(&secs, 50.0), percentile(&secs, 99.0)),
+        (Some(1.5), Some(9.0))
     );
     let s = Summary::of(&mut [3, 1, 2]);
     assert_eq!(
