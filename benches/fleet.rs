@@ -59,9 +59,10 @@
 //! relay had nothing kept left (its `ironic_edge_heartbeats_kept`, polled every 0.5 s), at most
 //! `--recovery` s. Reported per target: requests sent by agents, requests reaching Ironic and
 //! their ratio (the shield ratio), agent-visible errors by request and status, agents that entered
-//! the 5-10 s retry mode, bricked agents, p50/p99 latency per request type and phase, time to the
-//! first OK heartbeat, and the outage (errors during it, recovery time, the herd reaching Ironic
-//! after it, how long the relay took to deliver what it kept).
+//! the 5-10 s retry mode, bricked agents, p50/p99 latency per request type and phase (nearest
+//! rank: the benches' one estimator, `common::stats`), time to the first OK heartbeat, and the
+//! outage (errors during it, recovery time, the herd reaching Ironic after it, how long the relay
+//! took to deliver what it kept).
 //!
 //! Ironic's own side, the same for both targets: with `--ironic-log` (its log file; its API's
 //! request log writes one INFO line per answer, by the time it finished it), its answers per phase
@@ -80,6 +81,11 @@
 
 #![recursion_limit = "256"]
 
+mod common;
+
+use common::prom::{self, family_sum, Samples};
+use common::report::{self, Align, Table};
+use common::stats::{percentile, sorted_f64, Summary};
 use rand::Rng;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -89,7 +95,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -1831,42 +1837,19 @@ async fn wait_gateway_ready(ops: &Endpoint, limit: f64) -> Result<(), String> {
     ))
 }
 
-/// `ironic_edge_*` samples of a Prometheus text page.
-/// The sum of a metric family's series (`name` alone, or `name{...}`).
-fn family_sum(m: &BTreeMap<String, f64>, name: &str) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.split('{').next() == Some(name))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        if line.starts_with('#') || !line.starts_with("ironic_edge_") {
-            continue;
-        }
-        if let Some((k, v)) = line.rsplit_once(' ') {
-            if let Ok(x) = v.trim().parse::<f64>() {
-                m.insert(k.trim().to_string(), x);
-            }
-        }
-    }
-    m
-}
-
-async fn gateway_metrics(ops: &Endpoint) -> Option<BTreeMap<String, f64>> {
+/// The gateway's `ironic_edge_*` samples.
+async fn gateway_metrics(ops: &Endpoint) -> Option<Samples> {
     ops_get(ops, "/metrics")
         .await
         .ok()
-        .map(|t| parse_metrics(&t))
+        .map(|t| prom::parse(&t, "ironic_edge_"))
 }
 
 /// The counters at each phase boundary: the relay's, and the gateway's `/metrics`.
 #[derive(Default)]
 struct Marks {
     relay: Vec<[u64; 4]>,
-    gateway: Vec<Option<BTreeMap<String, f64>>>,
+    gateway: Vec<Option<Samples>>,
 }
 
 impl Marks {
@@ -1885,18 +1868,10 @@ const KEPT_GAUGE: &str = "ironic_edge_heartbeats_kept";
 // ------------------------------------------------------------------------------------------
 // one run against one target
 
-fn pct<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(i).copied()
-}
-
-/// `{"p50", "p99", "max"}` of some durations (s).
-fn quantiles(mut v: Vec<f64>) -> Value {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    json!({"p50": pct(&v, 0.5), "p99": pct(&v, 0.99), "max": v.last().copied()})
+/// `{"p50", "p99", "max"}` of some durations (s), nearest rank.
+fn quantiles(v: Vec<f64>) -> Value {
+    let v = sorted_f64(v);
+    json!({"p50": percentile(&v, 50.0), "p99": percentile(&v, 99.0), "max": v.last().copied()})
 }
 
 struct PhaseTimes {
@@ -2250,7 +2225,7 @@ fn summarize(
     outage: Map<String, Value>,
     clock: &Clock,
     t_end: f64,
-    metrics_after: Option<BTreeMap<String, f64>>,
+    metrics_after: Option<Samples>,
     ironic_log: Option<&IronicLog>,
     token_holders: Option<&std::collections::BTreeSet<String>>,
 ) -> Value {
@@ -2286,13 +2261,12 @@ fn summarize(
         let mut lat = Map::new();
         for k in KINDS {
             if let Some(v) = st.lat.get(&(k, *p)) {
-                let mut v = v.clone();
-                v.sort_unstable();
+                let s = Summary::of(&mut v.clone());
+                let ms = |us: Option<u32>| us.map(|u| u as f64 / 1000.0);
                 lat.insert(
                     k.key().into(),
-                    json!({"n": v.len(), "p50_ms": pct(&v, 0.5).map(|u| u as f64 / 1000.0),
-                           "p99_ms": pct(&v, 0.99).map(|u| u as f64 / 1000.0),
-                           "max_ms": v.last().map(|u| *u as f64 / 1000.0)}),
+                    json!({"n": s.n, "p50_ms": ms(s.p50), "p99_ms": ms(s.p99),
+                           "max_ms": ms(s.max)}),
                 );
             }
         }
@@ -2492,16 +2466,12 @@ fn summarize(
     });
     let metrics_before = marks.gateway.first().cloned().flatten();
     let gateway_metrics = match (metrics_before, metrics_after) {
-        (Some(b), Some(a)) => {
-            let d: Map<String, Value> = a
-                .iter()
-                .filter_map(|(k, v)| {
-                    let dv = v - b.get(k).copied().unwrap_or(0.0);
-                    (dv != 0.0).then(|| (k.clone(), json!(dv)))
-                })
-                .collect();
-            Some(Value::Object(d))
-        }
+        (Some(b), Some(a)) => Some(Value::Object(
+            prom::delta(&b, &a)
+                .into_iter()
+                .map(|(k, d)| (k, json!(d)))
+                .collect(),
+        )),
         _ => None,
     };
     let timeline: Vec<Value> = clock
@@ -3036,52 +3006,18 @@ fn gateway_summary(delta: &Value) -> String {
         .join(", ")
 }
 
-fn text_table(head: &[String], rows: &[(String, Vec<String>)]) -> String {
-    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
-    let mut ws: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
-    for (_, cells) in rows {
-        for (i, c) in cells.iter().enumerate() {
-            if let Some(w) = ws.get_mut(i) {
-                *w = (*w).max(c.chars().count().min(70));
-            }
-        }
-    }
-    let mut out = String::new();
-    let _ = write!(out, "{:<w0$}", "");
-    for (h, w) in head.iter().zip(&ws) {
-        let _ = write!(out, "  {h:<w$}");
-    }
-    out.push('\n');
-    let total = w0 + ws.iter().map(|w| w + 2).sum::<usize>();
-    let _ = writeln!(out, "{}", "-".repeat(total));
+/// The report's table: a row name, then one column per target (text columns at most 70
+/// characters wide: the long lists of counts run over).
+fn table(targets: &[String], rows: Vec<(String, Vec<String>)>) -> Table {
+    let mut head = vec![("", Align::Left)];
+    head.extend(targets.iter().map(|t| (t.as_str(), Align::Left)));
+    let mut t = Table::new(&head).with_max_width(70);
     for (name, cells) in rows {
-        let _ = write!(out, "{name:<w0$}");
-        for (c, w) in cells.iter().zip(&ws) {
-            let _ = write!(out, "  {c:<w$}");
-        }
-        out.push('\n');
+        let mut r = vec![name];
+        r.extend(cells);
+        t.row(r);
     }
-    out
-}
-
-fn md_table(head: &[String], rows: &[(String, Vec<String>)]) -> String {
-    let mut out = String::from("| |");
-    for h in head {
-        let _ = write!(out, " {h} |");
-    }
-    out.push_str("\n| --- |");
-    for _ in head {
-        out.push_str(" --- |");
-    }
-    out.push('\n');
-    for (name, cells) in rows {
-        let _ = write!(out, "| {} |", name.trim().replace('|', "\\|"));
-        for c in cells {
-            let _ = write!(out, " {} |", c.replace('|', "\\|"));
-        }
-        out.push('\n');
-    }
-    out
+    t
 }
 
 // ------------------------------------------------------------------------------------------
@@ -3122,18 +3058,10 @@ async fn run(cfg: Config) -> Result<(), String> {
         reports.push(r);
     }
     let has_outage = cfg.outage_stop_cmd.is_some();
-    let head: Vec<String> = cfg.targets.clone();
-    let rows = rows(&reports, has_outage);
-    let table = text_table(&head, &rows);
-    println!("\n{table}");
-    let stamp = started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).ok();
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string));
+    let table = table(&cfg.targets, rows(&reports, has_outage));
+    println!("\n{}", table.text());
+    let stamp = report::unix_stamp(started);
+    let (cpus, load) = report::machine();
     let settings = json!({
         "agents": cfg.agents, "unknown": cfg.unknown, "extra_macs": cfg.extra_macs,
         "ramp_s": cfg.ramp, "settle_max_s": cfg.settle, "steady_s": cfg.steady,
@@ -3202,21 +3130,12 @@ async fn run(cfg: Config) -> Result<(), String> {
         cpus.map_or("?".into(), |c| c.to_string()),
         load.clone().unwrap_or_else(|| "?".into())
     );
-    md.push_str(&md_table(&head, &rows));
-    std::fs::create_dir_all(&cfg.out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", cfg.out_dir.display()))?;
+    md.push_str(&table.markdown());
     let json_text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-    for (name, text) in [
-        (format!("fleet-{stamp}.json"), &json_text),
-        (format!("fleet-{stamp}.md"), &md),
-        ("fleet.json".to_string(), &json_text),
-        ("fleet.md".to_string(), &md),
-    ] {
-        let p = cfg.out_dir.join(&name);
-        std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-        if !name.contains('-') {
-            println!("results: {}", p.display());
-        }
+    let written = report::write_results(&cfg.out_dir, "fleet", stamp, &json_text, &md)?;
+    // fleet.json, fleet.md (the time-stamped copies come first)
+    for p in &written[2..] {
+        println!("results: {}", p.display());
     }
     Ok(())
 }
@@ -3230,9 +3149,10 @@ fn main() -> ExitCode {
         }
     };
     if !m.contains_key("seed") {
+        common::self_check();
         println!(
-            "fleet: no seed file (--seed FILE or FLEET_SEED): nothing to do; run \
-             scripts/fleet-bench.sh"
+            "fleet: no seed file (--seed FILE or FLEET_SEED): nothing to do (shared parts \
+             self-checked); run scripts/fleet-bench.sh"
         );
         return ExitCode::SUCCESS;
     }
