@@ -83,6 +83,7 @@
 
 mod common;
 
+use common::cli::{Args, Opt, Spec, Unknown};
 use common::prom::{self, family_sum, Samples};
 use common::report::{self, Align, Table};
 use common::stats::{percentile, sorted_f64, Summary};
@@ -90,7 +91,7 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -119,36 +120,36 @@ const MAX_RESPONSE: usize = 16 << 20;
 // ------------------------------------------------------------------------------------------
 // configuration
 
-const OPTIONS: &[&str] = &[
-    "seed",
-    "ironic",
-    "relay",
-    "gateway",
-    "gateway-ops",
-    "targets",
-    "agents",
-    "unknown",
-    "extra-macs",
-    "ramp",
-    "settle",
-    "steady",
-    "outage",
-    "recovery",
-    "recovery-min",
-    "ironic-log",
-    "agent-heartbeat-timeout",
-    "request-timeout",
-    "lookup-timeout",
-    "restart-delay",
-    "reset-cmd",
-    "outage-stop-cmd",
-    "outage-start-cmd",
-    "outage-mode",
-    "cmd-timeout",
-    "ready-timeout",
-    "pause",
-    "out",
-    "label",
+const OPTIONS: &[Opt] = &[
+    Opt::new("seed"),
+    Opt::new("ironic"),
+    Opt::new("relay"),
+    Opt::new("gateway"),
+    Opt::new("gateway-ops"),
+    Opt::new("targets"),
+    Opt::new("agents"),
+    Opt::new("unknown"),
+    Opt::new("extra-macs"),
+    Opt::new("ramp"),
+    Opt::new("settle"),
+    Opt::new("steady"),
+    Opt::new("outage"),
+    Opt::new("recovery"),
+    Opt::new("recovery-min"),
+    Opt::new("ironic-log"),
+    Opt::new("agent-heartbeat-timeout"),
+    Opt::new("request-timeout"),
+    Opt::new("lookup-timeout"),
+    Opt::new("restart-delay"),
+    Opt::new("reset-cmd"),
+    Opt::new("outage-stop-cmd"),
+    Opt::new("outage-start-cmd"),
+    Opt::new("outage-mode"),
+    Opt::new("cmd-timeout"),
+    Opt::new("ready-timeout"),
+    Opt::new("pause"),
+    Opt::new("out"),
+    Opt::new("label"),
 ];
 
 fn usage() -> String {
@@ -156,7 +157,7 @@ fn usage() -> String {
         "usage: cargo bench --bench fleet -- --seed SEED.json --ironic HOST:PORT --relay HOST:PORT \
          [--gateway URL --gateway-ops URL] [--OPTION VALUE ...]\noptions (env FLEET_<OPTION>): {}\n\
          scripts/fleet-bench.sh starts Redis, the real Ironic and the gateway and runs it",
-        OPTIONS.join(" ")
+        OPTIONS.iter().map(|o| o.name).collect::<Vec<_>>().join(" ")
     )
 }
 
@@ -208,93 +209,17 @@ struct Config {
     label: String,
 }
 
-fn parse_args() -> Result<BTreeMap<String, String>, String> {
-    let mut m = BTreeMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if matches!(
-            a.as_str(),
-            "--bench" | "--test" | "--nocapture" | "--quiet" | "-q"
-        ) {
-            continue;
-        }
-        // libtest's options (`cargo test --all-targets -- --test-threads=4`): not ours.
-        if a.starts_with("--test-threads") {
-            if a == "--test-threads" {
-                args.next();
-            }
-            continue;
-        }
-        if a == "-h" || a == "--help" {
-            println!("{}", usage());
-            std::process::exit(0);
-        }
-        let Some(key) = a.strip_prefix("--") else {
-            return Err(format!("unexpected argument {a:?}"));
-        };
-        let (k, v) = match key.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => {
-                let v = args
-                    .next()
-                    .ok_or_else(|| format!("--{key} needs a value"))?;
-                (key.to_string(), v)
-            }
-        };
-        if !OPTIONS.contains(&k.as_str()) {
-            return Err(format!("unknown option --{k}"));
-        }
-        m.insert(k, v);
-    }
-    for k in OPTIONS {
-        if m.contains_key(*k) {
-            continue;
-        }
-        let env = format!("FLEET_{}", k.to_uppercase().replace('-', "_"));
-        if let Ok(v) = std::env::var(&env) {
-            if !v.is_empty() {
-                m.insert(k.to_string(), v);
-            }
-        }
-    }
-    Ok(m)
-}
-
 /// `http://host:port` or `host:port`, loopback only.
 fn endpoint(what: &str, s: &str) -> Result<Endpoint, String> {
-    let rest = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
-    if rest.is_empty() || rest.contains(['/', '@']) {
+    let t = common::http::parse_target(what, s)?;
+    if !t.base_path.is_empty() {
         return Err(format!("{what}: expected http://HOST:PORT, got {s:?}"));
     }
-    let addr = rest
-        .to_socket_addrs()
-        .map_err(|e| format!("{what}: cannot resolve {rest}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{what}: {rest} resolves to nothing"))?;
-    if !addr.ip().is_loopback() {
-        return Err(format!("{what}: refusing a non-loopback address {addr}"));
-    }
     Ok(Endpoint {
-        addr,
-        host: rest.to_string(),
-        url: format!("http://{rest}"),
+        addr: t.addr,
+        host: t.host_header,
+        url: t.url,
     })
-}
-
-fn num(m: &BTreeMap<String, String>, k: &str, default: f64, max: f64) -> Result<f64, String> {
-    match m.get(k) {
-        None => Ok(default),
-        Some(s) => {
-            let v: f64 = s
-                .trim()
-                .parse()
-                .map_err(|_| format!("--{k}: not a number: {s}"))?;
-            if !(0.0..=max).contains(&v) || !v.is_finite() {
-                return Err(format!("--{k}: must be within 0..{max}: {s}"));
-            }
-            Ok(v)
-        }
-    }
 }
 
 fn load_seed(path: &PathBuf) -> Result<Vec<NodeSeed>, String> {
@@ -333,7 +258,7 @@ fn load_seed(path: &PathBuf) -> Result<Vec<NodeSeed>, String> {
     Ok(nodes)
 }
 
-fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
+fn load_config(m: Args) -> Result<Config, String> {
     let seed_file = PathBuf::from(m.get("seed").ok_or("--seed is required")?);
     let nodes = load_seed(&seed_file)?;
     let ironic = endpoint("--ironic", m.get("ironic").ok_or("--ironic is required")?)?;
@@ -353,7 +278,6 @@ fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
     };
     let targets: Vec<String> = m
         .get("targets")
-        .map(String::as_str)
         .unwrap_or(default_targets)
         .split(',')
         .map(|s| s.trim().to_string())
@@ -370,7 +294,7 @@ fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
     if targets.is_empty() {
         return Err("no targets".into());
     }
-    let agents = num(&m, "agents", nodes.len() as f64, 1e6)? as usize;
+    let agents = m.f64_in("agents", nodes.len() as f64, 0.0, 1e6)? as usize;
     if agents == 0 || agents > nodes.len() {
         return Err(format!(
             "--agents must be within 1..{} (the seeded nodes)",
@@ -378,11 +302,13 @@ fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
         ));
     }
     let hb_override = match m.get("agent-heartbeat-timeout") {
-        Some(_) => Some(num(&m, "agent-heartbeat-timeout", 0.0, 3600.0)?).filter(|v| *v > 0.0),
+        Some(_) => {
+            Some(m.f64_in("agent-heartbeat-timeout", 0.0, 0.0, 3600.0)?).filter(|v| *v > 0.0)
+        }
         None => None,
     };
-    let stop = m.get("outage-stop-cmd").cloned().filter(|s| !s.is_empty());
-    let start = m.get("outage-start-cmd").cloned().filter(|s| !s.is_empty());
+    let stop = m.string("outage-stop-cmd").filter(|s| !s.is_empty());
+    let start = m.string("outage-start-cmd").filter(|s| !s.is_empty());
     if stop.is_some() != start.is_some() {
         return Err("--outage-stop-cmd and --outage-start-cmd go together".into());
     }
@@ -395,38 +321,31 @@ fn load_config(m: BTreeMap<String, String>) -> Result<Config, String> {
         gateway_ops,
         targets,
         agents,
-        unknown: num(&m, "unknown", 0.0, 1e6)? as usize,
-        extra_macs: num(&m, "extra-macs", 1.0, 8.0)? as usize,
-        ramp: num(&m, "ramp", 30.0, 3600.0)?,
-        settle: num(&m, "settle", 60.0, 3600.0)?,
-        steady: num(&m, "steady", 60.0, 3600.0)?,
-        outage: num(&m, "outage", 30.0, 3600.0)?,
-        recovery: num(&m, "recovery", 120.0, 3600.0)?,
-        recovery_min: num(&m, "recovery-min", 60.0, 3600.0)?,
+        unknown: m.f64_in("unknown", 0.0, 0.0, 1e6)? as usize,
+        extra_macs: m.f64_in("extra-macs", 1.0, 0.0, 8.0)? as usize,
+        ramp: m.f64_in("ramp", 30.0, 0.0, 3600.0)?,
+        settle: m.f64_in("settle", 60.0, 0.0, 3600.0)?,
+        steady: m.f64_in("steady", 60.0, 0.0, 3600.0)?,
+        outage: m.f64_in("outage", 30.0, 0.0, 3600.0)?,
+        recovery: m.f64_in("recovery", 120.0, 0.0, 3600.0)?,
+        recovery_min: m.f64_in("recovery-min", 60.0, 0.0, 3600.0)?,
         ironic_log: m
             .get("ironic-log")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
         hb_override,
-        request_timeout: num(&m, "request-timeout", 30.0, 600.0)?.max(0.1),
-        lookup_timeout: num(&m, "lookup-timeout", 600.0, 86400.0)?,
-        restart_delay: num(&m, "restart-delay", 30.0, 3600.0)?,
-        reset_cmd: m.get("reset-cmd").cloned().filter(|s| !s.is_empty()),
+        request_timeout: m.f64_in("request-timeout", 30.0, 0.0, 600.0)?.max(0.1),
+        lookup_timeout: m.f64_in("lookup-timeout", 600.0, 0.0, 86400.0)?,
+        restart_delay: m.f64_in("restart-delay", 30.0, 0.0, 3600.0)?,
+        reset_cmd: m.string("reset-cmd").filter(|s| !s.is_empty()),
         outage_stop_cmd: stop,
         outage_start_cmd: start,
-        outage_mode: m
-            .get("outage-mode")
-            .cloned()
-            .unwrap_or_else(|| "restart".into()),
-        cmd_timeout: num(&m, "cmd-timeout", 180.0, 3600.0)?,
-        ready_timeout: num(&m, "ready-timeout", 60.0, 3600.0)?,
-        pause: num(&m, "pause", 3.0, 600.0)?,
-        out_dir: PathBuf::from(
-            m.get("out")
-                .cloned()
-                .unwrap_or_else(|| "target/bench".into()),
-        ),
-        label: m.get("label").cloned().unwrap_or_default(),
+        outage_mode: m.string("outage-mode").unwrap_or_else(|| "restart".into()),
+        cmd_timeout: m.f64_in("cmd-timeout", 180.0, 0.0, 3600.0)?,
+        ready_timeout: m.f64_in("ready-timeout", 60.0, 0.0, 3600.0)?,
+        pause: m.f64_in("pause", 3.0, 0.0, 600.0)?,
+        out_dir: PathBuf::from(m.get("out").unwrap_or("target/bench")),
+        label: m.string("label").unwrap_or_default(),
     })
 }
 
@@ -3141,14 +3060,22 @@ async fn run(cfg: Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let m = match parse_args() {
+    let usage = usage();
+    let spec = Spec {
+        prog: "fleet",
+        options: OPTIONS,
+        env_prefix: "FLEET_",
+        unknown: Unknown::Error,
+        usage: &usage,
+    };
+    let m = match spec.parse() {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("fleet: {e}\n{}", usage());
+            eprintln!("fleet: {e}\n{usage}");
             return ExitCode::from(2);
         }
     };
-    if !m.contains_key("seed") {
+    if !m.contains("seed") {
         common::self_check();
         println!(
             "fleet: no seed file (--seed FILE or FLEET_SEED): nothing to do (shared parts \
