@@ -35,7 +35,9 @@
 //!   counted).
 //!
 //! Requests have IPA's 30 s timeout and go over one keep-alive connection per agent (requests'
-//! pool), dropped when the server closed it (urllib3's `is_connection_dropped`).
+//! pool), dropped when the server closed it (urllib3's `is_connection_dropped`): the benches'
+//! shared client (`common::http::Client`), whose error labels are what agents see (`timeout`,
+//! `conn-refused`, `conn-reset`, `conn-closed`, `connect-error`, `bad-response`).
 //! `heartbeat_timeout` is what lookup returns (Ironic's `[api]ramdisk_heartbeat_timeout`, which
 //! `scripts/fleet-bench.sh` lowers through oslo.config's `OS_API__RAMDISK_HEARTBEAT_TIMEOUT`);
 //! `--agent-heartbeat-timeout S` overrides it in the agents only (reported as an override).
@@ -84,6 +86,7 @@
 mod common;
 
 use common::cli::{Args, Opt, Spec, Unknown};
+use common::http::{parse_target, Client, HttpError, Reply, RequestSpec, Target};
 use common::prom::{self, family_sum, Samples};
 use common::report::{self, Align, Table};
 use common::stats::{percentile, sorted_f64, Summary};
@@ -115,7 +118,6 @@ const LOOKUP_MIN_WAIT: f64 = 1.0;
 const LOOKUP_MAX_WAIT: f64 = 60.0;
 /// `min_heartbeat_interval` x U(1.0, 2.0) after an error.
 const ERROR_INTERVAL: f64 = 5.0;
-const MAX_RESPONSE: usize = 16 << 20;
 
 // ------------------------------------------------------------------------------------------
 // configuration
@@ -168,20 +170,13 @@ struct NodeSeed {
 }
 
 #[derive(Clone, Debug)]
-struct Endpoint {
-    addr: SocketAddr,
-    host: String,
-    url: String,
-}
-
-#[derive(Clone, Debug)]
 struct Config {
     seed_file: PathBuf,
     nodes: Vec<NodeSeed>,
-    ironic: Endpoint,
-    relay: Endpoint,
-    gateway: Option<Endpoint>,
-    gateway_ops: Option<Endpoint>,
+    ironic: Target,
+    relay: Target,
+    gateway: Option<Target>,
+    gateway_ops: Option<Target>,
     targets: Vec<String>,
     agents: usize,
     unknown: usize,
@@ -210,16 +205,12 @@ struct Config {
 }
 
 /// `http://host:port` or `host:port`, loopback only.
-fn endpoint(what: &str, s: &str) -> Result<Endpoint, String> {
-    let t = common::http::parse_target(what, s)?;
+fn endpoint(what: &str, s: &str) -> Result<Target, String> {
+    let t = parse_target(what, s)?;
     if !t.base_path.is_empty() {
         return Err(format!("{what}: expected http://HOST:PORT, got {s:?}"));
     }
-    Ok(Endpoint {
-        addr: t.addr,
-        host: t.host_header,
-        url: t.url,
-    })
+    Ok(t)
 }
 
 fn load_seed(path: &PathBuf) -> Result<Vec<NodeSeed>, String> {
@@ -414,283 +405,9 @@ fn uniform(a: f64, b: f64) -> f64 {
     }
 }
 
-// ------------------------------------------------------------------------------------------
-// a small HTTP/1.1 client (one keep-alive connection, like requests' pool for sequential use)
-
-struct Resp {
-    status: u16,
-    body: Vec<u8>,
-}
-
-#[derive(Debug)]
-enum ReqErr {
-    Refused,
-    ConnectOther(String),
-    Reset,
-    Closed,
-    Timeout,
-    Protocol(String),
-}
-
-impl ReqErr {
-    fn label(&self) -> String {
-        match self {
-            ReqErr::Refused => "conn-refused".into(),
-            ReqErr::ConnectOther(_) => "connect-error".into(),
-            ReqErr::Reset => "conn-reset".into(),
-            ReqErr::Closed => "conn-closed".into(),
-            ReqErr::Timeout => "timeout".into(),
-            ReqErr::Protocol(_) => "bad-response".into(),
-        }
-    }
-    fn detail(&self) -> String {
-        match self {
-            ReqErr::ConnectOther(s) | ReqErr::Protocol(s) => format!("{}: {s}", self.label()),
-            _ => self.label(),
-        }
-    }
-}
-
-fn io_err(e: std::io::Error) -> ReqErr {
-    use std::io::ErrorKind::*;
-    match e.kind() {
-        ConnectionReset | ConnectionAborted | BrokenPipe => ReqErr::Reset,
-        UnexpectedEof => ReqErr::Closed,
-        _ => ReqErr::Protocol(e.to_string()),
-    }
-}
-
-struct Conn {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-struct Http {
-    addr: SocketAddr,
-    host: String,
-    conn: Option<Conn>,
-}
-
+/// The first position of `needle` in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-impl Http {
-    fn new(ep: &Endpoint) -> Http {
-        Http {
-            addr: ep.addr,
-            host: ep.host.clone(),
-            conn: None,
-        }
-    }
-
-    /// Drop a pooled connection the server has closed (urllib3's is_connection_dropped).
-    fn drop_if_stale(&mut self) {
-        if let Some(c) = &self.conn {
-            let mut b = [0u8; 1];
-            let stale = match c.s.try_read(&mut b) {
-                Ok(_) => true,
-                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            };
-            if stale || !c.buf.is_empty() {
-                self.conn = None;
-            }
-        }
-    }
-
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<Resp, ReqErr> {
-        match tokio::time::timeout(timeout, self.exchange(method, path, headers, body)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(e)
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(ReqErr::Timeout)
-            }
-        }
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<Resp, ReqErr> {
-        self.drop_if_stale();
-        let mut c = match self.conn.take() {
-            Some(c) => c,
-            None => {
-                let s = TcpStream::connect(self.addr).await.map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                        ReqErr::Refused
-                    } else {
-                        ReqErr::ConnectOther(e.to_string())
-                    }
-                })?;
-                let _ = s.set_nodelay(true);
-                Conn {
-                    s,
-                    buf: Vec::with_capacity(4096),
-                }
-            }
-        };
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
-        for (k, v) in headers {
-            let _ = write!(req, "{k}: {v}\r\n");
-        }
-        if let Some(b) = body {
-            let _ = write!(req, "Content-Length: {}\r\n", b.len());
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        if let Some(b) = body {
-            bytes.extend_from_slice(b);
-        }
-        c.s.write_all(&bytes).await.map_err(io_err)?;
-        let (resp, keep) = read_response(&mut c, method == "HEAD").await?;
-        if keep {
-            self.conn = Some(c);
-        }
-        Ok(resp)
-    }
-}
-
-async fn fill(c: &mut Conn, want: usize) -> Result<(), ReqErr> {
-    let mut chunk = [0u8; 16384];
-    while c.buf.len() < want {
-        let n = c.s.read(&mut chunk).await.map_err(io_err)?;
-        if n == 0 {
-            return Err(ReqErr::Closed);
-        }
-        c.buf.extend_from_slice(&chunk[..n]);
-        if c.buf.len() > MAX_RESPONSE {
-            return Err(ReqErr::Protocol("response too large".into()));
-        }
-    }
-    Ok(())
-}
-
-async fn read_line(c: &mut Conn) -> Result<Vec<u8>, ReqErr> {
-    loop {
-        if let Some(i) = find(&c.buf, b"\r\n") {
-            let line = c.buf[..i].to_vec();
-            c.buf.drain(..i + 2);
-            return Ok(line);
-        }
-        let want = c.buf.len() + 1;
-        fill(c, want).await?;
-    }
-}
-
-/// One response: (response, connection reusable).
-async fn read_response(c: &mut Conn, is_head: bool) -> Result<(Resp, bool), ReqErr> {
-    loop {
-        let parsed = {
-            let mut hs = [httparse::EMPTY_HEADER; 96];
-            let mut r = httparse::Response::new(&mut hs);
-            match r.parse(&c.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = r.code.unwrap_or(0);
-                    let mut len = None;
-                    let mut chunked = false;
-                    let mut close = r.version == Some(0);
-                    for h in r.headers.iter() {
-                        let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            len = v.trim().parse::<usize>().ok();
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            chunked = v.contains("chunked");
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            if v.contains("close") {
-                                close = true;
-                            } else if v.contains("keep-alive") {
-                                close = false;
-                            }
-                        }
-                    }
-                    Some((n, status, len, chunked, close))
-                }
-                Ok(httparse::Status::Partial) => None,
-                Err(e) => return Err(ReqErr::Protocol(format!("bad response head: {e}"))),
-            }
-        };
-        let Some((n, status, len, chunked, close)) = parsed else {
-            let want = c.buf.len() + 1;
-            if c.buf.len() > 65536 {
-                return Err(ReqErr::Protocol("response head too large".into()));
-            }
-            fill(c, want).await?;
-            continue;
-        };
-        c.buf.drain(..n);
-        if (100..200).contains(&status) {
-            continue; // 100 Continue and friends: the real answer follows
-        }
-        let no_body = is_head || status == 204 || status == 304;
-        let body = if no_body {
-            Vec::new()
-        } else if chunked {
-            let mut body = Vec::new();
-            loop {
-                let line = read_line(c).await?;
-                let text = String::from_utf8_lossy(&line);
-                let size_str = text.split(';').next().unwrap_or("").trim();
-                let size = usize::from_str_radix(size_str, 16)
-                    .map_err(|_| ReqErr::Protocol("bad chunk size".into()))?;
-                if size == 0 {
-                    // trailers until an empty line
-                    while !read_line(c).await?.is_empty() {}
-                    break;
-                }
-                fill(c, size + 2).await?;
-                body.extend_from_slice(&c.buf[..size]);
-                c.buf.drain(..size + 2);
-                if body.len() > MAX_RESPONSE {
-                    return Err(ReqErr::Protocol("response too large".into()));
-                }
-            }
-            body
-        } else if let Some(len) = len {
-            if len > MAX_RESPONSE {
-                return Err(ReqErr::Protocol("response too large".into()));
-            }
-            fill(c, len).await?;
-            let body = c.buf[..len].to_vec();
-            c.buf.drain(..len);
-            body
-        } else {
-            // delimited by the end of the connection
-            let mut chunk = [0u8; 16384];
-            loop {
-                let k = c.s.read(&mut chunk).await.map_err(io_err)?;
-                if k == 0 {
-                    break;
-                }
-                c.buf.extend_from_slice(&chunk[..k]);
-                if c.buf.len() > MAX_RESPONSE {
-                    return Err(ReqErr::Protocol("response too large".into()));
-                }
-            }
-            return Ok((
-                Resp {
-                    status,
-                    body: std::mem::take(&mut c.buf),
-                },
-                false,
-            ));
-        };
-        return Ok((Resp { status, body }, !close));
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1048,14 +765,17 @@ async fn log_mark(cfg: &Config, clock: &Clock, target: &str) -> Option<LogMark> 
         "/fleet-bench-mark/{target}-{}",
         (clock.now() * 1000.0) as u64
     );
-    let mut h = Http::new(&cfg.ironic);
+    let mut h = Client::new(cfg.ironic.clone());
     let sent = clock.now();
     let res = h
-        .request("GET", &marker, &[], None, Duration::from_secs(10))
+        .request(&RequestSpec::get(&marker), Duration::from_secs(10))
         .await;
     let t = (sent + clock.now()) / 2.0;
     if let Err(e) = res {
-        println!("  WARNING: the log marker to Ironic failed ({e:?}): no Ironic-side counts");
+        println!(
+            "  WARNING: the log marker to Ironic failed ({}): no Ironic-side counts",
+            e.detail()
+        );
         return None;
     }
     Some(LogMark {
@@ -1175,12 +895,12 @@ fn read_ironic_log(mark: &LogMark) -> Result<IronicLog, String> {
 /// The nodes whose `driver_internal_info` holds an agent token now (Ironic's API masks its
 /// value), asked of Ironic directly, page by page.
 async fn ironic_token_holders(
-    ironic: &Endpoint,
+    ironic: &Target,
 ) -> Result<std::collections::BTreeSet<String>, String> {
     const PAGE: usize = 500;
     let mut holders = std::collections::BTreeSet::new();
     let mut marker = String::new();
-    let mut h = Http::new(ironic);
+    let mut h = Client::new(ironic.clone());
     loop {
         let mut path = format!("/v1/nodes?fields=uuid,driver_internal_info&limit={PAGE}");
         if !marker.is_empty() {
@@ -1191,13 +911,16 @@ async fn ironic_token_holders(
             ("X-OpenStack-Ironic-API-Version", "1.68"),
         ];
         let r = h
-            .request("GET", &path, &headers, None, Duration::from_secs(60))
+            .request(
+                &RequestSpec::get(&path).headers(&headers),
+                Duration::from_secs(60),
+            )
             .await
-            .map_err(|e| format!("GET {path}: {e:?}"))?;
+            .map_err(|e| format!("GET {path}: {}", e.detail()))?;
         if r.status != 200 {
             return Err(format!("GET {path}: status {}", r.status));
         }
-        let v: Value = serde_json::from_slice(&r.body).map_err(|e| format!("GET {path}: {e}"))?;
+        let v: Value = serde_json::from_slice(r.bytes()).map_err(|e| format!("GET {path}: {e}"))?;
         let nodes = v
             .get("nodes")
             .and_then(Value::as_array)
@@ -1313,7 +1036,7 @@ struct RunState {
 
 struct RunCtx {
     cfg: Arc<Config>,
-    ep: Endpoint,
+    ep: Target,
     clock: Arc<Clock>,
     phase: AtomicU8,
     specs: Vec<AgentSpec>,
@@ -1381,7 +1104,7 @@ impl RunCtx {
         kind: Kind,
         phase: u8,
         t_send: f64,
-        res: &Result<Resp, ReqErr>,
+        res: &Result<Reply, HttpError>,
         started: Instant,
     ) -> bool {
         let enrolled = self.specs[idx].enrolled;
@@ -1395,7 +1118,7 @@ impl RunCtx {
                 };
                 (r.status.to_string(), !ok)
             }
-            Err(e) => (e.label(), true),
+            Err(e) => (e.label().to_string(), true),
         };
         // an unenrolled machine's lookup 404 is what Ironic must answer: not counted as an error
         let expected = !enrolled && kind == Kind::Lookup && outcome == "404";
@@ -1413,7 +1136,10 @@ impl RunCtx {
             Ok(r) if error && !expected => {
                 let key = format!("{} {} {}", PHASES[phase as usize], kind.name(), r.status);
                 st.status_samples.entry(key).or_insert_with(|| {
-                    String::from_utf8_lossy(&r.body).chars().take(400).collect()
+                    String::from_utf8_lossy(r.bytes())
+                        .chars()
+                        .take(400)
+                        .collect()
                 });
             }
             Ok(_) => {}
@@ -1439,24 +1165,18 @@ impl RunCtx {
     }
 
     /// Send one request of an agent and record it; (answer, whether the agent sees an error).
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         idx: usize,
-        http: &mut Http,
+        http: &mut Client,
         kind: Kind,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> (Result<Resp, ReqErr>, bool) {
+        req: &RequestSpec,
+    ) -> (Result<Reply, HttpError>, bool) {
         let phase = self.phase();
         let t = self.clock.now();
         self.clock.tick(t, TL_SENT);
         let started = Instant::now();
-        let res = http
-            .request(method, path, headers, body, self.timeout())
-            .await;
+        let res = http.request(req, self.timeout()).await;
         let err = self.record(idx, kind, phase, t, &res, started);
         (res, err)
     }
@@ -1465,7 +1185,7 @@ impl RunCtx {
     async fn api_version(
         &self,
         idx: usize,
-        http: &mut Http,
+        http: &mut Client,
         cached: &mut Option<(u32, u32)>,
     ) -> (u32, u32) {
         if let Some(v) = *cached {
@@ -1478,8 +1198,9 @@ impl RunCtx {
             ("Connection", "keep-alive"),
             ("Content-Type", "application/json"),
         ];
-        let (res, _) = self.send(idx, http, Kind::Root, "GET", "/", &h, None).await;
-        match res.ok().and_then(|r| parse_version(&r.body)) {
+        let req = RequestSpec::get("/").headers(&h);
+        let (res, _) = self.send(idx, http, Kind::Root, &req).await;
+        match res.ok().and_then(|r| parse_version(r.bytes())) {
             Some(v) => {
                 *cached = Some(v);
                 v
@@ -1513,7 +1234,7 @@ enum BootEnd {
 async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
     let spec = &ctx.specs[idx];
     let cfg = &ctx.cfg;
-    let mut http = Http::new(&ctx.ep);
+    let mut http = Client::new(ctx.ep.clone());
     let mut version: Option<(u32, u32)> = None;
     let started = Instant::now();
     let mut attempt: i32 = 0;
@@ -1531,17 +1252,8 @@ async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
             ("X-OpenStack-Ironic-API-Version", hv.as_str()),
             ("Content-Type", "application/json"),
         ];
-        let (res, _) = ctx
-            .send(
-                idx,
-                &mut http,
-                Kind::Lookup,
-                "GET",
-                &spec.lookup_path,
-                &h,
-                None,
-            )
-            .await;
+        let req = RequestSpec::get(&spec.lookup_path).headers(&h);
+        let (res, _) = ctx.send(idx, &mut http, Kind::Lookup, &req).await;
         match res {
             Ok(r) if r.status == 409 => {
                 lock_pause = if lock_pause == 0.0 {
@@ -1554,7 +1266,7 @@ async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
                 tokio::time::sleep(Duration::from_secs_f64(lock_pause)).await;
             }
             Ok(r) if r.status == 200 => {
-                if let Some(d) = parse_lookup(&r.body) {
+                if let Some(d) = parse_lookup(r.bytes()) {
                     break d;
                 }
             }
@@ -1600,16 +1312,15 @@ async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
             .or_insert(0) += 1;
     }
     // ---- heartbeater start: set_agent_advertise_addr -> a plain GET of the API URL
-    let mut probe = Http::new(&ctx.ep);
+    let mut probe = Client::new(ctx.ep.clone());
     let h = [
         ("User-Agent", USER_AGENT),
         ("Accept-Encoding", "gzip, deflate"),
         ("Accept", "*/*"),
         ("Connection", "keep-alive"),
     ];
-    let (res, _) = ctx
-        .send(idx, &mut probe, Kind::Probe, "GET", "/", &h, None)
-        .await;
+    let req = RequestSpec::get("/").headers(&h);
+    let (res, _) = ctx.send(idx, &mut probe, Kind::Probe, &req).await;
     drop(probe);
     if res.is_err() {
         // no reachable API URL, no advertise address: LookupAgentIPError ends the thread
@@ -1645,17 +1356,8 @@ async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
             ("Content-Type", "application/json"),
         ];
         let phase = ctx.phase();
-        let (res, err) = ctx
-            .send(
-                idx,
-                &mut http,
-                Kind::Heartbeat,
-                "POST",
-                &path,
-                &h,
-                Some(body.as_bytes()),
-            )
-            .await;
+        let req = RequestSpec::new("POST", &path).headers(&h).body(body);
+        let (res, err) = ctx.send(idx, &mut http, Kind::Heartbeat, &req).await;
         let done = ctx.clock.now();
         let interval = if err {
             ctx.rec(idx, |r| {
@@ -1723,19 +1425,19 @@ async fn run_cmd(what: &str, cmd: &str, target: &str, limit: f64) -> Result<f64,
     }
 }
 
-async fn ops_get(ops: &Endpoint, path: &str) -> Result<String, String> {
-    let mut h = Http::new(ops);
+async fn ops_get(ops: &Target, path: &str) -> Result<String, String> {
+    let mut h = Client::new(ops.clone());
     match h
-        .request("GET", path, &[], None, Duration::from_secs(5))
+        .request(&RequestSpec::get(path), Duration::from_secs(5))
         .await
     {
-        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+        Ok(r) if r.status == 200 => Ok(String::from_utf8_lossy(r.bytes()).into_owned()),
         Ok(r) => Err(format!("{}{path}: status {}", ops.url, r.status)),
-        Err(e) => Err(format!("{}{path}: {e:?}", ops.url)),
+        Err(e) => Err(format!("{}{path}: {}", ops.url, e.detail())),
     }
 }
 
-async fn wait_gateway_ready(ops: &Endpoint, limit: f64) -> Result<(), String> {
+async fn wait_gateway_ready(ops: &Target, limit: f64) -> Result<(), String> {
     let t0 = Instant::now();
     let mut last = String::new();
     while t0.elapsed().as_secs_f64() < limit {
@@ -1757,7 +1459,7 @@ async fn wait_gateway_ready(ops: &Endpoint, limit: f64) -> Result<(), String> {
 }
 
 /// The gateway's `ironic_edge_*` samples.
-async fn gateway_metrics(ops: &Endpoint) -> Option<Samples> {
+async fn gateway_metrics(ops: &Target) -> Option<Samples> {
     ops_get(ops, "/metrics")
         .await
         .ok()
@@ -1772,7 +1474,7 @@ struct Marks {
 }
 
 impl Marks {
-    async fn take(&mut self, relay: &RelayStats, ops: Option<&Endpoint>) {
+    async fn take(&mut self, relay: &RelayStats, ops: Option<&Target>) {
         self.relay.push(relay.snapshot());
         self.gateway.push(match ops {
             Some(o) => gateway_metrics(o).await,
@@ -1822,9 +1524,9 @@ async fn run_target(
     {
         let t0 = Instant::now();
         loop {
-            let mut h = Http::new(&ep);
+            let mut h = Client::new(ep.clone());
             match h
-                .request("GET", "/", &[], None, Duration::from_secs(5))
+                .request(&RequestSpec::get("/"), Duration::from_secs(5))
                 .await
             {
                 Ok(r) if r.status == 200 => break,
@@ -2135,7 +1837,7 @@ async fn run_target(
 fn summarize(
     cfg: &Config,
     target: &str,
-    ep: &Endpoint,
+    ep: &Target,
     ctx: &RunCtx,
     st: &RunState,
     times: &PhaseTimes,
@@ -2965,8 +2667,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         cfg.agents,
         cfg.unknown,
         cfg.targets.join(", "),
-        cfg.relay.host,
-        cfg.ironic.host
+        cfg.relay.host_header,
+        cfg.ironic.host_header
     );
     let mut reports = Vec::new();
     for (i, t) in cfg.targets.iter().enumerate() {
