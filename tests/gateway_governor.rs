@@ -9,20 +9,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 fn heartbeat(uuid: &str, token: &str, n: usize) -> Request {
-    Request::post(&format!("/v1/heartbeat/{uuid}"))
-        .version("1.68")
-        .json_body(&format!(
-            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"13.0.{n}\"}}"
-        ))
+    common::versioned_heartbeat(uuid, token, &format!("13.0.{n}"))
 }
 
 fn minted_token(env: &Env, mac: &str) -> String {
-    let r = env.send(&common::lookup(mac));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["config"]["agent_token"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    common::minted_token(env, mac)
 }
 
 /// A small budget that does not grow (so that the storm's 503s can only push it down) and a

@@ -12,21 +12,11 @@ use std::time::Duration;
 use common::mini::NO_WORKERS;
 
 fn heartbeat_with_version(uuid: &str, token: &str, version: &str) -> Request {
-    Request::post(&format!("/v1/heartbeat/{uuid}"))
-        .version("1.68")
-        .json_body(&format!(
-            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"{version}\"}}"
-        ))
+    common::versioned_heartbeat(uuid, token, version)
 }
 
-/// The agent's first lookup: the token Ironic minted for it.
 fn minted_token(env: &Env, mac: &str) -> String {
-    let r = env.send(&common::lookup(mac));
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["config"]["agent_token"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    common::minted_token(env, mac)
 }
 
 fn metric(env: &Env, name: &str) -> u64 {

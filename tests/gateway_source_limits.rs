@@ -99,11 +99,7 @@ fn requests_in_flight_per_source_are_capped() {
 }
 
 fn heartbeat(uuid: &str, token: &str, n: usize) -> Request {
-    Request::post(&format!("/v1/heartbeat/{uuid}"))
-        .version("1.68")
-        .json_body(&format!(
-            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"13.0.{n}\"}}"
-        ))
+    common::versioned_heartbeat(uuid, token, &format!("13.0.{n}"))
 }
 
 #[test]
@@ -117,12 +113,7 @@ fn a_verified_heartbeat_over_the_limit_is_still_accepted_and_an_unverified_one_i
         c.with_seal_key()
             .set("ironic_edge.heartbeat.relay_when_upstream_fails", true);
     });
-    let r = env.send(&common::lookup(mac));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let token = r.json()["config"]["agent_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = common::minted_token(&env, mac);
     let answers = flood(&env, 4, 5, |t, i| heartbeat(&uuid, &token, t * 10 + i));
     for r in &answers {
         assert_eq!(

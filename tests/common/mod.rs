@@ -152,6 +152,26 @@ pub fn heartbeat(node: &str, callback_url: &str, token: &str) -> Request {
         .json_body(&heartbeat_body(callback_url, token))
 }
 
+/// A verified-looking heartbeat at 1.68 from `https://127.0.0.1:9999` with this agent
+/// version (each version makes a heartbeat the edge cannot coalesce with the last).
+pub fn versioned_heartbeat(uuid: &str, token: &str, agent_version: &str) -> Request {
+    Request::post(&format!("/v1/heartbeat/{uuid}"))
+        .version("1.68")
+        .json_body(&format!(
+            "{{\"callback_url\": \"https://127.0.0.1:9999\", \"agent_token\": \"{token}\", \"agent_version\": \"{agent_version}\"}}"
+        ))
+}
+
+/// The agent's first lookup through `env`: the token Ironic minted for it.
+pub fn minted_token(env: &Env, mac: &str) -> String {
+    let r = env.send(&lookup(mac));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["config"]["agent_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A lookup request at 1.62 for these addresses (comma list, as given).
 pub fn lookup(addresses: &str) -> Request {
     Request::get(&format!("/v1/lookup?addresses={addresses}"))
