@@ -173,6 +173,9 @@ pub(crate) fn eval<A: redis::ToRedisArgs>(script: &str, keys: &[String], args: A
         .clone()
 }
 
+/// How long the in-process view trusts an entry without reading Redis again.
+pub(crate) const VIEW_ENTRY_TTL: Duration = Duration::from_secs(2);
+
 /// A TTL in milliseconds, at least 1 (Redis refuses 0).
 pub(crate) fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
@@ -210,7 +213,12 @@ impl Conn {
                     config = config.set_cache_config(
                         redis::caching::CacheConfig::new()
                             .set_mode(redis::caching::CacheMode::OptIn)
-                            .set_size(entries),
+                            .set_size(entries)
+                            // A bound on what a lost invalidation can cost: an entry is
+                            // read from Redis again after this, whatever Redis pushed (seen
+                            // under load: an entry cached after its invalidation was
+                            // processed stayed stale until the 30-minute default).
+                            .set_default_client_ttl(VIEW_ENTRY_TTL),
                     );
                 }
                 ConnectionManager::new_lazy_with_config(inner.client.clone(), config)

@@ -96,8 +96,13 @@ impl NodeIndex {
 
     /// The generation of the complete index in the store (`None`: none, or its markers
     /// disagree): the sync carries on incrementally only from the generation it wrote.
+    /// Read from Redis itself, never the in-process view: it is what the sync checks before
+    /// vouching for the index again.
     pub(crate) async fn generation(&self) -> StoreResult<Option<String>> {
-        Ok(self.index_marker().await?.map(|(_, generation)| generation))
+        Ok(self
+            .read_marker(false)
+            .await?
+            .map(|(_, generation)| generation))
     }
 
     /// Where the sync resumes (its watermarks, as JSON): a process taking the lease over
@@ -315,26 +320,36 @@ impl NodeIndex {
 
     /// The index's freshness and generation, if both halves belong to that generation.
     async fn index_marker(&self) -> StoreResult<Option<(u64, String)>> {
+        self.read_marker(true).await
+    }
+
+    /// The markers, through the in-process view or (`through_view` false) from Redis.
+    async fn read_marker(&self, through_view: bool) -> StoreResult<Option<(u64, String)>> {
+        let maybe_viewed = |cmd: redis::Cmd| if through_view { viewed(cmd) } else { cmd };
         let mut pipe = redis::pipe();
-        pipe.add_command(viewed(
+        pipe.add_command(maybe_viewed(
             redis::cmd("GET")
                 .arg(self.conn.keys.index_synced_at())
                 .clone(),
         ))
-        .add_command(viewed(
+        .add_command(maybe_viewed(
             redis::cmd("HGET")
                 .arg(self.conn.keys.index_nodes())
                 .arg(GENERATION_FIELD)
                 .clone(),
         ))
-        .add_command(viewed(
+        .add_command(maybe_viewed(
             redis::cmd("HGET")
                 .arg(self.conn.keys.index_macs())
                 .arg(GENERATION_FIELD)
                 .clone(),
         ));
         let (synced, nodes_gen, macs_gen): (Option<String>, Option<String>, Option<String>) =
-            self.conn.run_pipe_viewed(pipe).await?;
+            if through_view {
+                self.conn.run_pipe_viewed(pipe).await?
+            } else {
+                self.conn.run_pipe(pipe).await?
+            };
         Ok(synced
             .as_deref()
             .and_then(parse_synced_at)
