@@ -146,16 +146,18 @@ impl Windows {
     }
 }
 
-/// How a lookup's MACs are shown: sorted, the first few, and how many more.
-pub(crate) fn mac_set_key<M: std::fmt::Display>(sorted_macs: &[M]) -> String {
-    let mut key = sorted_macs
-        .iter()
-        .take(MACS_SHOWN)
-        .map(|m| m.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    if sorted_macs.len() > MACS_SHOWN {
-        key.push_str(&format!(",+{} more", sorted_macs.len() - MACS_SHOWN));
+/// How a lookup's MACs are shown, from its cache key (`macs:<sorted, distinct MACs>`, see
+/// `LookupQuery::cache_key`): the first few, and how many more; empty for a `node_uuid`
+/// lookup.
+pub(crate) fn mac_set_of(cache_key: &str) -> String {
+    let Some(list) = cache_key.strip_prefix("macs:") else {
+        return String::new();
+    };
+    let mut macs = list.split(',').filter(|m| !m.is_empty());
+    let mut key = macs.by_ref().take(MACS_SHOWN).collect::<Vec<_>>().join(",");
+    let more = macs.count();
+    if more > 0 {
+        key.push_str(&format!(",+{more} more"));
     }
     key
 }
@@ -270,9 +272,10 @@ mod tests {
     #[test]
     fn mac_sets_are_shown_bounded() {
         let macs: Vec<String> = (0..20).map(|i| format!("52:54:00:00:00:{i:02x}")).collect();
-        let key = mac_set_key(&macs);
+        let key = mac_set_of(&format!("macs:{}", macs.join(",")));
         assert!(key.ends_with(",+12 more"), "{key}");
         assert_eq!(key.matches(':').count(), 8 * 5);
-        assert_eq!(mac_set_key(&macs[..1]), "52:54:00:00:00:00");
+        assert_eq!(mac_set_of("macs:52:54:00:00:00:00"), "52:54:00:00:00:00");
+        assert_eq!(mac_set_of("uuid:1be26c0b-03f2-4d2e-ae87-c02d7f33c123"), "");
     }
 }

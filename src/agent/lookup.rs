@@ -50,13 +50,10 @@ pub(crate) async fn handle(
         Ok(q) => q,
         Err(e) => return Ok(r.answer_error(&e)),
     };
+    let cache_key = query.cache_key();
     // Who keeps getting 404 (`crate::unknown`): the MAC set as shown, bounded.
-    let mac_set = {
-        let mut macs = query.macs.clone();
-        macs.sort_unstable();
-        crate::unknown::mac_set_key(&macs)
-    };
-    let answer = decide_and_answer(r, flights, query, session, ctx).await?;
+    let mac_set = crate::unknown::mac_set_of(&cache_key);
+    let answer = decide_and_answer(r, flights, query, cache_key, session, ctx).await?;
     if answer.status() == Some(404) {
         let source = ctx.client.as_ref().map(|c| c.ip);
         r.edge.unknown.not_found(&mac_set, source);
@@ -68,6 +65,7 @@ async fn decide_and_answer(
     r: &AgentRequest<'_>,
     flights: &Arc<Flights>,
     query: crate::ironic::lookup::LookupQuery,
+    cache_key: String,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<Disposition> {
@@ -78,7 +76,7 @@ async fn decide_and_answer(
             query.invalid_macs
         );
     }
-    let key = bounded_key(query.cache_key());
+    let key = bounded_key(cache_key);
     let caller = replay_key(&key, ctx);
     let mut facts = read_facts(r, &query, &key, caller.as_deref()).await;
     match decide_lookup(&query, &facts, &r.edge.config.sync, crate::store::now_ms()) {
