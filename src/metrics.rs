@@ -74,7 +74,7 @@ pub struct Metrics {
     heartbeats_deferred: AtomicU64,
     heartbeats_relayed: AtomicU64,
     /// Requests that found no place in Ironic's budget in time, by governor class.
-    deferred: [AtomicU64; 4],
+    deferred: [AtomicU64; Class::COUNT],
     sealed_unopenable: AtomicU64,
     heartbeats_dropped: AtomicU64,
     /// Kept heartbeats waiting for the relay, as the relay last counted them (a gauge).

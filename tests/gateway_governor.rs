@@ -105,3 +105,64 @@ fn lookups_keep_minting_while_the_conductor_pool_refuses_heartbeats() {
         "the pool's refusals lowered its lane only: conductor {pool_rate}, api {api_rate}"
     );
 }
+
+/// A boot storm of lookups queued for Ironic does not starve the node sync: the index stays
+/// fresh, so a machine that is not enrolled keeps getting its 404 at the edge. (Behind
+/// hundreds of lookups in a 1,000-agent storm, the sync's requests waited past their deadline,
+/// the index went stale 25 s in, and every agent request went to Ironic.)
+#[test]
+fn the_node_sync_keeps_the_index_fresh_behind_a_lookup_storm() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let storm: Vec<String> = (0..24)
+        .map(|i| {
+            let m = mac(3, i);
+            mini.add_node(&[m.as_str()]);
+            m
+        })
+        .collect();
+    // Ironic mints slowly: a lookup takes 2 s, and two are in flight at most, so 24 lookups
+    // keep the queue full for 24 s, longer than the index's freshness bound (2 x 1 s + 5 s)
+    // and the sync's 10 s wait for a place.
+    let m = mini.clone();
+    fake.route("GET", "/v1/lookup", move |req, ctx| {
+        m.lookup(req, ctx).delay(Duration::from_secs(2))
+    });
+    let env = Env::start_with_fake(fake, |c| {
+        c.with_seal_key()
+            .set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.upstream.max_agent_requests_in_flight", 2)
+            .set("ironic_edge.upstream.agent_answer_within_ms", 28000);
+    });
+    env.wait_for_index();
+    let unknown = mac(4, 1);
+    let client = || {
+        // Held for Ironic longer than the harness's usual read timeout.
+        let mut c = common::http::Client::connect(env.gw.addr());
+        c.set_read_timeout(Duration::from_secs(40));
+        c
+    };
+    std::thread::scope(|s| {
+        for m in &storm {
+            let client = &client;
+            s.spawn(move || client().send(&common::lookup(m)));
+        }
+        std::thread::sleep(Duration::from_secs(14));
+        let r = client().send(&common::lookup(&unknown));
+        assert_eq!(r.status, 404, "{}", r.text());
+    });
+    let asked = env
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| {
+            let q = r.query.as_deref().unwrap_or_default();
+            q.contains(&unknown) || q.contains(&unknown.replace(':', "%3A"))
+        })
+        .count();
+    assert_eq!(
+        asked, 0,
+        "the unknown MAC was answered from a fresh index, not by Ironic"
+    );
+}

@@ -79,7 +79,7 @@ impl IronicApi {
         let permit = self
             .edge
             .governor
-            .enter(Class::Mint, Lane::Api, "node sync", until)
+            .enter(Class::Upkeep, Lane::Api, "node sync", until)
             .await
             .map_err(|_| format!("GET {path}: no place in Ironic's budget"))?;
         self.edge.metrics.sync_request();

@@ -27,24 +27,35 @@ use tokio::time::Instant;
 /// What a request to Ironic is for, highest priority first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Class {
-    /// A lookup (only Ironic can mint the agent's token), and the gateway's own bookkeeping
-    /// (node sync, version discovery: a few requests, without which every agent request would
-    /// reach Ironic).
-    Mint = 0,
+    /// The gateway's own upkeep: node sync and version discovery. A few requests a round,
+    /// without which the index goes stale and every agent request would reach Ironic: they
+    /// come before the lookups of a boot storm (behind hundreds of them, a sync round missed
+    /// its deadline, the index went stale, and the shield was down when it was needed most).
+    Upkeep = 0,
+    /// A lookup: only Ironic can mint the agent's token.
+    Mint = 1,
     /// A heartbeat that drives a step (`wait call-back`, `clean wait`, `rescue wait`,
     /// `service wait`), or one whose node's state the gateway does not know.
-    Drive = 1,
+    Drive = 2,
     /// The first heartbeat of an agent session (its `agent_url` is not known yet).
-    First = 2,
+    First = 3,
     /// Record-only refreshes and relayed heartbeats: they can wait, or be kept for later.
-    Refresh = 3,
+    Refresh = 4,
 }
 
 impl Class {
-    pub(crate) const ALL: [Class; 4] = [Class::Mint, Class::Drive, Class::First, Class::Refresh];
+    pub(crate) const COUNT: usize = 5;
+    pub(crate) const ALL: [Class; Class::COUNT] = [
+        Class::Upkeep,
+        Class::Mint,
+        Class::Drive,
+        Class::First,
+        Class::Refresh,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
+            Class::Upkeep => "upkeep",
             Class::Mint => "mint",
             Class::Drive => "drive",
             Class::First => "first",
@@ -500,7 +511,7 @@ struct Waiter<T> {
 /// the other classes are never refused for their node: identical lookups after a flight each
 /// ask Ironic, and refusing one would answer a genuine agent 503.
 pub(crate) struct Queues<T> {
-    by_lane: [[VecDeque<Waiter<T>>; 4]; 2],
+    by_lane: [[VecDeque<Waiter<T>>; Class::COUNT]; 2],
     refreshing: HashSet<String>,
     max_waiting: usize,
     len: usize,
@@ -546,7 +557,8 @@ impl<T> Queues<T> {
         node: &str,
         ticket: T,
     ) -> Result<(), Refused> {
-        if self.len >= self.max_waiting {
+        // Upkeep is a few requests by construction: a full queue of agents never refuses it.
+        if self.len >= self.max_waiting && class != Class::Upkeep {
             return Err(Refused::Full);
         }
         if class == Class::Refresh && !self.refreshing.insert(node.to_string()) {
@@ -560,12 +572,12 @@ impl<T> Queues<T> {
         Ok(())
     }
 
-    /// The next waiter to serve among the lanes that can send now: the oldest of the highest
-    /// class (a lane waiting for its rate holds up nobody in the other lane).
-    pub(crate) fn pop(&mut self, ready: impl Fn(Lane) -> bool) -> Option<(Lane, Class, T)> {
+    /// The next waiter to serve among the lanes (and classes) that can send now: the oldest of
+    /// the highest class (a lane waiting for its rate holds up nobody in the other lane).
+    pub(crate) fn pop(&mut self, ready: impl Fn(Lane, Class) -> bool) -> Option<(Lane, Class, T)> {
         for class in Class::ALL {
             for lane in Lane::ALL {
-                if !ready(lane) {
+                if !ready(lane, class) {
                     continue;
                 }
                 if let Some(w) = self.by_lane[lane as usize][class as usize].pop_front() {
@@ -619,7 +631,7 @@ pub(crate) struct GovernorStats {
     /// same order.
     pub proven_millis: [u64; 2],
     pub in_flight: usize,
-    pub waiting: [usize; 4],
+    pub waiting: [usize; Class::COUNT],
     /// Overload answers, by lane.
     pub overloaded: [u64; 2],
 }
@@ -637,6 +649,13 @@ struct Inner {
 impl Inner {
     /// Whether one more request of `lane` may be in flight: heartbeats hold at most half the
     /// places, so that lookups never wait behind heartbeats Ironic is slow to answer.
+    /// Whether one more request of `class` may be in flight in `lane`: the gateway's upkeep
+    /// (one sync request at a time, a version probe) is not an agent request and does not
+    /// count against their cap, only against the rate.
+    fn room_for(&self, lane: Lane, class: Class) -> bool {
+        class == Class::Upkeep || self.room(lane)
+    }
+
     fn room(&self, lane: Lane) -> bool {
         let total: usize = self.in_flight.iter().sum();
         total < self.max_in_flight
@@ -730,7 +749,7 @@ impl Governor {
         lane: Lane,
         now: u64,
     ) -> Option<Permit> {
-        let free = inner.room(lane) && !inner.queues.waits_at_or_above(lane, class);
+        let free = inner.room_for(lane, class) && !inner.queues.waits_at_or_above(lane, class);
         if free && inner.budgets.try_take(lane, now) {
             inner.in_flight[lane as usize] += 1;
             return Some(self.permit(lane, now));
@@ -753,18 +772,20 @@ impl Governor {
         // Waiters that gave up (their receiver is gone) hold no place.
         inner.queues.retain(|tx| !tx.is_closed());
         while inner.queues.len() > 0 {
-            let mut ready = [false; 2];
+            let mut rated = [false; 2];
             for lane in Lane::ALL {
                 let has_room = inner.room(lane);
                 let waits = inner.queues.waiting_in(lane) > 0;
-                let rated = inner.budgets.wait_ms(lane, now) == 0;
-                if has_room && waits && !rated {
+                rated[lane as usize] = inner.budgets.wait_ms(lane, now) == 0;
+                if has_room && waits && !rated[lane as usize] {
                     // Requests wait for the rate: it is what holds them back, so it may grow.
                     inner.budgets.hold_back(lane, now);
                 }
-                ready[lane as usize] = has_room && rated;
             }
-            let Some((lane, _, tx)) = inner.queues.pop(|l| ready[l as usize]) else {
+            let room = Lane::ALL.map(|l| inner.room(l));
+            let ready =
+                |l: Lane, c: Class| rated[l as usize] && (c == Class::Upkeep || room[l as usize]);
+            let Some((lane, _, tx)) = inner.queues.pop(ready) else {
                 break;
             };
             if tx.send(()).is_ok() {
@@ -1114,7 +1135,7 @@ mod tests {
             "mints wait in the API's lane"
         );
         assert!(q.waits_at_or_above(Lane::Api, Class::Mint));
-        let order: Vec<_> = std::iter::from_fn(|| q.pop(|_| true).map(|(_, _, t)| t)).collect();
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(|_, _| true).map(|(_, _, t)| t)).collect();
         assert_eq!(
             order,
             ["mint-c", "mint-c2", "first-b", "refresh-a", "refresh-b"]
@@ -1127,12 +1148,29 @@ mod tests {
     }
 
     #[test]
+    fn upkeep_goes_before_a_storm_of_lookups_even_when_the_queues_are_full() {
+        let mut q: Queues<&str> = Queues::new(3);
+        for t in ["mint-1", "mint-2", "mint-3"] {
+            q.push(Lane::Api, Class::Mint, t, t).unwrap();
+        }
+        assert_eq!(
+            q.push(Lane::Api, Class::Mint, "m4", "mint-4"),
+            Err(Refused::Full)
+        );
+        q.push(Lane::Api, Class::Upkeep, "node sync", "sync")
+            .expect("the sync is never refused for the agents' queue");
+        assert!(q.waits_at_or_above(Lane::Api, Class::Upkeep));
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(|_, _| true).map(|(_, _, t)| t)).collect();
+        assert_eq!(order, ["sync", "mint-1", "mint-2", "mint-3"]);
+    }
+
+    #[test]
     fn a_lane_waiting_for_its_rate_holds_up_nobody_in_the_other() {
         let mut q: Queues<&str> = Queues::new(8);
         q.push(Lane::Api, Class::Mint, "m", "mint").unwrap();
         q.push(Lane::Conductor, Class::Refresh, "r", "refresh")
             .unwrap();
-        let conductor_only = |l: Lane| l == Lane::Conductor;
+        let conductor_only = |l: Lane, _: Class| l == Lane::Conductor;
         assert_eq!(
             q.pop(conductor_only),
             Some((Lane::Conductor, Class::Refresh, "refresh"))
@@ -1183,6 +1221,28 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [Class::Mint, Class::Refresh]);
         assert_eq!(g.stats().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn upkeep_is_not_held_by_the_agents_in_flight_cap() {
+        let g = Arc::new(Governor::new(
+            BudgetSettings {
+                initial_per_second: 20.0,
+                ..settings()
+            },
+            1,
+            16,
+        ));
+        let lookup = g.try_enter(Class::Mint, Lane::Api).expect("the one place");
+        assert!(
+            g.try_enter(Class::Mint, Lane::Api).is_none(),
+            "the cap holds"
+        );
+        let sync = g
+            .try_enter(Class::Upkeep, Lane::Api)
+            .expect("the sync does not wait for the agents' places");
+        sync.answered(OK);
+        lookup.answered(OK);
     }
 
     #[tokio::test]
@@ -1294,7 +1354,11 @@ mod tests {
         drop(held);
         let stats = g.stats();
         assert_eq!(stats.in_flight, 0);
-        assert_eq!(stats.waiting, [0; 4], "the waiter that left holds no place");
+        assert_eq!(
+            stats.waiting,
+            [0; Class::COUNT],
+            "the waiter that left holds no place"
+        );
     }
 
     fn roomy() -> BudgetSettings {

@@ -177,7 +177,7 @@ impl VersionDiscovery {
         let until = tokio::time::Instant::now() + Duration::from_secs(5);
         let permit = self
             .governor
-            .enter(Class::Mint, Lane::Api, "version discovery", until)
+            .enter(Class::Upkeep, Lane::Api, "version discovery", until)
             .await
             .map_err(|_| "no place in Ironic's budget".to_string())?;
         let sent = self.client.send(&req, b"").await;
