@@ -415,7 +415,7 @@ async fn read_facts(
         }
     }
     if let Some(slot) = index {
-        match replies.take(slot) {
+        match store.index.take_lookup(&mut replies, slot).await {
             Ok(read) => facts.index = Some(read),
             Err(e) => store_error(edge, &e),
         }

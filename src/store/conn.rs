@@ -198,6 +198,11 @@ impl Conn {
         })
     }
 
+    /// How many reads the in-process view keeps (0: no view).
+    pub(crate) fn view_entries(&self) -> usize {
+        self.inner.view_entries
+    }
+
     fn manager(&self) -> StoreResult<ConnectionManager> {
         let inner = &*self.inner;
         inner

@@ -2,8 +2,10 @@
 //! only while its generation markers agree: a half that Redis lost (a flush, a restart without
 //! persistence, an eviction) takes its marker with it.
 
-use super::conn::{eval, parsed, viewed, Conn, ReadStep, Slot};
+use super::conn::{eval, parsed, viewed, Conn, ReadStep, Replies, Slot};
+use super::entry_cache::{EntryCache, TaggedRead};
 use super::{StoreError, StoreResult};
+use std::sync::Arc;
 
 /// A node's `driver_info.fast_track` as Ironic reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,9 +55,66 @@ pub(crate) struct IndexRead {
 }
 
 /// What a lookup designates in the index.
+#[derive(Clone, Copy)]
 pub(crate) enum IndexKey<'a> {
     Uuid(&'a str),
     Macs(&'a [String]),
+}
+
+impl IndexKey<'_> {
+    /// The key of its read in the entry cache.
+    fn cache_key(&self) -> String {
+        match self {
+            IndexKey::Uuid(u) => format!("u {u}"),
+            IndexKey::Macs(m) => format!("m {}", m.join(",")),
+        }
+    }
+
+    fn owned(&self) -> OwnedIndexKey {
+        match self {
+            IndexKey::Uuid(u) => OwnedIndexKey::Uuid(u.to_string()),
+            IndexKey::Macs(m) => OwnedIndexKey::Macs(m.to_vec()),
+        }
+    }
+}
+
+enum OwnedIndexKey {
+    Uuid(String),
+    Macs(Vec<String>),
+}
+
+impl OwnedIndexKey {
+    fn borrowed(&self) -> IndexKey<'_> {
+        match self {
+            OwnedIndexKey::Uuid(u) => IndexKey::Uuid(u),
+            OwnedIndexKey::Macs(m) => IndexKey::Macs(m),
+        }
+    }
+}
+
+/// Where a lookup's index read is in a [`ReadStep`] ([`NodeIndex::read_lookup`]), taken with
+/// [`NodeIndex::take_lookup`].
+pub(crate) struct LookupSlot {
+    markers: Slot<Markers>,
+    entries: LookupEntries,
+    key: OwnedIndexKey,
+}
+
+enum LookupEntries {
+    Read(Slot<Vec<Option<String>>>),
+    /// From the entry cache, if the markers read in the step show the same version tags.
+    Cached(TaggedRead),
+}
+
+/// The index's markers as the view serves them: the freshness, and each half's generation and
+/// version tag.
+#[derive(Debug, Default)]
+struct Markers {
+    synced: Option<String>,
+    gen_nodes: Option<String>,
+    gen_macs: Option<String>,
+    ver_nodes: Option<String>,
+    ver_macs: Option<String>,
 }
 
 /// One write to the index: entries to set and entries to drop, and the time of the round.
@@ -81,11 +140,14 @@ pub(crate) struct IndexUpdate {
 #[derive(Clone)]
 pub(crate) struct NodeIndex {
     conn: Conn,
+    /// The entries the agent path read recently, kept under the halves' version tags.
+    cache: Arc<EntryCache>,
 }
 
 impl NodeIndex {
     pub(crate) fn new(conn: Conn) -> Self {
-        NodeIndex { conn }
+        let cache = Arc::new(EntryCache::new(conn.view_entries()));
+        NodeIndex { conn, cache }
     }
 
     /// Unix milliseconds of the last completed sync round (`None`: no complete index: never
@@ -129,10 +191,8 @@ impl NodeIndex {
     /// vouched for (its generation changed): a missing entry means "no such node" only in a
     /// complete index.
     pub(crate) async fn node(&self, uuid: &str) -> StoreResult<Option<IndexedNode>> {
-        let fields = [GENERATION_FIELD.to_string(), uuid.to_string()];
-        let found = self
-            .index_read(self.conn.keys.index_nodes(), &fields)
-            .await?;
+        let fields = [uuid.to_string()];
+        let found = self.index_read(&fields).await?;
         Ok(found
             .into_iter()
             .nth(1)
@@ -142,10 +202,8 @@ impl NodeIndex {
 
     /// The indexed node with this name (`None`: no indexed node has it).
     pub(crate) async fn node_named(&self, name: &str) -> StoreResult<Option<IndexedNode>> {
-        let fields = [GENERATION_FIELD.to_string(), format!("{NAME_FIELD}{name}")];
-        let found = self
-            .index_read(self.conn.keys.index_nodes(), &fields)
-            .await?;
+        let fields = [format!("{NAME_FIELD}{name}")];
+        let found = self.index_read(&fields).await?;
         let Some(uuid) = found.into_iter().nth(1).flatten() else {
             return Ok(None);
         };
@@ -215,7 +273,7 @@ impl NodeIndex {
                             cmd.arg(format!("{NAME_FIELD}{name}")).arg(&n.uuid);
                         }
                     }
-                    self.conn.run::<()>(cmd).await?;
+                    self.write_tagged(cmd, &nodes).await?;
                 }
                 for chunk in u.ports.chunks(SLICE) {
                     let mut cmd = redis::cmd("HSET");
@@ -223,7 +281,7 @@ impl NodeIndex {
                     for (mac, uuid) in chunk {
                         cmd.arg(mac).arg(uuid);
                     }
-                    self.conn.run::<()>(cmd).await?;
+                    self.write_tagged(cmd, &macs).await?;
                 }
                 for (key, removed) in [(&nodes, &u.removed_nodes), (&macs, &u.removed_macs)] {
                     for chunk in removed.chunks(SLICE) {
@@ -232,7 +290,7 @@ impl NodeIndex {
                         for item in chunk.iter().filter(|i| !is_marker_field(i)) {
                             cmd.arg(item);
                         }
-                        self.conn.run::<()>(cmd).await?;
+                        self.write_tagged(cmd, key).await?;
                     }
                 }
                 let (Some(at), Some(generation)) = (u.synced_at_ms, u.generation.as_deref()) else {
@@ -246,8 +304,8 @@ impl NodeIndex {
               if ARGV[3] == '1' then
                 if redis.call('HGET', KEYS[1], '@building') ~= g
                    or redis.call('HGET', KEYS[2], '@building') ~= g then return 0 end
-                redis.call('HSET', KEYS[1], '@gen', g)
-                redis.call('HSET', KEYS[2], '@gen', g)
+                redis.call('HSET', KEYS[1], '@gen', g, '@ver', ARGV[4])
+                redis.call('HSET', KEYS[2], '@gen', g, '@ver', ARGV[5])
                 redis.call('HDEL', KEYS[1], '@building')
                 redis.call('HDEL', KEYS[2], '@building')
               else
@@ -266,7 +324,9 @@ impl NodeIndex {
                     .key(self.conn.keys.index_synced_at())
                     .arg(generation)
                     .arg(at)
-                    .arg(if u.full_round { "1" } else { "0" });
+                    .arg(if u.full_round { "1" } else { "0" })
+                    .arg(fresh_version_tag())
+                    .arg(fresh_version_tag());
                 let vouched: i64 = self.conn.run_script(invocation).await?;
                 if vouched == 1 {
                     Ok(())
@@ -279,42 +339,106 @@ impl NodeIndex {
             .await
     }
 
+    /// One write to a half, with a fresh version tag for it in the same transaction: every
+    /// cached read of that half is then out of date (a random tag, never a counter: a half
+    /// Redis lost and the sync rebuilt must not take up a tag again).
+    async fn write_tagged(&self, cmd: redis::Cmd, half: &str) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(cmd)
+            .ignore()
+            .cmd("HSET")
+            .arg(half)
+            .arg(VERSION_FIELD)
+            .arg(fresh_version_tag())
+            .ignore();
+        self.conn.run_pipe::<()>(pipe).await
+    }
+
     /// Reads what a lookup needs of the index in `step`: the markers (from the view), and the
-    /// entries with the generation of the half they are read from. By MACs, one script reads
-    /// the MACs in slices, stops at the second distinct node, and reads the entry of the only
-    /// node if there is one.
-    pub(crate) fn read_lookup(&self, step: &mut ReadStep, by: IndexKey<'_>) -> Slot<IndexRead> {
+    /// entries with the generation and version tag of the half they are read from, unless the
+    /// entry cache holds them (then [`Self::take_lookup`] checks their tags against the
+    /// markers). By MACs, one script reads the MACs in slices, stops at the second distinct
+    /// node, and reads the entry of the only node if there is one.
+    pub(crate) fn read_lookup(&self, step: &mut ReadStep, by: IndexKey<'_>) -> LookupSlot {
+        let markers = step.reads(self.marker_reads(), parse_markers);
+        let entries = match self.cache.get(&by.cache_key()) {
+            Some(cached) => LookupEntries::Cached(cached),
+            None => LookupEntries::Read(step.read(self.entries_read(by), parsed)),
+        };
+        LookupSlot {
+            markers,
+            entries,
+            key: by.owned(),
+        }
+    }
+
+    /// The Redis read of a lookup's entries (never through the view: see `index_read`).
+    fn entries_read(&self, by: IndexKey<'_>) -> redis::Cmd {
         let (nodes, macs) = (self.conn.keys.index_nodes(), self.conn.keys.index_macs());
-        let mut cmds = self.marker_reads();
-        cmds.push(match by {
-            // Never from the view (see `index_read`).
+        match by {
             IndexKey::Uuid(uuid) => redis::cmd("HMGET")
                 .arg(nodes)
                 .arg(GENERATION_FIELD)
+                .arg(VERSION_FIELD)
                 .arg(uuid)
                 .clone(),
             IndexKey::Macs(found) => eval(LOOKUP_BY_MACS, &[macs, nodes], found),
-        });
-        step.reads(cmds, parse_lookup_read)
+        }
     }
 
-    /// The viewed reads of the markers: the freshness, the generation of each half.
+    /// What a lookup's index read in the step found. A cached read whose halves changed since
+    /// is read again from Redis (one more round trip, once per change).
+    pub(crate) async fn take_lookup(
+        &self,
+        replies: &mut Replies,
+        slot: LookupSlot,
+    ) -> StoreResult<IndexRead> {
+        let markers = replies.take(slot.markers)?;
+        let by = slot.key.borrowed();
+        let by_macs = matches!(by, IndexKey::Macs(_));
+        let entries = match slot.entries {
+            LookupEntries::Cached(cached) if cached.is_current(&markers.tags(by_macs)) => {
+                cached.entries
+            }
+            LookupEntries::Cached(_) => {
+                self.cache.forget(&by.cache_key());
+                let mut step = ReadStep::new();
+                let again = step.read(self.entries_read(by), parsed);
+                let mut replies = self.conn.read_step(step).await?;
+                self.learnt(by, replies.take(again)?)
+            }
+            LookupEntries::Read(read) => self.learnt(by, replies.take(read)?),
+        };
+        index_read_of(&markers, by_macs, entries)
+    }
+
+    /// Keeps entries read from Redis in the cache, under the tags they were read with.
+    fn learnt(&self, by: IndexKey<'_>, entries: Vec<Option<String>>) -> Vec<Option<String>> {
+        if let Some(tags) = entry_tags(matches!(by, IndexKey::Macs(_)), &entries) {
+            self.cache.put(
+                by.cache_key(),
+                TaggedRead {
+                    tags,
+                    entries: entries.clone(),
+                },
+            );
+        }
+        entries
+    }
+
+    /// The viewed reads of the markers: the freshness, the generation and the version tag of
+    /// each half.
     fn marker_reads(&self) -> Vec<redis::Cmd> {
         let keys = &self.conn.keys;
+        let field =
+            |half: String, field: &str| viewed(redis::cmd("HGET").arg(half).arg(field).clone());
         vec![
             viewed(redis::cmd("GET").arg(keys.index_synced_at()).clone()),
-            viewed(
-                redis::cmd("HGET")
-                    .arg(keys.index_nodes())
-                    .arg(GENERATION_FIELD)
-                    .clone(),
-            ),
-            viewed(
-                redis::cmd("HGET")
-                    .arg(keys.index_macs())
-                    .arg(GENERATION_FIELD)
-                    .clone(),
-            ),
+            field(keys.index_nodes(), GENERATION_FIELD),
+            field(keys.index_macs(), GENERATION_FIELD),
+            field(keys.index_nodes(), VERSION_FIELD),
+            field(keys.index_macs(), VERSION_FIELD),
         ]
     }
 
@@ -358,27 +482,57 @@ impl NodeIndex {
             }))
     }
 
-    /// `HMGET` of an index half (the first field being its generation), with the freshness,
-    /// in one step: an error unless the half still belongs to the vouched-for generation (a
-    /// missing entry of a half that Redis lost is not "no such node").
-    async fn index_read(
-        &self,
-        half: String,
-        fields: &[String],
-    ) -> StoreResult<Vec<Option<String>>> {
+    /// `HMGET` of fields of the nodes half, with its generation first, checked against the
+    /// freshness: an error unless the half still belongs to the vouched-for generation (a
+    /// missing entry of a half that Redis lost is not "no such node"). From the entry cache
+    /// while the half's version tag (read through the view) is the one it was read under.
+    async fn index_read(&self, fields: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let half = self.conn.keys.index_nodes();
         let mut pipe = redis::pipe();
         pipe.add_command(viewed(
             redis::cmd("GET")
                 .arg(self.conn.keys.index_synced_at())
                 .clone(),
+        ))
+        .add_command(viewed(
+            redis::cmd("HGET").arg(&half).arg(VERSION_FIELD).clone(),
         ));
-        // Never from the view: it keeps every distinct read of a key, command and answer, under
-        // that key until the key changes, and the whole index is two keys: reads of MACs and
-        // idents that callers choose would pile up in it without bound (and each read would
-        // scan them). The markers above are a few fixed reads.
-        pipe.cmd("HMGET").arg(half).arg(fields);
-        let (synced, found): (Option<String>, Vec<Option<String>>) =
+        let (synced, version): (Option<String>, Option<String>) =
             self.conn.run_pipe_viewed(pipe).await?;
+        let key = format!("n {}", fields.join(" "));
+        let found = match self.cache.get(&key) {
+            Some(cached) if cached.is_current(std::slice::from_ref(&version)) => cached.entries,
+            _ => {
+                // Never through the view: it keeps every distinct read of a key, command and
+                // answer, under that key until the key changes, and the whole index is two
+                // keys: reads of MACs and idents that callers choose would pile up in it
+                // without bound. The entry cache bounds them instead.
+                let mut found: Vec<Option<String>> = self
+                    .conn
+                    .run(
+                        redis::cmd("HMGET")
+                            .arg(&half)
+                            .arg(GENERATION_FIELD)
+                            .arg(VERSION_FIELD)
+                            .arg(fields)
+                            .clone(),
+                    )
+                    .await?;
+                let tag = if found.len() > 1 {
+                    found.remove(1)
+                } else {
+                    None
+                };
+                self.cache.put(
+                    key,
+                    TaggedRead {
+                        tags: vec![tag],
+                        entries: found.clone(),
+                    },
+                );
+                found
+            }
+        };
         let vouched = synced.as_deref().and_then(parse_synced_at).map(|(_, g)| g);
         match (vouched, found.first().cloned().flatten()) {
             (Some(g), Some(half_gen)) if g == half_gen => Ok(found),
@@ -389,10 +543,16 @@ impl NodeIndex {
     }
 }
 
+/// A fresh version tag for an index half.
+fn fresh_version_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 /// KEYS: the MACs half, the nodes half; ARGV: the MACs. Returns `[MACs half's generation,
-/// first node, second node, nodes half's generation, entry]`: the first two distinct nodes of
-/// the MACs and, if there is only one, its entry (`false`, Redis's nil, where there is none).
-/// Most lookups cost Redis two commands (the script, one `HMGET`), a lookup that may mint three.
+/// first node, second node, nodes half's generation, entry, MACs half's version tag, nodes
+/// half's version tag]`: the first two distinct nodes of the MACs and, if there is only one,
+/// its entry (`false`, Redis's nil, where there is none). Most lookups cost Redis two commands
+/// (the script, one `HMGET`), a lookup that may mint three.
 const LOOKUP_BY_MACS: &str = r"local gen_macs = false
   local first, second = false, false
   local i, n = 1, #ARGV
@@ -415,45 +575,83 @@ const LOOKUP_BY_MACS: &str = r"local gen_macs = false
   end
   local entry = {false, false}
   if first and not second then entry = redis.call('HMGET', KEYS[2], '@gen', first) end
-  return {gen_macs, first, second, entry[1], entry[2]}";
+  local vers = {redis.call('HGET', KEYS[1], '@ver'), redis.call('HGET', KEYS[2], '@ver')}
+  return {gen_macs, first, second, entry[1], entry[2], vers[1], vers[2]}";
 
-/// The markers and entries [`NodeIndex::read_lookup`] read.
-fn parse_lookup_read(values: Vec<redis::Value>) -> StoreResult<IndexRead> {
-    let mut values = values.into_iter();
-    let mut next = || {
-        values
-            .next()
-            .ok_or_else(|| StoreError("an index read answered short".into()))
-    };
-    let synced: Option<String> = parsed(next()?)?;
-    let marked_nodes: Option<String> = parsed(next()?)?;
-    let marked_macs: Option<String> = parsed(next()?)?;
-    let entries: Vec<Option<String>> = parsed(next()?)?;
+fn parse_markers(values: Vec<redis::Value>) -> StoreResult<Markers> {
+    let [synced, gen_nodes, gen_macs, ver_nodes, ver_macs] = <[redis::Value; 5]>::try_from(values)
+        .map_err(|_| StoreError("an index read answered short".into()))?;
+    Ok(Markers {
+        synced: parsed(synced)?,
+        gen_nodes: parsed(gen_nodes)?,
+        gen_macs: parsed(gen_macs)?,
+        ver_nodes: parsed(ver_nodes)?,
+        ver_macs: parsed(ver_macs)?,
+    })
+}
+
+impl Markers {
+    /// The version tags a lookup's read depends on, in [`entry_tags`]'s order.
+    fn tags(&self, by_macs: bool) -> Vec<Option<String>> {
+        if by_macs {
+            vec![self.ver_macs.clone(), self.ver_nodes.clone()]
+        } else {
+            vec![self.ver_nodes.clone()]
+        }
+    }
+}
+
+/// The version tags a lookup's entries were read under, the halves they depend on (by MACs:
+/// the MACs half, and the nodes half only if the read named one node and so read its entry);
+/// `None` if the answer is not of the expected shape.
+fn entry_tags(by_macs: bool, entries: &[Option<String>]) -> Option<Vec<Option<String>>> {
+    match (by_macs, entries) {
+        (false, [_, ver_nodes, _]) => Some(vec![ver_nodes.clone()]),
+        (true, [_, first, second, _, _, ver_macs, ver_nodes]) => {
+            if first.is_some() && second.is_none() {
+                Some(vec![ver_macs.clone(), ver_nodes.clone()])
+            } else {
+                Some(vec![ver_macs.clone()])
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What a lookup's markers and entries say. Pure.
+fn index_read_of(
+    m: &Markers,
+    by_macs: bool,
+    entries: Vec<Option<String>>,
+) -> StoreResult<IndexRead> {
     // The generation of the MACs half as the entries were read (`None`: not read), the
     // distinct nodes, and the generation of the nodes half as its entry was read.
-    let (read_macs, nodes, read_nodes, entry) = match <[Option<String>; 2]>::try_from(entries) {
-        // By uuid: `[nodes generation, entry]`.
-        Ok([gen_nodes, entry]) => (None, Vec::new(), Some(gen_nodes), entry),
-        Err(entries) => match <[Option<String>; 5]>::try_from(entries) {
-            Ok([gen_macs, first, second, gen_nodes, entry]) => {
+    let (read_macs, nodes, read_nodes, entry) =
+        match (by_macs, <[Option<String>; 7]>::try_from(entries)) {
+            (true, Ok([gen_macs, first, second, gen_nodes, entry, _, _])) => {
                 let one = first.is_some() && second.is_none();
                 let nodes = first.into_iter().chain(second).collect();
                 (Some(gen_macs), nodes, one.then_some(gen_nodes), entry)
             }
-            Err(_) => return Err(StoreError("an index read answered oddly".into())),
-        },
-    };
+            (false, Err(entries)) => match <[Option<String>; 3]>::try_from(entries) {
+                // By uuid: `[nodes generation, its version tag, entry]`.
+                Ok([gen_nodes, _, entry]) => (None, Vec::new(), Some(gen_nodes), entry),
+                Err(_) => return Err(StoreError("an index read answered oddly".into())),
+            },
+            _ => return Err(StoreError("an index read answered oddly".into())),
+        };
     // Complete: the freshness names a generation both halves' markers carry, and each half
     // read carried it as it was read (a half Redis lost meanwhile has none).
-    let vouched = synced
+    let vouched = m
+        .synced
         .as_deref()
         .and_then(parse_synced_at)
         .filter(|(_, g)| {
             let of = |marker: Option<&Option<String>>| {
                 marker.is_none_or(|m| m.as_deref() == Some(g.as_str()))
             };
-            of(Some(&marked_nodes))
-                && of(Some(&marked_macs))
+            of(Some(&m.gen_nodes))
+                && of(Some(&m.gen_macs))
                 && of(read_macs.as_ref())
                 && of(read_nodes.as_ref())
         });
@@ -466,6 +664,8 @@ fn parse_lookup_read(values: Vec<redis::Value>) -> StoreResult<IndexRead> {
 
 /// The generation a half belongs to, and the one a full round is rebuilding it for.
 const GENERATION_FIELD: &str = "@gen";
+/// A half's version tag: changed by every write to it ([`NodeIndex::write_tagged`]).
+const VERSION_FIELD: &str = "@ver";
 /// Fields `name:<name>` of the nodes hash map a node name to its uuid. Names of deleted or
 /// renamed nodes stay until the hash is rebuilt (they are checked against the node on every
 /// read, so they cost a few bytes, never a wrong answer).

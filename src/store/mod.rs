@@ -7,6 +7,7 @@
 //! what it had received when it thaws): nothing is deleted on a take, only claimed.
 
 mod conn;
+mod entry_cache;
 mod flights;
 mod index;
 pub(crate) mod keys;

@@ -56,6 +56,16 @@ impl TestRedis {
         }
         redis
     }
+
+    /// Empties Redis, as a flush, an eviction or a restart without persistence would.
+    pub(crate) async fn flush(&self) {
+        let _: () = self
+            .stores
+            .conn
+            .run(redis::cmd("FLUSHALL").clone())
+            .await
+            .expect("FLUSHALL");
+    }
 }
 
 impl Drop for TestRedis {

@@ -250,7 +250,12 @@ fn round(full: bool, generation: &str) -> IndexUpdate {
 async fn lookup_read(r: &TestRedis, by: IndexKey<'_>) -> IndexRead {
     let mut step = ReadStep::new();
     let slot = r.stores.index.read_lookup(&mut step, by);
-    r.stores.read(step).await.unwrap().take(slot).unwrap()
+    let mut replies = r.stores.read(step).await.unwrap();
+    r.stores
+        .index
+        .take_lookup(&mut replies, slot)
+        .await
+        .unwrap()
 }
 
 /// MACs are read in slices and the reading stops at the second distinct node; the entry comes
@@ -275,6 +280,64 @@ async fn a_lookup_reads_its_macs_in_slices_until_two_nodes() {
     assert_eq!(read.node, None);
 }
 
+/// Reads the agent path repeats come from the entry cache, and every write to the index (a
+/// round, a refresh, a removal) makes them out of date at once.
+#[tokio::test]
+async fn a_cached_index_read_follows_every_write() {
+    let r = TestRedis::start().await;
+    let index = &r.stores.index;
+    index.write(&round(true, "g1")).await.unwrap();
+    let macs = vec!["m2".to_string()];
+    let lookup_of_m2 = || lookup_read(&r, IndexKey::Macs(&macs));
+    assert!(lookup_of_m2().await.nodes.is_empty());
+    assert!(
+        lookup_of_m2().await.nodes.is_empty(),
+        "the same, from the cache"
+    );
+    assert_eq!(index.node("v").await.unwrap(), None);
+    assert_eq!(index.node("v").await.unwrap(), None);
+
+    // A refresh (no round, no new freshness) adds a node and its MAC.
+    let mut refresh = round(false, "g1");
+    refresh.nodes[0].uuid = "v".into();
+    refresh.ports = vec![("m2".into(), "v".into())];
+    refresh.synced_at_ms = None;
+    refresh.generation = None;
+    index.write(&refresh).await.unwrap();
+    assert_eq!(lookup_of_m2().await.nodes, vec!["v".to_string()]);
+    assert_eq!(
+        index.node("v").await.unwrap().map(|n| n.uuid),
+        Some("v".into())
+    );
+    let by_uuid = lookup_read(&r, IndexKey::Uuid("v")).await;
+    assert_eq!(by_uuid.node.map(|n| n.uuid), Some("v".into()));
+
+    // And a removal takes them away again.
+    let removal = IndexUpdate {
+        removed_nodes: vec!["v".into()],
+        removed_macs: vec!["m2".into()],
+        ..IndexUpdate::default()
+    };
+    index.write(&removal).await.unwrap();
+    assert!(lookup_of_m2().await.nodes.is_empty());
+    assert_eq!(index.node("v").await.unwrap(), None);
+    assert_eq!(lookup_read(&r, IndexKey::Uuid("v")).await.node, None);
+}
+
+/// A half Redis lost takes its version tag with it: nothing cached of it is used again.
+#[tokio::test]
+async fn a_cached_index_read_is_not_used_after_redis_lost_the_index() {
+    let r = TestRedis::start().await;
+    r.stores.index.write(&round(true, "g1")).await.unwrap();
+    let macs = vec!["m".to_string()];
+    let read = lookup_read(&r, IndexKey::Macs(&macs)).await;
+    assert_eq!((read.synced_at_ms, read.nodes.len()), (Some(1_000), 1));
+    lookup_read(&r, IndexKey::Macs(&macs)).await;
+    r.flush().await;
+    let read = lookup_read(&r, IndexKey::Macs(&macs)).await;
+    assert_eq!((read.synced_at_ms, read.nodes.len()), (None, 0));
+}
+
 /// One read step over several handles: a viewed read (answered by the view the second time),
 /// a script that claims, and the index script, each answer where its slot says.
 #[tokio::test]
@@ -296,7 +359,15 @@ async fn one_read_step_serves_every_handle() {
         let not_found = r.stores.negative.read_lookup_not_found(&mut step, "k");
         let mut replies = r.stores.read(step).await.unwrap();
         assert!(replies.take(not_found).unwrap());
-        assert_eq!(replies.take(index).unwrap().synced_at_ms, None);
+        assert_eq!(
+            r.stores
+                .index
+                .take_lookup(&mut replies, index)
+                .await
+                .unwrap()
+                .synced_at_ms,
+            None
+        );
         let taken = replies.take(taken).unwrap();
         // Claimed by the first step: the second gets nothing while the claim holds.
         assert_eq!(taken.is_some(), claim == "c1", "{claim}");
