@@ -356,6 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn min_version_is_read_quoted_or_not() {
+        let cases = [
+            ("\"1.2\"", Some(TlsVersion::V1_2)),
+            ("1.2", Some(TlsVersion::V1_2)),
+            ("\"1.3\"", Some(TlsVersion::V1_3)),
+            ("1.3", Some(TlsVersion::V1_3)),
+            ("1.30", Some(TlsVersion::V1_3)),
+            ("\"1.1\"", None),
+            ("1", None),
+            ("\"TLSv1.3\"", None),
+            ("[1.3]", None),
+        ];
+        for (yaml, want) in cases {
+            let got = serde_yaml::from_str::<TlsVersion>(yaml).ok();
+            assert_eq!(got, want, "{yaml}");
+        }
+    }
+
+    #[test]
     fn the_default_policy_accepts_tls_1_3_only() {
         assert_eq!(TlsVersion::default(), TlsVersion::V1_3);
         assert_eq!(
