@@ -9,7 +9,13 @@ exactly as the agent does: a smoke test of Ironic or of the ironic-edge gateway.
 
 Options: [--node-uuid UUID] [--callback 127.0.0.1:9999] [--protocol https|http]
 [--cert-file PEM] [--token TOKEN] [--heartbeats 1] [--interval 0] [--lookup-timeout 10]
-[--conflict-retries 3]
+[--conflict-retries 3] [--ca-file PEM] [--client-cert PEM --client-key PEM]
+[--tls-min-version 1.2|1.3]
+
+For an https --url the TLS options are IPA's own ([DEFAULT]cafile, certfile, keyfile,
+tls_min_version), set before the APIClient is made, as the agent reads them at start:
+  scripts/ipa-client.py --url https://127.0.0.1:6443 --macs 52:54:00:00:00:00 \
+      --ca-file gateway-ca.pem --client-cert agent.crt --client-key agent.key
 
 It needs the venv made by scripts/ironic-peer-up.sh; run with any python3 it
 re-executes itself with that venv's python ($IRONIC_PEER_VENV, else
@@ -73,6 +79,13 @@ ap.add_argument('--lookup-timeout', type=float, default=10.0)
 ap.add_argument('--conflict-retries', type=int, default=3,
                 help='retries (0.5 s apart) of a heartbeat answered 409 "node locked", '
                      'which a heartbeat sent right after the previous one can get')
+ap.add_argument('--ca-file', default=None,
+                help='PEM of the CAs the agent trusts for an https --url (IPA cafile)')
+ap.add_argument('--client-cert', default=None,
+                help='PEM client certificate the agent presents (IPA certfile; needs --client-key)')
+ap.add_argument('--client-key', default=None, help="the client certificate's key (IPA keyfile)")
+ap.add_argument('--tls-min-version', default=None, choices=['1.2', '1.3'],
+                help='IPA tls_min_version (its default: 1.2)')
 ap.add_argument('--expect-lookup-failure', action='store_true',
                 help='succeed only if the lookup fails (unknown MAC, refused node)')
 o = ap.parse_args()
@@ -86,6 +99,12 @@ if not o.macs:
 
 # Parse an empty command line so IPA's defaults apply (no config files read).
 ipa_config.CONF([], project='ironic-python-agent', default_config_files=[])
+if bool(o.client_cert) != bool(o.client_key):
+    ap.error('--client-cert and --client-key go together')
+for opt, value in (('cafile', o.ca_file), ('certfile', o.client_cert),
+                   ('keyfile', o.client_key), ('tls_min_version', o.tls_min_version)):
+    if value is not None:
+        ipa_config.CONF.set_override(opt, value)
 
 client = ironic_api_client.APIClient(o.url)           # also accepts a list of URLs
 hw = {'interfaces': [hardware.NetworkInterface(f'eth{i}', m)

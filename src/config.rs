@@ -51,6 +51,74 @@ pub enum RoutePolicy {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// PEM file of the CAs whose client certificates the listener accepts.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// IANA names of the cipher suites offered (empty: every suite rustls offers for the
+    /// versions allowed).
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+/// Whether a TLS listener asks its clients for a certificate (see [`crate::tls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for; a client without one is served, one with a certificate
+    /// `client_ca` did not issue is refused.
+    Optional,
+    /// A client without a certificate issued by `client_ca` is refused in the handshake.
+    Required,
+}
+
+/// The oldest TLS protocol version a listener accepts: `"1.2"` or `"1.3"` (a bare YAML
+/// number is read the same way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    /// Ironic 38+ tells agents to use TLS 1.3 (lookup's `config.tls_min_version`).
+    #[default]
+    V1_3,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor, not an untagged enum: the error keeps the field's path.
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TlsVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"1.2\" or \"1.3\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsVersion, E> {
+                match v {
+                    "1.2" => Ok(TlsVersion::V1_2),
+                    "1.3" => Ok(TlsVersion::V1_3),
+                    other => Err(E::custom(format!(
+                        "unknown TLS version {other:?}: \"1.2\" or \"1.3\""
+                    ))),
+                }
+            }
+            // `min_version: 1.2` unquoted is a YAML float: taken as written.
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<TlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TlsVersion, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -470,6 +538,7 @@ impl EdgeConfig {
                         ));
                     }
                 }
+                crate::tls::check(i, tls)?;
             }
         }
         if !self.access_log.is_empty() {

@@ -6,8 +6,10 @@
 //! place in the per-source cap ([`crate::conn_limit`]), refusing a connection before any HTTP
 //! is read (a plain close: there is no request to answer yet).
 //!
-//! Residual: a TLS handshake is bounded by Pingora's own 60 s and runs before the wrapper (and
-//! so before the per-source cap); passthrough request bodies are bounded per read only.
+//! A TLS listener's handshake runs here too ([`crate::tls`]), after the per-source cap and
+//! within `limits.request_head_timeout_ms`.
+//!
+//! Residual: passthrough request bodies are bounded per read only.
 
 use crate::client_addr::TrustedProxies;
 use crate::conn_limit::SourceLimiter;
@@ -313,6 +315,7 @@ pub(crate) struct GuardedApp<A> {
     deadlines: Deadlines,
     per_source: Option<Arc<SourceLimiter>>,
     trusted: TrustedProxies,
+    tls: crate::tls::TlsListeners,
 }
 
 impl<A> GuardedApp<A> {
@@ -327,7 +330,14 @@ impl<A> GuardedApp<A> {
             per_source: (limits.max_connections_per_source > 0)
                 .then(|| SourceLimiter::new(limits.max_connections_per_source)),
             trusted,
+            tls: crate::tls::TlsListeners::default(),
         }
+    }
+
+    /// The TLS listeners, whose connections are handshaken before anything is read.
+    pub(crate) fn with_tls(mut self, tls: crate::tls::TlsListeners) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -354,6 +364,32 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
                 }
             }
             _ => None,
+        };
+        let stream = if self.tls.is_empty() {
+            stream
+        } else {
+            let local = stream
+                .get_socket_digest()
+                .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+            // A connection whose listener cannot be told is refused: never plain text where
+            // TLS may be wanted.
+            let Some(local) = local else {
+                log::warn!("connection without a local address refused: TLS listeners exist");
+                return None;
+            };
+            match self.tls.for_local(local) {
+                None => stream,
+                Some(acceptor) => {
+                    match crate::tls::accept(acceptor, stream, self.deadlines.head).await {
+                        Ok(tls) => tls,
+                        Err(why) => {
+                            let from = peer.map(|ip| ip.to_string()).unwrap_or_default();
+                            log::info!("TLS handshake from {from} on {local} failed: {why}");
+                            return None;
+                        }
+                    }
+                }
+            }
         };
         let guarded = GuardedStream {
             inner: stream,

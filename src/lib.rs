@@ -29,5 +29,6 @@ pub(crate) mod source_limits;
 pub(crate) mod source_policy;
 pub(crate) mod store;
 pub mod sync;
+pub(crate) mod tls;
 pub(crate) mod unknown;
 pub mod upstream;

@@ -43,6 +43,7 @@ pub fn prepare(conf_path: Option<&str>) -> Result<Prepared, ConfigError> {
     }
     // Build the parts that can fail on configuration now, so that `-t` catches them too.
     Stores::new(&edge_conf)?;
+    crate::tls::TlsListeners::from_config(&edge_conf)?;
     Ok(Prepared {
         server_conf,
         edge_conf,
@@ -138,20 +139,15 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
         }
     });
     // Every connection passes the slow-client deadlines and the per-source cap first.
+    // TLS listeners are TCP listeners to Pingora: the guard runs their handshakes with the
+    // gateway's own TLS policy (see `crate::tls`), read from the files now.
     let mut proxy = Service::new(
         "ironic-edge".to_string(),
-        crate::conn_guard::GuardedApp::new(app, &edge_conf.limits, trusted),
+        crate::conn_guard::GuardedApp::new(app, &edge_conf.limits, trusted)
+            .with_tls(crate::tls::TlsListeners::from_config(&edge_conf)?),
     );
-    for (i, l) in edge_conf.listeners.iter().enumerate() {
-        match &l.tls {
-            None => proxy.add_tcp(&l.address),
-            Some(tls) => {
-                let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-                proxy.add_tls(&l.address, &cert, &key).map_err(|e| {
-                    ConfigError::new(format!("ironic_edge.listeners[{i}].tls"), e.to_string())
-                })?;
-            }
-        }
+    for l in &edge_conf.listeners {
+        proxy.add_tcp(&l.address);
     }
     server.add_service(proxy);
 

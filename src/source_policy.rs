@@ -68,6 +68,24 @@ impl SourcePolicy {
     }
 }
 
+/// What belongs to the listener bound to `local`: the entry of that very address, else the
+/// one of the wildcard address of the same family on that port.
+pub(crate) fn listener_for_local<T>(
+    listeners: &[(SocketAddr, T)],
+    local: SocketAddr,
+) -> Option<&T> {
+    let local = SocketAddr::new(crate::client_addr::unmap(local.ip()), local.port());
+    let exact = listeners.iter().find(|(a, _)| *a == local);
+    let wildcard = || {
+        listeners.iter().find(|(a, _)| {
+            a.port() == local.port()
+                && a.ip().is_unspecified()
+                && (a.is_ipv4() == local.is_ipv4() || a.is_ipv6())
+        })
+    };
+    exact.or_else(wildcard).map(|(_, t)| t)
+}
+
 /// Every listener's rule, found by the local address a connection was accepted on.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ListenerPolicies {
@@ -98,16 +116,7 @@ impl ListenerPolicies {
     /// The rule of the listener bound to `local`: the one bound to that very address, else
     /// the one bound to the wildcard address of the same family on that port.
     pub(crate) fn for_local(&self, local: SocketAddr) -> Option<&SourcePolicy> {
-        let local = SocketAddr::new(crate::client_addr::unmap(local.ip()), local.port());
-        let exact = self.listeners.iter().find(|(a, _)| *a == local);
-        let wildcard = || {
-            self.listeners.iter().find(|(a, _)| {
-                a.port() == local.port()
-                    && a.ip().is_unspecified()
-                    && (a.is_ipv4() == local.is_ipv4() || a.is_ipv6())
-            })
-        };
-        exact.or_else(wildcard).map(|(_, p)| p)
+        listener_for_local(&self.listeners, local)
     }
 
     /// Whether a request from `source` on the listener bound to `local` may go on. A

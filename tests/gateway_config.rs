@@ -186,6 +186,128 @@ fn bad_configs_exit_1_naming_the_field() {
     );
 }
 
+/// `listeners[].tls`: client certificates, protocol policy, cipher suites, and the files
+/// themselves, all checked by `-t` (certificates made by the test).
+#[test]
+fn tls_listener_configs_are_checked_by_test_mode() {
+    use common::tls::Ca;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server_ca = Ca::new("server CA");
+    let (cert, key) = server_ca.server().write(d, "gateway");
+    let (_, other_key) = server_ca.server().write(d, "other");
+    let ca = Ca::new("agent CA").write(d, "agent-ca");
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let tls = |extra: serde_json::Value| {
+        let mut t = serde_json::json!({"cert": cert, "key": key});
+        t.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        t
+    };
+    let good = tls(serde_json::json!({
+        "client_ca": ca, "client_auth": "required", "min_version": "1.2",
+        "cipher_suites": ["TLS_AES_256_GCM_SHA384", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+    }));
+    let f = "ironic_edge.listeners[0].tls";
+    let cases: Vec<(Option<String>, serde_json::Value)> = vec![
+        (None, good),
+        (
+            None,
+            tls(serde_json::json!({"client_ca": ca, "client_auth": "optional"})),
+        ),
+        (None, tls(serde_json::json!({"min_version": 1.3}))),
+        (
+            Some(format!("{f}.client_ca")),
+            tls(serde_json::json!({"client_ca": d.join("missing.pem"), "client_auth": "required"})),
+        ),
+        (
+            Some(format!("{f}.client_ca")),
+            tls(serde_json::json!({"client_ca": garbage, "client_auth": "required"})),
+        ),
+        (
+            Some(format!("{f}.client_ca")),
+            tls(serde_json::json!({"client_ca": key, "client_auth": "optional"})),
+        ),
+        (
+            Some(format!("{f}.client_auth")),
+            tls(serde_json::json!({"client_auth": "required"})),
+        ),
+        (
+            Some(format!("{f}.client_auth")),
+            tls(serde_json::json!({"client_auth": "optional"})),
+        ),
+        (
+            Some(format!("{f}.client_auth")),
+            tls(serde_json::json!({"client_ca": ca})),
+        ),
+        (
+            Some(format!("{f}.client_auth")),
+            tls(serde_json::json!({"client_ca": ca, "client_auth": "always"})),
+        ),
+        (
+            Some(format!("{f}.min_version")),
+            tls(serde_json::json!({"min_version": "1.1"})),
+        ),
+        (
+            Some(format!("{f}.min_version")),
+            tls(serde_json::json!({"min_version": 1.0})),
+        ),
+        (
+            Some(format!("{f}.min_version")),
+            tls(serde_json::json!({"min_version": "TLSv1.3"})),
+        ),
+        (
+            Some(format!("{f}.cipher_suites[1]")),
+            tls(serde_json::json!({"cipher_suites": ["TLS_AES_128_GCM_SHA256", "RC4-MD5"]})),
+        ),
+        (
+            Some(format!("{f}.cipher_suites")),
+            tls(
+                serde_json::json!({"min_version": "1.2", "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}),
+            ),
+        ),
+        (
+            Some(format!("{f}.cert")),
+            tls(serde_json::json!({"cert": garbage})),
+        ),
+        (
+            Some(format!("{f}.key")),
+            tls(serde_json::json!({"key": garbage})),
+        ),
+        (
+            Some(format!("{f}.key")),
+            tls(serde_json::json!({"key": other_key})),
+        ),
+        (
+            Some(f.to_string()),
+            tls(serde_json::json!({"verify_client": true})),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (field, tls) in cases {
+        let shown = tls.to_string();
+        let (code, stderr) = check_with(|c| {
+            let listen = c.listen.to_string();
+            c.set(
+                "ironic_edge.listeners",
+                serde_json::json!([{"address": listen, "tls": tls}]),
+            );
+        });
+        let ok = match &field {
+            None => code == Some(0),
+            Some(field) => code == Some(1) && stderr.contains(&format!("config error: {field}:")),
+        };
+        if !ok {
+            failures.push(format!(
+                "{shown}: want {field:?}, exit {code:?}, stderr {stderr:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn missing_config_file_exits_1() {
     let out = run_bin(&["-t", "-c", "/nonexistent/ironic-edge.yaml"]);
