@@ -13,6 +13,7 @@ pub mod client_addr;
 pub mod config;
 pub mod conn_guard;
 pub mod conn_limit;
+pub mod drain;
 pub(crate) mod disposition;
 pub mod edge;
 pub(crate) mod incident;

@@ -125,6 +125,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
 
     let plugins = crate::plugin::build_plugins(&edge)?;
     let trusted = edge_conf.trusted_proxy_nets()?;
+    let mut access_log = None;
     let app = pingora::proxy::http_proxy(&server.configuration, {
         let proxy = EdgeProxy::new(edge.clone(), plugins, trusted.clone());
         if edge_conf.access_log.is_empty() {
@@ -134,6 +135,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             let log = crate::access_log::AccessLog::open(path).map_err(|e| {
                 ConfigError::new("ironic_edge.access_log", format!("{}: {e}", path.display()))
             })?;
+            access_log = Some(log.clone());
             proxy.with_access_log(log)
         }
     });
@@ -167,6 +169,17 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
     ops.add_tcp(&edge_conf.ops_address);
     server.add_service(ops);
 
+    // A drained process exits at once rather than sleeping out its grace period.
+    server.add_service(background_service(
+        "drain",
+        crate::drain::DrainExit {
+            before_exit: Box::new(move || {
+                if let Some(log) = &access_log {
+                    log.flush(Duration::from_secs(2));
+                }
+            }),
+        },
+    ));
     server.add_service(background_service(
         "heartbeat relay",
         crate::relay::HeartbeatRelay::new(edge.clone()),
