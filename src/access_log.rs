@@ -109,7 +109,11 @@ impl AccessLog {
     fn start_writer(&self) {
         let shared = &self.0;
         shared.started.call_once(|| {
-            let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             if let Some((file, rx)) = pending {
                 let started = std::thread::Builder::new()
                     .name("access-log".into())

@@ -196,7 +196,12 @@ mod tests {
         let s = Duration::from_secs;
         let cases = [
             (None, 0, false, "listeners still open"),
-            (Some(Duration::ZERO), 0, false, "just closed: an accepted one may not count yet"),
+            (
+                Some(Duration::ZERO),
+                0,
+                false,
+                "just closed: an accepted one may not count yet",
+            ),
             (Some(s(1)), 0, true, "closed and settled, nothing open"),
             (Some(s(30)), 1, false, "a connection left"),
         ];

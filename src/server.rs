@@ -164,6 +164,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             versions: versions.clone(),
             governor: edge.governor.clone(),
             unknown: edge.unknown.clone(),
+            edge: edge.clone(),
         },
     );
     ops.add_tcp(&edge_conf.ops_address);
