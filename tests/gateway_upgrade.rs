@@ -90,7 +90,10 @@ fn client(t: &Traffic, tally: &Tally, stop: &AtomicBool, pause: Duration, seed: 
     let mut conn: Option<PooledConn> = None;
     let mut i = seed;
     while !stop.load(Ordering::Relaxed) {
-        if conn.as_ref().is_some_and(|c| c.client.closed || c.dropped()) {
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.client.closed || c.dropped())
+        {
             conn = None;
         }
         let c = match conn.take() {
@@ -140,6 +143,39 @@ fn answered(gw: &Gateway) -> f64 {
     gw.metric("ironic_edge_requests_total", &[]).unwrap_or(0.0)
 }
 
+/// The successor's config: the same listeners and upgrade socket, its own files, `-u`; and
+/// the upgrade socket's path.
+fn successor(env: &Env) -> (GatewayConfig, std::path::PathBuf) {
+    let mut next = GatewayConfig::new(&env.fake.url(), &env.redis.url());
+    next.yaml = env.gw.cfg.yaml.clone();
+    next.listen = env.gw.cfg.listen;
+    next.ops = env.gw.cfg.ops;
+    let d = next.dir.path().to_path_buf();
+    next.set("pid_file", d.join("edge.pid").to_str().unwrap())
+        .set("error_log", d.join("error.log").to_str().unwrap())
+        .env("RUST_LOG", "info");
+    next.args = vec!["-u".into()];
+    let sock = env.gw.cfg.yaml["upgrade_sock"]
+        .as_str()
+        .expect("upgrade_sock");
+    (next, std::path::PathBuf::from(sock))
+}
+
+/// Starts the successor and hands it the sockets: SIGQUIT to the old process once the
+/// successor waits on the upgrade socket.
+fn hand_over(env: &Env) -> Gateway {
+    let (next, sock) = successor(env);
+    let gw = Gateway::spawn(next);
+    let bound = wait_for(Duration::from_secs(10), || sock.exists().then_some(()));
+    assert!(
+        bound.is_some(),
+        "the successor waits on {sock:?}:\n{}",
+        gw.logs()
+    );
+    signal(env.gw.pid().unwrap(), libc::SIGQUIT);
+    gw
+}
+
 #[test]
 fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
     let fake = FakeIronic::start();
@@ -162,22 +198,7 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
     env.wait_until_coalesced(&token, || env.send(&heartbeat(&uuid, CB, &token)));
     let old_pid = env.gw.pid().unwrap();
 
-    // The successor: the same listeners and upgrade socket, its own files.
-    let mut next = GatewayConfig::new(&env.fake.url(), &env.redis.url());
-    next.yaml = env.gw.cfg.yaml.clone();
-    next.listen = env.gw.cfg.listen;
-    next.ops = env.gw.cfg.ops;
-    let d = next.dir.path().to_path_buf();
-    next.set("pid_file", d.join("edge.pid").to_str().unwrap())
-        .set("error_log", d.join("error.log").to_str().unwrap())
-        .env("RUST_LOG", "info");
-    next.args = vec!["-u".into()];
-    let upgrade_sock = std::path::PathBuf::from(
-        env.gw.cfg.yaml["upgrade_sock"]
-            .as_str()
-            .expect("upgrade_sock")
-            .to_string(),
-    );
+    let (next, upgrade_sock) = successor(&env);
 
     let traffic = Traffic {
         addr: env.gw.addr(),
@@ -199,7 +220,9 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
         std::thread::sleep(Duration::from_secs(1));
 
         let gw = Gateway::spawn(next);
-        let bound = wait_for(Duration::from_secs(10), || upgrade_sock.exists().then_some(()));
+        let bound = wait_for(Duration::from_secs(10), || {
+            upgrade_sock.exists().then_some(())
+        });
         signal(old_pid, libc::SIGQUIT);
         let old_gone = wait_for(Duration::from_secs(60), || (!alive(old_pid)).then_some(()));
         // What the successor answers from now on is its own.
@@ -235,6 +258,80 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
         "{} of {sent} requests failed, e.g. {:#?}\nold process:\n{}",
         failures.len(),
         &failures[..failures.len().min(10)],
+        env.gw.logs()
+    );
+}
+
+/// Pingora's own log line when the old process stops accepting (its shutdown broadcast, 5 s
+/// after SIGQUIT): where it used to drop every idle keep-alive connection.
+const BROADCAST: &str = "Graceful shutdown started!";
+
+/// A connection idle across the old process's shutdown broadcast (IPA's pooled connection
+/// between two heartbeats) is still open after it, and its next request is answered, with
+/// `Connection: close`; the old process exits once that connection is gone.
+#[test]
+fn an_idle_keep_alive_connection_outlives_the_hand_over_and_gets_connection_close() {
+    let env = Env::start_with(|c| {
+        c.set("grace_period_seconds", 60)
+            .set("graceful_shutdown_timeout_seconds", 1)
+            .env("RUST_LOG", "info");
+    });
+    let old_pid = env.gw.pid().unwrap();
+    let conn = PooledConn::open(env.gw.addr()).unwrap();
+    let mut conn = conn;
+    let r = conn.client.try_send(&Request::get("/v1/nodes")).unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(!conn.client.closed);
+
+    let gw = hand_over(&env);
+    let broadcast = wait_for(Duration::from_secs(30), || {
+        env.gw.logs().contains(BROADCAST).then_some(())
+    });
+    assert!(broadcast.is_some(), "{}", env.gw.logs());
+    assert!(alive(old_pid), "the old process drains");
+    assert!(
+        !conn.dropped(),
+        "the idle connection is open after the broadcast"
+    );
+    let r = conn.client.try_send(&Request::get("/v1/nodes")).unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.header("Connection"), Some("close"), "{:?}", r.headers);
+    drop(conn);
+    let gone = wait_for(Duration::from_secs(30), || (!alive(old_pid)).then_some(()));
+    assert!(
+        gone.is_some(),
+        "drained, the old process exits:\n{}",
+        env.gw.logs()
+    );
+    assert!(env.gw.logs().contains("no client connection left, exiting"));
+    gw.wait_status(Duration::from_secs(10));
+}
+
+/// SIGTERM: nobody takes over, so idle connections are closed at once and the process exits
+/// as soon as its answers are out, not after its grace period (60 s here).
+#[test]
+fn a_stop_closes_idle_connections_and_exits_once_drained() {
+    let mut env = Env::start_with(|c| {
+        c.set("grace_period_seconds", 60)
+            .set("graceful_shutdown_timeout_seconds", 1)
+            .env("RUST_LOG", "info");
+    });
+    let pid = env.gw.pid().unwrap();
+    let mut conn = PooledConn::open(env.gw.addr()).unwrap();
+    assert_eq!(
+        conn.client
+            .try_send(&Request::get("/v1/nodes"))
+            .unwrap()
+            .status,
+        404
+    );
+    signal(pid, libc::SIGTERM);
+    let closed = wait_for(Duration::from_secs(20), || conn.dropped().then_some(()));
+    assert!(closed.is_some(), "the idle connection is closed");
+    let status = env.gw.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exits drained, well before its 60 s grace: {status:?}\n{}",
         env.gw.logs()
     );
 }
