@@ -101,6 +101,14 @@ pub(crate) fn may_exit(closed_for: Option<Duration>, open: usize) -> bool {
     open == 0 && closed_for.is_some_and(|d| d >= SETTLE)
 }
 
+/// Whether an upgrade's drain outlasts every idle connection: Pingora keeps accepting 5 s
+/// after SIGQUIT, then waits `grace_period_seconds` (unset: 300) before it ends what is left;
+/// an idle connection the drain keeps open ends by `limits.idle_timeout_ms` after the signal.
+/// Pure.
+pub(crate) fn drain_covers_idle(grace_period_seconds: Option<u64>, idle_timeout_ms: u64) -> bool {
+    (grace_period_seconds.unwrap_or(300) + 5).saturating_mul(1000) >= idle_timeout_ms
+}
+
 /// Once draining, the answer being written is the connection's last (`Connection: close`).
 /// Called before a response header leaves.
 pub(crate) fn close_after_answer(session: &mut pingora::proxy::Session) {
@@ -189,6 +197,25 @@ mod tests {
             assert_eq!(closes_idle_connections(d), closes, "{signal:?}");
         }
         assert!(closes_idle_connections(Drain::Serving));
+    }
+
+    #[test]
+    fn the_drain_must_outlast_the_idle_timeout() {
+        let cases = [
+            (Some(60), 60_000, true, "shipped: 5 + 60 s"),
+            (Some(55), 60_000, true, "exactly"),
+            (
+                Some(54),
+                60_000,
+                false,
+                "idle connections cut under their clients",
+            ),
+            (Some(0), 5_000, true, "the 5 s Pingora keeps accepting"),
+            (None, 60_000, true, "Pingora's 300 s default"),
+        ];
+        for (grace, idle, want, name) in cases {
+            assert_eq!(drain_covers_idle(grace, idle), want, "{name}");
+        }
     }
 
     #[test]

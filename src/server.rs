@@ -41,6 +41,15 @@ pub fn prepare(conf_path: Option<&str>) -> Result<Prepared, ConfigError> {
     if !edge_conf.upstream.ca_file.is_empty() {
         server_conf.ca_file = Some(edge_conf.upstream.ca_file.clone());
     }
+    if !crate::drain::drain_covers_idle(
+        server_conf.grace_period_seconds,
+        edge_conf.limits.idle_timeout_ms,
+    ) {
+        log::warn!(
+            "grace_period_seconds + 5 s is shorter than limits.idle_timeout_ms: a graceful \
+             upgrade ends idle keep-alive connections under their clients"
+        );
+    }
     // Build the parts that can fail on configuration now, so that `-t` catches them too.
     Stores::new(&edge_conf)?;
     Ok(Prepared {
