@@ -143,38 +143,50 @@ fn answered(gw: &Gateway) -> f64 {
     gw.metric("ironic_edge_requests_total", &[]).unwrap_or(0.0)
 }
 
-/// The successor's config: the same listeners and upgrade socket, its own files, `-u`; and
-/// the upgrade socket's path.
-fn successor(env: &Env) -> (GatewayConfig, std::path::PathBuf) {
-    let mut next = GatewayConfig::new(&env.fake.url(), &env.redis.url());
-    next.yaml = env.gw.cfg.yaml.clone();
-    next.listen = env.gw.cfg.listen;
-    next.ops = env.gw.cfg.ops;
+/// The successor of `old`: the same config, listeners and upgrade socket, its own files, `-u`.
+fn successor(old: &Gateway, fake: &FakeIronic, redis: &RedisServer) -> GatewayConfig {
+    let mut next = GatewayConfig::new(&fake.url(), &redis.url());
+    next.yaml = old.cfg.yaml.clone();
+    next.listen = old.cfg.listen;
+    next.ops = old.cfg.ops;
     let d = next.dir.path().to_path_buf();
     next.set("pid_file", d.join("edge.pid").to_str().unwrap())
         .set("error_log", d.join("error.log").to_str().unwrap())
         .env("RUST_LOG", "info");
     next.args = vec!["-u".into()];
-    let sock = env.gw.cfg.yaml["upgrade_sock"]
-        .as_str()
-        .expect("upgrade_sock");
-    (next, std::path::PathBuf::from(sock))
+    next
 }
 
-/// Starts the successor and hands it the sockets: SIGQUIT to the old process once the
-/// successor waits on the upgrade socket.
-fn hand_over(env: &Env) -> Gateway {
-    let (next, sock) = successor(env);
-    let gw = Gateway::spawn(next);
+/// Starts the successor of `old` and hands it the sockets: SIGQUIT to `old` once the successor
+/// waits on the upgrade socket.
+fn hand_over(old: &Gateway, fake: &FakeIronic, redis: &RedisServer) -> Gateway {
+    let sock = std::path::PathBuf::from(old.cfg.yaml["upgrade_sock"].as_str().unwrap());
+    // A previous hand-over's socket file is left behind: the successor replaces it.
+    let _ = std::fs::remove_file(&sock);
+    let gw = Gateway::spawn(successor(old, fake, redis));
     let bound = wait_for(Duration::from_secs(10), || sock.exists().then_some(()));
     assert!(
         bound.is_some(),
         "the successor waits on {sock:?}:\n{}",
         gw.logs()
     );
-    signal(env.gw.pid().unwrap(), libc::SIGQUIT);
+    signal(old.pid().unwrap(), libc::SIGQUIT);
     gw
 }
+
+/// Sets the flag when dropped: a failed assertion inside the traffic's scope stops the clients
+/// (or the scope would wait for them forever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Hand-overs in a row under the traffic (the second one from a process itself started with
+/// `-u`).
+const HAND_OVERS: usize = 2;
 
 #[test]
 fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
@@ -196,9 +208,6 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
     let token = minted_token(&env, &mac);
     assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
     env.wait_until_coalesced(&token, || env.send(&heartbeat(&uuid, CB, &token)));
-    let old_pid = env.gw.pid().unwrap();
-
-    let (next, upgrade_sock) = successor(&env);
 
     let traffic = Traffic {
         addr: env.gw.addr(),
@@ -206,8 +215,10 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
         token: token.clone(),
     };
     let (tally, stop) = (Tally::default(), AtomicBool::new(false));
-    let mut successor = None;
+    // Every process started, in order (each one dropped, so killed, at the end).
+    let mut successors: Vec<Gateway> = Vec::new();
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         for n in 0..6 {
             let (t, tally, stop) = (&traffic, &tally, &stop);
             s.spawn(move || client(t, tally, stop, Duration::ZERO, n));
@@ -218,47 +229,42 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
             s.spawn(move || client(t, tally, stop, Duration::from_millis(ms), n));
         }
         std::thread::sleep(Duration::from_secs(1));
-
-        let gw = Gateway::spawn(next);
-        let bound = wait_for(Duration::from_secs(10), || {
-            upgrade_sock.exists().then_some(())
-        });
-        signal(old_pid, libc::SIGQUIT);
-        let old_gone = wait_for(Duration::from_secs(60), || (!alive(old_pid)).then_some(()));
-        // What the successor answers from now on is its own.
-        let ready = old_gone.map(|()| gw.wait_status(Duration::from_secs(10)));
-        let before = answered(&gw);
-        std::thread::sleep(Duration::from_secs(1));
-        let after = answered(&gw);
-        stop.store(true, Ordering::Relaxed);
-        successor = Some((gw, bound, old_gone, ready, before, after));
+        for round in 0..HAND_OVERS {
+            let old = successors.last().unwrap_or(&env.gw);
+            let old_pid = old.pid().unwrap();
+            let gw = hand_over(old, &env.fake, &env.redis);
+            let gone = wait_for(Duration::from_secs(60), || (!alive(old_pid)).then_some(()));
+            assert!(
+                gone.is_some(),
+                "round {round}: the old process exits after its drain:\n{}",
+                old.logs()
+            );
+            assert!(old.logs().contains("no client connection left, exiting"));
+            // What the ops listener answers from now on is the successor's own.
+            gw.wait_status(Duration::from_secs(10));
+            let before = answered(&gw);
+            std::thread::sleep(Duration::from_secs(1));
+            let after = answered(&gw);
+            assert!(
+                after > before,
+                "round {round}: the successor serves the traffic ({before} then {after}):\n{}",
+                gw.logs()
+            );
+            successors.push(gw);
+        }
     });
-    let (gw, bound, old_gone, ready, before, after) = successor.unwrap();
     let failures = tally.failures.lock().unwrap().clone();
     let sent = tally.sent.load(Ordering::Relaxed);
     eprintln!(
-        "{sent} requests, {} answered with Connection: close, {} failed",
+        "{HAND_OVERS} hand-overs: {sent} requests, {} answered with Connection: close, {} failed",
         tally.closes.load(Ordering::Relaxed),
         failures.len()
     );
-    assert!(bound.is_some(), "the successor bound {upgrade_sock:?}");
-    assert!(
-        old_gone.is_some(),
-        "the old process exits after its drain:\n{}",
-        env.gw.logs()
-    );
-    assert!(ready.is_some());
-    assert!(
-        after > before,
-        "the successor serves the traffic ({before} then {after}):\n{}",
-        gw.logs()
-    );
     assert!(
         failures.is_empty(),
-        "{} of {sent} requests failed, e.g. {:#?}\nold process:\n{}",
+        "{} of {sent} requests failed, e.g. {:#?}",
         failures.len(),
         &failures[..failures.len().min(10)],
-        env.gw.logs()
     );
 }
 
@@ -283,7 +289,7 @@ fn an_idle_keep_alive_connection_outlives_the_hand_over_and_gets_connection_clos
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(!conn.client.closed);
 
-    let gw = hand_over(&env);
+    let gw = hand_over(&env.gw, &env.fake, &env.redis);
     let broadcast = wait_for(Duration::from_secs(30), || {
         env.gw.logs().contains(BROADCAST).then_some(())
     });
