@@ -44,39 +44,95 @@ pub(crate) fn node_of(path: &str) -> Option<&str> {
     canonical.then_some(ident)
 }
 
-pub(crate) struct AccessLog {
-    tx: SyncSender<String>,
+/// What the writer thread is sent.
+enum Msg {
+    Line(String),
+    /// Everything sent before is written and flushed once this is answered.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A handle on the log (clones share one queue and writer).
+#[derive(Clone)]
+pub(crate) struct AccessLog(std::sync::Arc<Shared>);
+
+struct Shared {
+    tx: SyncSender<Msg>,
+    /// The file and the queue's far end until the first line starts the writer thread: the
+    /// log is opened before Pingora daemonises (`-d` forks, and a thread started before the
+    /// fork does not exist in the daemon).
+    pending: std::sync::Mutex<Option<(std::fs::File, std::sync::mpsc::Receiver<Msg>)>>,
+    started: std::sync::Once,
     dropped: AtomicU64,
 }
 
+/// Writes what a queue receives to `file`.
+fn writer(file: std::fs::File, rx: std::sync::mpsc::Receiver<Msg>) {
+    let mut out = std::io::BufWriter::new(file);
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+            }
+            Msg::Flush(done) => {
+                let _ = out.flush();
+                let _ = done.try_send(());
+                continue;
+            }
+        }
+        // Flush when nothing else waits: lines reach the file promptly, in batches under
+        // load.
+        if let Ok(Msg::Line(next)) = rx.try_recv() {
+            let _ = out.write_all(next.as_bytes());
+            continue;
+        }
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}
+
 impl AccessLog {
-    /// Opens (appends to) `path` and starts the writer thread.
+    /// Opens (appends to) `path`; the writer thread starts with the first line.
     pub(crate) fn open(path: &std::path::Path) -> std::io::Result<AccessLog> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, rx) = sync_channel::<String>(QUEUE);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::new(file);
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    // Flush when nothing else waits: lines reach the file promptly, in batches
-                    // under load.
-                    if let Ok(next) = rx.try_recv() {
-                        let _ = out.write_all(next.as_bytes());
-                        continue;
-                    }
-                    let _ = out.flush();
-                }
-                let _ = out.flush();
-            })?;
-        Ok(AccessLog {
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
+        Ok(AccessLog(std::sync::Arc::new(Shared {
             tx,
+            pending: std::sync::Mutex::new(Some((file, rx))),
+            started: std::sync::Once::new(),
             dropped: AtomicU64::new(0),
-        })
+        })))
+    }
+
+    fn start_writer(&self) {
+        let shared = &self.0;
+        shared.started.call_once(|| {
+            let pending = shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some((file, rx)) = pending {
+                let started = std::thread::Builder::new()
+                    .name("access-log".into())
+                    .spawn(move || writer(file, rx));
+                if let Err(e) = started {
+                    log::error!("access log: no writer thread: {e}");
+                }
+            }
+        });
+    }
+
+    /// Waits (at most `within`) until every line handed over so far is in the file: before the
+    /// process exits.
+    pub(crate) fn flush(&self, within: std::time::Duration) {
+        self.start_writer();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        if self.0.tx.try_send(Msg::Flush(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(within);
+        }
     }
 
     pub(crate) fn write(&self, line: &AccessLine<'_>) {
@@ -84,8 +140,11 @@ impl AccessLog {
             return;
         };
         text.push('\n');
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(text) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.start_writer();
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.0.tx.try_send(Msg::Line(text))
+        {
+            let n = self.0.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // A line at 1, 2, 4, 8... drops: readable, and a growing count is visible.
             if n.is_power_of_two() {
                 log::warn!("access log: {n} lines dropped so far (its writer falls behind)");

@@ -346,7 +346,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        shutdown: &ShutdownWatch,
+        _pingora_shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let peer = stream
             .get_socket_digest()
@@ -365,6 +365,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             }
             _ => None,
         };
+        let _open = crate::drain::OpenConnection::new();
         let stream = if self.tls.is_empty() {
             stream
         } else {
@@ -396,11 +397,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
             clock: Arc::new(ConnClock::new(self.deadlines)),
             timer: None,
         };
-        self.inner.process_new(Box::new(guarded), shutdown).await
+        // The gateway's watch turns at the signal, Pingora's (which stops the accept loop)
+        // 5 s later on an upgrade: see `crate::drain`.
+        let drain = crate::drain::shutdown_watch();
+        self.inner.process_new(Box::new(guarded), &drain).await
     }
 
+    /// On an upgrade the proxy's cleanup (which drops every connection waiting for its next
+    /// request, under a client that may be sending) is skipped: see `crate::drain`.
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        if crate::drain::closes_idle_connections(crate::drain::state()) {
+            self.inner.cleanup().await
+        }
     }
 }
 

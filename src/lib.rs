@@ -9,11 +9,13 @@
 
 pub(crate) mod access_log;
 pub mod agent;
+mod agents_view;
 pub mod client_addr;
 pub mod config;
 pub mod conn_guard;
 pub mod conn_limit;
 pub(crate) mod disposition;
+pub mod drain;
 pub mod edge;
 pub(crate) mod incident;
 pub mod ironic;

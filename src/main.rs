@@ -32,7 +32,13 @@ fn main() -> ExitCode {
     let mut opt = opt;
     opt.conf = None;
     match ironic_edge::server::build(Some(opt), prepared) {
-        Ok(server) => server.run_forever(),
+        Ok(server) => {
+            // Pingora's signals, with the drain noted the moment one arrives.
+            server.run(pingora::server::RunArgs {
+                shutdown_signal: Box::new(ironic_edge::drain::SignalWatch),
+            });
+            std::process::exit(0)
+        }
         Err(e) => {
             eprintln!("config error: {e}");
             ExitCode::from(1)

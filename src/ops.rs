@@ -1,6 +1,7 @@
 //! The operations listener (loopback only): `GET /metrics` (Prometheus text) and
 //! `GET /status` (JSON: up, and whether the upstream's API versions are known), and
-//! `GET /agents/unknown` (JSON: the MAC sets and sources that keep getting lookup 404s).
+//! `GET /agents/unknown` (JSON: the MAC sets and sources that keep getting lookup 404s), and
+//! `GET /agents` (JSON: what the edge knows of each node's agent, [`crate::agents_view`]).
 
 use crate::metrics::Metrics;
 use crate::upstream::VersionState;
@@ -15,6 +16,8 @@ pub struct OpsApp {
     pub versions: Arc<VersionState>,
     pub(crate) governor: Arc<crate::upstream::governor::Governor>,
     pub(crate) unknown: Arc<crate::unknown::UnknownMachines>,
+    /// For `GET /agents`: the store the agent path writes.
+    pub(crate) edge: Arc<crate::edge::Edge>,
 }
 
 fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -47,6 +50,11 @@ impl ServeHttp for OpsApp {
                 };
                 let doc = serde_json::json!({"status": "ok", "upstream": upstream});
                 reply(200, "application/json", doc.to_string())
+            }
+            "/agents" => {
+                let query = session.req_header().uri.query().map(str::to_string);
+                let (status, doc) = crate::agents_view::answer(&self.edge, query.as_deref()).await;
+                reply(status, "application/json", doc.to_string())
             }
             "/agents/unknown" => {
                 reply(200, "application/json", self.unknown.document().to_string())

@@ -58,6 +58,7 @@ impl EdgeProxy {
             ctx.answered = Some(outcome);
         }
         ctx.status = disposition.status();
+        crate::drain::close_after_answer(session);
         match disposition {
             Disposition::Continue => Ok(()),
             Disposition::Relayed { resp, body } => {
@@ -188,10 +189,11 @@ impl ProxyHttp for EdgeProxy {
     /// the answer always sees it.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        crate::drain::close_after_answer(session);
         if ctx.answered.is_none() {
             self.edge.metrics.request(ctx.route, Counted::Forwarded);
             ctx.answered = Some(Counted::Forwarded);

@@ -41,6 +41,15 @@ pub fn prepare(conf_path: Option<&str>) -> Result<Prepared, ConfigError> {
     if !edge_conf.upstream.ca_file.is_empty() {
         server_conf.ca_file = Some(edge_conf.upstream.ca_file.clone());
     }
+    if !crate::drain::drain_covers_idle(
+        server_conf.grace_period_seconds,
+        edge_conf.limits.idle_timeout_ms,
+    ) {
+        log::warn!(
+            "grace_period_seconds + 5 s is shorter than limits.idle_timeout_ms: a graceful \
+             upgrade ends idle keep-alive connections under their clients"
+        );
+    }
     // Build the parts that can fail on configuration now, so that `-t` catches them too.
     Stores::new(&edge_conf)?;
     crate::tls::TlsListeners::from_config(&edge_conf)?;
@@ -126,6 +135,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
 
     let plugins = crate::plugin::build_plugins(&edge)?;
     let trusted = edge_conf.trusted_proxy_nets()?;
+    let mut access_log = None;
     let app = pingora::proxy::http_proxy(&server.configuration, {
         let proxy = EdgeProxy::new(edge.clone(), plugins, trusted.clone());
         if edge_conf.access_log.is_empty() {
@@ -135,6 +145,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             let log = crate::access_log::AccessLog::open(path).map_err(|e| {
                 ConfigError::new("ironic_edge.access_log", format!("{}: {e}", path.display()))
             })?;
+            access_log = Some(log.clone());
             proxy.with_access_log(log)
         }
     });
@@ -158,11 +169,23 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             versions: versions.clone(),
             governor: edge.governor.clone(),
             unknown: edge.unknown.clone(),
+            edge: edge.clone(),
         },
     );
     ops.add_tcp(&edge_conf.ops_address);
     server.add_service(ops);
 
+    // A drained process exits at once rather than sleeping out its grace period.
+    server.add_service(background_service(
+        "drain",
+        crate::drain::DrainExit {
+            before_exit: Box::new(move || {
+                if let Some(log) = &access_log {
+                    log.flush(Duration::from_secs(2));
+                }
+            }),
+        },
+    ));
     server.add_service(background_service(
         "heartbeat relay",
         crate::relay::HeartbeatRelay::new(edge.clone()),

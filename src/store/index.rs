@@ -54,6 +54,15 @@ pub(crate) struct IndexRead {
     pub(crate) node: Option<IndexedNode>,
 }
 
+/// Index entries read for a listing ([`NodeIndex::read_entries`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IndexEntries {
+    /// When the round that completed the index started (`None`: the index is not complete).
+    pub(crate) synced_at_ms: Option<u64>,
+    /// The entries, in the order asked.
+    pub(crate) nodes: Vec<Option<IndexedNode>>,
+}
+
 /// What a lookup designates in the index.
 #[derive(Clone, Copy)]
 pub(crate) enum IndexKey<'a> {
@@ -211,6 +220,77 @@ impl NodeIndex {
             .node(&uuid)
             .await?
             .filter(|n| n.name.as_deref() == Some(name)))
+    }
+
+    /// One slice of the node half's entries (HSCAN from `cursor`, about `count` fields): the
+    /// next cursor (0: the end) and the node uuids of the slice. What a listing of the index
+    /// holds at once is a slice, whatever the number of nodes.
+    pub(crate) async fn scan_nodes(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        let (next, flat): (String, Vec<String>) = self
+            .conn
+            .run(
+                redis::cmd("HSCAN")
+                    .arg(self.conn.keys.index_nodes())
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("????????-????-????-????-????????????")
+                    .arg("COUNT")
+                    .arg(count)
+                    .clone(),
+            )
+            .await?;
+        let next = next
+            .parse()
+            .map_err(|_| StoreError(format!("HSCAN cursor {next:?}")))?;
+        // Field, value, field, value...: the fields, entries only.
+        let uuids = flat
+            .into_iter()
+            .step_by(2)
+            .filter(|f| !is_marker_field(f) && !f.starts_with(NAME_FIELD))
+            .collect();
+        Ok((next, uuids))
+    }
+
+    /// The entries of these nodes, read in `step`, with whether the index is complete (its
+    /// freshness and the node half's generation agree; an entry of an incomplete index may be
+    /// stale or missing).
+    pub(crate) fn read_entries(&self, step: &mut ReadStep, uuids: &[String]) -> Slot<IndexEntries> {
+        let mut entries = redis::cmd("HMGET");
+        entries
+            .arg(self.conn.keys.index_nodes())
+            .arg(GENERATION_FIELD)
+            .arg(uuids);
+        step.reads(
+            vec![
+                redis::cmd("GET")
+                    .arg(self.conn.keys.index_synced_at())
+                    .clone(),
+                entries,
+            ],
+            |values| {
+                let mut values = values.into_iter();
+                let (Some(synced), Some(found)) = (values.next(), values.next()) else {
+                    return Err(StoreError("an index read answered short".into()));
+                };
+                let synced: Option<String> = parsed(synced)?;
+                let found: Vec<Option<String>> = parsed(found)?;
+                let vouched = synced.as_deref().and_then(parse_synced_at);
+                let half_gen = found.first().cloned().flatten();
+                let complete = matches!((&vouched, &half_gen), (Some((_, g)), Some(h)) if g == h);
+                Ok(IndexEntries {
+                    synced_at_ms: vouched.filter(|_| complete).map(|(at, _)| at),
+                    nodes: found
+                        .into_iter()
+                        .skip(1)
+                        .map(|t| t.and_then(|t| serde_json::from_str(&t).ok()))
+                        .collect(),
+                })
+            },
+        )
     }
 
     /// Every node uuid and MAC in the index (for a full round to find what disappeared).

@@ -1,7 +1,7 @@
 //! What the gateway knows of each node from traffic it forwarded (`node:<uuid>`), read through
 //! the in-process view; every write settles the view before it is reported done.
 
-use super::conn::{viewed, Conn, WriteStep};
+use super::conn::{parsed, viewed, Conn, ReadStep, Slot, WriteStep};
 use super::StoreResult;
 use std::time::Duration;
 
@@ -25,6 +25,25 @@ pub(crate) struct NodeRecord {
     pub(crate) unsettled_since_ms: Option<u64>,
 }
 
+/// A record from its fields as [`NodeRecords::get`] reads them (`None`: none set).
+fn record_of(fields: Vec<Option<String>>) -> Option<NodeRecord> {
+    if fields.iter().all(Option::is_none) {
+        return None;
+    }
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    let last_heartbeat = match (field(2), field(3).and_then(|a| a.parse().ok())) {
+        (Some(fp), Some(at)) => Some((fp, at)),
+        _ => None,
+    };
+    Some(NodeRecord {
+        token_hash: field(0),
+        agent_url: field(1),
+        last_heartbeat,
+        token_seen_ms: field(5).and_then(|a| a.parse().ok()),
+        unsettled_since_ms: field(6).and_then(|a| a.parse().ok()),
+    })
+}
+
 /// The node records.
 #[derive(Clone)]
 pub(crate) struct NodeRecords {
@@ -38,36 +57,29 @@ impl NodeRecords {
 
     /// The node's record (`None`: nothing known).
     pub(crate) async fn get(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
-        let fields: Vec<Option<String>> = self
-            .conn
-            .run_viewed(viewed(
-                redis::cmd("HMGET")
-                    .arg(self.conn.keys.node(uuid))
-                    .arg("token")
-                    .arg("agent_url")
-                    .arg("hb_fp")
-                    .arg("hb_at")
-                    .arg("node")
-                    .arg("token_at")
-                    .arg("reset_at")
-                    .clone(),
-            ))
-            .await?;
-        if fields.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        let field = |i: usize| fields.get(i).cloned().flatten();
-        let last_heartbeat = match (field(2), field(3).and_then(|a| a.parse().ok())) {
-            (Some(fp), Some(at)) => Some((fp, at)),
-            _ => None,
-        };
-        Ok(Some(NodeRecord {
-            token_hash: field(0),
-            agent_url: field(1),
-            last_heartbeat,
-            token_seen_ms: field(5).and_then(|a| a.parse().ok()),
-            unsettled_since_ms: field(6).and_then(|a| a.parse().ok()),
-        }))
+        let fields: Vec<Option<String>> =
+            self.conn.run_viewed(viewed(self.record_read(uuid))).await?;
+        Ok(record_of(fields))
+    }
+
+    /// The node's record, read in `step` from Redis itself, never through the in-process view:
+    /// for the operator's listing of many nodes, which would push the agent path's hot entries
+    /// out of the view.
+    pub(crate) fn read_get(&self, step: &mut ReadStep, uuid: &str) -> Slot<Option<NodeRecord>> {
+        step.read(self.record_read(uuid), |v| parsed(v).map(record_of))
+    }
+
+    fn record_read(&self, uuid: &str) -> redis::Cmd {
+        redis::cmd("HMGET")
+            .arg(self.conn.keys.node(uuid))
+            .arg("token")
+            .arg("agent_url")
+            .arg("hb_fp")
+            .arg("hb_at")
+            .arg("node")
+            .arg("token_at")
+            .arg("reset_at")
+            .clone()
     }
 
     /// A new token was minted for the node: remember its hash, forget the old `agent_url`,

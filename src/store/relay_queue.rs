@@ -1,7 +1,7 @@
 //! Heartbeats kept (sealed) for the relay while Ironic fails: a node's latest one, taken by a
 //! claim and deleted only once relayed.
 
-use super::conn::{millis, Conn};
+use super::conn::{millis, parsed, Conn, ReadStep, Slot};
 use super::StoreResult;
 use std::time::Duration;
 
@@ -119,6 +119,20 @@ impl RelayQueue {
         invocation.arg(claim).arg(millis(claim_ttl));
         let _: i64 = self.conn.run_script(invocation).await?;
         Ok(())
+    }
+
+    /// Whether a heartbeat of the node is kept, read in `step`: the milliseconds its key has
+    /// left to live (`None`: none kept), from which its time of keeping follows (each kept
+    /// heartbeat sets the key afresh for `relay_ttl_seconds`).
+    pub(crate) fn read_kept(&self, step: &mut ReadStep, uuid: &str) -> Slot<Option<u64>> {
+        step.read(
+            redis::cmd("PTTL").arg(self.conn.keys.pending(uuid)).clone(),
+            |v| {
+                // -2: no such key; -1: no expiry (never written so).
+                let ms: i64 = parsed(v)?;
+                Ok(u64::try_from(ms).ok())
+            },
+        )
     }
 
     /// How many heartbeats are kept (takeable or claimed).

@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub ops: SocketAddr,
     /// Extra environment for the process (RUST_LOG=debug by default).
     pub env: Vec<(String, String)>,
+    /// Extra command-line arguments after `-c FILE` (e.g. `-u` for a graceful upgrade).
+    pub args: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -49,6 +51,7 @@ impl GatewayConfig {
             listen,
             ops,
             env: vec![("RUST_LOG".into(), "debug".into())],
+            args: Vec::new(),
         };
         let d = c.dir.path().to_path_buf();
         c.set("threads", 2)
@@ -191,6 +194,7 @@ impl Gateway {
         let mut cmd = Command::new(bin());
         cmd.arg("-c")
             .arg(&conf)
+            .args(&cfg.args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
