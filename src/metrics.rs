@@ -377,7 +377,7 @@ impl Metrics {
             &r,
             "ironic_edge_request_duration_seconds",
             "Requests by how long the gateway took to decide their answer (local answers) or to \
-             get Ironic's answer's head (forwarded ones), by route and outcome.",
+             get Ironic's answer (forwarded ones), by route and outcome.",
             &["route", "outcome"],
             buckets::with_bound(&buckets::REQUEST, setup.answer_within.as_secs_f64()),
         );

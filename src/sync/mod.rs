@@ -501,11 +501,16 @@ impl BackgroundService for NodeSync {
         let tick = (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
         let mut leading = false;
         let mut events = self.events.lock().await;
+        let mut lag_read: Option<Instant> = None;
         loop {
             // The lag every process's agent path sees (`ironic_edge_sync_lag_seconds`): the
-            // index's marker, mostly answered by the in-process view.
-            if let Ok(at) = self.edge.store.index.synced_at().await {
-                self.edge.metrics.index_synced_at(at);
+            // index's marker, mostly answered by the in-process view; once a second at most,
+            // however many events wake the loop.
+            if lag_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                lag_read = Some(Instant::now());
+                if let Ok(at) = self.edge.store.index.synced_at().await {
+                    self.edge.metrics.index_synced_at(at);
+                }
             }
             let held = matches!(
                 self.edge.store.lease.hold("sync", &self.owner, lease).await,
