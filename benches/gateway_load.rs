@@ -1001,10 +1001,10 @@ fn summarize(sc: &Scenario, t: &Server, acc: Acc, warnings: &mut Vec<String>) ->
             format!(
                 "local {}, fwd {}, upstream {}",
                 get(format!(
-                    "ironic_edge_requests_total{{route=\"{route}\",outcome=\"local\"}}"
+                    "ironic_edge_requests_total{{outcome=\"local\",route=\"{route}\"}}"
                 )),
                 get(format!(
-                    "ironic_edge_requests_total{{route=\"{route}\",outcome=\"forwarded\"}}"
+                    "ironic_edge_requests_total{{outcome=\"forwarded\",route=\"{route}\"}}"
                 )),
                 get(format!(
                     "ironic_edge_upstream_requests_total{{route=\"{route}\"}}"
@@ -1060,7 +1060,7 @@ fn summarize(sc: &Scenario, t: &Server, acc: Acc, warnings: &mut Vec<String>) ->
     {
         let get = |o: &str| {
             d.get(&format!(
-                "ironic_edge_requests_total{{route=\"{route}\",outcome=\"{o}\"}}"
+                "ironic_edge_requests_total{{outcome=\"{o}\",route=\"{route}\"}}"
             ))
             .copied()
             .unwrap_or(0.0)

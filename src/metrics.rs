@@ -1,9 +1,17 @@
-//! Counters for the ops listener, with bounded labels only (a route template and an outcome,
-//! never a node UUID, name or MAC).
+//! The ops listener's metrics (`/metrics`), on the `prometheus` crate, with bounded labels
+//! only (a route template, an outcome, a failure kind, a governor class or lane, never a node
+//! UUID, name, MAC or address).
 
 use crate::upstream::governor::{Class, GovernorStats, Lane};
-use std::fmt::Write;
+use crate::upstream::{UpstreamError, UpstreamResponse};
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The route template of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,232 +72,673 @@ impl Outcome {
     }
 }
 
-#[derive(Default)]
+/// Why an exchange with Ironic failed, as far as the gateway can tell (`kind` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpstreamFailure {
+    /// Not connected: refused, no route, connect timeout, TLS handshake.
+    Connect = 0,
+    /// Connected, no answer in time (read or write timeout, the exchange's deadline): Ironic
+    /// took the request and did not keep up.
+    Timeout = 1,
+    /// Connected, then the exchange broke off (reset, closed, a protocol error).
+    Broken = 2,
+    /// The answer was larger than the agent paths buffer.
+    TooLarge = 3,
+    /// Ironic answered with a 5xx (503 for no free conductor workers among them).
+    Status5xx = 4,
+}
+
+impl UpstreamFailure {
+    pub(crate) const ALL: [UpstreamFailure; 5] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Broken,
+        UpstreamFailure::TooLarge,
+        UpstreamFailure::Status5xx,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Broken => "broken",
+            UpstreamFailure::TooLarge => "too_large",
+            UpstreamFailure::Status5xx => "status_5xx",
+        }
+    }
+
+    /// The failure of an exchange the gateway's own client made; `None` for a request that
+    /// was never sent (no place in the budget: counted as deferred).
+    pub(crate) fn of_error(e: &UpstreamError) -> Option<Self> {
+        match e {
+            UpstreamError::Connect(_) => Some(UpstreamFailure::Connect),
+            // The same reading as the governor's (`governor::sample_of`): Pingora's
+            // `ReadTimedout`/`WriteTimedout`, or the client's own deadline.
+            UpstreamError::Exchange(e)
+                if e.contains("Timedout") || e.contains("deadline exceeded") =>
+            {
+                Some(UpstreamFailure::Timeout)
+            }
+            UpstreamError::Exchange(_) => Some(UpstreamFailure::Broken),
+            UpstreamError::TooLarge => Some(UpstreamFailure::TooLarge),
+            UpstreamError::Busy => None,
+        }
+    }
+
+    /// The failure of a request Pingora proxied, from its error type.
+    pub(crate) fn of_pingora(etype: &pingora::ErrorType) -> Self {
+        use pingora::ErrorType as E;
+        match etype {
+            E::ConnectTimedout
+            | E::ConnectRefused
+            | E::ConnectNoRoute
+            | E::TLSWantX509Lookup
+            | E::TLSHandshakeFailure
+            | E::TLSHandshakeTimedout
+            | E::InvalidCert
+            | E::HandshakeError
+            | E::ConnectError
+            | E::BindError
+            | E::SocketError
+            | E::ConnectProxyFailure => UpstreamFailure::Connect,
+            E::ReadTimedout | E::WriteTimedout => UpstreamFailure::Timeout,
+            _ => UpstreamFailure::Broken,
+        }
+    }
+}
+
+/// How a sync round ended (`result` label of the round histogram).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncRound {
+    Full = 0,
+    Incremental = 1,
+    Failed = 2,
+}
+
+impl SyncRound {
+    pub(crate) const ALL: [SyncRound; 3] =
+        [SyncRound::Full, SyncRound::Incremental, SyncRound::Failed];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            SyncRound::Full => "full",
+            SyncRound::Incremental => "incremental",
+            SyncRound::Failed => "failed",
+        }
+    }
+
+    /// The round's label from what [`crate::sync::NodeSync::round`] returned.
+    pub(crate) fn of<E>(outcome: &Result<bool, E>) -> Self {
+        match outcome {
+            Ok(true) => SyncRound::Full,
+            Ok(false) => SyncRound::Incremental,
+            Err(_) => SyncRound::Failed,
+        }
+    }
+}
+
+/// Histogram buckets, in seconds, for what each histogram measures. Each list is completed
+/// with the deadline that bounds what it measures ([`with_bound`]), so that the histogram
+/// tells exactly how many ran up to it.
+pub(crate) mod buckets {
+    /// Agent and proxied answers: sub-millisecond from memory, a few ms after Redis, tens to
+    /// hundreds of ms through Ironic, seconds to tens of seconds when held (a lookup waiting
+    /// for one in flight, a request waiting for a place in Ironic's budget; IPA gives up
+    /// after 30 s).
+    pub(crate) const REQUEST: [f64; 19] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 20.0, 30.0, 60.0,
+    ];
+    /// Ironic's answers: a Python API behind a database, milliseconds at best, up to its
+    /// 60 s RPC timeout at worst.
+    pub(crate) const UPSTREAM: [f64; 16] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+        60.0,
+    ];
+    /// Redis calls: tens of microseconds on loopback (none when the in-process view answers),
+    /// bounded by the per-call deadline (`redis.command_timeout_ms`).
+    pub(crate) const REDIS: [f64; 13] = [
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    ];
+    /// Sync rounds: three small listings when nothing changed (tens of ms), a full listing of
+    /// ten thousand nodes in pages (minutes on a loaded Ironic).
+    pub(crate) const SYNC_ROUND: [f64; 15] = [
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 600.0,
+    ];
+
+    /// `base` with `bound` (seconds) as a bucket of its own, in order (unchanged if it is one
+    /// already, or not a positive finite number).
+    pub(crate) fn with_bound(base: &[f64], bound: f64) -> Vec<f64> {
+        let mut v = base.to_vec();
+        if bound.is_finite() && bound > 0.0 && !v.contains(&bound) {
+            v.push(bound);
+            v.sort_by(f64::total_cmp);
+        }
+        v
+    }
+}
+
+/// The Redis calls' latency and deadline misses, kept by the store's connection
+/// ([`crate::store::conn`], which every call goes through) and exposed by [`Metrics`].
+#[derive(Clone)]
+pub(crate) struct RedisCalls {
+    seconds: Histogram,
+    deadline_misses: IntCounter,
+}
+
+impl RedisCalls {
+    /// For calls with this per-call deadline.
+    pub(crate) fn new(deadline: Duration) -> Self {
+        let opts = HistogramOpts::new(
+            "ironic_edge_redis_duration_seconds",
+            "Redis calls (a command, a pipeline, a script) by how long they took, failures \
+             and deadline misses included; reads the in-process view answers take microseconds.",
+        )
+        .buckets(buckets::with_bound(&buckets::REDIS, deadline.as_secs_f64()));
+        RedisCalls {
+            seconds: Histogram::with_opts(opts).expect("a valid histogram"),
+            deadline_misses: IntCounter::new(
+                "ironic_edge_redis_deadline_misses_total",
+                "Redis calls that missed their deadline (redis.command_timeout_ms): Redis \
+                 frozen, slow or being reconnected to; the request went on without it.",
+            )
+            .expect("a valid counter"),
+        }
+    }
+
+    /// One call, `took` long; `missed` its deadline.
+    pub(crate) fn observe(&self, took: Duration, missed: bool) {
+        self.seconds.observe(took.as_secs_f64());
+        if missed {
+            self.deadline_misses.inc();
+        }
+    }
+}
+
+impl Default for RedisCalls {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(
+            crate::config::EdgeConfig::default()
+                .redis
+                .command_timeout_ms,
+        ))
+    }
+}
+
+/// What the metrics need of the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricsSetup {
+    /// `upstream.agent_answer_within_ms`: the longest an agent request is held.
+    pub answer_within: Duration,
+    /// The node index's staleness bound, when the sync is on.
+    pub sync_staleness_bound: Option<Duration>,
+}
+
+impl MetricsSetup {
+    pub(crate) fn of(cfg: &crate::config::EdgeConfig) -> Self {
+        MetricsSetup {
+            answer_within: Duration::from_millis(cfg.upstream.agent_answer_within_ms),
+            sync_staleness_bound: cfg
+                .sync
+                .enabled
+                .then(|| crate::sync::staleness_bound(&cfg.sync)),
+        }
+    }
+}
+
+/// The gateway's metrics: one private registry per process (never the crate's global one),
+/// every series of bounded labels created up front (so they show as 0 before their first
+/// event), and what others keep (the governor, the sync's freshness, the relay's oldest
+/// heartbeat) read at scrape time.
 pub struct Metrics {
-    requests: [[AtomicU64; Outcome::ALL.len()]; 3],
-    upstream_requests: [AtomicU64; 3],
-    upstream_errors: [AtomicU64; 3],
-    store_errors: AtomicU64,
-    sync_requests: AtomicU64,
-    heartbeats_deferred: AtomicU64,
-    heartbeats_relayed: AtomicU64,
+    registry: Registry,
+    requests: [[IntCounter; Outcome::ALL.len()]; 3],
+    request_seconds: [[Histogram; Outcome::ALL.len()]; 3],
+    upstream_requests: [IntCounter; 3],
+    upstream_errors: [IntCounter; 3],
+    upstream_failures: [[IntCounter; UpstreamFailure::ALL.len()]; 3],
+    upstream_seconds: [Histogram; 3],
+    store_errors: IntCounter,
+    sync_requests: IntCounter,
+    sync_rounds: [Histogram; SyncRound::ALL.len()],
+    heartbeats_deferred: IntCounter,
+    heartbeats_relayed: IntCounter,
+    heartbeats_dropped: IntCounter,
+    sealed_unopenable: IntCounter,
     /// Requests that found no place in Ironic's budget in time, by governor class.
-    deferred: [AtomicU64; Class::COUNT],
-    sealed_unopenable: AtomicU64,
-    heartbeats_dropped: AtomicU64,
-    /// Kept heartbeats waiting for the relay, as the relay last counted them (a gauge).
-    heartbeats_kept: AtomicU64,
+    deferred: [IntCounter; Class::ALL.len()],
+    /// Kept heartbeats waiting for the relay, as the relay last counted them.
+    heartbeats_kept: IntGauge,
+    /// When the oldest kept heartbeat was kept (Unix ms, 0: none), as the relay last read it.
+    relay_oldest_kept_ms: AtomicU64,
+    /// Start of the round the index in Redis vouches for (Unix ms, 0: no complete index seen).
+    index_synced_at_ms: AtomicU64,
+    sync_staleness_bound: Option<Duration>,
+    /// When this process started (Unix ms): the index is at least this old until one is seen.
+    started_ms: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(
+            RedisCalls::default(),
+            MetricsSetup::of(&crate::config::EdgeConfig::default()),
+        )
+    }
+}
+
+/// Registers `c` and hands it back. The names and labels are fixed in this file (a unit test
+/// builds them all): an error here is a programming error.
+fn registered<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter family"),
+    )
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(
+        registry,
+        IntCounter::new(name, help).expect("a valid counter"),
+    )
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    registered(
+        registry,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("a valid histogram family"),
+    )
 }
 
 impl Metrics {
-    pub fn request(&self, route: Route, outcome: Outcome) {
-        self.requests[route as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn new(redis: RedisCalls, setup: MetricsSetup) -> Self {
+        let r = Registry::new();
+        let requests = counter_vec(
+            &r,
+            "ironic_edge_requests_total",
+            "Requests by route template and how they were answered.",
+            &["route", "outcome"],
+        );
+        let request_seconds = histogram_vec(
+            &r,
+            "ironic_edge_request_duration_seconds",
+            "Requests by how long the gateway took to decide their answer (local answers) or to \
+             get Ironic's answer (forwarded ones), by route and outcome.",
+            &["route", "outcome"],
+            buckets::with_bound(&buckets::REQUEST, setup.answer_within.as_secs_f64()),
+        );
+        let upstream_requests = counter_vec(
+            &r,
+            "ironic_edge_upstream_requests_total",
+            "Requests the gateway sent to Ironic.",
+            &["route"],
+        );
+        let upstream_errors = counter_vec(
+            &r,
+            "ironic_edge_upstream_errors_total",
+            "Upstream exchanges that produced no answer.",
+            &["route"],
+        );
+        let upstream_failures = counter_vec(
+            &r,
+            "ironic_edge_upstream_failures_total",
+            "Upstream exchanges that failed, by kind: connect (not connected), timeout (no \
+             answer in time), broken (the exchange broke off), too_large, status_5xx (an \
+             answer, a server error).",
+            &["route", "kind"],
+        );
+        let upstream_seconds = histogram_vec(
+            &r,
+            "ironic_edge_upstream_duration_seconds",
+            "Ironic's answers (any status) by how long they took, by route; failed exchanges \
+             are in ironic_edge_upstream_failures_total.",
+            &["route"],
+            buckets::UPSTREAM.to_vec(),
+        );
+        let sync_rounds = histogram_vec(
+            &r,
+            "ironic_edge_sync_round_duration_seconds",
+            "Node sync rounds of this process by how long they took, by result (full, \
+             incremental, failed).",
+            &["result"],
+            buckets::SYNC_ROUND.to_vec(),
+        );
+        let deferred = counter_vec(
+            &r,
+            "ironic_edge_budget_deferred_total",
+            "Requests to Ironic that found no place in its budget in time, by class.",
+            &["class"],
+        );
+        let build_info = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ironic_edge_build_info",
+                    "The gateway's version (always 1).",
+                ),
+                &["version"],
+            )
+            .expect("a valid gauge family"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registered(&r, redis.seconds.clone());
+        registered(&r, redis.deadline_misses.clone());
+        let routes = Route::ALL.map(Route::label);
+        Metrics {
+            requests: Route::ALL.map(|route| {
+                Outcome::ALL.map(|o| requests.with_label_values(&[route.label(), o.label()]))
+            }),
+            request_seconds: Route::ALL.map(|route| {
+                Outcome::ALL.map(|o| request_seconds.with_label_values(&[route.label(), o.label()]))
+            }),
+            upstream_requests: routes.map(|route| upstream_requests.with_label_values(&[route])),
+            upstream_errors: routes.map(|route| upstream_errors.with_label_values(&[route])),
+            upstream_failures: routes.map(|route| {
+                UpstreamFailure::ALL
+                    .map(|k| upstream_failures.with_label_values(&[route, k.label()]))
+            }),
+            upstream_seconds: routes.map(|route| upstream_seconds.with_label_values(&[route])),
+            store_errors: counter(
+                &r,
+                "ironic_edge_store_errors_total",
+                "Redis calls that failed or missed their deadline.",
+            ),
+            sync_requests: counter(
+                &r,
+                "ironic_edge_sync_requests_total",
+                "Requests the node sync sent to Ironic.",
+            ),
+            sync_rounds: SyncRound::ALL.map(|s| sync_rounds.with_label_values(&[s.label()])),
+            heartbeats_deferred: counter(
+                &r,
+                "ironic_edge_heartbeats_deferred_total",
+                "Verified heartbeats accepted while Ironic failed, kept for the relay.",
+            ),
+            heartbeats_relayed: counter(
+                &r,
+                "ironic_edge_heartbeats_relayed_total",
+                "Kept heartbeats Ironic has received since.",
+            ),
+            heartbeats_dropped: counter(
+                &r,
+                "ironic_edge_heartbeats_dropped_total",
+                "Kept heartbeats dropped after Ironic refused them repeatedly (5xx, 409).",
+            ),
+            sealed_unopenable: counter(
+                &r,
+                "ironic_edge_sealed_unopenable_total",
+                "Kept heartbeats and minted answers that could not be opened (another seal \
+                 key, or moved to another key in Redis): dropped.",
+            ),
+            deferred: Class::ALL.map(|c| deferred.with_label_values(&[c.label()])),
+            heartbeats_kept: registered(
+                &r,
+                IntGauge::new(
+                    "ironic_edge_heartbeats_kept",
+                    "Kept heartbeats waiting for the relay (all gateway processes), as the relay \
+                     last counted them.",
+                )
+                .expect("a valid gauge"),
+            ),
+            relay_oldest_kept_ms: AtomicU64::new(0),
+            index_synced_at_ms: AtomicU64::new(0),
+            sync_staleness_bound: setup.sync_staleness_bound,
+            started_ms: crate::store::now_ms(),
+            registry: r,
+        }
+    }
+
+    /// One answer, counted once, `took` after the request began.
+    pub fn request(&self, route: Route, outcome: Outcome, took: Duration) {
+        self.requests[route as usize][outcome as usize].inc();
+        self.request_seconds[route as usize][outcome as usize].observe(took.as_secs_f64());
     }
     pub fn upstream_request(&self, route: Route) {
-        self.upstream_requests[route as usize].fetch_add(1, Ordering::Relaxed);
+        self.upstream_requests[route as usize].inc();
     }
-    pub fn upstream_error(&self, route: Route) {
-        self.upstream_errors[route as usize].fetch_add(1, Ordering::Relaxed);
+    /// Ironic answered (any status) after `took`.
+    pub(crate) fn upstream_answered(&self, route: Route, status: u16, took: Duration) {
+        self.upstream_seconds[route as usize].observe(took.as_secs_f64());
+        if status >= 500 {
+            self.upstream_failures[route as usize][UpstreamFailure::Status5xx as usize].inc();
+        }
+    }
+    /// An exchange with Ironic that produced no answer.
+    pub(crate) fn upstream_failed(&self, route: Route, failure: UpstreamFailure) {
+        if failure != UpstreamFailure::Status5xx {
+            self.upstream_errors[route as usize].inc();
+        }
+        self.upstream_failures[route as usize][failure as usize].inc();
+    }
+    /// What one exchange of the gateway's own client ended with, `took` long.
+    pub(crate) fn upstream_exchange(
+        &self,
+        route: Route,
+        result: &Result<UpstreamResponse, UpstreamError>,
+        took: Duration,
+    ) {
+        match result {
+            Ok(resp) => self.upstream_answered(route, resp.status(), took),
+            Err(e) => {
+                if let Some(failure) = UpstreamFailure::of_error(e) {
+                    self.upstream_failed(route, failure);
+                }
+            }
+        }
     }
     pub fn store_error(&self) {
-        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.store_errors.inc();
     }
     pub fn sync_request(&self) {
-        self.sync_requests.fetch_add(1, Ordering::Relaxed);
+        self.sync_requests.inc();
+    }
+    /// A sync round of this process ended, `took` long.
+    pub(crate) fn sync_round(&self, round: SyncRound, took: Duration) {
+        self.sync_rounds[round as usize].observe(took.as_secs_f64());
+    }
+    /// The start of the round the index in Redis vouches for, as last read (`None`: no
+    /// complete index; the lag then counts from the last one seen, or the process's start).
+    pub(crate) fn index_synced_at(&self, at_ms: Option<u64>) {
+        if let Some(at) = at_ms {
+            self.index_synced_at_ms.store(at, Ordering::Relaxed);
+        }
     }
     pub fn heartbeat_deferred(&self) {
-        self.heartbeats_deferred.fetch_add(1, Ordering::Relaxed);
+        self.heartbeats_deferred.inc();
     }
     pub fn heartbeat_relayed(&self) {
-        self.heartbeats_relayed.fetch_add(1, Ordering::Relaxed);
+        self.heartbeats_relayed.inc();
     }
     pub(crate) fn deferred(&self, class: Class) {
-        self.deferred[class as usize].fetch_add(1, Ordering::Relaxed);
+        self.deferred[class as usize].inc();
     }
     pub(crate) fn heartbeat_dropped(&self) {
-        self.heartbeats_dropped.fetch_add(1, Ordering::Relaxed);
+        self.heartbeats_dropped.inc();
     }
-    pub(crate) fn set_heartbeats_kept(&self, n: u64) {
-        self.heartbeats_kept.store(n, Ordering::Relaxed);
+    /// The relay's backlog as it last read it: how many are kept, and since when the oldest
+    /// (Unix ms; `None`: nothing kept).
+    pub(crate) fn set_relay_backlog(&self, kept: u64, oldest_kept_ms: Option<u64>) {
+        self.heartbeats_kept
+            .set(i64::try_from(kept).unwrap_or(i64::MAX));
+        self.relay_oldest_kept_ms
+            .store(oldest_kept_ms.unwrap_or(0), Ordering::Relaxed);
     }
     pub fn sealed_unopenable(&self) {
-        self.sealed_unopenable.fetch_add(1, Ordering::Relaxed);
+        self.sealed_unopenable.inc();
     }
     pub fn requests(&self, route: Route, outcome: Outcome) -> u64 {
-        self.requests[route as usize][outcome as usize].load(Ordering::Relaxed)
+        self.requests[route as usize][outcome as usize].get()
     }
 
     /// The Prometheus text exposition, with the load governor's state.
     pub(crate) fn render_with(&self, governor: &GovernorStats) -> String {
-        let mut out = self.render();
-        let per_class = |f: &dyn Fn(Class) -> u64| -> Vec<(String, u64)> {
-            Class::ALL
-                .iter()
-                .map(|c| (format!("{{class=\"{}\"}}", c.label()), f(*c)))
-                .collect()
-        };
-        family(
-            &mut out,
-            "ironic_edge_budget_deferred_total",
-            "Requests to Ironic that found no place in its budget in time, by class.",
-            &per_class(&|c| self.deferred[c as usize].load(Ordering::Relaxed)),
-        );
-        let per_lane = |v: &[u64; 2]| -> Vec<(String, u64)> {
-            Lane::ALL
-                .iter()
-                .map(|l| (format!("{{lane=\"{}\"}}", l.label()), v[*l as usize]))
-                .collect()
-        };
-        family(
-            &mut out,
+        let mut families = self.registry.gather();
+        families.extend(self.scraped(governor, crate::store::now_ms()));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            log::warn!("metrics: the exposition could not be written: {e}");
+        }
+        out
+    }
+
+    /// The families read at scrape time from what others keep.
+    fn scraped(&self, governor: &GovernorStats, now_ms: u64) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let lanes: Vec<(&str, f64)> = Lane::ALL
+            .iter()
+            .map(|l| (l.label(), governor.overloaded[*l as usize] as f64))
+            .collect();
+        out.extend(scrape_counter(
             "ironic_edge_budget_overloaded_total",
             "Ironic's answers that said it was overloaded (5xx, timeouts, slow answers), by lane (its API, its conductor's worker pool).",
-            &per_lane(&governor.overloaded),
-        );
-        gauge(
-            &mut out,
+            "lane",
+            &lanes,
+        ));
+        let classes: Vec<(&str, f64)> = Class::ALL
+            .iter()
+            .map(|c| (c.label(), governor.waiting[*c as usize] as f64))
+            .collect();
+        out.extend(scrape_gauge(
             "ironic_edge_budget_waiting",
             "Requests waiting for a place in Ironic's budget, by class.",
-            &per_class(&|c| governor.waiting[c as usize] as u64),
-        );
-        gauge(
-            &mut out,
+            Some("class"),
+            &classes,
+        ));
+        out.extend(scrape_gauge(
             "ironic_edge_budget_in_flight",
             "Requests in flight to Ironic.",
-            &[(String::new(), governor.in_flight as u64)],
-        );
-        let per_budget = |v: &[u64; 2]| -> Vec<(String, f64)> {
+            None,
+            &[("", governor.in_flight as f64)],
+        ));
+        let per_budget = |v: &[u64; 2]| -> Vec<(&str, f64)> {
             ["ironic", "conductor_pool"]
-                .iter()
+                .into_iter()
                 .zip(v)
-                .map(|(name, millis)| (format!("{{budget=\"{name}\"}}"), *millis as f64 / 1000.0))
+                .map(|(name, millis)| (name, *millis as f64 / 1000.0))
                 .collect()
         };
-        rate_gauge(
-            &mut out,
+        out.extend(scrape_gauge(
             "ironic_edge_budget_rate_per_second",
             "The rate the budget allows now (learnt): everything sent to Ironic, and heartbeats (its conductor's worker pool).",
+            Some("budget"),
             &per_budget(&governor.rate_millis),
-        );
-        rate_gauge(
-            &mut out,
+        ));
+        out.extend(scrape_gauge(
             "ironic_edge_budget_proven_per_second",
             "The best rate Ironic answered without an overload answer over 10 s, by budget: for a minute after an outage the rate is no higher.",
+            Some("budget"),
             &per_budget(&governor.proven_millis),
-        );
+        ));
+        out.extend(scrape_gauge(
+            "ironic_edge_relay_oldest_age_seconds",
+            "How long the oldest kept heartbeat has waited for the relay (0: none kept), as the \
+             relay last read it.",
+            None,
+            &[(
+                "",
+                age_seconds(self.relay_oldest_kept_ms.load(Ordering::Relaxed), now_ms),
+            )],
+        ));
+        if let Some(bound) = self.sync_staleness_bound {
+            out.extend(scrape_gauge(
+                "ironic_edge_sync_lag_seconds",
+                "Seconds since the start of the round the node index in Redis vouches for (as \
+                 this process last read it; since the process started while it has seen none). \
+                 Above ironic_edge_sync_staleness_bound_seconds the index answers nothing.",
+                None,
+                &[(
+                    "",
+                    sync_lag_seconds(
+                        self.index_synced_at_ms.load(Ordering::Relaxed),
+                        self.started_ms,
+                        now_ms,
+                    ),
+                )],
+            ));
+            out.extend(scrape_gauge(
+                "ironic_edge_sync_staleness_bound_seconds",
+                "The node index's staleness bound (2 x sync.interval_seconds + 5 s): an older \
+                 index is not used.",
+                None,
+                &[("", bound.as_secs_f64())],
+            ));
+        }
         out
     }
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut rows = Vec::new();
-        for r in Route::ALL {
-            for o in Outcome::ALL {
-                rows.push((
-                    format!("{{route=\"{}\",outcome=\"{}\"}}", r.label(), o.label()),
-                    self.requests(r, o),
-                ));
+/// Seconds from `since_ms` to `now_ms` (0 when `since_ms` is 0: nothing).
+fn age_seconds(since_ms: u64, now_ms: u64) -> f64 {
+    if since_ms == 0 {
+        return 0.0;
+    }
+    now_ms.saturating_sub(since_ms) as f64 / 1000.0
+}
+
+/// The index's lag: from the start of the round it vouches for, or from the process's start
+/// while none was seen (the index is at least that old as far as this process knows).
+fn sync_lag_seconds(synced_at_ms: u64, started_ms: u64, now_ms: u64) -> f64 {
+    let since = if synced_at_ms == 0 {
+        started_ms
+    } else {
+        synced_at_ms
+    };
+    now_ms.saturating_sub(since) as f64 / 1000.0
+}
+
+/// A counter family of values others keep (`rows`: label value, value), made at scrape time.
+fn scrape_counter(name: &str, help: &str, label: &str, rows: &[(&str, f64)]) -> Vec<MetricFamily> {
+    let Ok(family) = CounterVec::new(Opts::new(name, help), &[label]) else {
+        return Vec::new();
+    };
+    for (value, n) in rows {
+        family.with_label_values(&[value]).inc_by(*n);
+    }
+    family.collect()
+}
+
+/// A gauge family of values others keep, made at scrape time (`label` `None`: one unlabelled
+/// row).
+fn scrape_gauge(
+    name: &str,
+    help: &str,
+    label: Option<&str>,
+    rows: &[(&str, f64)],
+) -> Vec<MetricFamily> {
+    match label {
+        Some(label) => {
+            let Ok(family) = GaugeVec::new(Opts::new(name, help), &[label]) else {
+                return Vec::new();
+            };
+            for (value, v) in rows {
+                family.with_label_values(&[value]).set(*v);
             }
+            family.collect()
         }
-        family(
-            &mut out,
-            "ironic_edge_requests_total",
-            "Requests by route template and how they were answered.",
-            &rows,
-        );
-        let per_route = |counters: &[AtomicU64; 3]| -> Vec<(String, u64)> {
-            Route::ALL
-                .iter()
-                .map(|r| {
-                    (
-                        format!("{{route=\"{}\"}}", r.label()),
-                        load(&counters[*r as usize]),
-                    )
-                })
-                .collect()
-        };
-        family(
-            &mut out,
-            "ironic_edge_upstream_requests_total",
-            "Requests the gateway sent to Ironic.",
-            &per_route(&self.upstream_requests),
-        );
-        family(
-            &mut out,
-            "ironic_edge_upstream_errors_total",
-            "Upstream exchanges that produced no answer.",
-            &per_route(&self.upstream_errors),
-        );
-        for (name, help, counter) in [
-            (
-                "ironic_edge_store_errors_total",
-                "Redis calls that failed or missed their deadline.",
-                &self.store_errors,
-            ),
-            (
-                "ironic_edge_sync_requests_total",
-                "Requests the node sync sent to Ironic.",
-                &self.sync_requests,
-            ),
-            (
-                "ironic_edge_heartbeats_deferred_total",
-                "Verified heartbeats accepted while Ironic failed, kept for the relay.",
-                &self.heartbeats_deferred,
-            ),
-            (
-                "ironic_edge_heartbeats_relayed_total",
-                "Kept heartbeats Ironic has received since.",
-                &self.heartbeats_relayed,
-            ),
-            (
-                "ironic_edge_heartbeats_dropped_total",
-                "Kept heartbeats dropped after Ironic refused them repeatedly (5xx, 409).",
-                &self.heartbeats_dropped,
-            ),
-            (
-                "ironic_edge_sealed_unopenable_total",
-                "Kept heartbeats and minted answers that could not be opened (another seal \
-                 key, or moved to another key in Redis): dropped.",
-                &self.sealed_unopenable,
-            ),
-        ] {
-            family(&mut out, name, help, &[(String::new(), load(counter))]);
+        None => {
+            let Ok(gauge) = Gauge::new(name, help) else {
+                return Vec::new();
+            };
+            gauge.set(rows.first().map_or(0.0, |r| r.1));
+            gauge.collect()
         }
-        gauge(
-            &mut out,
-            "ironic_edge_heartbeats_kept",
-            "Kept heartbeats waiting for the relay (all gateway processes), as the relay last \
-             counted them.",
-            &[(String::new(), load(&self.heartbeats_kept))],
-        );
-        out
-    }
-}
-
-/// One counter family: its HELP and TYPE lines, then one line per label set.
-fn family(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
-    typed(out, name, help, "counter", rows);
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, rows: &[(String, u64)]) {
-    typed(out, name, help, "gauge", rows);
-}
-
-fn rate_gauge(out: &mut String, name: &str, help: &str, rows: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for (labels, value) in rows {
-        let _ = writeln!(out, "{name}{labels} {value:.3}");
-    }
-}
-
-fn typed(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in rows {
-        let _ = writeln!(out, "{name}{labels} {value}");
     }
 }
 
@@ -297,15 +746,19 @@ fn typed(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, 
 mod tests {
     use super::*;
 
+    fn page(m: &Metrics) -> String {
+        m.render_with(&GovernorStats::default())
+    }
+
     #[test]
     fn renders_bounded_labels() {
         let m = Metrics::default();
-        m.request(Route::Lookup, Outcome::Local);
-        m.request(Route::Lookup, Outcome::Local);
+        m.request(Route::Lookup, Outcome::Local, Duration::from_micros(300));
+        m.request(Route::Lookup, Outcome::Local, Duration::from_micros(300));
         m.upstream_request(Route::Heartbeat);
-        m.set_heartbeats_kept(4);
-        let text = m.render();
-        assert!(text.contains("ironic_edge_requests_total{route=\"lookup\",outcome=\"local\"} 2\n"));
+        m.set_relay_backlog(4, None);
+        let text = page(&m);
+        assert!(text.contains("ironic_edge_requests_total{outcome=\"local\",route=\"lookup\"} 2\n"));
         assert!(text.contains("ironic_edge_upstream_requests_total{route=\"heartbeat\"} 1\n"));
         assert!(text
             .contains("# TYPE ironic_edge_heartbeats_kept gauge\nironic_edge_heartbeats_kept 4\n"));
@@ -314,5 +767,215 @@ mod tests {
             text.matches("ironic_edge_requests_total{").count(),
             3 * Outcome::ALL.len()
         );
+        // Both observations fell in the 500 µs bucket, none in the one below.
+        assert!(text.contains(
+            "ironic_edge_request_duration_seconds_bucket{outcome=\"local\",route=\"lookup\",le=\"0.0005\"} 2\n"
+        ));
+        assert!(text.contains(
+            "ironic_edge_request_duration_seconds_bucket{outcome=\"local\",route=\"lookup\",le=\"0.00025\"} 0\n"
+        ));
+        assert!(text.contains(&format!(
+            "ironic_edge_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+
+    /// Every family the ops listener shows, with its type: what the dashboard, the alert rules
+    /// and `tests/gateway_dashboards.rs` rely on.
+    #[test]
+    fn every_family_is_there_before_its_first_event() {
+        let m = Metrics::new(
+            RedisCalls::default(),
+            MetricsSetup {
+                answer_within: Duration::from_secs(25),
+                sync_staleness_bound: Some(Duration::from_secs(25)),
+            },
+        );
+        let text = page(&m);
+        for (name, kind) in [
+            ("ironic_edge_requests_total", "counter"),
+            ("ironic_edge_request_duration_seconds", "histogram"),
+            ("ironic_edge_upstream_requests_total", "counter"),
+            ("ironic_edge_upstream_errors_total", "counter"),
+            ("ironic_edge_upstream_failures_total", "counter"),
+            ("ironic_edge_upstream_duration_seconds", "histogram"),
+            ("ironic_edge_store_errors_total", "counter"),
+            ("ironic_edge_redis_duration_seconds", "histogram"),
+            ("ironic_edge_redis_deadline_misses_total", "counter"),
+            ("ironic_edge_sync_requests_total", "counter"),
+            ("ironic_edge_sync_round_duration_seconds", "histogram"),
+            ("ironic_edge_sync_lag_seconds", "gauge"),
+            ("ironic_edge_sync_staleness_bound_seconds", "gauge"),
+            ("ironic_edge_heartbeats_deferred_total", "counter"),
+            ("ironic_edge_heartbeats_relayed_total", "counter"),
+            ("ironic_edge_heartbeats_dropped_total", "counter"),
+            ("ironic_edge_heartbeats_kept", "gauge"),
+            ("ironic_edge_relay_oldest_age_seconds", "gauge"),
+            ("ironic_edge_sealed_unopenable_total", "counter"),
+            ("ironic_edge_budget_deferred_total", "counter"),
+            ("ironic_edge_budget_overloaded_total", "counter"),
+            ("ironic_edge_budget_waiting", "gauge"),
+            ("ironic_edge_budget_in_flight", "gauge"),
+            ("ironic_edge_budget_rate_per_second", "gauge"),
+            ("ironic_edge_budget_proven_per_second", "gauge"),
+            ("ironic_edge_build_info", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} ({kind}) missing:\n{text}"
+            );
+        }
+        // The answer deadline (25 s) is a bucket of its own.
+        assert!(text.contains("le=\"25\""));
+        // No sync, no lag.
+        let no_sync = Metrics::new(
+            RedisCalls::default(),
+            MetricsSetup {
+                answer_within: Duration::from_secs(25),
+                sync_staleness_bound: None,
+            },
+        );
+        assert!(!page(&no_sync).contains("ironic_edge_sync_lag_seconds"));
+    }
+
+    #[test]
+    fn governor_state_is_read_at_scrape_time() {
+        let m = Metrics::default();
+        let stats = GovernorStats {
+            rate_millis: [12_500, 3_000],
+            proven_millis: [20_000, 0],
+            in_flight: 3,
+            waiting: [0, 1, 0, 0, 7],
+            overloaded: [2, 5],
+        };
+        let text = m.render_with(&stats);
+        for line in [
+            "ironic_edge_budget_rate_per_second{budget=\"ironic\"} 12.5\n",
+            "ironic_edge_budget_rate_per_second{budget=\"conductor_pool\"} 3\n",
+            "ironic_edge_budget_proven_per_second{budget=\"ironic\"} 20\n",
+            "ironic_edge_budget_in_flight 3\n",
+            "ironic_edge_budget_waiting{class=\"refresh\"} 7\n",
+            "# TYPE ironic_edge_budget_overloaded_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert_eq!(
+            text.matches("ironic_edge_budget_overloaded_total{lane=")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn upstream_failures_by_kind() {
+        let err = |e: UpstreamError| UpstreamFailure::of_error(&e);
+        for (e, want) in [
+            (
+                UpstreamError::Connect("Connection refused".into()),
+                Some(UpstreamFailure::Connect),
+            ),
+            (
+                UpstreamError::Exchange(" ReadTimedout context: timeout".into()),
+                Some(UpstreamFailure::Timeout),
+            ),
+            (
+                UpstreamError::Exchange("deadline exceeded".into()),
+                Some(UpstreamFailure::Timeout),
+            ),
+            (
+                UpstreamError::Exchange(" ConnectionClosed".into()),
+                Some(UpstreamFailure::Broken),
+            ),
+            (UpstreamError::TooLarge, Some(UpstreamFailure::TooLarge)),
+            (UpstreamError::Busy, None),
+        ] {
+            assert_eq!(err(e), want);
+        }
+        use pingora::ErrorType as E;
+        for (etype, want) in [
+            (E::ConnectRefused, UpstreamFailure::Connect),
+            (E::ConnectTimedout, UpstreamFailure::Connect),
+            (E::TLSHandshakeFailure, UpstreamFailure::Connect),
+            (E::ReadTimedout, UpstreamFailure::Timeout),
+            (E::WriteTimedout, UpstreamFailure::Timeout),
+            (E::ConnectionClosed, UpstreamFailure::Broken),
+            (E::H1Error, UpstreamFailure::Broken),
+        ] {
+            assert_eq!(UpstreamFailure::of_pingora(&etype), want, "{etype:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_errors_count_no_answers_and_failures_count_5xx_too() {
+        let m = Metrics::default();
+        m.upstream_answered(Route::Heartbeat, 503, Duration::from_millis(40));
+        m.upstream_answered(Route::Heartbeat, 202, Duration::from_millis(40));
+        m.upstream_failed(Route::Heartbeat, UpstreamFailure::Connect);
+        let text = page(&m);
+        for line in [
+            "ironic_edge_upstream_errors_total{route=\"heartbeat\"} 1\n",
+            "ironic_edge_upstream_failures_total{kind=\"status_5xx\",route=\"heartbeat\"} 1\n",
+            "ironic_edge_upstream_failures_total{kind=\"connect\",route=\"heartbeat\"} 1\n",
+            "ironic_edge_upstream_duration_seconds_count{route=\"heartbeat\"} 2\n",
+            "ironic_edge_upstream_duration_seconds_bucket{route=\"heartbeat\",le=\"0.05\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn sync_rounds_lag_and_relay_age() {
+        assert_eq!(SyncRound::of::<()>(&Ok(true)), SyncRound::Full);
+        assert_eq!(SyncRound::of::<()>(&Ok(false)), SyncRound::Incremental);
+        assert_eq!(SyncRound::of(&Err("x")), SyncRound::Failed);
+        // From the round the index vouches for; from the start while none was seen.
+        assert_eq!(sync_lag_seconds(10_000, 1_000, 12_500), 2.5);
+        assert_eq!(sync_lag_seconds(0, 1_000, 12_500), 11.5);
+        assert_eq!(sync_lag_seconds(20_000, 1_000, 12_500), 0.0, "clock skew");
+        assert_eq!(age_seconds(0, 12_500), 0.0, "nothing kept");
+        assert_eq!(age_seconds(2_500, 12_500), 10.0);
+        let m = Metrics::default();
+        m.index_synced_at(Some(5_000));
+        m.index_synced_at(None);
+        assert_eq!(m.index_synced_at_ms.load(Ordering::Relaxed), 5_000, "kept");
+    }
+
+    #[test]
+    fn redis_calls_and_their_deadline() {
+        let calls = RedisCalls::new(Duration::from_millis(250));
+        let m = Metrics::new(calls.clone(), MetricsSetup::of(&Default::default()));
+        calls.observe(Duration::from_micros(80), false);
+        calls.observe(Duration::from_millis(251), true);
+        let text = page(&m);
+        for line in [
+            "ironic_edge_redis_deadline_misses_total 1\n",
+            "ironic_edge_redis_duration_seconds_bucket{le=\"0.0001\"} 1\n",
+            "ironic_edge_redis_duration_seconds_bucket{le=\"0.25\"} 1\n",
+            "ironic_edge_redis_duration_seconds_count 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn buckets_fit_what_they_measure() {
+        for (name, b) in [
+            ("request", &buckets::REQUEST[..]),
+            ("upstream", &buckets::UPSTREAM[..]),
+            ("redis", &buckets::REDIS[..]),
+            ("sync", &buckets::SYNC_ROUND[..]),
+        ] {
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{name}: increasing");
+        }
+        // Local answers from memory (sub-ms) apart from Redis round trips (ms); IPA's 30 s.
+        assert!(buckets::REQUEST[0] <= 0.0001 && buckets::REQUEST.contains(&30.0));
+        // Ironic's RPC timeout (60 s); Redis on loopback (tens of µs) to its default deadline.
+        assert_eq!(buckets::UPSTREAM.last(), Some(&60.0));
+        assert!(buckets::REDIS[0] <= 0.0001 && buckets::REDIS.contains(&0.25));
+        // A deadline becomes a bucket of its own, once, in order.
+        assert_eq!(buckets::with_bound(&[0.1, 1.0], 0.3), vec![0.1, 0.3, 1.0]);
+        assert_eq!(buckets::with_bound(&[0.1, 1.0], 1.0), vec![0.1, 1.0]);
+        assert_eq!(buckets::with_bound(&[0.1, 1.0], 0.0), vec![0.1, 1.0]);
+        assert_eq!(buckets::with_bound(&[0.1, 1.0], f64::NAN), vec![0.1, 1.0]);
     }
 }

@@ -54,7 +54,9 @@ impl EdgeProxy {
         disposition: Disposition,
     ) -> pingora::Result<()> {
         if let Some(outcome) = disposition.outcome() {
-            self.edge.metrics.request(ctx.route, outcome);
+            self.edge
+                .metrics
+                .request(ctx.route, outcome, ctx.started.elapsed());
             ctx.answered = Some(outcome);
         }
         ctx.status = disposition.status();
@@ -195,11 +197,17 @@ impl ProxyHttp for EdgeProxy {
     ) -> pingora::Result<()> {
         crate::drain::close_after_answer(session);
         if ctx.answered.is_none() {
-            self.edge.metrics.request(ctx.route, Counted::Forwarded);
+            self.edge
+                .metrics
+                .request(ctx.route, Counted::Forwarded, ctx.started.elapsed());
             ctx.answered = Some(Counted::Forwarded);
             ctx.proxied = true;
-            ctx.status = Some(upstream_response.status.as_u16());
-            ctx.upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
+            let status = upstream_response.status.as_u16();
+            ctx.status = Some(status);
+            if let Some(took) = ctx.upstream_started.map(|t| t.elapsed()) {
+                ctx.upstream_ms = Some(took.as_millis() as u64);
+                self.edge.metrics.upstream_answered(ctx.route, status, took);
+            }
         }
         Ok(())
     }
@@ -256,7 +264,10 @@ impl ProxyHttp for EdgeProxy {
             // The upstream could not be reached or broke off: Ironic's own 503 shape, not a
             // proxy page, so clients parse it like any Ironic error.
             ErrorSource::Upstream => {
-                self.edge.metrics.upstream_error(ctx.route);
+                self.edge.metrics.upstream_failed(
+                    ctx.route,
+                    crate::metrics::UpstreamFailure::of_pingora(e.etype()),
+                );
                 let answer = LocalAnswer::error(&upstream_unavailable());
                 let info = self.edge.versions.get();
                 let unavailable = Disposition::counted(answer, info, None, Counted::Unavailable);
@@ -307,7 +318,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if ctx.answered.is_none() && ctx.status.is_none() && session.response_written().is_none() {
             // Nothing reached the client (the connection broke first): still a forwarded request.
-            self.edge.metrics.request(ctx.route, Counted::Forwarded);
+            self.edge
+                .metrics
+                .request(ctx.route, Counted::Forwarded, ctx.started.elapsed());
         }
         let status = ctx
             .status

@@ -82,12 +82,17 @@ fn build_edge(
     if let Some(key) = &seal_key {
         crate::store::token_hash::install_seal_key(key);
     }
+    let store = Stores::new(edge_conf)?;
+    let metrics = Metrics::new(
+        store.redis_calls().clone(),
+        crate::metrics::MetricsSetup::of(edge_conf),
+    );
     let edge = Arc::new(Edge {
         config: edge_conf.clone(),
-        store: Stores::new(edge_conf)?,
+        store,
         upstream: Arc::new(UpstreamClient::new(edge_conf, target)),
         versions: Arc::new(VersionState::default()),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(metrics),
         unknown: Arc::new(crate::unknown::UnknownMachines::default()),
         tls_ports,
         sync_events,

@@ -116,9 +116,9 @@ fn real_agent_through_the_gateway_against_real_ironic() {
     assert!(ok, "{out}");
     let metrics = http::send(gw.ops_addr(), &Request::get("/metrics")).text();
     assert!(
-        metrics.contains("ironic_edge_requests_total{route=\"lookup\",outcome=\"local\"}")
+        metrics.contains("ironic_edge_requests_total{outcome=\"local\",route=\"lookup\"}")
             && !metrics
-                .contains("ironic_edge_requests_total{route=\"lookup\",outcome=\"local\"} 0\n"),
+                .contains("ironic_edge_requests_total{outcome=\"local\",route=\"lookup\"} 0\n"),
         "retries of an unknown MAC are answered at the edge:\n{metrics}"
     );
 }

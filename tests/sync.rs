@@ -47,7 +47,7 @@ fn metric(gw: &Gateway, line: &str) -> u64 {
         .unwrap_or(0)
 }
 
-const LOCAL_LOOKUPS: &str = "ironic_edge_requests_total{route=\"lookup\",outcome=\"local\"}";
+const LOCAL_LOOKUPS: &str = "ironic_edge_requests_total{outcome=\"local\",route=\"lookup\"}";
 const SYNC_REQUESTS: &str = "ironic_edge_sync_requests_total";
 
 /// Sends a lookup through the gateway; returns (status, answered locally).
@@ -214,7 +214,7 @@ fn two_gateways_one_syncs_and_the_other_takes_over() {
     );
 }
 
-const LOCAL_HEARTBEATS: &str = "ironic_edge_requests_total{route=\"heartbeat\",outcome=\"local\"}";
+const LOCAL_HEARTBEATS: &str = "ironic_edge_requests_total{outcome=\"local\",route=\"heartbeat\"}";
 const UPSTREAM_HEARTBEATS: &str = "ironic_edge_upstream_requests_total{route=\"heartbeat\"}";
 
 /// The heartbeat shield: in a record-only state (manageable, fast track) a verified heartbeat

@@ -1,7 +1,8 @@
 //! Prometheus text pages (the gateway's `/metrics`) as numbers.
 //!
 //! A sample is keyed by its whole name as written, labels included
-//! (`ironic_edge_requests_total{route="lookup",outcome="local"}`); comments and lines whose
+//! (`ironic_edge_requests_total{outcome="local",route="lookup"}`: labels in
+//! the order the exposition writes them, sorted by name); comments and lines whose
 //! value is not a number are skipped.
 
 use std::collections::BTreeMap;

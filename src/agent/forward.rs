@@ -207,12 +207,14 @@ impl Prepared {
             Err(e) => return Err(UpstreamError::Exchange(e.to_string())),
         };
         edge.metrics.upstream_request(self.route);
+        let sent_at = Instant::now();
         let result = edge.upstream.send(&req, &self.body).await;
+        edge.metrics
+            .upstream_exchange(self.route, &result, sent_at.elapsed());
         permit.answered(governor::sample_of(&result));
         match &result {
             Ok(resp) => edge.versions.observe_headers(&resp.header.headers),
             Err(e) => {
-                edge.metrics.upstream_error(self.route);
                 // (Ironic's failures are logged once per incident: `crate::incident`.)
                 log::debug!("{} forward failed: {e}", self.route.label());
             }

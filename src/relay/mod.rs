@@ -245,7 +245,13 @@ impl HeartbeatRelay {
         self.edge
             .metrics
             .upstream_request(crate::metrics::Route::Heartbeat);
+        let sent_at = std::time::Instant::now();
         let sent = self.edge.upstream.send(&req, &body).await;
+        self.edge.metrics.upstream_exchange(
+            crate::metrics::Route::Heartbeat,
+            &sent,
+            sent_at.elapsed(),
+        );
         permit.answered(crate::upstream::governor::sample_of(&sent));
         match sent {
             Ok(resp) if !ironic_did_not_take_it(resp.status()) => {
@@ -323,11 +329,11 @@ impl BackgroundService for HeartbeatRelay {
         let concurrency = self.edge.config.heartbeat.relay_concurrency;
         loop {
             // Nothing kept: no place in Ironic's budget is taken for nothing.
-            let kept = self.edge.store.relay.kept().await;
-            if let Ok(n) = kept {
-                self.edge.metrics.set_heartbeats_kept(n);
+            let backlog = self.edge.store.relay.backlog().await;
+            if let Ok((n, oldest)) = backlog {
+                self.edge.metrics.set_relay_backlog(n, oldest);
             }
-            if matches!(kept, Ok(0)) {
+            if matches!(backlog, Ok((0, _))) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                     _ = shutdown.changed() => return,

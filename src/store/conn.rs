@@ -28,6 +28,8 @@ struct Inner {
     connect_timeout: Duration,
     /// Entries of the in-process view (0: off).
     view_entries: usize,
+    /// Every call's latency and deadline misses (exposed by [`crate::metrics::Metrics`]).
+    calls: crate::metrics::RedisCalls,
 }
 
 /// Marks a read as served by the in-process view: Redis tracks the key for this process and
@@ -193,6 +195,7 @@ impl Conn {
                 timeout: cfg.redis_command_timeout(),
                 connect_timeout: Duration::from_millis(cfg.redis.connect_timeout_ms),
                 view_entries: cfg.redis.view_entries,
+                calls: crate::metrics::RedisCalls::new(cfg.redis_command_timeout()),
             }),
             keys: Keys::new(&cfg.redis.key_prefix),
         })
@@ -238,7 +241,16 @@ impl Conn {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> StoreResult<T> {
-        let result = match tokio::time::timeout(self.inner.timeout, call).await {
+        let began = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.inner.timeout, call).await;
+        // The client's own response timeout is the same deadline: either one is a miss.
+        let missed = match &answer {
+            Err(_) => true,
+            Ok(Err(e)) => e.is_timeout(),
+            Ok(Ok(_)) => false,
+        };
+        self.inner.calls.observe(began.elapsed(), missed);
+        let result = match answer {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 let unreachable = e.is_io_error()
@@ -263,6 +275,11 @@ impl Conn {
             Err(e) => crate::incident::REDIS.failed(e),
         }
         result
+    }
+
+    /// The calls' latency and deadline misses, for the metrics.
+    pub(crate) fn calls(&self) -> &crate::metrics::RedisCalls {
+        &self.inner.calls
     }
 
     pub(crate) async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> StoreResult<T> {

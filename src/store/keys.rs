@@ -15,7 +15,9 @@
 //! - `lease:<name>`: leases (one syncing process at a time)
 //! - `pending:hb:<uuid>` (sealed), set `pending:hb` (takeable), hash `pending:hb-claims`
 //!   (uuid → claim), zset `pending:hb-claimed` (uuid → claim expiry), `pending:hb-claim:<claim>`
-//!   (uuid): heartbeats waiting for Ironic, each taken by a claim and deleted only once relayed
+//!   (uuid): heartbeats waiting for Ironic, each taken by a claim and deleted only once relayed;
+//!   zset `pending:hb-since` (uuid → Unix ms since when the node has had one kept: the relay's
+//!   backlog age)
 //! - `lookup:minted:<sha256(key, caller)>` (`<uuid>\n<sealed>`), `…:claim` and
 //!   `…:released:<claim>`: a minted answer kept for one replay, deleted only once delivered (the
 //!   script that drops a node's kept answer appends `:claim` to the key its record holds)
@@ -134,6 +136,11 @@ impl Keys {
         self.full("pending:hb-claimed")
     }
 
+    /// Since when each node has had a heartbeat kept (zset uuid → Unix ms).
+    pub(crate) fn pending_since(&self) -> String {
+        self.full("pending:hb-since")
+    }
+
     /// The node a claim holds.
     pub(crate) fn pending_claim(&self, claim: &str) -> String {
         self.full(&format!("pending:hb-claim:{claim}"))
@@ -194,5 +201,6 @@ mod tests {
         assert_eq!(k.pending_claims(), "p:pending:hb-claims");
         assert_eq!(k.pending_claimed(), "p:pending:hb-claimed");
         assert_eq!(k.pending_claim("c"), "p:pending:hb-claim:c");
+        assert_eq!(k.pending_since(), "p:pending:hb-since");
     }
 }

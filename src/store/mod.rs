@@ -82,6 +82,11 @@ impl Stores {
         })
     }
 
+    /// The Redis calls' latency and deadline misses (every handle's, one connection).
+    pub(crate) fn redis_calls(&self) -> &crate::metrics::RedisCalls {
+        self.conn.calls()
+    }
+
     /// Runs reads the handles added to `step` (`read_*`), in one round trip.
     pub(crate) async fn read(&self, step: ReadStep) -> StoreResult<Replies> {
         self.conn.read_step(step).await

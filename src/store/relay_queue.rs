@@ -16,7 +16,8 @@ impl RelayQueue {
         RelayQueue { conn }
     }
 
-    /// Keeps a node's latest heartbeat (sealed) for the relay; a newer one replaces it.
+    /// Keeps a node's latest heartbeat (sealed) for the relay; a newer one replaces it (and
+    /// the node's wait goes on from the first one kept: the backlog's age).
     pub(crate) async fn put(&self, uuid: &str, sealed: &[u8], ttl: Duration) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -28,6 +29,12 @@ impl RelayQueue {
             .ignore()
             .cmd("SADD")
             .arg(self.conn.keys.pending_takeable())
+            .arg(uuid)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.conn.keys.pending_since())
+            .arg("NX")
+            .arg(super::now_ms())
             .arg(uuid)
             .ignore();
         self.conn.run_pipe(pipe).await
@@ -80,6 +87,8 @@ impl RelayQueue {
     pub(crate) async fn confirm(&self, uuid: &str, claim: &str, sealed: &[u8]) -> StoreResult<()> {
         // Deletes only the heartbeat that was relayed: a newer one that replaced it meanwhile
         // goes back to the takeable set.
+        // The node's wait ends with the one relayed; a newer one waits from now (KEYS[5]:
+        // since when each node has had one kept).
         let script = redis::Script::new(
             r"if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
               redis.call('HDEL', KEYS[2], ARGV[2])
@@ -87,13 +96,24 @@ impl RelayQueue {
               redis.call('DEL', KEYS[4])
               if redis.call('GET', ARGV[1] .. ARGV[2]) == ARGV[4] then
                 redis.call('DEL', ARGV[1] .. ARGV[2])
+                redis.call('ZREM', KEYS[5], ARGV[2])
               else
                 redis.call('SADD', KEYS[1], ARGV[2])
+                if redis.call('EXISTS', ARGV[1] .. ARGV[2]) == 1 then
+                  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+                else
+                  redis.call('ZREM', KEYS[5], ARGV[2])
+                end
               end
               return 1",
         );
         let mut invocation = self.pending_script(&script, claim);
-        invocation.arg(uuid).arg(claim).arg(sealed);
+        invocation
+            .key(self.conn.keys.pending_since())
+            .arg(uuid)
+            .arg(claim)
+            .arg(sealed)
+            .arg(super::now_ms());
         let _: i64 = self.conn.run_script(invocation).await?;
         Ok(())
     }
@@ -135,15 +155,31 @@ impl RelayQueue {
         )
     }
 
-    /// How many heartbeats are kept (takeable or claimed).
-    pub(crate) async fn kept(&self) -> StoreResult<u64> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SCARD")
-            .arg(self.conn.keys.pending_takeable())
-            .cmd("ZCARD")
-            .arg(self.conn.keys.pending_claimed());
-        let (takeable, claimed): (u64, u64) = self.conn.run_pipe(pipe).await?;
-        Ok(takeable + claimed)
+    /// How many heartbeats are kept (takeable or claimed), and since when the node that has
+    /// waited longest has had one kept (Unix ms; `None`: none kept).
+    pub(crate) async fn backlog(&self) -> StoreResult<(u64, Option<u64>)> {
+        // The oldest entry whose heartbeat is gone (it expired: its node stopped heartbeating
+        // before Ironic came back) is dropped on the way, a bounded number per call.
+        let script = redis::Script::new(
+            r"local n = redis.call('SCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+              for _ = 1, 64 do
+                local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+                if #oldest == 0 then return {n, -1} end
+                if redis.call('EXISTS', ARGV[1] .. oldest[1]) == 1 then
+                  return {n, tonumber(oldest[2])}
+                end
+                redis.call('ZREM', KEYS[3], oldest[1])
+              end
+              return {n, -1}",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.conn.keys.pending_takeable())
+            .key(self.conn.keys.pending_claimed())
+            .key(self.conn.keys.pending_since())
+            .arg(self.conn.keys.pending(""));
+        let (kept, oldest): (u64, i64) = self.conn.run_script(invocation).await?;
+        Ok((kept, u64::try_from(oldest).ok()))
     }
 
     /// Ironic accepted a newer heartbeat of the node directly: its kept one is obsolete and is
@@ -158,6 +194,10 @@ impl RelayQueue {
             .ignore()
             .cmd("SREM")
             .arg(self.conn.keys.pending_takeable())
+            .arg(uuid)
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.conn.keys.pending_since())
             .arg(uuid)
             .ignore();
         self.conn.run_pipe(pipe).await

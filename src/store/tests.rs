@@ -170,9 +170,9 @@ async fn a_claimed_heartbeat_stays_until_confirmed() {
     let taken = s.take("c1", CLAIM_TTL).await.unwrap();
     assert_eq!(taken, Some(("u".to_string(), b"v1".to_vec())));
     assert_eq!(s.take("c2", CLAIM_TTL).await.unwrap(), None);
-    assert_eq!(s.kept().await.unwrap(), 1);
+    assert_eq!(s.backlog().await.unwrap().0, 1);
     s.confirm("u", "c1", b"v1").await.unwrap();
-    assert_eq!(s.kept().await.unwrap(), 0);
+    assert_eq!(s.backlog().await.unwrap().0, 0);
 }
 
 #[tokio::test]
@@ -206,7 +206,46 @@ async fn a_dropped_heartbeat_is_not_taken() {
     s.put("u", b"v1", Duration::from_secs(5)).await.unwrap();
     s.drop_node("u").await.unwrap();
     assert_eq!(s.take("c1", CLAIM_TTL).await.unwrap(), None);
-    assert_eq!(s.kept().await.unwrap(), 0);
+    assert_eq!(s.backlog().await.unwrap().0, 0);
+}
+
+#[tokio::test]
+async fn the_backlog_counts_and_ages_from_the_first_heartbeat_kept() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.relay;
+    let ttl = Duration::from_secs(5);
+    assert_eq!(s.backlog().await.unwrap(), (0, None));
+    let before = super::now_ms();
+    s.put("a", b"a1", ttl).await.unwrap();
+    let (n, since_a) = s.backlog().await.unwrap();
+    let since_a = since_a.expect("a is kept");
+    assert!(n == 1 && since_a >= before && since_a <= super::now_ms());
+    // A newer heartbeat of the same node: the node's wait goes on.
+    s.put("a", b"a2", ttl).await.unwrap();
+    s.put("b", b"b1", ttl).await.unwrap();
+    assert_eq!(s.backlog().await.unwrap(), (2, Some(since_a)));
+    // `a` relayed: the oldest is now `b`'s.
+    let taken = s.take("c1", CLAIM_TTL).await.unwrap().unwrap();
+    s.confirm(&taken.0, "c1", &taken.1).await.unwrap();
+    let (n, oldest) = s.backlog().await.unwrap();
+    assert_eq!(n, 1);
+    assert!(oldest.is_some());
+    // A heartbeat gone by itself (expired) leaves no age behind; nor does a dropped one.
+    let left = if taken.0 == "a" { "b" } else { "a" };
+    let _: () = r
+        .stores
+        .conn
+        .run(
+            redis::cmd("DEL")
+                .arg(r.stores.conn.keys.pending(left))
+                .clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.backlog().await.unwrap().1, None);
+    s.put("d", b"d1", ttl).await.unwrap();
+    s.drop_node("d").await.unwrap();
+    assert_eq!(s.backlog().await.unwrap().1, None);
 }
 
 #[tokio::test]

@@ -106,8 +106,13 @@ pub fn index_is_fresh(cfg: &SyncConfig, synced_at_ms: u64) -> bool {
 
 /// [`index_is_fresh`] at `now_ms` (Unix ms).
 pub fn index_is_fresh_at(cfg: &SyncConfig, synced_at_ms: u64, now_ms: u64) -> bool {
-    let fresh_ms = 2 * 1000 * cfg.interval_seconds + 5000;
+    let fresh_ms = staleness_bound(cfg).as_millis() as u64;
     now_ms.saturating_sub(synced_at_ms) <= fresh_ms
+}
+
+/// How old the index may be and still answer: two intervals and 5 s.
+pub fn staleness_bound(cfg: &SyncConfig) -> Duration {
+    Duration::from_secs(2 * cfg.interval_seconds + 5)
 }
 
 /// Whether what this process knows (the generation it wrote, or the one its watermarks
@@ -496,7 +501,17 @@ impl BackgroundService for NodeSync {
         let tick = (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
         let mut leading = false;
         let mut events = self.events.lock().await;
+        let mut lag_read: Option<Instant> = None;
         loop {
+            // The lag every process's agent path sees (`ironic_edge_sync_lag_seconds`): the
+            // index's marker, mostly answered by the in-process view; once a second at most,
+            // however many events wake the loop.
+            if lag_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                lag_read = Some(Instant::now());
+                if let Ok(at) = self.edge.store.index.synced_at().await {
+                    self.edge.metrics.index_synced_at(at);
+                }
+            }
             let held = matches!(
                 self.edge.store.lease.hold("sync", &self.owner, lease).await,
                 Ok(true)
@@ -525,10 +540,14 @@ impl BackgroundService for NodeSync {
                         let _ = self.edge.store.lease.hold("sync", &self.owner, lease).await;
                     }
                 };
+                let began = Instant::now();
                 let outcome = tokio::select! {
                     r = self.round() => r,
                     _ = renew => Ok(false),
                 };
+                self.edge
+                    .metrics
+                    .sync_round(crate::metrics::SyncRound::of(&outcome), began.elapsed());
                 if let Err(e) = outcome {
                     log::warn!("node sync round failed: {e}");
                     self.with_state(|s| s.last_round = Some(Instant::now()));
