@@ -15,6 +15,7 @@ pub struct OpsApp {
     pub versions: Arc<VersionState>,
     pub(crate) governor: Arc<crate::upstream::governor::Governor>,
     pub(crate) unknown: Arc<crate::unknown::UnknownMachines>,
+    pub(crate) shadow: Arc<crate::shadow::Shadow>,
 }
 
 fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -34,7 +35,7 @@ impl ServeHttp for OpsApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                self.metrics.render_with(&self.governor.stats()),
+                self.metrics.render_with(&self.governor.stats()) + &self.shadow.render(),
             ),
             "/status" => {
                 let upstream = match self.versions.get() {

@@ -5,7 +5,7 @@
 
 use crate::client_addr::TrustedProxies;
 use crate::conn_guard::clock_of;
-use crate::disposition::{AfterWrite, Disposition};
+use crate::disposition::{AfterWrite, Disposition, Rule};
 use crate::edge::{write_local, write_upstream, Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::Outcome as Counted;
@@ -58,9 +58,22 @@ impl EdgeProxy {
             ctx.answered = Some(outcome);
         }
         ctx.status = disposition.status();
+        ctx.rule = disposition.rule();
         match disposition {
             Disposition::Continue => Ok(()),
-            Disposition::Relayed { resp, body } => {
+            Disposition::Relayed {
+                resp,
+                body,
+                predicted,
+            } => {
+                if self.edge.shadow_mode() {
+                    // The rule that decided is the edge's, though Ironic answered.
+                    if let Some(p) = &predicted {
+                        ctx.rule = Some(p.rule);
+                    }
+                    let p = predicted.as_deref();
+                    self.edge.shadow.observe(p, resp.status(), &body);
+                }
                 ctx.upstream_ms = Some(resp.elapsed_ms);
                 write_upstream(session, &resp, &body).await
             }
@@ -197,7 +210,14 @@ impl ProxyHttp for EdgeProxy {
             ctx.answered = Some(Counted::Forwarded);
             ctx.proxied = true;
             ctx.status = Some(upstream_response.status.as_u16());
+            ctx.rule = Some(Rule::Forwarded);
             ctx.upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
+            // An agent request the plugin let through (an `Accept` only Ironic answers, the
+            // range unknown): forwarded in either mode.
+            if self.edge.shadow_mode() && ctx.route != crate::metrics::Route::Other {
+                let status = upstream_response.status.as_u16();
+                self.edge.shadow.observe(None, status, b"");
+            }
         }
         Ok(())
     }
@@ -257,7 +277,7 @@ impl ProxyHttp for EdgeProxy {
                 self.edge.metrics.upstream_error(ctx.route);
                 let answer = LocalAnswer::error(&upstream_unavailable());
                 let info = self.edge.versions.get();
-                let unavailable = Disposition::counted(answer, info, None, Counted::Unavailable);
+                let unavailable = Disposition::answer(Rule::Unavailable, answer, info, None);
                 if let Err(we) = self.respond(session, ctx, unavailable).await {
                     log::debug!("could not write the 503: {we}");
                 }
@@ -342,6 +362,7 @@ impl ProxyHttp for EdgeProxy {
                     None => "none",
                 },
                 status,
+                rule: ctx.rule.map(Rule::label),
                 upstream_ms: ctx.upstream_ms,
                 total_ms: ctx.started.elapsed().as_millis() as u64,
             });

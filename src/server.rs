@@ -97,6 +97,7 @@ fn build_edge(
             per_second: edge_conf.limits.per_source_requests_per_second,
             in_flight: edge_conf.limits.per_source_in_flight,
         }),
+        shadow: Arc::default(),
     });
     Ok((edge, events_rx))
 }
@@ -162,6 +163,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             versions: versions.clone(),
             governor: edge.governor.clone(),
             unknown: edge.unknown.clone(),
+            shadow: edge.shadow.clone(),
         },
     );
     ops.add_tcp(&edge_conf.ops_address);
