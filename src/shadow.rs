@@ -15,7 +15,8 @@
 //!
 //! Verdicts: `agree`; `mismatch` (a difference the README does not promise: logged, once per
 //! rule and subject); `deviation` (a documented one: the edge's 429 over a source's limits, a
-//! verified heartbeat accepted and kept while Ironic fails, the replay above). A request
+//! verified heartbeat accepted (kept, a repeat, a source over its limits) where Ironic fails
+//! or the node is locked, the replay above). A request
 //! the edge would have forwarded anyway agrees by construction (rule `forwarded`). A request
 //! Ironic did not answer (unreachable) is not compared.
 
@@ -64,8 +65,11 @@ pub(crate) fn compare(rule: Rule, edge: Answer<'_>, ironic: Answer<'_>) -> Verdi
         return Verdict::Deviation;
     }
     if edge.status != ironic.status {
+        // A heartbeat the edge accepts (a repeat, one kept for the relay, one from a source
+        // over its limits) where Ironic fails or the node is locked: what the edge is for.
+        let accepted = matches!(rule, Rule::Kept | Rule::Coalesced | Rule::OverLimit);
         let ironic_failed = ironic.status >= 500 || ironic.status == 409;
-        return if rule == Rule::Kept && ironic_failed {
+        return if accepted && edge.status == 202 && ironic_failed {
             Verdict::Deviation
         } else {
             Verdict::Mismatch
@@ -340,6 +344,13 @@ mod tests {
                 Mismatch,
             ),
             (
+                "coalesced, Ironic failing",
+                Coalesced,
+                a(202, b""),
+                a(503, b"{}"),
+                Deviation,
+            ),
+            (
                 "kept, Ironic failing",
                 Kept,
                 a(202, b""),
@@ -400,6 +411,20 @@ mod tests {
                 OverLimit,
                 a(202, b""),
                 a(400, LOCKED),
+                Mismatch,
+            ),
+            (
+                "over limit, verified, locked",
+                OverLimit,
+                a(202, b""),
+                a(409, LOCKED),
+                Deviation,
+            ),
+            (
+                "edge error, Ironic failing",
+                EdgeError,
+                a(400, LOCKED),
+                a(503, b"{}"),
                 Mismatch,
             ),
             (
