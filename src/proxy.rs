@@ -78,6 +78,9 @@ impl EdgeProxy {
                 write_upstream(session, &resp, &body).await
             }
             Disposition::Local(local) => {
+                if self.edge.shadow_mode() && local.rule.stands_in_for_ironic() {
+                    self.edge.shadow.unasked(local.rule);
+                }
                 let written =
                     write_local(session, &local.answer, local.info.as_ref(), local.version).await;
                 if let Some(after) = local.after {

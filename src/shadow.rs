@@ -11,14 +11,19 @@
 //!   names them in the order they appear: compared as sorted lists;
 //! - a replayed minted answer carries the raw token, Ironic's answer to the repeat `"******"`:
 //!   both tokens are masked, and an answer equal but for the token is the documented
-//!   deviation (the replay exists to differ there).
+//!   deviation (the replay exists to differ there);
+//! - the edge's `Invalid or missing agent token received.` for a token it cannot verify,
+//!   where Ironic refuses the heartbeat with another 400 (its conductor checks
+//!   `require_tls` first): the documented edge token check. Ironic accepting it is a
+//!   mismatch.
 //!
 //! Verdicts: `agree`; `mismatch` (a difference the README does not promise: logged, once per
 //! rule and subject); `deviation` (a documented one: the edge's 429 over a source's limits, a
 //! verified heartbeat accepted (kept, a repeat, a source over its limits) where Ironic fails
 //! or the node is locked, the replay above). A request
 //! the edge would have forwarded anyway agrees by construction (rule `forwarded`). A request
-//! Ironic did not answer (unreachable) is not compared.
+//! Ironic did not answer (unreachable) is not compared; one the edge must answer itself in
+//! shadow mode too (a heartbeat body over the limit, read in part) is counted `unasked`.
 
 use crate::disposition::{Predicted, Rule};
 use crate::ironic::token::{lookup_token, replace_token, LookupToken, MASK};
@@ -34,16 +39,25 @@ pub(crate) enum Verdict {
     Mismatch = 1,
     /// Differs as the README's deliberate deviations say it does.
     Deviation = 2,
+    /// Answered at the edge in shadow mode too, Ironic not asked: a heartbeat body over the
+    /// limit that was read in part (what was read cannot be sent).
+    Unasked = 3,
 }
 
 impl Verdict {
-    pub(crate) const ALL: [Verdict; 3] = [Verdict::Agree, Verdict::Mismatch, Verdict::Deviation];
+    pub(crate) const ALL: [Verdict; 4] = [
+        Verdict::Agree,
+        Verdict::Mismatch,
+        Verdict::Deviation,
+        Verdict::Unasked,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
             Verdict::Agree => "agree",
             Verdict::Mismatch => "mismatch",
             Verdict::Deviation => "deviation",
+            Verdict::Unasked => "unasked",
         }
     }
 }
@@ -81,7 +95,17 @@ pub(crate) fn compare(rule: Rule, edge: Answer<'_>, ironic: Answer<'_>) -> Verdi
     if rule == Rule::Replayed && same_body(&masked(edge.body), &masked(ironic.body)) {
         return Verdict::Deviation;
     }
+    if rule == Rule::EdgeError && edge.status == 400 && is_token_refusal(edge.body) {
+        // The edge's refusal of a token it cannot verify is its own message: Ironic refuses
+        // the heartbeat too, by the check its conductor makes first (`require_tls`...).
+        return Verdict::Deviation;
+    }
     Verdict::Mismatch
+}
+
+/// The edge's 400 for a heartbeat token it cannot verify.
+fn is_token_refusal(body: &[u8]) -> bool {
+    body == crate::ironic::error::invalid_token().body.as_bytes()
 }
 
 /// Equal bytes, or equal JSON values once `Unexpected arguments` lists are sorted.
@@ -228,6 +252,11 @@ impl Shadow {
         verdict
     }
 
+    /// An answer the edge made in Ironic's place in shadow mode too (see [`Verdict::Unasked`]).
+    pub(crate) fn unasked(&self, rule: Rule) {
+        self.counts[rule as usize][Verdict::Unasked as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count(&self, rule: Rule, verdict: Verdict) -> u64 {
         self.counts[rule as usize][verdict as usize].load(Ordering::Relaxed)
     }
@@ -282,6 +311,7 @@ mod tests {
     fn verdicts() {
         let a = |status, body| Answer { status, body };
         let replay = lookup_answer(RAW, "clean wait");
+        let token_refusal = crate::ironic::error::invalid_token().body.into_bytes();
         let ironic_masked = lookup_answer(MASK, "clean wait");
         let ironic_moved_on = lookup_answer(MASK, "cleaning");
         let spaced = br#"{"error_message":"{\"faultcode\": \"Client\", \"faultstring\": \"Node 52:54:00:00:00:01 could not be found.\", \"debuginfo\": null}"}"#;
@@ -419,6 +449,20 @@ mod tests {
                 a(202, b""),
                 a(409, LOCKED),
                 Deviation,
+            ),
+            (
+                "token refused, Ironic refuses otherwise",
+                EdgeError,
+                a(400, &token_refusal),
+                a(400, LOCKED),
+                Deviation,
+            ),
+            (
+                "token refused, Ironic accepts",
+                EdgeError,
+                a(400, &token_refusal),
+                a(202, b""),
+                Mismatch,
             ),
             (
                 "edge error, Ironic failing",

@@ -117,7 +117,7 @@ fn minted(out: &engine::Outcome) -> String {
 #[test]
 fn lookup_versions_and_routing() {
     engine::print_normalisations();
-    let (s, extra) = Stack::start_with(
+    let (s, extra) = Stack::start_shadowed(
         engine::peer(8, 2, true),
         &[(1, "enroll-no-fasttrack", 1), (1, "clean-wait", 1)],
         |_| {},
@@ -717,7 +717,7 @@ fn lookup_versions_and_routing() {
 #[test]
 fn heartbeat_parameters_and_gates() {
     engine::print_normalisations();
-    let (s, extra) = Stack::start_with(
+    let (s, extra) = Stack::start_shadowed(
         engine::peer(8, 1, true),
         &[(1, "enroll-no-fasttrack", 1)],
         |_| {},
@@ -1497,7 +1497,7 @@ fn heartbeat_parameters_and_gates() {
 #[test]
 fn heartbeat_http_callbacks_without_require_tls() {
     engine::print_normalisations();
-    let s = Stack::start(engine::peer(2, 1, false));
+    let (s, _) = Stack::start_shadowed(engine::peer(2, 1, false), &[], |_| {});
     let n = s.ironic.nodes.clone();
     let mut d = Diff::new(&s, "require_tls=false");
     let out = d.run(
@@ -1564,7 +1564,7 @@ fn heartbeat_http_callbacks_without_require_tls() {
 #[test]
 fn negative_cache() {
     engine::print_normalisations();
-    let (s, extra) = Stack::start_with(
+    let (s, extra) = Stack::start_shadowed(
         engine::peer(3, 1, true),
         &[(1, "enroll-no-fasttrack", 1)],
         engine::disable_node_index,

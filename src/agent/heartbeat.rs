@@ -524,7 +524,9 @@ async fn forward_and_learn(
                 .await
             }
         }
-        (404, _) => {
+        // Only Ironic's "node not found" says the node is unknown: its other 404s (a version
+        // gate, which shadow mode lets reach it) do not.
+        (404, _) if is_node_not_found_answer(&resp.body, ident) => {
             let ttl = Duration::from_secs(cfg.heartbeat.not_found_ttl_seconds);
             store
                 .negative
@@ -630,6 +632,12 @@ fn is_verified(checked: Option<&CheckedHeartbeat>, record: Option<&NodeRecord>) 
             stored,
             hb.request.agent_token.as_deref().unwrap_or_default(),
         )
+}
+
+/// Ironic's `Node <ident> could not be found.`
+fn is_node_not_found_answer(body: &[u8], ident: &str) -> bool {
+    let needle = format!("Node {ident} could not be found.");
+    body.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 fn is_invalid_token_answer(body: &[u8]) -> bool {
@@ -1118,5 +1126,18 @@ mod tests {
         let body = br#"{"error_message": "{\"faultcode\": \"Client\", \"faultstring\": \"Invalid or missing agent token received.\", \"debuginfo\": null}"}"#;
         assert!(is_invalid_token_answer(body));
         assert!(!is_invalid_token_answer(b"{}"));
+    }
+
+    #[test]
+    fn only_ironics_node_not_found_is_remembered() {
+        let uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+        let not_found = node_not_found(uuid);
+        assert!(is_node_not_found_answer(not_found.body.as_bytes(), uuid));
+        assert!(!is_node_not_found_answer(
+            not_found.body.as_bytes(),
+            "other"
+        ));
+        let gate = crate::ironic::error::resource_not_found();
+        assert!(!is_node_not_found_answer(gate.body.as_bytes(), uuid));
     }
 }

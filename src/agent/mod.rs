@@ -251,6 +251,21 @@ impl AgentPlugin {
             let relayed = self.forward_guarded_lookup(session, ctx).await?;
             return Ok(relayed.predicting(Some(predicted)));
         }
+        self.send_plain(Some(predicted), body, session, ctx).await
+    }
+
+    /// Sends the request to Ironic with the plugin's client (with `body`, as read) and relays
+    /// the answer, with what the edge would have answered (shadow mode); a request with a
+    /// body not read (or the range unknown) is left to the proxy. Not for lookups (their
+    /// token guard).
+    async fn send_plain(
+        &self,
+        predicted: Option<crate::disposition::Predicted>,
+        body: Option<&bytes::Bytes>,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Disposition> {
+        let req = session.req_header();
         let (Some(info), true) = (
             self.edge.versions.get(),
             body.is_some() || req.method == http::Method::GET,
@@ -259,7 +274,7 @@ impl AgentPlugin {
             return Ok(Disposition::Continue);
         };
         let version = version::negotiate(&req.headers, &info.range).unwrap_or(info.range.min);
-        let node = predicted.subject.clone();
+        let node = req.uri.path().to_string();
         let r = AgentRequest {
             edge: &self.edge,
             info,
@@ -269,7 +284,7 @@ impl AgentPlugin {
         let class = crate::upstream::governor::Class::Drive;
         let sent = forward::send(&r, session, ctx, class, &node, body.unwrap_or(&empty)).await;
         Ok(match sent {
-            Ok(resp) => forward::relay(&resp, &resp.body).predicting(Some(predicted)),
+            Ok(resp) => forward::relay(&resp, &resp.body).predicting(predicted),
             Err(_) => forward::unavailable(&r),
         })
     }
@@ -418,11 +433,26 @@ enum Document {
 }
 
 impl AgentPlugin {
+    /// The version documents; in shadow mode one the edge would forward is sent by the
+    /// plugin too, so that it is counted among the agents' requests (IPA's discovery).
+    async fn answer_version_document(
+        &self,
+        document: Document,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Disposition> {
+        let answer = self.version_document(document, session, ctx).await?;
+        if self.edge.shadow_mode() && matches!(answer, Disposition::Continue) {
+            return self.send_plain(None, None, session, ctx).await;
+        }
+        Ok(answer)
+    }
+
     /// `GET /`, IPA's version discovery (twice per boot: a thousand booting agents are a
     /// thousand requests), and `GET /v1`: answered at the edge from the documents learnt from
     /// Ironic, with Ironic's version negotiation and headers; forwarded while a document is
     /// not known, and when a proxy header could make Ironic build other links.
-    async fn answer_version_document(
+    async fn version_document(
         &self,
         document: Document,
         session: &mut Session,
