@@ -40,6 +40,13 @@
 //! - `known_difference_*` (ignored): an accepted difference, listed in the README; run it with
 //!   `cargo test --test conformance -- --ignored`.
 //!
+//! Shadow mode (issue 11): the lookup, heartbeat, `require_tls=false` and negative-cache groups
+//! start with `Stack::start_shadowed`: a second gateway in `mode: shadow` (its own Redis, the
+//! node index on) in front of the same Ironic. Every agent case is sent through it after its
+//! other sends; its status must be Ironic's, it must have compared every one, and the group
+//! fails on any `ironic_edge_shadow_total{verdict="mismatch"}` (documented deviations count
+//! as `deviation`). One summary line per group gives its counts by rule and verdict.
+//!
 //! The suite prints (to the real stderr, also when it passes) one summary line per group and
 //! a running total: cases, answers compared, how many were answered locally, and how often
 //! each normalisation was needed.
