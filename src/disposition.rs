@@ -119,6 +119,17 @@ pub(crate) struct Predicted {
     pub subject: String,
 }
 
+/// The longest subject kept (the mismatch log remembers thousands: a path may be 64 KiB).
+const SUBJECT: usize = 128;
+
+fn bounded(subject: &str) -> String {
+    let mut end = subject.len().min(SUBJECT);
+    while !subject.is_char_boundary(end) {
+        end -= 1;
+    }
+    subject[..end].to_string()
+}
+
 /// What a plugin decided for a request.
 pub(crate) enum Disposition {
     /// Not this plugin's: the next one, and finally the proxy (streaming it to Ironic), carries
@@ -205,7 +216,7 @@ impl Disposition {
                 rule: l.rule,
                 status: l.answer.status,
                 body: l.answer.body.clone(),
-                subject: subject.to_string(),
+                subject: bounded(subject),
             }),
             _ => None,
         }
@@ -322,6 +333,8 @@ mod tests {
             None,
         );
         assert!(denied.prediction("x").is_none());
+        let long = format!("/v1/lookup{}é", "x".repeat(SUBJECT));
+        assert_eq!(edge_404.prediction(&long).unwrap().subject.len(), SUBJECT);
         assert!(Disposition::Continue.prediction("x").is_none());
     }
 }

@@ -20,6 +20,8 @@ pub struct RequestCtx {
     /// The rule that decided the request (in shadow mode: what the edge would have answered
     /// by), for the access log.
     pub(crate) rule: Option<crate::disposition::Rule>,
+    /// Shadow mode: what the edge would have answered a request it leaves to the proxy.
+    pub(crate) predicted: Option<crate::disposition::Predicted>,
     /// Who sent the request (see `client_addr`), computed once in `early_request_filter`;
     /// `None` only for a peer without an IP address.
     pub client: Option<crate::client_addr::ClientAddr>,
@@ -41,6 +43,7 @@ impl Default for RequestCtx {
             answered: None,
             status: None,
             rule: None,
+            predicted: None,
             client: None,
             source: None,
             upstream_started: None,

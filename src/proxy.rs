@@ -216,10 +216,18 @@ impl ProxyHttp for EdgeProxy {
             ctx.rule = Some(Rule::Forwarded);
             ctx.upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
             // An agent request the plugin let through (an `Accept` only Ironic answers, the
-            // range unknown): forwarded in either mode.
-            if self.edge.shadow_mode() && ctx.route != crate::metrics::Route::Other {
-                let status = upstream_response.status.as_u16();
-                self.edge.shadow.observe(None, status, b"");
+            // range unknown: forwarded in either mode; a body the edge did not read: compared
+            // on the status).
+            let status = upstream_response.status.as_u16();
+            match ctx.predicted.take() {
+                Some(p) if self.edge.shadow_mode() => {
+                    ctx.rule = Some(p.rule);
+                    self.edge.shadow.observe_status(&p, status);
+                }
+                _ if self.edge.shadow_mode() && ctx.route != crate::metrics::Route::Other => {
+                    self.edge.shadow.observe(None, status, b"");
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -252,6 +252,17 @@ impl Shadow {
         verdict
     }
 
+    /// As [`Shadow::observe`], for an answer whose body streamed past the gateway (the proxy
+    /// relayed it): compared on the status only.
+    pub(crate) fn observe_status(&self, predicted: &Predicted, status: u16) -> Verdict {
+        let body = if status == predicted.status {
+            predicted.body.clone()
+        } else {
+            bytes::Bytes::new()
+        };
+        self.observe(Some(predicted), status, &body)
+    }
+
     /// An answer the edge made in Ironic's place in shadow mode too (see [`Verdict::Unasked`]).
     pub(crate) fn unasked(&self, rule: Rule) {
         self.counts[rule as usize][Verdict::Unasked as usize].fetch_add(1, Ordering::Relaxed);
@@ -537,6 +548,19 @@ mod tests {
             !text.contains("rule=\"denied\""),
             "policies are not compared"
         );
+    }
+
+    #[test]
+    fn a_streamed_answer_is_compared_on_its_status() {
+        let shadow = Shadow::default();
+        let p = Predicted {
+            rule: EdgeError,
+            status: 413,
+            body: bytes::Bytes::from_static(b"too large"),
+            subject: "/v1/heartbeat/n".into(),
+        };
+        assert_eq!(shadow.observe_status(&p, 413), Agree);
+        assert_eq!(shadow.observe_status(&p, 202), Mismatch);
     }
 
     #[test]

@@ -213,3 +213,35 @@ fn nothing_is_kept_for_the_relay_in_shadow_mode() {
     assert_eq!(env.counter("ironic_edge_heartbeats_deferred_total"), 0);
     assert_eq!(mismatches(&env), 0, "{}", env.gw.logs());
 }
+
+#[test]
+fn a_body_the_edge_would_refuse_unread_reaches_ironic_and_its_status_is_compared() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let uuid = mini.add_node(&[&ironic::random_mac()]);
+    // This Ironic refuses large bodies with its 413 (the edge would have, unread).
+    fake.route("POST", &format!("/v1/heartbeat/{uuid}"), |req, ctx| {
+        ctx.error(req, 413, "Request body is too large.")
+    });
+    let env = shadow_env(fake, |c| {
+        c.set("ironic_edge.heartbeat.max_body_bytes", 4096);
+    });
+    let big = format!(
+        "{{\"callback_url\": \"{CB}\", \"pad\": \"{}\"}}",
+        "x".repeat(8192)
+    );
+    let req = common::Request::post(&format!("/v1/heartbeat/{uuid}"))
+        .version("1.68")
+        .json_body(&big);
+    let r = env.send(&req);
+    assert_eq!(r.status, 413, "{}", r.text());
+    let at_ironic = env.fake.requests_to(&format!("/v1/heartbeat/{uuid}"));
+    assert_eq!(at_ironic.len(), 1, "Ironic answered it");
+    assert_eq!(
+        at_ironic[0].body.len(),
+        big.len(),
+        "the whole body reached Ironic"
+    );
+    assert_eq!(shadow_count(&env, "edge_error", "agree"), 1);
+    assert_eq!(mismatches(&env), 0, "{}", env.gw.logs());
+}

@@ -204,12 +204,21 @@ pub(crate) fn class_of(
 /// The outcome of reading a heartbeat's body.
 pub enum BodyRead {
     Body(Bytes),
-    /// Ironic's JSON body limits refuse it (413 too large, 400 too deep): answer this. The
-    /// body, when it was read whole (shadow mode sends it to Ironic).
-    Refused(IronicError, Option<Bytes>),
+    /// Ironic's JSON body limits refuse it (413 too large, 400 too deep): answer this, with
+    /// what of the body was read (shadow mode lets Ironic answer when it can).
+    Refused(IronicError, BodyKept),
     /// Declared larger than the gateway reads, and not JSON (which Ironic does not limit):
     /// nothing was read, the proxy forwards it.
     TooLargeToCheck,
+}
+
+/// What of a refused heartbeat body was read.
+pub enum BodyKept {
+    Whole(Bytes),
+    /// Nothing: still to be read (declared too large).
+    Nothing,
+    /// Part of it (chunked, over the limit): what was read cannot be put back.
+    Part,
 }
 
 /// Reads the body (bounded) and applies Ironic's JSON body limits, which Ironic enforces
@@ -224,24 +233,26 @@ pub async fn read_checked_body(edge: &Edge, session: &mut Session) -> pingora::R
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
-    // In shadow mode Ironic answers a JSON body over the limit too (nothing of it is read).
-    if (!is_json || edge.shadow_mode()) && declared.is_some_and(|n| n > limit) {
+    if !is_json && declared.is_some_and(|n| n > limit) {
         return Ok(BodyRead::TooLargeToCheck);
+    }
+    let too_large = || {
+        IronicError::flat(
+            413,
+            "Request body is too large. Please contact the service administrator.",
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(BodyRead::Refused(too_large(), BodyKept::Nothing));
     }
     let Some(body) = read_body(session, limit).await? else {
         // JSON over the limit is Ironic's 413; a chunked non-JSON body over it gets the same
         // answer (the part read cannot be put back).
-        return Ok(BodyRead::Refused(
-            IronicError::flat(
-                413,
-                "Request body is too large. Please contact the service administrator.",
-            ),
-            None,
-        ));
+        return Ok(BodyRead::Refused(too_large(), BodyKept::Part));
     };
     Ok(match check_body_limit(content_type.as_deref(), &body) {
         Ok(()) => BodyRead::Body(body),
-        Err(e) => BodyRead::Refused(e, Some(body)),
+        Err(e) => BodyRead::Refused(e, BodyKept::Whole(body)),
     })
 }
 

@@ -230,9 +230,9 @@ impl AgentPlugin {
     /// (before a lookup or heartbeat handler runs: a version error, a body limit, a source
     /// over its limits, a version document), which the proxy compares with it. A GET that may
     /// reach the lookup controller goes with the token guard; a heartbeat goes with `body`,
-    /// as read; a request whose body was not read is left to the proxy (forwarded, not
-    /// compared). In enforce mode, and for answers that do not stand in for Ironic's,
-    /// `would` itself.
+    /// as read; a request whose body was not read is left to the proxy, which compares the
+    /// status only (the body streams past). In enforce mode, and for answers that do not
+    /// stand in for Ironic's, `would` itself.
     async fn instead_of(
         &self,
         would: Disposition,
@@ -270,7 +270,9 @@ impl AgentPlugin {
             self.edge.versions.get(),
             body.is_some() || req.method == http::Method::GET,
         ) else {
-            // Nothing of its body read (a read one needs the range known first).
+            // Nothing of its body read (a read one needs the range known first): the proxy
+            // streams it, and compares what it can.
+            ctx.predicted = predicted;
             return Ok(Disposition::Continue);
         };
         let version = version::negotiate(&req.headers, &info.range).unwrap_or(info.range.min);
@@ -383,19 +385,20 @@ impl Plugin for AgentPlugin {
             AgentRoute::Heartbeat { .. } => {
                 match heartbeat::read_checked_body(&self.edge, session).await? {
                     heartbeat::BodyRead::Body(body) => Some(body),
-                    heartbeat::BodyRead::Refused(e, read) => {
+                    heartbeat::BodyRead::Refused(e, kept) => {
                         let refusal = answer_unversioned(&info, &e);
-                        return match read {
-                            Some(body) => self.instead_of(refusal, Some(&body), session, ctx).await,
-                            // Read in part: what was read cannot be put back, in either mode.
-                            None => Ok(refusal),
+                        let body = match kept {
+                            heartbeat::BodyKept::Whole(body) => Some(body),
+                            heartbeat::BodyKept::Nothing => None,
+                            // What was read cannot be put back, in either mode.
+                            heartbeat::BodyKept::Part => return Ok(refusal),
                         };
+                        return self.instead_of(refusal, body.as_ref(), session, ctx).await;
                     }
                     // Larger than the gateway reads and not JSON: Ironic has no limit there.
-                    heartbeat::BodyRead::TooLargeToCheck
-                        if over_source_limit(ctx) && !self.edge.shadow_mode() =>
-                    {
-                        return Ok(self.refuse_over_limit(session));
+                    heartbeat::BodyRead::TooLargeToCheck if over_source_limit(ctx) => {
+                        let refusal = self.refuse_over_limit(session);
+                        return self.instead_of(refusal, None, session, ctx).await;
                     }
                     heartbeat::BodyRead::TooLargeToCheck => return Ok(Disposition::Continue),
                 }
