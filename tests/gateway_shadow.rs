@@ -245,3 +245,40 @@ fn a_body_the_edge_would_refuse_unread_reaches_ironic_and_its_status_is_compared
     assert_eq!(shadow_count(&env, "edge_error", "agree"), 1);
     assert_eq!(mismatches(&env), 0, "{}", env.gw.logs());
 }
+
+#[test]
+fn a_lookup_that_would_share_one_in_flight_asks_ironic_itself_and_agrees() {
+    let fake = FakeIronic::start();
+    // Ironic is slow to answer this machine's lookup (404): identical lookups meet in flight.
+    fake.route("GET", "/v1/lookup", |req, ctx| {
+        ctx.lookup_not_found(req).delay(Duration::from_millis(1500))
+    });
+    // No node index: only the single flight decides.
+    let env = shadow_env(fake, |c| {
+        c.set("ironic_edge.sync.enabled", false);
+    });
+    let mac = ironic::random_mac();
+    let addr = env.gw.addr();
+    let first = {
+        let mac = mac.clone();
+        std::thread::spawn(move || http::send(addr, &lookup(&mac)))
+    };
+    // The second starts once the first is at Ironic.
+    let at_ironic = common::wait_for(Duration::from_secs(5), || {
+        (env.fake.lookups() == 1).then_some(())
+    });
+    assert!(at_ironic.is_some());
+    let second = env.send(&lookup(&mac));
+    assert_eq!(first.join().unwrap().status, 404);
+    assert_eq!(second.status, 404);
+    // Enforce mode would have repeated the first's 404 to the second; shadow mode asks.
+    assert_eq!(env.fake.lookups(), 2, "each lookup reached Ironic");
+    assert_eq!(
+        shadow_count(&env, "shared_answer", "agree"),
+        1,
+        "{}",
+        env.gw.metrics()
+    );
+    assert_eq!(shadow_count(&env, "forwarded", "agree"), 1);
+    assert_eq!(mismatches(&env), 0, "{}", env.gw.logs());
+}
