@@ -75,4 +75,10 @@ fn each_request_is_one_line_without_tokens_or_queries() {
     assert_eq!(got[2]["path"], "/v1/nodes");
     assert!(got[2]["upstream_ms"].is_u64());
     assert!(got.iter().all(|l| l["total_ms"].is_u64()));
+    // The rule that decided each: the harness's probe (a lookup at 1.1) and the heartbeat
+    // (no agent_version) were Ironic's errors made at the edge; the rest reached Ironic.
+    let probe = find(&|l| l["route"] == "lookup" && l["disposition"] == "local");
+    assert_eq!(probe["rule"], "edge_error", "{probe}");
+    let rules: Vec<&str> = got.iter().map(|l| l["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["forwarded", "edge_error", "forwarded"]);
 }
