@@ -32,6 +32,9 @@ pub(crate) struct AccessLine<'a> {
     /// `refused_source`, `over_limit`), `none` if the connection broke first.
     pub disposition: &'a str,
     pub status: u16,
+    /// The rule that decided it (`index_404`, `coalesced_202`, `forwarded`...: see
+    /// `disposition::Rule`); in shadow mode, the rule of the answer the edge would have made.
+    pub rule: Option<&'a str>,
     /// How long Ironic took, when it was asked.
     pub upstream_ms: Option<u64>,
     pub total_ms: u64,
@@ -177,12 +180,14 @@ mod tests {
             source: Some("10.0.0.1".into()),
             disposition: "local",
             status: 404,
+            rule: Some("index_404"),
             upstream_ms: None,
             total_ms: 0,
         };
         let text = serde_json::to_string(&line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["path"], "/v1/lookup");
+        assert_eq!(v["rule"], "index_404");
         assert_eq!(v["upstream_ms"], serde_json::Value::Null);
         assert!(!text.contains('\n'));
     }

@@ -46,6 +46,18 @@ pub enum RoutePolicy {
     Ramdisk,
 }
 
+/// How the agent endpoints are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The gateway answers what it safely can at the edge.
+    #[default]
+    Enforce,
+    /// For adoption: every agent request is decided as in `enforce`, then sent to Ironic,
+    /// whose answer the agent gets; the two answers are compared (`crate::shadow`).
+    Shadow,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -436,6 +448,8 @@ pub struct EdgeConfig {
     pub listeners: Vec<Listener>,
     pub ops_address: String,
     pub route_policy: RoutePolicy,
+    /// `enforce` (default) or `shadow` (decide, but let Ironic answer, and compare).
+    pub mode: Mode,
     pub upstream: UpstreamConfig,
     pub redis: RedisConfig,
     pub lookup: LookupConfig,
@@ -467,6 +481,7 @@ impl Default for EdgeConfig {
             }],
             ops_address: "127.0.0.1:9380".into(),
             route_policy: RoutePolicy::All,
+            mode: Mode::Enforce,
             upstream: UpstreamConfig::default(),
             redis: RedisConfig::default(),
             lookup: LookupConfig::default(),
@@ -951,6 +966,7 @@ mod tests {
                 "ironic_edge:\n  route_policy: some\n",
                 "ironic_edge.route_policy",
             ),
+            ("ironic_edge:\n  mode: dry-run\n", "ironic_edge.mode"),
             (
                 "ironic_edge:\n  lookup:\n    not_found_ttl_seconds: 0\n",
                 "ironic_edge.lookup.not_found_ttl_seconds",

@@ -38,6 +38,15 @@ pub struct Edge {
     pub(crate) governor: Arc<crate::upstream::governor::Governor>,
     /// Agent requests per source (`limits.per_source_*`).
     pub(crate) source_limits: crate::source_limits::SourceLimits,
+    /// Shadow mode's comparisons (`ironic_edge.mode: shadow`; nothing counted in enforce).
+    pub(crate) shadow: Arc<crate::shadow::Shadow>,
+}
+
+impl Edge {
+    /// Whether the gateway runs in shadow mode: it decides, Ironic answers.
+    pub(crate) fn shadow_mode(&self) -> bool {
+        self.config.mode == crate::config::Mode::Shadow
+    }
 }
 
 /// A fresh Ironic-style request id, `req-<uuid4>`.

@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod relay;
 pub mod route_policy;
 pub mod server;
+pub(crate) mod shadow;
 pub(crate) mod source_limits;
 pub(crate) mod source_policy;
 pub(crate) mod store;

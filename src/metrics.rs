@@ -2,6 +2,7 @@
 //! only (a route template, an outcome, a failure kind, a governor class or lane, never a node
 //! UUID, name, MAC or address).
 
+use crate::disposition::Rule;
 use crate::upstream::governor::{Class, GovernorStats, Lane};
 use crate::upstream::{UpstreamError, UpstreamResponse};
 use prometheus::core::Collector;
@@ -293,6 +294,7 @@ impl MetricsSetup {
 pub struct Metrics {
     registry: Registry,
     requests: [[IntCounter; Outcome::ALL.len()]; 3],
+    decisions: [IntCounter; Rule::ALL.len()],
     request_seconds: [[Histogram; Outcome::ALL.len()]; 3],
     upstream_requests: [IntCounter; 3],
     upstream_errors: [IntCounter; 3],
@@ -373,6 +375,12 @@ impl Metrics {
             "Requests by route template and how they were answered.",
             &["route", "outcome"],
         );
+        let decisions = counter_vec(
+            &r,
+            "ironic_edge_decisions_total",
+            "Requests by the rule that decided them (in shadow mode: the rule that would have).",
+            &["rule"],
+        );
         let request_seconds = histogram_vec(
             &r,
             "ironic_edge_request_duration_seconds",
@@ -441,6 +449,7 @@ impl Metrics {
         registered(&r, redis.deadline_misses.clone());
         let routes = Route::ALL.map(Route::label);
         Metrics {
+            decisions: Rule::ALL.map(|rule| decisions.with_label_values(&[rule.label()])),
             requests: Route::ALL.map(|route| {
                 Outcome::ALL.map(|o| requests.with_label_values(&[route.label(), o.label()]))
             }),
@@ -508,6 +517,12 @@ impl Metrics {
     pub fn request(&self, route: Route, outcome: Outcome, took: Duration) {
         self.requests[route as usize][outcome as usize].inc();
         self.request_seconds[route as usize][outcome as usize].observe(took.as_secs_f64());
+    }
+    /// The rule that decided a request, counted once when it ends.
+    pub(crate) fn decision(&self, rule: Rule) {
+        if let Some(i) = Rule::ALL.iter().position(|r| *r == rule) {
+            self.decisions[i].inc();
+        }
     }
     pub fn upstream_request(&self, route: Route) {
         self.upstream_requests[route as usize].inc();

@@ -18,6 +18,7 @@ pub struct OpsApp {
     pub(crate) unknown: Arc<crate::unknown::UnknownMachines>,
     /// For `GET /agents`: the store the agent path writes.
     pub(crate) edge: Arc<crate::edge::Edge>,
+    pub(crate) shadow: Arc<crate::shadow::Shadow>,
 }
 
 fn reply(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
@@ -37,7 +38,7 @@ impl ServeHttp for OpsApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                self.metrics.render_with(&self.governor.stats()),
+                self.metrics.render_with(&self.governor.stats()) + &self.shadow.render(),
             ),
             "/status" => {
                 let upstream = match self.versions.get() {

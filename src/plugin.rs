@@ -17,6 +17,11 @@ pub struct RequestCtx {
     pub answered: Option<crate::metrics::Outcome>,
     /// The status the client got, for the access log.
     pub status: Option<u16>,
+    /// The rule that decided the request (in shadow mode: what the edge would have answered
+    /// by), for the access log.
+    pub(crate) rule: Option<crate::disposition::Rule>,
+    /// Shadow mode: what the edge would have answered a request it leaves to the proxy.
+    pub(crate) predicted: Option<crate::disposition::Predicted>,
     /// Who sent the request (see `client_addr`), computed once in `early_request_filter`;
     /// `None` only for a peer without an IP address.
     pub client: Option<crate::client_addr::ClientAddr>,
@@ -37,6 +42,8 @@ impl Default for RequestCtx {
             route: Route::Other,
             answered: None,
             status: None,
+            rule: None,
+            predicted: None,
             client: None,
             source: None,
             upstream_started: None,

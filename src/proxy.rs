@@ -5,7 +5,7 @@
 
 use crate::client_addr::TrustedProxies;
 use crate::conn_guard::clock_of;
-use crate::disposition::{AfterWrite, Disposition};
+use crate::disposition::{AfterWrite, Disposition, Rule};
 use crate::edge::{write_local, write_upstream, Edge, LocalAnswer};
 use crate::ironic::error::upstream_unavailable;
 use crate::metrics::Outcome as Counted;
@@ -61,13 +61,29 @@ impl EdgeProxy {
         }
         ctx.status = disposition.status();
         crate::drain::close_after_answer(session);
+        ctx.rule = disposition.rule();
         match disposition {
             Disposition::Continue => Ok(()),
-            Disposition::Relayed { resp, body } => {
+            Disposition::Relayed {
+                resp,
+                body,
+                predicted,
+            } => {
+                if self.edge.shadow_mode() {
+                    // The rule that decided is the edge's, though Ironic answered.
+                    if let Some(p) = &predicted {
+                        ctx.rule = Some(p.rule);
+                    }
+                    let p = predicted.as_deref();
+                    self.edge.shadow.observe(p, resp.status(), &body);
+                }
                 ctx.upstream_ms = Some(resp.elapsed_ms);
                 write_upstream(session, &resp, &body).await
             }
             Disposition::Local(local) => {
+                if self.edge.shadow_mode() && local.rule.stands_in_for_ironic() {
+                    self.edge.shadow.unasked(local.rule);
+                }
                 let written =
                     write_local(session, &local.answer, local.info.as_ref(), local.version).await;
                 if let Some(after) = local.after {
@@ -204,9 +220,23 @@ impl ProxyHttp for EdgeProxy {
             ctx.proxied = true;
             let status = upstream_response.status.as_u16();
             ctx.status = Some(status);
+            ctx.rule = Some(Rule::Forwarded);
             if let Some(took) = ctx.upstream_started.map(|t| t.elapsed()) {
                 ctx.upstream_ms = Some(took.as_millis() as u64);
                 self.edge.metrics.upstream_answered(ctx.route, status, took);
+            }
+            // An agent request the plugin let through (an `Accept` only Ironic answers, the
+            // range unknown: forwarded in either mode; a body the edge did not read: compared
+            // on the status).
+            match ctx.predicted.take() {
+                Some(p) if self.edge.shadow_mode() => {
+                    ctx.rule = Some(p.rule);
+                    self.edge.shadow.observe_status(&p, status);
+                }
+                _ if self.edge.shadow_mode() && ctx.route != crate::metrics::Route::Other => {
+                    self.edge.shadow.observe(None, status, b"");
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -270,7 +300,7 @@ impl ProxyHttp for EdgeProxy {
                 );
                 let answer = LocalAnswer::error(&upstream_unavailable());
                 let info = self.edge.versions.get();
-                let unavailable = Disposition::counted(answer, info, None, Counted::Unavailable);
+                let unavailable = Disposition::answer(Rule::Unavailable, answer, info, None);
                 if let Err(we) = self.respond(session, ctx, unavailable).await {
                     log::debug!("could not write the 503: {we}");
                 }
@@ -336,6 +366,9 @@ impl ProxyHttp for EdgeProxy {
                 let _ = self.edge.sync_events.try_send(event);
             }
         }
+        if let Some(rule) = ctx.rule {
+            self.edge.metrics.decision(rule);
+        }
         let how = ctx.answered.map_or("upstream", Counted::label);
         if let Some(access) = &self.access_log {
             let req = session.req_header();
@@ -357,6 +390,7 @@ impl ProxyHttp for EdgeProxy {
                     None => "none",
                 },
                 status,
+                rule: ctx.rule.map(Rule::label),
                 upstream_ms: ctx.upstream_ms,
                 total_ms: ctx.started.elapsed().as_millis() as u64,
             });

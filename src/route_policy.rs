@@ -3,10 +3,9 @@
 //! else gets Ironic's 403 at the edge.
 
 use crate::config::{ConfigError, RoutePolicy};
-use crate::disposition::Disposition;
+use crate::disposition::{Disposition, Rule};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::access_denied;
-use crate::metrics::Outcome as Counted;
 use crate::plugin::{Plugin, RequestCtx};
 use async_trait::async_trait;
 use pingora::proxy::Session;
@@ -60,11 +59,11 @@ impl Plugin for RoutePolicyPlugin {
             crate::ironic::version::negotiate(&session.req_header().headers, &i.range).ok()
         });
         let err = access_denied(&path);
-        Ok(Disposition::counted(
+        Ok(Disposition::answer(
+            Rule::Denied,
             LocalAnswer::error(&err),
             info,
             version,
-            Counted::Denied,
         ))
     }
 }

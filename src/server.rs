@@ -112,6 +112,7 @@ fn build_edge(
             per_second: edge_conf.limits.per_source_requests_per_second,
             in_flight: edge_conf.limits.per_source_in_flight,
         }),
+        shadow: Arc::default(),
     });
     Ok((edge, events_rx))
 }
@@ -175,6 +176,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             governor: edge.governor.clone(),
             unknown: edge.unknown.clone(),
             edge: edge.clone(),
+            shadow: edge.shadow.clone(),
         },
     );
     ops.add_tcp(&edge_conf.ops_address);

@@ -8,10 +8,9 @@
 
 use crate::client_addr::IpNet;
 use crate::config::{ConfigError, EdgeConfig};
-use crate::disposition::Disposition;
+use crate::disposition::{Disposition, Rule};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::access_denied;
-use crate::metrics::Outcome as Counted;
 use crate::plugin::{Plugin, RequestCtx};
 use async_trait::async_trait;
 use pingora::proxy::Session;
@@ -172,11 +171,11 @@ impl Plugin for SourcePolicyPlugin {
         let version = info.as_ref().and_then(|i| {
             crate::ironic::version::negotiate(&session.req_header().headers, &i.range).ok()
         });
-        Ok(Disposition::counted(
+        Ok(Disposition::answer(
+            Rule::RefusedSource,
             LocalAnswer::error(&access_denied(&path)),
             info,
             version,
-            Counted::RefusedSource,
         ))
     }
 }

@@ -40,6 +40,13 @@
 //! - `known_difference_*` (ignored): an accepted difference, listed in the README; run it with
 //!   `cargo test --test conformance -- --ignored`.
 //!
+//! Shadow mode (issue 11): the lookup, heartbeat, `require_tls=false` and negative-cache groups
+//! start with `Stack::start_shadowed`: a second gateway in `mode: shadow` (its own Redis, the
+//! node index on) in front of the same Ironic. Every agent case is sent through it after its
+//! other sends; its status must be Ironic's, it must have compared every one, and the group
+//! fails on any `ironic_edge_shadow_total{verdict="mismatch"}` (documented deviations count
+//! as `deviation`). One summary line per group gives its counts by rule and verdict.
+//!
 //! The suite prints (to the real stderr, also when it passes) one summary line per group and
 //! a running total: cases, answers compared, how many were answered locally, and how often
 //! each normalisation was needed.
@@ -117,7 +124,7 @@ fn minted(out: &engine::Outcome) -> String {
 #[test]
 fn lookup_versions_and_routing() {
     engine::print_normalisations();
-    let (s, extra) = Stack::start_with(
+    let (s, extra) = Stack::start_shadowed(
         engine::peer(8, 2, true),
         &[(1, "enroll-no-fasttrack", 1), (1, "clean-wait", 1)],
         |_| {},
@@ -717,7 +724,7 @@ fn lookup_versions_and_routing() {
 #[test]
 fn heartbeat_parameters_and_gates() {
     engine::print_normalisations();
-    let (s, extra) = Stack::start_with(
+    let (s, extra) = Stack::start_shadowed(
         engine::peer(8, 1, true),
         &[(1, "enroll-no-fasttrack", 1)],
         |_| {},
@@ -1497,7 +1504,7 @@ fn heartbeat_parameters_and_gates() {
 #[test]
 fn heartbeat_http_callbacks_without_require_tls() {
     engine::print_normalisations();
-    let s = Stack::start(engine::peer(2, 1, false));
+    let (s, _) = Stack::start_shadowed(engine::peer(2, 1, false), &[], |_| {});
     let n = s.ironic.nodes.clone();
     let mut d = Diff::new(&s, "require_tls=false");
     let out = d.run(
@@ -1564,7 +1571,7 @@ fn heartbeat_http_callbacks_without_require_tls() {
 #[test]
 fn negative_cache() {
     engine::print_normalisations();
-    let (s, extra) = Stack::start_with(
+    let (s, extra) = Stack::start_shadowed(
         engine::peer(3, 1, true),
         &[(1, "enroll-no-fasttrack", 1)],
         engine::disable_node_index,

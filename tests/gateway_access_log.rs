@@ -11,7 +11,8 @@ fn lines(
     path: &std::path::Path,
     done: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    wait_for(Duration::from_secs(5), || {
+    // (Generous: the writer thread is starved on a loaded machine.)
+    wait_for(Duration::from_secs(20), || {
         let text = std::fs::read_to_string(path).ok()?;
         let v: Vec<serde_json::Value> = text
             .lines()
@@ -19,7 +20,10 @@ fn lines(
             .collect();
         done(&v).then_some(v)
     })
-    .expect("the access log's lines")
+    .unwrap_or_else(|| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        panic!("the access log's lines, so far:\n{text}")
+    })
 }
 
 #[test]
@@ -75,4 +79,59 @@ fn each_request_is_one_line_without_tokens_or_queries() {
     assert_eq!(got[2]["path"], "/v1/nodes");
     assert!(got[2]["upstream_ms"].is_u64());
     assert!(got.iter().all(|l| l["total_ms"].is_u64()));
+    // The rule that decided each: the harness's probe (a lookup at 1.1) and the heartbeat
+    // (no agent_version) were Ironic's errors made at the edge; the rest reached Ironic.
+    let probe = find(&|l| l["route"] == "lookup" && l["disposition"] == "local");
+    assert_eq!(probe["rule"], "edge_error", "{probe}");
+    let rules: Vec<&str> = got.iter().map(|l| l["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["forwarded", "edge_error", "forwarded"]);
+}
+
+/// The metrics count each request once under the rule that decided it, as the access log
+/// names it (counted when the request ends, just after its answer left).
+#[test]
+fn decisions_are_counted_by_rule() {
+    let env = Env::start_with(|_| {});
+    // No version header is API 1.1, where Ironic has no lookup: its 404, made at the edge.
+    env.send(&Request::get(&format!(
+        "/v1/lookup?addresses={}",
+        ironic::random_mac()
+    )));
+    env.send(&Request::get("/v1/nodes?fields=uuid").version("1.62"));
+    let sum = |text: &str, family: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let counted = wait_for(Duration::from_secs(10), || {
+        let text = env.gw.metrics();
+        let requests = sum(&text, "ironic_edge_requests_total");
+        (requests > 0.0 && sum(&text, "ironic_edge_decisions_total") == requests).then_some(())
+    });
+    assert!(counted.is_some(), "{}", env.gw.metrics());
+    let get = |name: &str, labels: &[(&str, &str)]| env.gw.metric(name, labels).unwrap_or(0.0);
+    assert_eq!(
+        get("ironic_edge_decisions_total", &[("rule", "edge_error")]),
+        get(
+            "ironic_edge_requests_total",
+            &[("route", "lookup"), ("outcome", "local")]
+        ),
+        "every lookup answered here was an edge error (the harness's probes and this one)"
+    );
+    let forwarded: f64 = ["lookup", "heartbeat", "other"]
+        .iter()
+        .map(|r| {
+            get(
+                "ironic_edge_requests_total",
+                &[("route", r), ("outcome", "forwarded")],
+            )
+        })
+        .sum();
+    assert!(forwarded >= 1.0, "the GET /v1/nodes at least");
+    assert_eq!(
+        get("ironic_edge_decisions_total", &[("rule", "forwarded")]),
+        forwarded,
+        "what Ironic answered"
+    );
 }

@@ -106,6 +106,12 @@ fn bad_configs_exit_1_naming_the_field() {
             }),
         ),
         (
+            "ironic_edge.mode",
+            Box::new(|c| {
+                c.set("ironic_edge.mode", "dry-run");
+            }),
+        ),
+        (
             "ironic_edge.lookup",
             Box::new(|c| {
                 c.set("ironic_edge.lookup.not_found_ttl", 3);

@@ -1,10 +1,10 @@
 //! Forwarding an agent request with the gateway's own upstream client: the request as the
 //! agent sent it (path, query, headers, body bytes), plus `X-Forwarded-*`.
 
-use crate::disposition::Disposition;
-use crate::edge::{Edge, LocalAnswer};
+use crate::disposition::{Disposition, Rule};
+use crate::edge::Edge;
 use crate::ironic::error::upstream_unavailable;
-use crate::metrics::{Outcome as Counted, Route};
+use crate::metrics::Route;
 use crate::plugin::RequestCtx;
 use crate::upstream::governor::{self, Class, Lane};
 use crate::upstream::headers::{forwarded_values, is_hop_by_hop};
@@ -126,10 +126,17 @@ const REFRESH_WAIT: Duration = Duration::from_millis(500);
 /// refresh (holding the agent for the whole deadline would teach Ironic nothing sooner).
 pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(2);
 
-/// The instant by which the agent's request must be answered.
+/// The instant by which the agent's request must be answered. In shadow mode the agent waits
+/// for Ironic as it would without the gateway: the edge answers no 503 of its own while Ironic
+/// may still answer (the upstream client's own deadline, its three timeouts, comes first).
 pub fn answer_deadline(edge: &Edge, ctx: &RequestCtx) -> Instant {
-    Instant::from_std(ctx.started)
-        + Duration::from_millis(edge.config.upstream.agent_answer_within_ms)
+    let u = &edge.config.upstream;
+    let within = if edge.shadow_mode() {
+        u.connect_timeout_ms + u.write_timeout_ms + u.read_timeout_ms + 1000
+    } else {
+        u.agent_answer_within_ms
+    };
+    Instant::from_std(ctx.started) + Duration::from_millis(within)
 }
 
 /// Gets the agent's request ready to go upstream (the request itself is built when it goes).
@@ -185,20 +192,27 @@ impl Prepared {
             Route::Heartbeat => Lane::Conductor,
             _ => Lane::Api,
         };
-        let permit = match edge
-            .governor
-            .enter(self.class, lane, &self.node, until)
-            .await
-        {
-            Ok(p) => p,
-            Err(_) => {
-                log::debug!(
-                    "{} ({}) not sent: no place in Ironic's budget in time",
-                    self.route.label(),
-                    self.class.label()
-                );
-                edge.metrics.deferred(self.class);
-                return Err(UpstreamError::Busy);
+        // Shadow mode paces nothing of the agents' (they reach Ironic as without the gateway,
+        // and never get the edge's 503 for a place in the budget): the governor only sees the
+        // gateway's own requests (the sync, the version discovery).
+        let permit = if edge.shadow_mode() {
+            None
+        } else {
+            match edge
+                .governor
+                .enter(self.class, lane, &self.node, until)
+                .await
+            {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    log::debug!(
+                        "{} ({}) not sent: no place in Ironic's budget in time",
+                        self.route.label(),
+                        self.class.label()
+                    );
+                    edge.metrics.deferred(self.class);
+                    return Err(UpstreamError::Busy);
+                }
             }
         };
         let req = match self.recipe.build(self.body.len()) {
@@ -211,7 +225,9 @@ impl Prepared {
         let result = edge.upstream.send(&req, &self.body).await;
         edge.metrics
             .upstream_exchange(self.route, &result, sent_at.elapsed());
-        permit.answered(governor::sample_of(&result));
+        if let Some(permit) = permit {
+            permit.answered(governor::sample_of(&result));
+        }
         match &result {
             Ok(resp) => edge.versions.observe_headers(&resp.header.headers),
             Err(e) => {
@@ -242,10 +258,5 @@ pub(crate) fn relay(resp: &UpstreamResponse, body: &Bytes) -> Disposition {
 
 /// The answer when the upstream could not be asked, or did not answer in time: Ironic's 503.
 pub(crate) fn unavailable(r: &AgentRequest<'_>) -> Disposition {
-    Disposition::counted(
-        LocalAnswer::error(&upstream_unavailable()),
-        Some(r.info.clone()),
-        Some(r.version),
-        Counted::Unavailable,
-    )
+    r.answer_error(Rule::Unavailable, &upstream_unavailable())
 }

@@ -10,7 +10,7 @@
 
 use super::forward;
 use super::AgentRequest;
-use crate::disposition::Disposition;
+use crate::disposition::{Disposition, Predicted, Rule};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::{callback_url_changed, invalid_token, node_not_found};
 use crate::ironic::heartbeat::{
@@ -204,11 +204,21 @@ pub(crate) fn class_of(
 /// The outcome of reading a heartbeat's body.
 pub enum BodyRead {
     Body(Bytes),
-    /// Ironic's JSON body limits refuse it (413 too large, 400 too deep): answer this.
-    Refused(IronicError),
+    /// Ironic's JSON body limits refuse it (413 too large, 400 too deep): answer this, with
+    /// what of the body was read (shadow mode lets Ironic answer when it can).
+    Refused(IronicError, BodyKept),
     /// Declared larger than the gateway reads, and not JSON (which Ironic does not limit):
     /// nothing was read, the proxy forwards it.
     TooLargeToCheck,
+}
+
+/// What of a refused heartbeat body was read.
+pub enum BodyKept {
+    Whole(Bytes),
+    /// Nothing: still to be read (declared too large).
+    Nothing,
+    /// Part of it (chunked, over the limit): what was read cannot be put back.
+    Part,
 }
 
 /// Reads the body (bounded) and applies Ironic's JSON body limits, which Ironic enforces
@@ -226,17 +236,23 @@ pub async fn read_checked_body(edge: &Edge, session: &mut Session) -> pingora::R
     if !is_json && declared.is_some_and(|n| n > limit) {
         return Ok(BodyRead::TooLargeToCheck);
     }
+    let too_large = || {
+        IronicError::flat(
+            413,
+            "Request body is too large. Please contact the service administrator.",
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(BodyRead::Refused(too_large(), BodyKept::Nothing));
+    }
     let Some(body) = read_body(session, limit).await? else {
         // JSON over the limit is Ironic's 413; a chunked non-JSON body over it gets the same
         // answer (the part read cannot be put back).
-        return Ok(BodyRead::Refused(IronicError::flat(
-            413,
-            "Request body is too large. Please contact the service administrator.",
-        )));
+        return Ok(BodyRead::Refused(too_large(), BodyKept::Part));
     };
     Ok(match check_body_limit(content_type.as_deref(), &body) {
         Ok(()) => BodyRead::Body(body),
-        Err(e) => BodyRead::Refused(e),
+        Err(e) => BodyRead::Refused(e, BodyKept::Whole(body)),
     })
 }
 
@@ -249,6 +265,36 @@ fn content_type(session: &Session) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Where a heartbeat's decision leads.
+enum Step {
+    /// Answered at the edge; in shadow mode forwarded as the second says instead.
+    Answer(Disposition, Forward),
+    /// To Ironic.
+    Forward(Forward),
+}
+
+/// What forwarding a heartbeat needs of its decision.
+struct Forward {
+    /// The heartbeat, when it passed the API-side checks.
+    checked: Option<CheckedHeartbeat>,
+    record: Option<NodeRecord>,
+    verified: bool,
+    class: Class,
+}
+
+impl Forward {
+    /// A heartbeat that did not pass the API-side checks: nothing verified, nothing to learn
+    /// but Ironic's 404.
+    fn unchecked() -> Forward {
+        Forward {
+            checked: None,
+            record: None,
+            verified: false,
+            class: Class::First,
+        }
+    }
+}
+
 pub(crate) async fn handle(
     r: &AgentRequest<'_>,
     ident: &str,
@@ -256,6 +302,31 @@ pub(crate) async fn handle(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<Disposition> {
+    let (answer, forward) = match decide_heartbeat(r, ident, body, session, ctx).await {
+        Step::Forward(f) => (None, f),
+        Step::Answer(answer, f) => (Some(answer), f),
+    };
+    let predicted = match answer {
+        // Shadow mode: Ironic answers instead, compared with what the edge would have said.
+        Some(answer) if r.shadow() => match answer.prediction(ident) {
+            Some(p) => Some(p),
+            None => return Ok(answer),
+        },
+        Some(answer) => return Ok(answer),
+        None => None,
+    };
+    forward_and_learn(r, ident, forward, predicted, session, ctx, body).await
+}
+
+/// Decides a heartbeat: answered at the edge, or forwarded (reading what is known of the
+/// node once).
+async fn decide_heartbeat(
+    r: &AgentRequest<'_>,
+    ident: &str,
+    body: &Bytes,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Step {
     let content_type = content_type(session);
     let query = session.req_header().uri.query().map(str::to_string);
     let check = |agent_url: Option<&str>| {
@@ -270,13 +341,16 @@ pub(crate) async fn handle(
     };
     let checked = check(None);
     let store = &r.edge.store;
+    let unchecked = Forward::unchecked;
     let checked = match checked {
-        Err(HeartbeatRejection::BeforeNodeLookup(e)) => return Ok(r.answer_error(&e)),
+        Err(HeartbeatRejection::BeforeNodeLookup(e)) => {
+            return Step::Answer(r.answer_error(Rule::EdgeError, &e), unchecked())
+        }
         Err(HeartbeatRejection::AfterNodeLookup(e)) => {
             // Ironic says this only for a node that exists; otherwise "not found" wins.
             let facts = node_facts(r, ident).await;
-            if facts.missing {
-                return Ok(r.answer_error(&node_not_found(ident)));
+            if let Some(rule) = facts.missing {
+                return Step::Answer(r.answer_error(rule, &node_not_found(ident)), unchecked());
             }
             if facts.record.is_some() || facts.ironic.is_some() {
                 // With the node's agent_url known, Ironic's "callback_url changed" check
@@ -285,24 +359,34 @@ pub(crate) async fn handle(
                     Err(HeartbeatRejection::AfterNodeLookup(e2)) => e2,
                     _ => e,
                 };
-                return Ok(r.answer_error(&e));
+                return Step::Answer(r.answer_error(Rule::EdgeError, &e), unchecked());
             }
             if super::over_source_limit(ctx) {
-                return Ok(r.answer_over_limit(false));
+                return Step::Answer(r.answer_over_limit(false), unchecked());
             }
-            let class = Class::First;
-            return forward_and_learn(r, ident, None, None, false, class, session, ctx, body).await;
+            return Step::Forward(unchecked());
         }
         Ok(c) => c,
     };
     let facts = node_facts(r, ident).await;
-    if facts.missing {
-        return Ok(r.answer_error(&node_not_found(ident)));
-    }
-    if super::over_source_limit(ctx) {
-        return Ok(over_limit(r, ident, &checked, facts.record.as_ref(), session, body).await);
+    if let Some(rule) = facts.missing {
+        return Step::Answer(r.answer_error(rule, &node_not_found(ident)), unchecked());
     }
     let record = facts.record.clone();
+    // Verified: the token the gateway knows, and Ironic (as far as the index shows) holds one.
+    let verified = is_verified(Some(&checked), record.as_ref())
+        && facts.ironic.as_ref().is_none_or(|n| n.token_held);
+    let class = class_of(&checked, record.as_ref(), facts.ironic.as_ref(), verified);
+    let forward = Forward {
+        checked: Some(checked.clone()),
+        record: record.clone(),
+        verified,
+        class,
+    };
+    if super::over_source_limit(ctx) {
+        let answer = over_limit(r, ident, &checked, record.as_ref(), session, body).await;
+        return Step::Answer(answer, forward);
+    }
     match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
         Decision::Forward => {
             let coalesce = coalesce_window(
@@ -320,10 +404,11 @@ pub(crate) async fn handle(
             ) == Shield::Accept
             {
                 log::debug!("heartbeat for {ident}: same as the one Ironic accepted recently; 202 at the edge");
-                return Ok(r.answer_local(LocalAnswer::accepted()));
+                let accepted = r.answer_local(Rule::Coalesced, LocalAnswer::accepted());
+                return Step::Answer(accepted, forward);
             }
         }
-        Decision::Answer(e) => return Ok(r.answer_error(&e)),
+        Decision::Answer(e) => return Step::Answer(r.answer_error(Rule::EdgeError, &e), forward),
         Decision::ForwardIfSlot(e) => {
             let interval =
                 Duration::from_secs(r.edge.config.heartbeat.token_mismatch_forward_seconds);
@@ -335,49 +420,44 @@ pub(crate) async fn handle(
                 Ok(true) => log::info!(
                     "heartbeat for {ident}: a token the gateway cannot verify; forwarding it once"
                 ),
-                Ok(false) => return Ok(r.answer_error(&e)),
+                Ok(false) => {
+                    return Step::Answer(r.answer_error(Rule::EdgeError, &e), forward);
+                }
                 Err(err) => store_error(r, &err),
             }
         }
     }
-    // Verified: the token the gateway knows, and Ironic (as far as the index shows) holds one.
-    let verified = is_verified(Some(&checked), record.as_ref())
-        && facts.ironic.as_ref().is_none_or(|n| n.token_held);
-    let class = class_of(&checked, record.as_ref(), facts.ironic.as_ref(), verified);
-    forward_and_learn(
-        r,
-        ident,
-        Some(&checked),
-        record.as_ref(),
-        verified,
-        class,
-        session,
-        ctx,
-        body,
-    )
-    .await
+    Step::Forward(forward)
 }
 
 /// Forwards the heartbeat with the agent's exact body and learns from Ironic's answer.
-#[allow(clippy::too_many_arguments)]
+/// `predicted`: in shadow mode, what the edge would have answered instead.
 async fn forward_and_learn(
     r: &AgentRequest<'_>,
     ident: &str,
-    checked: Option<&CheckedHeartbeat>,
-    record: Option<&NodeRecord>,
-    verified: bool,
-    class: Class,
+    forward: Forward,
+    mut predicted: Option<Predicted>,
     session: &mut Session,
     ctx: &mut RequestCtx,
     body: &Bytes,
 ) -> pingora::Result<Disposition> {
-    let relay_on = r.edge.config.heartbeat.relay_when_upstream_fails && r.edge.sealer.is_some();
+    let Forward {
+        checked,
+        record,
+        verified,
+        class,
+    } = forward;
+    let (checked, record) = (checked.as_ref(), record.as_ref());
+    let relay_configured =
+        r.edge.config.heartbeat.relay_when_upstream_fails && r.edge.sealer.is_some();
+    // Shadow mode keeps nothing for the relay: every heartbeat gets Ironic's answer.
+    let relay_on = relay_configured && !r.shadow();
     let sent = if relay_on && verified {
         match send_within_deadline(r, session, ctx, class, ident, body).await {
             Some(sent) => sent,
             None => {
                 log::info!("heartbeat for {ident}: Ironic is slow; accepted, relayed if it fails");
-                return Ok(r.answer_local(LocalAnswer::accepted()));
+                return Ok(r.answer_local(Rule::Kept, LocalAnswer::accepted()));
             }
         }
     } else {
@@ -393,13 +473,24 @@ async fn forward_and_learn(
         let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
         if crate::relay::defer(r.edge, ident, &pending).await {
             log::info!("heartbeat for {ident}: Ironic failed; accepted and kept for the relay");
-            return Ok(r.answer_local(LocalAnswer::accepted()));
+            return Ok(r.answer_local(Rule::Kept, LocalAnswer::accepted()));
         }
+    }
+    if failed && relay_configured && verified && r.shadow() && predicted.is_none() {
+        // Shadow mode: enforce mode would have accepted and kept it.
+        predicted = r
+            .answer_local(Rule::Kept, LocalAnswer::accepted())
+            .prediction(ident);
     }
     let resp = match sent {
         Ok(resp) => resp,
         Err(_) => return Ok(forward::unavailable(r)),
     };
+    // A repeat enforce mode would have coalesced does not move the window (it would not have
+    // reached Ironic): shadow mode then predicts what enforce mode does.
+    let refresh = !predicted
+        .as_ref()
+        .is_some_and(|p| p.rule == Rule::Coalesced);
     let store = &r.edge.store;
     let cfg = &r.edge.config;
     let result = match (resp.status(), checked) {
@@ -433,6 +524,9 @@ async fn forward_and_learn(
                     if relay_on {
                         store.relay.drop_node(ident).await?;
                     }
+                    if !refresh {
+                        return Ok(());
+                    }
                     store
                         .records
                         .heartbeat_forwarded(ident, &fingerprint(hb), now_ms())
@@ -441,7 +535,9 @@ async fn forward_and_learn(
                 .await
             }
         }
-        (404, _) => {
+        // Only Ironic's "node not found" says the node is unknown: its other 404s (a version
+        // gate, which shadow mode lets reach it) do not.
+        (404, _) if is_node_not_found_answer(&resp.body, ident) => {
             let ttl = Duration::from_secs(cfg.heartbeat.not_found_ttl_seconds);
             store
                 .negative
@@ -467,7 +563,7 @@ async fn forward_and_learn(
         store_error(r, &e);
     }
     let body = resp.body.clone();
-    Ok(forward::relay(&resp, &body))
+    Ok(forward::relay(&resp, &body).predicting(predicted))
 }
 
 /// A heartbeat from a source over its limits: accepted if verified (and kept for the relay,
@@ -481,7 +577,8 @@ async fn over_limit(
     body: &Bytes,
 ) -> Disposition {
     let verified = is_verified(Some(checked), record);
-    if verified && r.edge.config.heartbeat.relay_when_upstream_fails {
+    // (Shadow mode keeps nothing for the relay: Ironic answers.)
+    if verified && r.edge.config.heartbeat.relay_when_upstream_fails && !r.shadow() {
         let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
         if !crate::relay::defer(r.edge, ident, &pending).await {
             log::debug!("heartbeat for {ident}: over its source's limits, not kept");
@@ -548,6 +645,12 @@ fn is_verified(checked: Option<&CheckedHeartbeat>, record: Option<&NodeRecord>) 
         )
 }
 
+/// Ironic's `Node <ident> could not be found.`
+fn is_node_not_found_answer(body: &[u8], ident: &str) -> bool {
+    let needle = format!("Node {ident} could not be found.");
+    body.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
 fn is_invalid_token_answer(body: &[u8]) -> bool {
     let needle = b"Invalid or missing agent token received.";
     body.windows(needle.len()).any(|w| w == needle)
@@ -555,9 +658,9 @@ fn is_invalid_token_answer(body: &[u8]) -> bool {
 
 /// What is known of the heartbeat's node before deciding.
 struct NodeFacts {
-    /// Ironic would answer `Node X could not be found.` (a cached upstream 404, or a fresh
-    /// index without this UUID).
-    missing: bool,
+    /// Ironic would answer `Node X could not be found.`, by this rule (a cached upstream 404,
+    /// or a fresh index without this UUID).
+    missing: Option<Rule>,
     /// What the gateway learnt from traffic.
     record: Option<NodeRecord>,
     /// The node as the fresh index shows it (UUID idents only: the index is keyed by UUID).
@@ -575,20 +678,20 @@ impl NodeFacts {
 }
 
 async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
-    let missing = NodeFacts {
-        missing: true,
+    let missing = |rule| NodeFacts {
+        missing: Some(rule),
         record: None,
         ironic: None,
     };
     if known_missing(r, ident).await {
-        return missing;
+        return missing(Rule::NegativeCache);
     }
     let (indexed, synced_at) = match indexed_by_ident(r, ident).await {
         Some((node, at)) => (Some(node), at),
         None => (None, 0),
     };
     if matches!(indexed, Some(None)) {
-        return missing;
+        return missing(Rule::IndexNotFound);
     }
     // Records are kept under the node's UUID (agents heartbeat by the UUID lookup gave them).
     let record = if is_canonical_uuid(ident) {
@@ -609,7 +712,7 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     // not used until Ironic's outcome is known.
     let (record, ironic) = super::session::view(record, ironic);
     NodeFacts {
-        missing: false,
+        missing: None,
         record,
         ironic,
     }
@@ -1034,5 +1137,18 @@ mod tests {
         let body = br#"{"error_message": "{\"faultcode\": \"Client\", \"faultstring\": \"Invalid or missing agent token received.\", \"debuginfo\": null}"}"#;
         assert!(is_invalid_token_answer(body));
         assert!(!is_invalid_token_answer(b"{}"));
+    }
+
+    #[test]
+    fn only_ironics_node_not_found_is_remembered() {
+        let uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+        let not_found = node_not_found(uuid);
+        assert!(is_node_not_found_answer(not_found.body.as_bytes(), uuid));
+        assert!(!is_node_not_found_answer(
+            not_found.body.as_bytes(),
+            "other"
+        ));
+        let gate = crate::ironic::error::resource_not_found();
+        assert!(!is_node_not_found_answer(gate.body.as_bytes(), uuid));
     }
 }

@@ -12,7 +12,7 @@ use super::flight::{FlightAnswer, FlightEnd, Flights};
 use super::forward;
 use super::AgentRequest;
 use crate::config::SyncConfig;
-use crate::disposition::{AfterWrite, Disposition};
+use crate::disposition::{AfterWrite, Disposition, Predicted, Rule};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::error::resource_not_found;
 use crate::ironic::ident::Mac;
@@ -48,7 +48,17 @@ pub(crate) async fn handle(
 ) -> pingora::Result<Disposition> {
     let query = match check_lookup(session.req_header().uri.query(), r.version) {
         Ok(q) => q,
-        Err(e) => return Ok(r.answer_error(&e)),
+        Err(e) => {
+            let refusal = r.answer_error(Rule::EdgeError, &e);
+            if !r.shadow() {
+                return Ok(refusal);
+            }
+            // Shadow mode: Ironic answers (with the token guard), compared with the refusal.
+            let subject = session.req_header().uri.query().unwrap_or_default();
+            let predicted = refusal.prediction(subject);
+            let relayed = forward_protected(r, true, session, ctx).await?;
+            return Ok(relayed.predicting(predicted));
+        }
     };
     let cache_key = query.cache_key();
     // Who keeps getting 404 (`crate::unknown`): the MAC set as shown, bounded.
@@ -79,13 +89,24 @@ async fn decide_and_answer(
     let key = bounded_key(cache_key);
     let caller = replay_key(&key, ctx);
     let mut facts = read_facts(r, &query, &key, caller.as_deref()).await;
+    // Shadow mode: what the edge would have answered, Ironic answering instead.
+    let mut predicted = None;
     match decide_lookup(&query, &facts, &r.edge.config.sync, crate::store::now_ms()) {
         LookupDecision::HandOver => {
             if let Some(replay) = facts.replay.take() {
-                return hand_over(r, replay);
+                if !r.shadow() {
+                    return hand_over(r, replay);
+                }
+                predicted = replayed_in_shadow(r, replay, &key).await;
             }
         }
-        LookupDecision::NotFound => return Ok(r.answer_error(&resource_not_found())),
+        LookupDecision::NotFound(rule) => {
+            let not_found = r.answer_error(rule, &resource_not_found());
+            if !r.shadow() {
+                return Ok(not_found);
+            }
+            predicted = not_found.prediction(&key);
+        }
         LookupDecision::AskIronic => {}
     }
     // Nothing of the parsed request is needed past this point: what waits for Ironic holds
@@ -95,18 +116,24 @@ async fn decide_and_answer(
     drop(query);
 
     let sent = sent_query.as_deref();
+    let until = forward::answer_deadline(r.edge, ctx);
+    if predicted.is_some() {
+        // Not a lookup the edge would have sent: no flight to join.
+        return ask_detached(r, &key, sent, caller, predicted, session, ctx, until).await;
+    }
     let trip = match LookupTrip::prepare(r, session, ctx, &key, sent, caller.clone()) {
         Ok(trip) => trip,
         Err(_) => return Ok(forward::unavailable(r)),
     };
-    let until = forward::answer_deadline(r.edge, ctx);
     let lease = Duration::from_millis(r.edge.config.upstream.agent_answer_within_ms);
     let answer = flights
         .join_or_start(&key, lease, move |end| trip.run(Some(end)))
         .wait(until)
         .await;
     match answer {
-        FlightAnswer::Led(Asked::Answer(resp)) => relay_answer(r, caller.as_deref(), &resp).await,
+        FlightAnswer::Led(Asked::Answer(resp)) => {
+            relay_answer(r, &key, caller.as_deref(), &resp, None).await
+        }
         FlightAnswer::Led(Asked::Unreachable) => Ok(forward::unavailable(r)),
         FlightAnswer::Shared { status, body } => {
             let a = LocalAnswer {
@@ -116,15 +143,22 @@ async fn decide_and_answer(
                 header_set: HeaderSet::Versions,
                 allow: None,
             };
-            Ok(r.answer_local(a))
+            let shared = r.answer_local(Rule::Shared, a);
+            if !r.shadow() {
+                return Ok(shared);
+            }
+            let predicted = shared.prediction(&key);
+            ask_detached(r, &key, sent, caller, predicted, session, ctx, until).await
         }
         // The flight succeeded: if it was this caller's own earlier attempt (same request, same
         // address) that minted a token, it gets that answer, once; otherwise it asks Ironic.
         FlightAnswer::AskUpstream => {
-            match take_replay(r.edge, r.version, caller.as_deref()).await {
-                Some(replay) => hand_over(r, replay),
-                None => ask_detached(r, &key, sent, caller, session, ctx, until).await,
-            }
+            let predicted = match take_replay(r.edge, r.version, caller.as_deref()).await {
+                Some(replay) if !r.shadow() => return hand_over(r, replay),
+                Some(replay) => replayed_in_shadow(r, replay, &key).await,
+                None => None,
+            };
+            ask_detached(r, &key, sent, caller, predicted, session, ctx, until).await
         }
         FlightAnswer::StillRunning => still_at_ironic(r),
     }
@@ -179,12 +213,15 @@ impl LookupTrip {
     }
 }
 
-/// Asks Ironic outside a flight, in a trip of its own, waiting for it until `until`.
+/// Asks Ironic outside a flight, in a trip of its own, waiting for it until `until`;
+/// `predicted`: what the edge would have answered instead (shadow mode).
+#[allow(clippy::too_many_arguments)]
 async fn ask_detached(
     r: &AgentRequest<'_>,
     key: &str,
     query: Option<&str>,
     caller: Option<String>,
+    predicted: Option<Predicted>,
     session: &mut Session,
     ctx: &mut RequestCtx,
     until: tokio::time::Instant,
@@ -195,7 +232,9 @@ async fn ask_detached(
     };
     let running = tokio::spawn(trip.run(None));
     match tokio::time::timeout_at(until, running).await {
-        Ok(Ok((Asked::Answer(resp), _))) => relay_answer(r, caller.as_deref(), &resp).await,
+        Ok(Ok((Asked::Answer(resp), _))) => {
+            relay_answer(r, key, caller.as_deref(), &resp, predicted).await
+        }
         Ok(Ok((Asked::Unreachable, _))) | Ok(Err(_)) => Ok(forward::unavailable(r)),
         Err(_) => still_at_ironic(r),
     }
@@ -214,19 +253,38 @@ fn still_at_ironic(r: &AgentRequest<'_>) -> pingora::Result<Disposition> {
 
 /// Relays Ironic's lookup answer. An answer of `"******"` (a token is held) may be the trace
 /// of this caller's own earlier attempt, whose minted answer arrived meanwhile: that is handed
-/// over instead, since `"******"` would shut the agent down.
+/// over instead, since `"******"` would shut the agent down (in shadow mode, Ironic's answer
+/// is relayed and the hand-over only predicted). `predicted`: what the edge would have
+/// answered (shadow mode).
 async fn relay_answer(
     r: &AgentRequest<'_>,
+    key: &str,
     caller: Option<&str>,
     resp: &UpstreamResponse,
+    mut predicted: Option<Predicted>,
 ) -> pingora::Result<Disposition> {
-    if resp.status() == 200 && matches!(lookup_token(&resp.body), Some(LookupToken::Masked)) {
+    let masked =
+        resp.status() == 200 && matches!(lookup_token(&resp.body), Some(LookupToken::Masked));
+    if masked && predicted.is_none() {
         if let Some(replay) = take_replay(r.edge, r.version, caller).await {
-            return hand_over(r, replay);
+            if !r.shadow() {
+                return hand_over(r, replay);
+            }
+            predicted = replayed_in_shadow(r, replay, key).await;
         }
     }
     let body = protect_token(r, resp);
-    Ok(forward::relay(resp, &body))
+    Ok(forward::relay(resp, &body).predicting(predicted))
+}
+
+/// Shadow mode: a kept minted answer the edge would have handed over is only predicted, and
+/// used up as the hand-over would have (so that later lookups are decided as in enforce mode).
+async fn replayed_in_shadow(r: &AgentRequest<'_>, replay: Replay, key: &str) -> Option<Predicted> {
+    let predicted = r
+        .answer_local(Rule::Replayed, replay.answer)
+        .prediction(key);
+    minted_answer_handed_over(r.edge, &replay.caller, &replay.claim, true).await;
+    predicted
 }
 
 /// What a lookup's decision needs, read in one step ([`read_facts`]). `R`: a kept minted
@@ -257,8 +315,8 @@ impl<R> Default for LookupFacts<R> {
 pub(crate) enum LookupDecision {
     /// With this caller's kept minted answer, once.
     HandOver,
-    /// Ironic's 404, at the edge.
-    NotFound,
+    /// Ironic's 404, at the edge, by the node index or the negative cache.
+    NotFound(Rule),
     /// Only Ironic can answer (or nothing known tells).
     AskIronic,
 }
@@ -287,11 +345,11 @@ pub(crate) fn decide_lookup<R>(
             && decide_from_index(query, &index.nodes, index.node.as_ref(), sync)
                 == IndexVerdict::NotFound
         {
-            return LookupDecision::NotFound;
+            return LookupDecision::NotFound(Rule::IndexNotFound);
         }
     }
     if facts.not_found {
-        return LookupDecision::NotFound;
+        return LookupDecision::NotFound(Rule::NegativeCache);
     }
     LookupDecision::AskIronic
 }
@@ -457,11 +515,11 @@ pub(crate) async fn forward_protected(
         }
         Err(_) if range_known => Ok(forward::unavailable(r)),
         // With the range unknown, the 503 carries no version headers, as the proxy's does.
-        Err(_) => Ok(Disposition::counted(
+        Err(_) => Ok(Disposition::answer(
+            Rule::Unavailable,
             LocalAnswer::error(&crate::ironic::error::upstream_unavailable()),
             None,
             None,
-            crate::metrics::Outcome::Unavailable,
         )),
     }
 }
@@ -760,7 +818,7 @@ async fn open_replay(edge: &Edge, caller: &str, claim: String, kept: KeptMinted)
 /// Hands a taken minted answer over: deleted once delivered, takeable again if not
 /// ([`minted_answer_handed_over`], once the proxy wrote it).
 fn hand_over(r: &AgentRequest<'_>, replay: Replay) -> pingora::Result<Disposition> {
-    Ok(r.answer_local(replay.answer)
+    Ok(r.answer_local(Rule::Replayed, replay.answer)
         .then(AfterWrite::MintedAnswerHandedOver {
             caller: replay.caller,
             claim: replay.claim,
@@ -1034,14 +1092,14 @@ mod tests {
                 macs.clone(),
                 facts(false, false, Some(index(0, &[], None))),
                 &sync,
-                NotFound,
+                NotFound(Rule::IndexNotFound),
             ),
             (
                 "MACs of two nodes",
                 macs.clone(),
                 facts(false, false, Some(index(0, &[uuid, "other"], None))),
                 &sync,
-                NotFound,
+                NotFound(Rule::IndexNotFound),
             ),
             (
                 "one node, lookup state",
@@ -1055,7 +1113,7 @@ mod tests {
                 macs.clone(),
                 facts(false, false, Some(index(0, &[uuid], Some(&active)))),
                 &sync,
-                NotFound,
+                NotFound(Rule::IndexNotFound),
             ),
             (
                 "index entry missing",
@@ -1069,21 +1127,21 @@ mod tests {
                 macs.clone(),
                 facts(false, true, Some(index(0, &[uuid], Some(&cw)))),
                 &sync,
-                NotFound,
+                NotFound(Rule::NegativeCache),
             ),
             (
                 "remembered 404, no index",
                 macs.clone(),
                 facts(false, true, None),
                 &sync,
-                NotFound,
+                NotFound(Rule::NegativeCache),
             ),
             (
                 "index just fresh",
                 macs.clone(),
                 facts(false, false, Some(index(25_000, &[], None))),
                 &sync,
-                NotFound,
+                NotFound(Rule::IndexNotFound),
             ),
             (
                 "index stale",
@@ -1111,7 +1169,7 @@ mod tests {
                 by_uuid(uuid),
                 facts(false, false, Some(index(0, &[uuid], None))),
                 &sync,
-                NotFound,
+                NotFound(Rule::IndexNotFound),
             ),
             (
                 "known uuid",
@@ -1132,7 +1190,7 @@ mod tests {
                 by_uuid(&upper),
                 facts(false, true, None),
                 &sync,
-                NotFound,
+                NotFound(Rule::NegativeCache),
             ),
         ];
         for (case, query, facts, sync, expected) in rows {

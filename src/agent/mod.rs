@@ -12,7 +12,7 @@ pub(crate) mod lookup;
 pub(crate) mod session;
 
 use crate::config::ConfigError;
-use crate::disposition::Disposition;
+use crate::disposition::{Disposition, Rule};
 use crate::edge::{Edge, LocalAnswer};
 use crate::ironic::{accept, version, ApiVersion, IronicError};
 use crate::metrics::Route;
@@ -131,14 +131,19 @@ impl AgentRequest<'_> {
         Some((node, synced_at))
     }
 
-    /// An Ironic error answer made at the edge.
-    pub(crate) fn answer_error(&self, e: &IronicError) -> Disposition {
-        self.answer_local(LocalAnswer::error(e))
+    /// An Ironic error answer made at the edge by `rule`.
+    pub(crate) fn answer_error(&self, rule: Rule, e: &IronicError) -> Disposition {
+        self.answer_local(rule, LocalAnswer::error(e))
     }
 
-    /// An answer made at the edge, with this request's version headers.
-    pub(crate) fn answer_local(&self, a: LocalAnswer) -> Disposition {
-        Disposition::local(a, Some(self.info.clone()), Some(self.version))
+    /// An answer made at the edge by `rule`, with this request's version headers.
+    pub(crate) fn answer_local(&self, rule: Rule, a: LocalAnswer) -> Disposition {
+        Disposition::answer(rule, a, Some(self.info.clone()), Some(self.version))
+    }
+
+    /// Whether the gateway runs in shadow mode (`crate::shadow`).
+    pub(crate) fn shadow(&self) -> bool {
+        self.edge.shadow_mode()
     }
 
     /// The answer to a source over its limits (`source_limits`): a verified heartbeat is
@@ -149,11 +154,11 @@ impl AgentRequest<'_> {
         } else {
             LocalAnswer::error(&crate::ironic::error::too_many_requests())
         };
-        Disposition::counted(
+        Disposition::answer(
+            Rule::OverLimit,
             answer,
             Some(self.info.clone()),
             Some(self.version),
-            crate::metrics::Outcome::OverLimit,
         )
     }
 }
@@ -221,6 +226,71 @@ impl AgentPlugin {
 }
 
 impl AgentPlugin {
+    /// In shadow mode, Ironic's answer in place of `would`, the edge's own answer made here
+    /// (before a lookup or heartbeat handler runs: a version error, a body limit, a source
+    /// over its limits, a version document), which the proxy compares with it. A GET that may
+    /// reach the lookup controller goes with the token guard; a heartbeat goes with `body`,
+    /// as read; a request whose body was not read is left to the proxy, which compares the
+    /// status only (the body streams past). In enforce mode, and for answers that do not
+    /// stand in for Ironic's, `would` itself.
+    async fn instead_of(
+        &self,
+        would: Disposition,
+        body: Option<&bytes::Bytes>,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Disposition> {
+        if !self.edge.shadow_mode() {
+            return Ok(would);
+        }
+        let req = session.req_header();
+        let Some(predicted) = would.prediction(req.uri.path()) else {
+            return Ok(would);
+        };
+        if req.method == http::Method::GET && may_route_to_lookup(req.uri.path()) {
+            let relayed = self.forward_guarded_lookup(session, ctx).await?;
+            return Ok(relayed.predicting(Some(predicted)));
+        }
+        self.send_plain(Some(predicted), body, session, ctx).await
+    }
+
+    /// Sends the request to Ironic with the plugin's client (with `body`, as read) and relays
+    /// the answer, with what the edge would have answered (shadow mode); a request with a
+    /// body not read (or the range unknown) is left to the proxy. Not for lookups (their
+    /// token guard).
+    async fn send_plain(
+        &self,
+        predicted: Option<crate::disposition::Predicted>,
+        body: Option<&bytes::Bytes>,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Disposition> {
+        let req = session.req_header();
+        let (Some(info), true) = (
+            self.edge.versions.get(),
+            body.is_some() || req.method == http::Method::GET,
+        ) else {
+            // Nothing of its body read (a read one needs the range known first): the proxy
+            // streams it, and compares what it can.
+            ctx.predicted = predicted;
+            return Ok(Disposition::Continue);
+        };
+        let version = version::negotiate(&req.headers, &info.range).unwrap_or(info.range.min);
+        let node = req.uri.path().to_string();
+        let r = AgentRequest {
+            edge: &self.edge,
+            info,
+            version,
+        };
+        let empty = bytes::Bytes::new();
+        let class = crate::upstream::governor::Class::Drive;
+        let sent = forward::send(&r, session, ctx, class, &node, body.unwrap_or(&empty)).await;
+        Ok(match sent {
+            Ok(resp) => forward::relay(&resp, &resp.body).predicting(predicted),
+            Err(_) => forward::unavailable(&r),
+        })
+    }
+
     /// Ironic's error shape with 429, at the request's version when the range is known.
     fn refuse_over_limit(&self, session: &Session) -> Disposition {
         let e = crate::ironic::error::too_many_requests();
@@ -232,19 +302,11 @@ impl AgentPlugin {
                     version,
                 }
                 .answer_over_limit(false),
-                Err(_) => Disposition::counted(
-                    LocalAnswer::error(&e),
-                    Some(info),
-                    None,
-                    crate::metrics::Outcome::OverLimit,
-                ),
+                Err(_) => {
+                    Disposition::answer(Rule::OverLimit, LocalAnswer::error(&e), Some(info), None)
+                }
             },
-            None => Disposition::counted(
-                LocalAnswer::error(&e),
-                None,
-                None,
-                crate::metrics::Outcome::OverLimit,
-            ),
+            None => Disposition::answer(Rule::OverLimit, LocalAnswer::error(&e), None, None),
         }
     }
 }
@@ -269,7 +331,8 @@ impl Plugin for AgentPlugin {
                 && self.edge.versions.get().is_some();
             if !verifiable {
                 ctx.route = route_of(&req.method, path);
-                return Ok(self.refuse_over_limit(session));
+                let refusal = self.refuse_over_limit(session);
+                return self.instead_of(refusal, None, session, ctx).await;
             }
         }
         // One rule for every lookup answer that leaves the gateway: a GET that may reach the
@@ -289,8 +352,16 @@ impl Plugin for AgentPlugin {
         }
         if req.method == http::Method::GET && req.uri.query().is_none() {
             match path {
-                "/" => return self.answer_version_document(Document::Root, session).await,
-                "/v1" | "/v1/" => return self.answer_version_document(Document::V1, session).await,
+                "/" => {
+                    return self
+                        .answer_version_document(Document::Root, session, ctx)
+                        .await
+                }
+                "/v1" | "/v1/" => {
+                    return self
+                        .answer_version_document(Document::V1, session, ctx)
+                        .await
+                }
                 _ => {}
             }
         }
@@ -314,12 +385,20 @@ impl Plugin for AgentPlugin {
             AgentRoute::Heartbeat { .. } => {
                 match heartbeat::read_checked_body(&self.edge, session).await? {
                     heartbeat::BodyRead::Body(body) => Some(body),
-                    heartbeat::BodyRead::Refused(e) => {
-                        return Ok(answer_unversioned(&info, &e));
+                    heartbeat::BodyRead::Refused(e, kept) => {
+                        let refusal = answer_unversioned(&info, &e);
+                        let body = match kept {
+                            heartbeat::BodyKept::Whole(body) => Some(body),
+                            heartbeat::BodyKept::Nothing => None,
+                            // What was read cannot be put back, in either mode.
+                            heartbeat::BodyKept::Part => return Ok(refusal),
+                        };
+                        return self.instead_of(refusal, body.as_ref(), session, ctx).await;
                     }
                     // Larger than the gateway reads and not JSON: Ironic has no limit there.
                     heartbeat::BodyRead::TooLargeToCheck if over_source_limit(ctx) => {
-                        return Ok(self.refuse_over_limit(session));
+                        let refusal = self.refuse_over_limit(session);
+                        return self.instead_of(refusal, None, session, ctx).await;
                     }
                     heartbeat::BodyRead::TooLargeToCheck => return Ok(Disposition::Continue),
                 }
@@ -329,7 +408,8 @@ impl Plugin for AgentPlugin {
         let version = match version::negotiate(&session.req_header().headers, &info.range) {
             Ok(v) => v,
             Err(e) => {
-                return Ok(answer_unversioned(&info, &e));
+                let refusal = answer_unversioned(&info, &e);
+                return self.instead_of(refusal, body.as_ref(), session, ctx).await;
             }
         };
         let request = AgentRequest {
@@ -356,14 +436,30 @@ enum Document {
 }
 
 impl AgentPlugin {
-    /// `GET /`, IPA's version discovery (twice per boot: a thousand booting agents are a
-    /// thousand requests), and `GET /v1`: answered at the edge from the documents learnt from
-    /// Ironic, with Ironic's version negotiation and headers; forwarded while a document is
-    /// not known, and when a proxy header could make Ironic build other links.
+    /// The version documents; in shadow mode one the edge would forward is sent by the
+    /// plugin too, so that it is counted among the agents' requests (IPA's discovery).
     async fn answer_version_document(
         &self,
         document: Document,
         session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Disposition> {
+        let answer = self.version_document(document, session, ctx).await?;
+        if self.edge.shadow_mode() && matches!(answer, Disposition::Continue) {
+            return self.send_plain(None, None, session, ctx).await;
+        }
+        Ok(answer)
+    }
+
+    /// `GET /`, IPA's version discovery (twice per boot: a thousand booting agents are a
+    /// thousand requests), and `GET /v1`: answered at the edge from the documents learnt from
+    /// Ironic, with Ironic's version negotiation and headers; forwarded while a document is
+    /// not known, and when a proxy header could make Ironic build other links.
+    async fn version_document(
+        &self,
+        document: Document,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<Disposition> {
         let Some(info) = self.edge.versions.get() else {
             return Ok(Disposition::Continue);
@@ -399,7 +495,8 @@ impl AgentPlugin {
                     headers: e.headers,
                     ..IronicError::fault(e.status, &e.message())
                 };
-                return Ok(answer_unversioned(&info, &e));
+                let refusal = answer_unversioned(&info, &e);
+                return self.instead_of(refusal, None, session, ctx).await;
             }
         };
         let doc = match document {
@@ -421,13 +518,22 @@ impl AgentPlugin {
             info,
             version,
         };
-        Ok(request.answer_local(answer))
+        let document = request.answer_local(Rule::Document, answer);
+        if self.edge.shadow_mode() {
+            return self.instead_of(document, None, session, ctx).await;
+        }
+        Ok(document)
     }
 }
 
 /// An error answered before a version is negotiated (body limits, 406).
 fn answer_unversioned(info: &UpstreamInfo, e: &IronicError) -> Disposition {
-    Disposition::local(LocalAnswer::error(e), Some(info.clone()), None)
+    Disposition::answer(
+        Rule::EdgeError,
+        LocalAnswer::error(e),
+        Some(info.clone()),
+        None,
+    )
 }
 
 #[cfg(test)]

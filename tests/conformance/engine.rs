@@ -196,10 +196,20 @@ static TOTAL: Mutex<Option<(Stats, Vec<&'static str>)>> = Mutex::new(None);
 
 /// Real Ironic + Redis + the gateway in front; dropped gateway first.
 pub struct Stack {
+    /// A second gateway in front of the same Ironic, in shadow mode ([`Stack::start_shadowed`]).
+    pub shadow: Option<Shadowed>,
     pub gw: Gateway,
     pub redis: RedisServer,
     pub ironic: RealIronic,
     pub ironic_addr: SocketAddr,
+}
+
+/// A gateway in shadow mode (`ironic_edge.mode: shadow`) with a Redis of its own, configured
+/// as the stack's gateway: every agent case is sent through it last (its answer is Ironic's),
+/// and the group ends with its comparisons: not one mismatch ([`Diff::finish`]).
+pub struct Shadowed {
+    pub gw: Gateway,
+    pub redis: RedisServer,
 }
 
 impl Stack {
@@ -215,7 +225,25 @@ impl Stack {
     pub fn start_with(
         opts: PeerOptions,
         extra: &[(usize, &'static str, usize)],
-        f: impl FnOnce(&mut GatewayConfig),
+        f: impl Fn(&mut GatewayConfig),
+    ) -> (Stack, Vec<Vec<SeededNode>>) {
+        Self::start_inner(opts, extra, f, false)
+    }
+
+    /// As [`Stack::start_with`], with a second gateway in shadow mode ([`Shadowed`]).
+    pub fn start_shadowed(
+        opts: PeerOptions,
+        extra: &[(usize, &'static str, usize)],
+        f: impl Fn(&mut GatewayConfig),
+    ) -> (Stack, Vec<Vec<SeededNode>>) {
+        Self::start_inner(opts, extra, f, true)
+    }
+
+    fn start_inner(
+        opts: PeerOptions,
+        extra: &[(usize, &'static str, usize)],
+        f: impl Fn(&mut GatewayConfig),
+        shadowed: bool,
     ) -> (Stack, Vec<Vec<SeededNode>>) {
         let redis = RedisServer::start();
         let ironic = RealIronic::start(opts);
@@ -223,25 +251,43 @@ impl Stack {
             .iter()
             .map(|(count, state, ports)| ironic.seed_more(*count, state, *ports))
             .collect();
-        let mut cfg = GatewayConfig::new(&ironic.url, &redis.url());
-        cfg.set("ironic_edge.lookup.not_found_ttl_seconds", 300)
-            .set("ironic_edge.heartbeat.not_found_ttl_seconds", 300)
-            .set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 300)
-            .set("ironic_edge.upstream.version_refresh_seconds", 5)
-            .env("RUST_LOG", "info");
-        f(&mut cfg);
-        let gw = Gateway::start(cfg);
-        let ok = crate::common::wait_for(Duration::from_secs(20), || {
-            let r = http::get(gw.ops_addr(), "/status", &[]);
-            r.json()["upstream"]["versions_known"]
-                .as_bool()
-                .filter(|k| *k)
+        let gateway = |redis: &RedisServer, shadow: bool| {
+            let mut cfg = GatewayConfig::new(&ironic.url, &redis.url());
+            cfg.set("ironic_edge.lookup.not_found_ttl_seconds", 300)
+                .set("ironic_edge.heartbeat.not_found_ttl_seconds", 300)
+                .set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 300)
+                .set("ironic_edge.upstream.version_refresh_seconds", 5)
+                .env("RUST_LOG", "info");
+            f(&mut cfg);
+            if shadow {
+                // With the node index on (its own Redis: the stack's gateway is untouched), so
+                // that the index's decisions are compared with Ironic's answers too.
+                cfg.set("ironic_edge.mode", "shadow")
+                    .set("ironic_edge.sync.enabled", true)
+                    .set("ironic_edge.sync.interval_seconds", 2);
+            }
+            let gw = Gateway::start(cfg);
+            let ok = crate::common::wait_for(Duration::from_secs(20), || {
+                let r = http::get(gw.ops_addr(), "/status", &[]);
+                r.json()["upstream"]["versions_known"]
+                    .as_bool()
+                    .filter(|k| *k)
+            });
+            assert!(
+                ok.is_some(),
+                "gateway never learnt the upstream versions:\n{}",
+                gw.logs()
+            );
+            gw
+        };
+        let gw = gateway(&redis, false);
+        let shadow = shadowed.then(|| {
+            let redis = RedisServer::start();
+            Shadowed {
+                gw: gateway(&redis, true),
+                redis,
+            }
         });
-        assert!(
-            ok.is_some(),
-            "gateway never learnt the upstream versions:\n{}",
-            gw.logs()
-        );
         let ironic_addr: SocketAddr = ironic
             .url
             .trim_start_matches("http://")
@@ -249,6 +295,7 @@ impl Stack {
             .expect("Ironic URL is http://127.0.0.1:PORT");
         (
             Stack {
+                shadow,
                 gw,
                 redis,
                 ironic,
@@ -275,6 +322,19 @@ pub struct Diff<'a> {
     pub group: &'static str,
     pub stats: Stats,
     pub failures: Vec<String>,
+    /// Cases sent through the shadow gateway.
+    pub shadow_sent: usize,
+    /// Those it did not compare (Ironic did not answer them).
+    pub shadow_uncompared: Vec<String>,
+}
+
+/// Every answer the shadow gateway compared so far (all of `ironic_edge_shadow_total`).
+fn shadow_compared(gw: &Gateway) -> u64 {
+    gw.metrics()
+        .lines()
+        .filter(|l| l.starts_with("ironic_edge_shadow_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -299,6 +359,8 @@ impl<'a> Diff<'a> {
             group,
             stats: Stats::default(),
             failures: Vec::new(),
+            shadow_sent: 0,
+            shadow_uncompared: Vec::new(),
         }
     }
 
@@ -444,6 +506,7 @@ impl<'a> Diff<'a> {
                 r
             }
         };
+        self.send_shadow(&c, &ironic);
         for (i, (gw, via)) in gateway.iter().zip(vias).enumerate() {
             let label = if c.via.len() > 1 {
                 format!("{} [gateway send {}]", c.name, i + 1)
@@ -458,6 +521,42 @@ impl<'a> Diff<'a> {
             self.check(&label, &view, c.via[i], &ironic, gw, via);
         }
         Outcome { ironic, gateway }
+    }
+
+    /// Sends an agent case through the shadow gateway, if the stack has one, after every other
+    /// send of the case (its request reaches Ironic once more: for an agent request, the
+    /// same answer), and checks that the agent got Ironic's answer (its status: a repeated
+    /// request may differ in its body, a minted token for one). Proxied cases are not sent.
+    fn send_shadow(&mut self, c: &Case, ironic: &Response) {
+        let Some(shadow) = &self.s.shadow else {
+            return;
+        };
+        if c.via.contains(&Via::Proxied) {
+            return;
+        }
+        let before = c.node.as_deref().map(|u| self.last_heartbeat(u));
+        let compared = shadow_compared(&shadow.gw);
+        let r = http::send(shadow.gw.addr(), &c.req);
+        if let (202, Some(u), Some(b)) = (r.status, c.node.as_deref(), before.as_ref()) {
+            self.settle(u, b);
+        }
+        self.shadow_sent += 1;
+        if shadow_compared(&shadow.gw) == compared {
+            self.shadow_uncompared
+                .push(format!("{} ({})", c.name, r.status));
+        }
+        if r.status != ironic.status {
+            self.failures.push(format!(
+                "[{} shadow] {}: the shadow gateway answered {}, Ironic {}\n    request: {} {}\n    shadow : {}",
+                self.group,
+                c.name,
+                r.status,
+                ironic.status,
+                c.req.method,
+                c.req.target,
+                describe(&r)
+            ));
+        }
     }
 
     /// Records one comparison: how the gateway answered (`via`, from its metrics) against the
@@ -689,7 +788,8 @@ impl<'a> Diff<'a> {
 
     /// Writes the group's summary to the real stderr (not captured by the test harness) and
     /// panics with every mismatch found.
-    pub fn finish(self, min_cases: usize) -> Stats {
+    pub fn finish(mut self, min_cases: usize) -> Stats {
+        self.check_shadow();
         let line = format!("conformance [{}]: {}", self.group, self.stats.line());
         let total_line = {
             let mut t = TOTAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -738,6 +838,72 @@ impl<'a> Diff<'a> {
 }
 
 /// Prints the normalisation table once (real stderr).
+impl Diff<'_> {
+    /// The shadow gateway's comparisons (`ironic_edge_shadow_total{rule, verdict}`): every
+    /// case it was sent agrees, or differs as a documented deviation (`verdict="deviation"`);
+    /// not one mismatch. Printed as one summary line.
+    fn check_shadow(&mut self) {
+        let Some(shadow) = &self.s.shadow else {
+            return;
+        };
+        // Counted before each answer leaves: complete once the last answer is in.
+        let text = shadow.gw.metrics();
+        let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("ironic_edge_shadow_total{rule=\"") else {
+                continue;
+            };
+            let (rule, rest) = rest.split_once("\",verdict=\"").unwrap_or_default();
+            let (verdict, value) = rest.split_once("\"} ").unwrap_or_default();
+            let n: u64 = value.trim().parse().unwrap_or(0);
+            if n > 0 {
+                by.insert((rule.to_string(), verdict.to_string()), n);
+            }
+        }
+        let total = |f: &dyn Fn(&str, &str) -> bool| -> u64 {
+            by.iter()
+                .filter(|((r, v), _)| f(r, v))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let compared = total(&|_, _| true);
+        let predicted = total(&|r, _| r != "forwarded");
+        let mismatched = total(&|_, v| v == "mismatch");
+        let summary: Vec<String> = by
+            .iter()
+            .map(|((r, v), n)| format!("{r}/{v}={n}"))
+            .collect();
+        let line = format!(
+            "conformance [{} shadow]: {} cases sent, {compared} answers compared ({predicted} the edge would have answered itself): {}",
+            self.group,
+            self.shadow_sent,
+            summary.join(" ")
+        );
+        let _ = writeln!(std::io::stderr(), "{line}");
+        println!("{line}");
+        if mismatched > 0 {
+            let logs = shadow.gw.logs();
+            let lines: Vec<&str> = logs
+                .lines()
+                .filter(|l| l.contains("shadow: mismatch"))
+                .collect();
+            self.failures.push(format!(
+                "[{} shadow] {mismatched} mismatches:\n{}",
+                self.group,
+                lines.join("\n")
+            ));
+        }
+        if !self.shadow_uncompared.is_empty() || predicted == 0 {
+            self.failures.push(format!(
+                "[{} shadow] {} cases sent, {compared} compared, {predicted} predicted locally; not compared: {}",
+                self.group,
+                self.shadow_sent,
+                self.shadow_uncompared.join("; ")
+            ));
+        }
+    }
+}
+
 pub fn print_normalisations() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
