@@ -390,6 +390,25 @@ impl Clock {
 }
 
 /// The sums of every `w` consecutive seconds (one sum of all of them when there are fewer).
+/// The fewest agents that must see at least one failed lookup when Ironic mints `rate` tokens
+/// a second and an agent gives a request up after `timeout` s, whatever the gateway does:
+/// served in the order of their deadlines (their boots), one mint every 1/`rate` s and none
+/// before its agent asked, an agent whose turn comes after its deadline fails at least once
+/// (and its later retry is not charged here: the bound stays a lower one).
+fn lookup_failure_floor(mut boots: Vec<f64>, rate: f64, timeout: f64) -> usize {
+    boots.sort_by(f64::total_cmp);
+    let (mut done_at, mut failing) = (f64::NEG_INFINITY, 0);
+    for boot in boots {
+        let next = done_at.max(boot) + 1.0 / rate;
+        if next <= boot + timeout {
+            done_at = next;
+        } else {
+            failing += 1;
+        }
+    }
+    failing
+}
+
 fn window_sums(bins: &[u64], w: usize) -> Vec<u64> {
     if bins.len() <= w {
         return vec![bins.iter().sum()];
@@ -2064,6 +2083,14 @@ fn summarize(
         .filter_map(|(i, r)| r.first_hb_ok.map(|t| t - ctx.specs[*i].boot_at))
         .collect();
     let never_ok = enrolled.len() - first_ok.len();
+    // What Ironic's mint rate makes unavoidable, whatever the gateway does.
+    let lookup_error_floor = mint_rate.map(|rate| {
+        let boots = enrolled
+            .iter()
+            .map(|(i, _)| ctx.specs[*i].boot_at)
+            .collect();
+        lookup_failure_floor(boots, rate, cfg.request_timeout)
+    });
     let steady_within = mint_rate.map(|rate| {
         let limit = 2.0 * cfg.agents as f64 / rate;
         let n = count(&|r| r.first_hb_ok.is_some_and(|t| t - times.start <= limit));
@@ -2143,6 +2170,7 @@ fn summarize(
         "first_ok_heartbeat_after_boot_s": quantiles(first_ok),
         "agents_without_ok_heartbeat": never_ok,
         "steady_within_2_n_over_r": steady_within,
+        "lookup_error_floor": lookup_error_floor,
         "ironic_tokens": tokens,
         "gateway_metrics_delta": gateway_metrics,
         "timeline_per_s": {"slots": ["agent_sent", "agent_errors", "ironic_reached", "heartbeat_202"],
@@ -2468,6 +2496,13 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
                 "{} ({n} never)",
                 q3(get(r, "/first_ok_heartbeat_after_boot_s"))
             ),
+        },
+    );
+    row(
+        "agents that must see a lookup error at this R (IPA gives up after its timeout)",
+        &|r| match get(r, "/lookup_error_floor").as_u64() {
+            Some(n) => format!("at least {n}"),
+            None => "-".into(),
         },
     );
     row(

@@ -403,10 +403,17 @@ fn real_agent_presents_its_certificate_to_a_required_listener() {
         "ironic_edge.listeners",
         vec![
             json!({"address": cfg.listen.to_string()}),
-            json!({"address": agent_port.to_string(), "tls": pki.tls(json!({
+            // The agents' listener as an operator would ship it: its network only, client
+            // certificates required, the shipped per-source limits (the harness turns them
+            // off elsewhere): a genuine agent meets none of them.
+            json!({"address": agent_port.to_string(), "allow": ["127.0.0.0/8"],
+                   "deny": ["10.0.0.0/8"],
+                   "tls": pki.tls(json!({
                 "client_ca": pki.client_ca, "client_auth": "required"}))}),
         ],
     );
+    cfg.remove("ironic_edge.limits.per_source_requests_per_second")
+        .remove("ironic_edge.limits.per_source_in_flight");
     let gw = Gateway::start(cfg);
     let known = wait_for(Duration::from_secs(20), || {
         let r = http::get(gw.ops_addr(), "/status", &[]);

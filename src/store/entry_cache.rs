@@ -80,9 +80,11 @@ mod tests {
         }
     }
 
+    type Tags = [Option<String>];
+
     #[test]
     fn a_read_is_current_only_under_the_same_tags() {
-        let cases: [(&[Option<String>], &[Option<String>], bool); 6] = [
+        let cases: [(&Tags, &Tags, bool); 6] = [
             (&[tag("a")], &[tag("a")], true),
             (&[tag("a")], &[tag("b")], false),
             (&[tag("a"), tag("n")], &[tag("a"), tag("n")], true),
