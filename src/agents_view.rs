@@ -128,6 +128,7 @@ pub(crate) fn agent_doc(
     record: Option<&NodeRecord>,
     indexed: Option<&IndexedNode>,
     kept_ttl_ms: Option<u64>,
+    edge_accepted_ms: Option<u64>,
     relay_ttl_ms: u64,
     now_ms: u64,
 ) -> Value {
@@ -147,6 +148,7 @@ pub(crate) fn agent_doc(
         "token_known": record.is_some_and(|r| r.token_hash.is_some()),
         "token_seen_at": opt_date(record.and_then(|r| r.token_seen_ms)),
         "callback_url": record.and_then(|r| r.agent_url.as_deref()),
+        "last_heartbeat_edge_accepted_at": opt_date(edge_accepted_ms),
         "last_heartbeat_ironic_accepted_at":
             opt_date(record.and_then(|r| r.last_heartbeat.as_ref()).map(|(_, at)| *at)),
         "heartbeat_kept_for_relay": kept,
@@ -188,6 +190,7 @@ async fn docs(edge: &Edge, uuids: &[String]) -> StoreResult<(Vec<Value>, Option<
             record.as_ref(),
             indexed.as_ref(),
             kept,
+            edge.accepted_at_edge.last(uuid),
             relay_ttl_ms,
             now,
         ));
@@ -213,7 +216,8 @@ async fn one(edge: &Edge, uuid: String) -> StoreResult<(u16, Value)> {
     let doc = docs.pop().unwrap_or(Value::Null);
     let nothing = doc["session"] == "unknown"
         && doc["index"].is_null()
-        && doc["heartbeat_kept_for_relay"].is_null();
+        && doc["heartbeat_kept_for_relay"].is_null()
+        && doc["last_heartbeat_edge_accepted_at"].is_null();
     Ok(if nothing {
         (
             404,
@@ -325,7 +329,15 @@ mod tests {
     #[test]
     fn a_known_agent_shows_what_the_edge_knows_and_no_secret() {
         let now = 1_700_000_100_000;
-        let doc = agent_doc(A, Some(&record()), None, Some(3_590_000), 3_600_000, now);
+        let doc = agent_doc(
+            A,
+            Some(&record()),
+            None,
+            Some(3_590_000),
+            Some(now - 5),
+            3_600_000,
+            now,
+        );
         assert_eq!(doc["session"], "known");
         assert_eq!(doc["token_known"], true);
         assert_eq!(doc["callback_url"], "https://10.0.0.5:9999");
@@ -338,6 +350,7 @@ mod tests {
             doc["heartbeat_kept_for_relay"]["kept_at"],
             date(now - 10_000)
         );
+        assert_eq!(doc["last_heartbeat_edge_accepted_at"], date(now - 5));
         assert_eq!(doc["index"], Value::Null);
         let text = doc.to_string();
         assert!(!text.contains("secret"), "{text}");
@@ -345,9 +358,10 @@ mod tests {
 
     #[test]
     fn nothing_known() {
-        let doc = agent_doc(A, None, None, None, 3_600_000, 0);
+        let doc = agent_doc(A, None, None, None, None, 3_600_000, 0);
         assert_eq!(doc["session"], "unknown");
         assert_eq!(doc["token_known"], false);
         assert_eq!(doc["heartbeat_kept_for_relay"], Value::Null);
+        assert_eq!(doc["last_heartbeat_edge_accepted_at"], Value::Null);
     }
 }

@@ -40,6 +40,8 @@ pub struct Edge {
     pub(crate) source_limits: crate::source_limits::SourceLimits,
     /// Shadow mode's comparisons (`ironic_edge.mode: shadow`; nothing counted in enforce).
     pub(crate) shadow: Arc<crate::shadow::Shadow>,
+    /// When this process last accepted each node's heartbeat at the edge (`GET /agents`).
+    pub(crate) accepted_at_edge: crate::edge_accepts::EdgeAccepts,
 }
 
 impl Edge {

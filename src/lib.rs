@@ -17,6 +17,7 @@ pub mod conn_limit;
 pub(crate) mod disposition;
 pub mod drain;
 pub mod edge;
+mod edge_accepts;
 pub(crate) mod incident;
 pub mod ironic;
 pub mod logging;

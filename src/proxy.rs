@@ -62,6 +62,17 @@ impl EdgeProxy {
         ctx.status = disposition.status();
         crate::drain::close_after_answer(session);
         ctx.rule = disposition.rule();
+        let accepted_here = matches!(
+            ctx.rule,
+            Some(Rule::Coalesced | Rule::Kept | Rule::OverLimit)
+        ) && ctx.status == Some(202);
+        if accepted_here && !self.edge.shadow_mode() {
+            if let Some(uuid) = crate::access_log::node_of(session.req_header().uri.path()) {
+                self.edge
+                    .accepted_at_edge
+                    .note(uuid, crate::store::now_ms());
+            }
+        }
         match disposition {
             Disposition::Continue => Ok(()),
             Disposition::Relayed {

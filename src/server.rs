@@ -113,6 +113,7 @@ fn build_edge(
             in_flight: edge_conf.limits.per_source_in_flight,
         }),
         shadow: Arc::default(),
+        accepted_at_edge: Default::default(),
     });
     Ok((edge, events_rx))
 }

@@ -93,6 +93,47 @@ fn a_heartbeat_kept_for_the_relay_is_shown_waiting() {
     assert!(!text.contains(&token));
 }
 
+/// A heartbeat the edge answered itself (coalesced) shows as accepted at the edge, with no
+/// Redis write (the process remembers it), while one Ironic took shows as Ironic's.
+#[test]
+fn a_coalesced_heartbeat_shows_as_accepted_at_the_edge() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let mac = ironic::random_mac();
+    let uuid = mini.add_node(&[&mac]);
+    let env = Env::start_with_fake(fake, |c| {
+        c.set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.heartbeat.coalesce_seconds", 60);
+    });
+    env.wait_for_index();
+    let token = minted_token(&env, &mac);
+    assert_eq!(env.send(&heartbeat(&uuid, CB, &token)).status, 202);
+    let doc = |env: &Env| -> serde_json::Value {
+        let (status, text) = agents(env, &format!("?node={uuid}"));
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let first = doc(&env);
+    assert!(
+        first["last_heartbeat_ironic_accepted_at"].is_string(),
+        "{first:#}"
+    );
+    assert_eq!(
+        first["last_heartbeat_edge_accepted_at"],
+        serde_json::Value::Null,
+        "Ironic took the first: {first:#}"
+    );
+    env.wait_until_coalesced(&token, || env.send(&heartbeat(&uuid, CB, &token)));
+    let later = doc(&env);
+    assert!(
+        later["last_heartbeat_edge_accepted_at"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("GMT")),
+        "{later:#}"
+    );
+}
+
 #[test]
 fn the_index_is_listed_in_pages_by_uuid() {
     let fake = FakeIronic::start();
