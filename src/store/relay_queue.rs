@@ -62,8 +62,17 @@ impl RelayQueue {
                 redis.call('SADD', KEYS[1], u)
               end
               if redis.call('EXISTS', KEYS[4]) == 1 then return nil end
+              -- The node that has waited longest first (KEYS[5]: since when each node has had
+              -- one kept; a newer heartbeat of a waiting node keeps its place): a random pick
+              -- left some nodes unheard by Ironic for over a minute after an outage.
+              local function pick()
+                for _, u in ipairs(redis.call('ZRANGE', KEYS[5], 0, 63)) do
+                  if redis.call('SREM', KEYS[1], u) == 1 then return u end
+                end
+                return redis.call('SPOP', KEYS[1])
+              end
               while true do
-                local u = redis.call('SPOP', KEYS[1])
+                local u = pick()
                 if not u then return nil end
                 if not redis.call('ZSCORE', KEYS[3], u) then
                   local v = redis.call('GET', ARGV[1] .. u)
@@ -77,7 +86,10 @@ impl RelayQueue {
               end",
         );
         let mut invocation = self.pending_script(&script, claim);
-        invocation.arg(claim).arg(millis(claim_ttl));
+        invocation
+            .key(self.conn.keys.pending_since())
+            .arg(claim)
+            .arg(millis(claim_ttl));
         let taken: Option<(String, Vec<u8>)> = self.conn.run_script(invocation).await?;
         Ok(taken)
     }

@@ -175,6 +175,31 @@ async fn a_claimed_heartbeat_stays_until_confirmed() {
     assert_eq!(s.backlog().await.unwrap().0, 0);
 }
 
+/// Kept heartbeats are taken the node that has waited longest first; a newer heartbeat of a
+/// waiting node keeps its place, and a node whose heartbeat was delivered waits anew.
+#[tokio::test]
+async fn the_node_that_waited_longest_is_relayed_first() {
+    let r = TestRedis::start().await;
+    let s = &r.stores.relay;
+    let ttl = Duration::from_secs(30);
+    for u in ["a", "b", "c", "d", "e"] {
+        s.put(u, b"v1", ttl).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    s.put("a", b"v2", ttl).await.unwrap();
+    let first = s.take("c1", CLAIM_TTL).await.unwrap();
+    assert_eq!(first, Some(("a".to_string(), b"v2".to_vec())));
+    s.confirm("a", "c1", b"v2").await.unwrap();
+    s.put("a", b"v3", ttl).await.unwrap();
+    let mut order = Vec::new();
+    for claim in ["c2", "c3", "c4", "c5", "c6"] {
+        let (u, v) = s.take(claim, CLAIM_TTL).await.unwrap().expect("one kept");
+        s.confirm(&u, claim, &v).await.unwrap();
+        order.push(u);
+    }
+    assert_eq!(order, ["b", "c", "d", "e", "a"]);
+}
+
 #[tokio::test]
 async fn a_released_heartbeat_can_be_taken_again() {
     let r = TestRedis::start().await;
