@@ -1,7 +1,7 @@
 //! What the gateway knows of each node from traffic it forwarded (`node:<uuid>`), read through
 //! the in-process view; every write settles the view before it is reported done.
 
-use super::conn::{viewed, Conn, WriteStep};
+use super::conn::{parsed, viewed, Conn, ReadStep, Slot, WriteStep};
 use super::StoreResult;
 use std::time::Duration;
 
@@ -37,37 +37,26 @@ impl NodeRecords {
     }
 
     /// The node's record (`None`: nothing known).
+    #[cfg(test)]
     pub(crate) async fn get(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
-        let fields: Vec<Option<String>> = self
-            .conn
-            .run_viewed(viewed(
-                redis::cmd("HMGET")
-                    .arg(self.conn.keys.node(uuid))
-                    .arg("token")
-                    .arg("agent_url")
-                    .arg("hb_fp")
-                    .arg("hb_at")
-                    .arg("node")
-                    .arg("token_at")
-                    .arg("reset_at")
-                    .clone(),
-            ))
-            .await?;
-        if fields.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        let field = |i: usize| fields.get(i).cloned().flatten();
-        let last_heartbeat = match (field(2), field(3).and_then(|a| a.parse().ok())) {
-            (Some(fp), Some(at)) => Some((fp, at)),
-            _ => None,
-        };
-        Ok(Some(NodeRecord {
-            token_hash: field(0),
-            agent_url: field(1),
-            last_heartbeat,
-            token_seen_ms: field(5).and_then(|a| a.parse().ok()),
-            unsettled_since_ms: field(6).and_then(|a| a.parse().ok()),
-        }))
+        let mut step = ReadStep::new();
+        let slot = self.read(&mut step, uuid);
+        self.conn.read_step(step).await?.take(slot)
+    }
+
+    /// Reads the node's record in `step` (`None`: nothing known).
+    pub(crate) fn read(&self, step: &mut ReadStep, uuid: &str) -> Slot<Option<NodeRecord>> {
+        let cmd = redis::cmd("HMGET")
+            .arg(self.conn.keys.node(uuid))
+            .arg("token")
+            .arg("agent_url")
+            .arg("hb_fp")
+            .arg("hb_at")
+            .arg("node")
+            .arg("token_at")
+            .arg("reset_at")
+            .clone();
+        step.read(viewed(cmd), parse_record)
     }
 
     /// A new token was minted for the node: remember its hash, forget the old `agent_url`,
@@ -227,4 +216,24 @@ impl NodeRecords {
         })
         .await
     }
+}
+
+/// A record from its `HMGET` answer (every field missing: nothing known).
+fn parse_record(value: redis::Value) -> StoreResult<Option<NodeRecord>> {
+    let fields: Vec<Option<String>> = parsed(value)?;
+    if fields.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    let last_heartbeat = match (field(2), field(3).and_then(|a| a.parse().ok())) {
+        (Some(fp), Some(at)) => Some((fp, at)),
+        _ => None,
+    };
+    Ok(Some(NodeRecord {
+        token_hash: field(0),
+        agent_url: field(1),
+        last_heartbeat,
+        token_seen_ms: field(5).and_then(|a| a.parse().ok()),
+        unsettled_since_ms: field(6).and_then(|a| a.parse().ok()),
+    }))
 }
