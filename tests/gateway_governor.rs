@@ -139,7 +139,7 @@ fn the_node_sync_keeps_the_index_fresh_behind_a_lookup_storm() {
     let unknown = mac(4, 1);
     let client = || {
         // Held for Ironic longer than the harness's usual read timeout.
-        let mut c = common::http::Client::connect(env.gw.addr());
+        let c = common::http::Client::connect(env.gw.addr());
         c.set_read_timeout(Duration::from_secs(40));
         c
     };

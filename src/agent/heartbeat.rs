@@ -601,15 +601,16 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     known_facts(indexed, synced_at, None)
 }
 
+/// What the index says of a node (as [`indexed_by_ident`]), when its round started, and the
+/// node's record.
+type UuidFacts = (Option<Option<IndexedNode>>, u64, Option<NodeRecord>);
+
 /// What a canonical UUID's heartbeat needs, read in one step (one call into the view, no
 /// Redis round trip for what it holds; it was four calls, each with its own deadline and
 /// packing): the remembered 404, the fresh index's entry with when its round started, and the
 /// node's record. `None`: the node is missing (a remembered 404, or the fresh index has no
 /// such node). Decided as the calls one after the other did, store errors counted per read.
-async fn uuid_facts(
-    r: &AgentRequest<'_>,
-    uuid: &str,
-) -> Option<(Option<Option<IndexedNode>>, u64, Option<NodeRecord>)> {
+async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Option<UuidFacts> {
     let store = &r.edge.store;
     let sync = &r.edge.config.sync;
     let mut step = crate::store::ReadStep::new();

@@ -82,7 +82,8 @@ mod tests {
 
     #[test]
     fn a_read_is_current_only_under_the_same_tags() {
-        let cases: [(&[Option<String>], &[Option<String>], bool); 6] = [
+        type Tags<'a> = &'a [Option<String>];
+        let cases: [(Tags, Tags, bool); 6] = [
             (&[tag("a")], &[tag("a")], true),
             (&[tag("a")], &[tag("b")], false),
             (&[tag("a"), tag("n")], &[tag("a"), tag("n")], true),
