@@ -33,6 +33,7 @@ fn booted(view_entries: usize) -> (Env, String, String) {
         c.set("ironic_edge.sync.enabled", true)
             .set("ironic_edge.sync.interval_seconds", 1)
             .set("ironic_edge.heartbeat.coalesce_seconds", 60)
+            .set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 600)
             .set("ironic_edge.redis.view_entries", view_entries as i64);
     });
     env.wait_for_index();
@@ -105,6 +106,44 @@ fn repeated_local_answers_need_no_redis_round_trip() {
     assert!(
         per_request < 0.3,
         "{per_request:.2} Redis commands per local answer"
+    );
+}
+
+/// The edge 400 (a wrong token for a node whose token the gateway knows), repeated: once its
+/// forward slot was claimed (the first one reached Ironic), the others are refused without a
+/// Redis round trip until the slot expires (each one ran the slot script before: 2 commands
+/// and a round trip per refusal).
+#[test]
+fn a_repeated_wrong_token_needs_no_redis_round_trip() {
+    let (env, uuid, _token) = booted(10_000);
+    let wrong = ironic::random_token();
+    let refused = || assert_eq!(env.send(&heartbeat(&uuid, CB, &wrong)).status, 400);
+    // The first one takes the token's forward slot and reaches Ironic.
+    refused();
+    refused();
+    let locals = local(&env, "heartbeat");
+    let mut redis = env.redis.conn();
+    let before = redis.stats();
+    let started = Instant::now();
+    let rounds = 100;
+    for _ in 0..rounds {
+        refused();
+    }
+    let busy = redis.stats().since(&before).commands;
+    let took = started.elapsed();
+    assert_eq!(
+        local(&env, "heartbeat"),
+        locals + rounds as f64,
+        "refused at the edge"
+    );
+    let idle_before = redis.stats();
+    std::thread::sleep(took);
+    let idle = redis.stats().since(&idle_before).commands;
+    let per_request = (busy - idle).max(0) as f64 / rounds as f64;
+    eprintln!("{busy} Redis commands during {rounds} edge 400s ({took:?}), {idle} while idle");
+    assert!(
+        per_request < 0.3,
+        "{per_request:.2} Redis commands per edge 400"
     );
 }
 

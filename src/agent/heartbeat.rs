@@ -683,6 +683,12 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
         record: None,
         ironic: None,
     };
+    if is_canonical_uuid(ident) {
+        return match uuid_facts(r, ident).await {
+            Ok((indexed, synced_at, record)) => known_facts(indexed, synced_at, record),
+            Err(rule) => missing(rule),
+        };
+    }
     if known_missing(r, ident).await {
         return missing(Rule::NegativeCache);
     }
@@ -693,18 +699,79 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     if matches!(indexed, Some(None)) {
         return missing(Rule::IndexNotFound);
     }
-    // Records are kept under the node's UUID (agents heartbeat by the UUID lookup gave them).
-    let record = if is_canonical_uuid(ident) {
-        match r.edge.store.records.get(ident).await {
-            Ok(rec) => rec,
+    // Records are kept under the node's UUID (agents heartbeat by the UUID lookup gave them):
+    // an ident that is not one has none.
+    known_facts(indexed, synced_at, None)
+}
+
+/// What the index says of a node (as [`indexed_by_ident`]), when its round started, and the
+/// node's record.
+type UuidFacts = (Option<Option<IndexedNode>>, u64, Option<NodeRecord>);
+
+/// What a canonical UUID's heartbeat needs, read in one step (one call into the view, no
+/// Redis round trip for what it holds; it was four calls, each with its own deadline and
+/// packing): the remembered 404, the fresh index's entry with when its round started, and the
+/// node's record. `Err`: the node is missing, by the rule that says so (a remembered 404, or
+/// the fresh index has no such node). Decided as the calls one after the other did, store
+/// errors counted per read.
+async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Result<UuidFacts, Rule> {
+    let store = &r.edge.store;
+    let sync = &r.edge.config.sync;
+    let mut step = crate::store::ReadStep::new();
+    let not_found = store.negative.read_heartbeat_not_found(&mut step, uuid);
+    let index = sync.enabled.then(|| {
+        store
+            .index
+            .read_lookup(&mut step, crate::store::IndexKey::Uuid(uuid))
+    });
+    let record = store.records.read(&mut step, uuid);
+    let mut replies = match store.read(step).await {
+        Ok(replies) => replies,
+        Err(err) => {
+            // Each read the calls made failed: the marker, the index, the record.
+            for _ in 0..if sync.enabled { 3 } else { 2 } {
+                store_error(r, &err);
+            }
+            return Ok((None, 0, None));
+        }
+    };
+    match replies.take(not_found) {
+        Ok(true) => return Err(Rule::NegativeCache),
+        Ok(false) => {}
+        Err(err) => store_error(r, &err),
+    }
+    let (indexed, synced_at) = match index {
+        None => (None, 0),
+        Some(slot) => match store.index.take_lookup(&mut replies, slot).await {
+            Ok(read) => match read.synced_at_ms {
+                Some(at) if crate::sync::index_is_fresh(sync, at) => (Some(read.node), at),
+                _ => (None, 0),
+            },
             Err(err) => {
                 store_error(r, &err);
-                None
+                (None, 0)
             }
-        }
-    } else {
-        None
+        },
     };
+    if matches!(indexed, Some(None)) {
+        return Err(Rule::IndexNotFound);
+    }
+    let record = match replies.take(record) {
+        Ok(rec) => rec,
+        Err(err) => {
+            store_error(r, &err);
+            None
+        }
+    };
+    Ok((indexed, synced_at, record))
+}
+
+/// The facts of a node known not to be missing.
+fn known_facts(
+    indexed: Option<Option<IndexedNode>>,
+    synced_at: u64,
+    record: Option<NodeRecord>,
+) -> NodeFacts {
     let ironic = indexed
         .flatten()
         .map(|node| with_newer_token_knowledge(node, record.as_ref(), synced_at));
@@ -727,9 +794,7 @@ fn is_canonical_uuid(ident: &str) -> bool {
 /// looks any other ident up by name); a UUID-like ident in another spelling is not decided
 /// here (Ironic matches it as the database does).
 async fn indexed_by_ident(r: &AgentRequest<'_>, ident: &str) -> Option<(Option<IndexedNode>, u64)> {
-    if is_canonical_uuid(ident) {
-        return r.indexed_node_with_time(ident).await;
-    }
+    // (A canonical UUID is read by `uuid_facts`.)
     if ident::is_uuid_like(ident) {
         return None;
     }

@@ -119,18 +119,6 @@ impl AgentRequest<'_> {
         }
     }
 
-    /// Ironic's view of a node from a fresh index (`Some((None, _))` if the index says the node
-    /// does not exist, `None` if the index cannot tell), with when the round that wrote the
-    /// index started (Unix ms).
-    pub(crate) async fn indexed_node_with_time(
-        &self,
-        uuid: &str,
-    ) -> Option<(Option<crate::store::IndexedNode>, u64)> {
-        let synced_at = self.fresh_index_synced_at().await?;
-        let node = self.edge.store.index.node(uuid).await.ok()?;
-        Some((node, synced_at))
-    }
-
     /// An Ironic error answer made at the edge by `rule`.
     pub(crate) fn answer_error(&self, rule: Rule, e: &IronicError) -> Disposition {
         self.answer_local(rule, LocalAnswer::error(e))

@@ -2,6 +2,9 @@
 
 use super::pyjson::dumps_str;
 use super::version::{ApiVersion, VersionRange};
+// The fixed answers the edge gives in storms (an index 404, a wrong token) are built once:
+// each was three `format!`s and two JSON string encodings per answer.
+use once_cell::sync::Lazy;
 
 /// Which Ironic version headers an answer carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +133,9 @@ fn pick_message(v: &serde_json::Value) -> Option<String> {
 
 /// 404 `Resource could not be found.` (lookup misses, wrong state, version below 1.22).
 pub fn resource_not_found() -> IronicError {
-    IronicError::fault(404, "Resource could not be found.")
+    static FIXED: Lazy<IronicError> =
+        Lazy::new(|| IronicError::fault(404, "Resource could not be found."));
+    FIXED.clone()
 }
 
 /// 404 `Node <ident> could not be found.` (heartbeat for an unknown node).
@@ -140,12 +145,17 @@ pub fn node_not_found(ident: &str) -> IronicError {
 
 /// 400 `Invalid or missing agent token received.` (the conductor's token check).
 pub fn invalid_token() -> IronicError {
-    IronicError::fault(400, "Invalid or missing agent token received.")
+    static FIXED: Lazy<IronicError> =
+        Lazy::new(|| IronicError::fault(400, "Invalid or missing agent token received."));
+    FIXED.clone()
 }
 
 /// 400 `Detected change in ramdisk provided "callback_url"`.
 pub fn callback_url_changed() -> IronicError {
-    IronicError::fault(400, "Detected change in ramdisk provided \"callback_url\"")
+    static FIXED: Lazy<IronicError> = Lazy::new(|| {
+        IronicError::fault(400, "Detected change in ramdisk provided \"callback_url\"")
+    });
+    FIXED.clone()
 }
 
 /// 503 for an unreachable or failing upstream (`Resource temporarily unavailable, please retry.`).

@@ -303,15 +303,6 @@ impl Conn {
         self.within(invocation.invoke_async::<T>(&mut conn)).await
     }
 
-    /// A read the in-process view may answer ([`viewed`] commands only).
-    pub(crate) async fn run_viewed<T: redis::FromRedisValue>(
-        &self,
-        cmd: redis::Cmd,
-    ) -> StoreResult<T> {
-        let mut conn = self.manager()?;
-        self.within(cmd.query_async::<T>(&mut conn)).await
-    }
-
     /// A pipeline of reads the in-process view may answer ([`viewed`] commands only).
     pub(crate) async fn run_pipe_viewed<T: redis::FromRedisValue>(
         &self,

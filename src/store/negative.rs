@@ -39,13 +39,18 @@ impl NegativeCache {
 
     /// Is an upstream 404 for a heartbeat of this node ident still remembered?
     pub(crate) async fn heartbeat_not_found(&self, ident: &str) -> StoreResult<bool> {
-        self.conn
-            .run_viewed(viewed(
-                redis::cmd("EXISTS")
-                    .arg(self.conn.keys.heartbeat_not_found(ident))
-                    .clone(),
-            ))
-            .await
+        let mut step = ReadStep::new();
+        let slot = self.read_heartbeat_not_found(&mut step, ident);
+        self.conn.read_step(step).await?.take(slot)
+    }
+
+    /// Reads, in `step`, whether an upstream 404 for a heartbeat of this node ident is still
+    /// remembered.
+    pub(crate) fn read_heartbeat_not_found(&self, step: &mut ReadStep, ident: &str) -> Slot<bool> {
+        let cmd = redis::cmd("EXISTS")
+            .arg(self.conn.keys.heartbeat_not_found(ident))
+            .clone();
+        step.read(viewed(cmd), parsed::<bool>)
     }
 
     /// Remembers Ironic's 404 for heartbeats of this node ident, `ttl` long.

@@ -56,17 +56,23 @@ impl NodeRecords {
     }
 
     /// The node's record (`None`: nothing known).
+    #[cfg(test)]
     pub(crate) async fn get(&self, uuid: &str) -> StoreResult<Option<NodeRecord>> {
-        let fields: Vec<Option<String>> =
-            self.conn.run_viewed(viewed(self.record_read(uuid))).await?;
-        Ok(record_of(fields))
+        let mut step = ReadStep::new();
+        let slot = self.read(&mut step, uuid);
+        self.conn.read_step(step).await?.take(slot)
+    }
+
+    /// Reads the node's record in `step`, through the in-process view (`None`: nothing known).
+    pub(crate) fn read(&self, step: &mut ReadStep, uuid: &str) -> Slot<Option<NodeRecord>> {
+        step.read(viewed(self.record_read(uuid)), parse_record)
     }
 
     /// The node's record, read in `step` from Redis itself, never through the in-process view:
     /// for the operator's listing of many nodes, which would push the agent path's hot entries
     /// out of the view.
     pub(crate) fn read_get(&self, step: &mut ReadStep, uuid: &str) -> Slot<Option<NodeRecord>> {
-        step.read(self.record_read(uuid), |v| parsed(v).map(record_of))
+        step.read(self.record_read(uuid), parse_record)
     }
 
     fn record_read(&self, uuid: &str) -> redis::Cmd {
@@ -239,4 +245,9 @@ impl NodeRecords {
         })
         .await
     }
+}
+
+/// A record from its `HMGET` answer (every field missing: nothing known).
+fn parse_record(value: redis::Value) -> StoreResult<Option<NodeRecord>> {
+    parsed(value).map(record_of)
 }

@@ -57,7 +57,14 @@ fn record_mac(secret: Option<&[u8; 32]>, salt: &[u8], token: &str) -> Option<Hma
 
 /// Lower-case hex of `bytes` (digests in keys and fingerprints).
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // On every heartbeat (its fingerprint): a table, not a `format!` per byte.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -119,6 +126,12 @@ mod tests {
 
     fn secret(byte: u8) -> [u8; 32] {
         derive_secret(&[byte; 32])
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(unhex(&hex(&[1, 2, 254])), Some(vec![1, 2, 254]));
     }
 
     #[test]

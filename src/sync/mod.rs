@@ -480,6 +480,20 @@ impl NodeSync {
 
 /// Keeps the last entry per node uuid and per MAC (a node changed twice within a round
 /// appears in both the `updated_at` and the `created_at` listings).
+/// Hands the memory a full round freed back to the system. A full round holds every node
+/// and port of Ironic at once (the listings' JSON, the entries, the commands written): with
+/// 10,000 nodes the process stayed at about 61 MiB after it (its peak), of which it used a
+/// fraction, as glibc keeps freed memory in its arenas for reuse. Trimming every full round
+/// (10 minutes by default) costs a few milliseconds.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free pages of glibc's heaps to the system; it is
+    // thread-safe (it takes each arena's lock) and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn dedupe(u: &mut IndexUpdate) {
     let mut seen = HashSet::new();
     u.nodes.reverse();
@@ -548,9 +562,16 @@ impl BackgroundService for NodeSync {
                 self.edge
                     .metrics
                     .sync_round(crate::metrics::SyncRound::of(&outcome), began.elapsed());
-                if let Err(e) = outcome {
-                    log::warn!("node sync round failed: {e}");
-                    self.with_state(|s| s.last_round = Some(Instant::now()));
+                match outcome {
+                    // The round's buffers are dropped by now.
+                    Ok(true) => release_freed_memory(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::warn!("node sync round failed: {e}");
+                        self.with_state(|s| s.last_round = Some(Instant::now()));
+                        // A full round that failed may have listed everything first.
+                        release_freed_memory();
+                    }
                 }
             }
             tokio::select! {
