@@ -102,9 +102,7 @@ fn a_coalesced_heartbeat_shows_as_accepted_at_the_edge() {
     let mac = ironic::random_mac();
     let uuid = mini.add_node(&[&mac]);
     let env = Env::start_with_fake(fake, |c| {
-        c.set("ironic_edge.sync.enabled", true)
-            .set("ironic_edge.sync.interval_seconds", 1)
-            .set("ironic_edge.heartbeat.coalesce_seconds", 60);
+        c.with_index_and_coalescing();
     });
     env.wait_for_index();
     let token = minted_token(&env, &mac);

@@ -195,9 +195,7 @@ fn a_graceful_upgrade_under_keep_alive_load_fails_no_request() {
     let mac = ironic::random_mac();
     let uuid = mini.add_node(&[&mac]);
     let env = Env::start_with_fake(fake, |c| {
-        c.set("ironic_edge.sync.enabled", true)
-            .set("ironic_edge.sync.interval_seconds", 1)
-            .set("ironic_edge.heartbeat.coalesce_seconds", 60)
+        c.with_index_and_coalescing()
             // The drain as shipped, shortened: every connection is done within the grace.
             .set("grace_period_seconds", 20)
             .set("graceful_shutdown_timeout_seconds", 1)

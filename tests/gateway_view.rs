@@ -30,9 +30,7 @@ fn booted(view_entries: usize) -> (Env, String, String) {
     let mac = ironic::random_mac();
     let uuid = mini.add_node(&[&mac]);
     let env = Env::start_with_fake(fake, |c| {
-        c.set("ironic_edge.sync.enabled", true)
-            .set("ironic_edge.sync.interval_seconds", 1)
-            .set("ironic_edge.heartbeat.coalesce_seconds", 60)
+        c.with_index_and_coalescing()
             .set("ironic_edge.heartbeat.token_mismatch_forward_seconds", 600)
             .set("ironic_edge.redis.view_entries", view_entries as i64);
     });
@@ -198,9 +196,7 @@ fn a_mint_on_one_gateway_is_honoured_by_the_other_at_once() {
     let mac = ironic::random_mac();
     let uuid = mini.add_node(&[&mac]);
     let settings = |c: &mut GatewayConfig| {
-        c.set("ironic_edge.sync.enabled", true)
-            .set("ironic_edge.sync.interval_seconds", 1)
-            .set("ironic_edge.heartbeat.coalesce_seconds", 60);
+        c.with_index_and_coalescing();
     };
     let a = Env::start_with_fake(fake, settings);
     let mut cfg_b = GatewayConfig::new(&a.fake.url(), &a.redis.url());

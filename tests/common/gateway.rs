@@ -141,6 +141,14 @@ impl GatewayConfig {
         self
     }
 
+    /// The node index on, synced every second (against a fake Ironic serving the listings,
+    /// `MiniIronic::install_with_listings`), and repeated heartbeats coalesced for 60 s.
+    pub fn with_index_and_coalescing(&mut self) -> &mut Self {
+        self.set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.heartbeat.coalesce_seconds", 60)
+    }
+
     /// Writes a sealing key into the config's folder and points `seal_key_file` at it.
     pub fn with_seal_key(&mut self) -> &mut Self {
         let key = self.dir.path().join("seal.key");
