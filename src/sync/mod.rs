@@ -253,6 +253,10 @@ impl NodeSync {
 
     /// One sync round; `Ok(true)` if it was a full one.
     pub async fn round(&self) -> Result<bool, String> {
+        // Rounds are due `interval` after the previous one *started*: counted from its end,
+        // rounds slowed by a boot storm started more than the freshness bound (2 x interval
+        // + 5 s from a round's start) apart, and the index went stale between them.
+        let began = Instant::now();
         let (due_full, ours) = self
             .with_state(|s| {
                 let due = s.full_wanted
@@ -375,7 +379,7 @@ impl NodeSync {
             .with_state(|s| {
                 s.node_mark = nm.or(Some(0));
                 s.port_mark = pm.or(Some(0));
-                s.last_round = Some(Instant::now());
+                s.last_round = Some(began);
                 s.generation = Some(generation.clone());
                 if full {
                     s.last_full = Some(Instant::now());
