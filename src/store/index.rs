@@ -71,12 +71,17 @@ pub(crate) enum IndexKey<'a> {
 }
 
 impl IndexKey<'_> {
-    /// The key of its read in the entry cache.
-    fn cache_key(&self) -> String {
-        match self {
+    /// The key of its read in the entry cache; `None` for a key too long to keep (built only
+    /// if it is short: a lookup of 1,500 MACs must not copy them while it waits for Ironic).
+    fn cache_key(&self) -> Option<String> {
+        let len = match self {
+            IndexKey::Uuid(u) => 2 + u.len(),
+            IndexKey::Macs(m) => 2 + m.iter().map(|a| a.len() + 1).sum::<usize>(),
+        };
+        (len <= super::entry_cache::MAX_KEY_BYTES).then(|| match self {
             IndexKey::Uuid(u) => format!("u {u}"),
             IndexKey::Macs(m) => format!("m {}", m.join(",")),
-        }
+        })
     }
 
     fn owned(&self) -> OwnedIndexKey {
@@ -106,7 +111,9 @@ impl OwnedIndexKey {
 pub(crate) struct LookupSlot {
     markers: Slot<Markers>,
     entries: LookupEntries,
-    key: OwnedIndexKey,
+    /// What was read, and its key in the entry cache: only for reads the cache may keep.
+    key: Option<(OwnedIndexKey, String)>,
+    by_macs: bool,
 }
 
 enum LookupEntries {
@@ -442,14 +449,16 @@ impl NodeIndex {
     /// node, and reads the entry of the only node if there is one.
     pub(crate) fn read_lookup(&self, step: &mut ReadStep, by: IndexKey<'_>) -> LookupSlot {
         let markers = step.reads(self.marker_reads(), parse_markers);
-        let entries = match self.cache.get(&by.cache_key()) {
+        let key = by.cache_key();
+        let entries = match key.as_deref().and_then(|k| self.cache.get(k)) {
             Some(cached) => LookupEntries::Cached(cached),
             None => LookupEntries::Read(step.read(self.entries_read(by), parsed)),
         };
         LookupSlot {
             markers,
             entries,
-            key: by.owned(),
+            key: key.map(|k| (by.owned(), k)),
+            by_macs: matches!(by, IndexKey::Macs(_)),
         }
     }
 
@@ -475,29 +484,39 @@ impl NodeIndex {
         slot: LookupSlot,
     ) -> StoreResult<IndexRead> {
         let markers = replies.take(slot.markers)?;
-        let by = slot.key.borrowed();
-        let by_macs = matches!(by, IndexKey::Macs(_));
-        let entries = match slot.entries {
-            LookupEntries::Cached(cached) if cached.is_current(&markers.tags(by_macs)) => {
+        let by_macs = slot.by_macs;
+        let entries = match (slot.entries, &slot.key) {
+            (LookupEntries::Cached(cached), _) if cached.is_current(&markers.tags(by_macs)) => {
                 cached.entries
             }
-            LookupEntries::Cached(_) => {
-                self.cache.forget(&by.cache_key());
+            (LookupEntries::Cached(_), Some((by, key))) => {
+                self.cache.forget(key);
                 let mut step = ReadStep::new();
-                let again = step.read(self.entries_read(by), parsed);
+                let again = step.read(self.entries_read(by.borrowed()), parsed);
                 let mut replies = self.conn.read_step(step).await?;
-                self.learnt(by, replies.take(again)?)
+                self.learnt(by_macs, key, replies.take(again)?)
             }
-            LookupEntries::Read(read) => self.learnt(by, replies.take(read)?),
+            (LookupEntries::Cached(_), None) => {
+                return Err(StoreError("a cached index read without its key".into()))
+            }
+            (LookupEntries::Read(read), Some((_, key))) => {
+                self.learnt(by_macs, key, replies.take(read)?)
+            }
+            (LookupEntries::Read(read), None) => replies.take(read)?,
         };
         index_read_of(&markers, by_macs, entries)
     }
 
     /// Keeps entries read from Redis in the cache, under the tags they were read with.
-    fn learnt(&self, by: IndexKey<'_>, entries: Vec<Option<String>>) -> Vec<Option<String>> {
-        if let Some(tags) = entry_tags(matches!(by, IndexKey::Macs(_)), &entries) {
+    fn learnt(
+        &self,
+        by_macs: bool,
+        key: &str,
+        entries: Vec<Option<String>>,
+    ) -> Vec<Option<String>> {
+        if let Some(tags) = entry_tags(by_macs, &entries) {
             self.cache.put(
-                by.cache_key(),
+                key.to_string(),
                 TaggedRead {
                     tags,
                     entries: entries.clone(),
