@@ -250,6 +250,14 @@ impl Disposition {
 mod tests {
     use super::*;
 
+    /// The metrics index their per-rule counters by `rule as usize`.
+    #[test]
+    fn every_rule_sits_at_its_own_index() {
+        for (i, rule) in Rule::ALL.iter().enumerate() {
+            assert_eq!(*rule as usize, i, "{rule:?}");
+        }
+    }
+
     #[test]
     fn each_disposition_counts_as_what_it_is() {
         let accepted = Disposition::answer(Rule::Coalesced, LocalAnswer::accepted(), None, None);
