@@ -17,10 +17,10 @@ pub struct IronicApi {
     auth: Option<(&'static str, String)>,
 }
 
-/// A listing's items, and Ironic's clock when it began: the `Date` of its first page (the
-/// clock Ironic's `updated_at` values are written with), if Ironic sent one.
-pub struct Listing {
-    pub items: Vec<Value>,
+/// What a listing kept of its items, and Ironic's clock when it began: the `Date` of its first
+/// page (the clock Ironic's `updated_at` values are written with), if Ironic sent one.
+pub struct Listing<T> {
+    pub items: Vec<T>,
     pub started: Option<i64>,
 }
 
@@ -106,14 +106,17 @@ impl IronicApi {
     /// Lists a collection page by page: `listing` is `(collection key, path, fields)`. With
     /// `order = Some((key, since))` it lists newest first by `key` and stops at the first
     /// item older than `since` (its first page holds one item); `first_page_only` stops after
-    /// one page.
-    pub async fn list(
+    /// one page. Each item is handed to `keep` as its page is read, and only what `keep`
+    /// returns is held: a full round of 10,000 nodes holds one page of Ironic's documents at a
+    /// time, not all of them (their `driver_internal_info` alone can be kilobytes a node).
+    pub async fn list<T>(
         &self,
         listing: (&str, &str, Option<&str>),
         order: Option<(&str, Option<i64>)>,
         page_size: u32,
         first_page_only: bool,
-    ) -> Result<Listing, String> {
+        mut keep: impl FnMut(&Value) -> Option<T>,
+    ) -> Result<Listing<T>, String> {
         let (collection, base, fields) = listing;
         let mut out = Vec::new();
         let mut started = None;
@@ -135,13 +138,12 @@ impl IronicApi {
                 path.push_str(&format!("&marker={m}"));
             }
             let (page, date) = self.get_dated(&path).await?;
-            let page = page.ok_or_else(|| format!("GET {path}: 404"))?;
+            let mut page = page.ok_or_else(|| format!("GET {path}: 404"))?;
             started = started.or(date);
-            let items = page
-                .get(collection)
-                .and_then(|v| v.as_array())
-                .cloned()
-                .ok_or_else(|| format!("GET {path}: no {collection} list"))?;
+            let items = match page.get_mut(collection).map(Value::take) {
+                Some(Value::Array(items)) => items,
+                _ => return Err(format!("GET {path}: no {collection} list")),
+            };
             let n = items.len();
             // Every listing carries `uuid`: Ironic's marker.
             marker = items
@@ -168,7 +170,7 @@ impl IronicApi {
                         break;
                     }
                 }
-                out.push(item);
+                out.extend(keep(&item));
             }
             // A whole page of never-set timestamps and nothing dated yet: either every item is
             // undated (then the `created_at` listing covers them) or PostgreSQL sorts a long run

@@ -281,30 +281,35 @@ impl NodeSync {
         let changed_page = page.min(50);
         // Ironic's clock when the round started: the `Date` of its first answer.
         let mut ironic_start = None;
+        // Each listed document is read into what the index keeps (and the newest change it
+        // shows) as its page arrives: the round never holds Ironic's documents, only entries.
+        let node_of = |v: &Value| Some((indexed_node_read_at(v, started), changed_at(v)));
+        let port_of = |v: &Value| Some((port_entry(v), changed_at(v)));
         let (nodes, ports, node_mark, port_mark) = if full {
-            let listing = self.api.list(NODES_FULL, None, page, false).await?;
+            let listing = self
+                .api
+                .list(NODES_FULL, None, page, false, node_of)
+                .await?;
             let nodes = listing.items;
             ironic_start = listing.started;
             // Without a `Date` from Ironic, the next round resumes from the newest change seen
             // before the listing (the light full listing carries no timestamps): a probe.
-            let mut probe = Vec::new();
+            let mut probe = None;
             if ironic_start.is_none() {
                 for key in ["updated_at", "created_at"] {
-                    probe.extend(
-                        self.api
-                            .list(NODES_CHANGED, Some((key, None)), 1, true)
-                            .await?
-                            .items,
-                    );
+                    let listing = self
+                        .api
+                        .list(NODES_CHANGED, Some((key, None)), 1, true, changed_at)
+                        .await?;
+                    probe = probe.max(listing.items.into_iter().max());
                 }
             }
-            let ports = self.api.list(PORTS, None, page, false).await?.items;
-            (
-                nodes,
-                ports,
-                probe.iter().filter_map(changed_at).max(),
-                None,
-            )
+            let ports = self
+                .api
+                .list(PORTS, None, page, false, port_of)
+                .await?
+                .items;
+            (nodes, ports, probe, None)
         } else {
             let (nm, pm) = self
                 .with_state(|s| (s.node_mark, s.port_mark))
@@ -315,7 +320,13 @@ impl NodeSync {
             for key in ["updated_at", "created_at"] {
                 let listing = self
                     .api
-                    .list(NODES_CHANGED, Some((key, since(nm))), changed_page, false)
+                    .list(
+                        NODES_CHANGED,
+                        Some((key, since(nm))),
+                        changed_page,
+                        false,
+                        node_of,
+                    )
                     .await?;
                 nodes.extend(listing.items);
                 ironic_start = ironic_start.or(listing.started);
@@ -325,18 +336,33 @@ impl NodeSync {
             // have no `updated_at` to page by.
             ports.extend(
                 self.api
-                    .list(PORTS, Some(("created_at", since(pm))), changed_page, false)
+                    .list(
+                        PORTS,
+                        Some(("created_at", since(pm))),
+                        changed_page,
+                        false,
+                        port_of,
+                    )
                     .await?
                     .items,
             );
             (nodes, ports, nm, pm)
         };
+        let newest = |changes: &mut dyn Iterator<Item = Option<i64>>, old: Option<i64>| {
+            changes.flatten().max().max(old)
+        };
+        // Resuming from the newest change seen would re-list the last burst of changes every
+        // round until a newer one comes; from the round's start, only the overlap is re-listed.
+        let (nm, pm) = match ironic_start {
+            Some(t) => (Some(t), Some(t)),
+            None => (
+                newest(&mut nodes.iter().map(|n| n.1), node_mark),
+                newest(&mut ports.iter().map(|p| p.1), port_mark),
+            ),
+        };
         let mut update = IndexUpdate {
-            nodes: nodes
-                .iter()
-                .filter_map(|v| indexed_node_read_at(v, started))
-                .collect(),
-            ports: ports.iter().filter_map(port_entry).collect(),
+            nodes: nodes.into_iter().filter_map(|n| n.0).collect(),
+            ports: ports.into_iter().filter_map(|p| p.0).collect(),
             synced_at_ms: Some(started),
             generation: Some(generation.clone()),
             full_round: full,
@@ -367,14 +393,6 @@ impl NodeSync {
             self.with_state(|s| s.generation = None);
             return Err(e.to_string());
         }
-        let newest =
-            |items: &[Value], old: Option<i64>| items.iter().filter_map(changed_at).max().max(old);
-        // Resuming from the newest change seen would re-list the last burst of changes every
-        // round until a newer one comes; from the round's start, only the overlap is re-listed.
-        let (nm, pm) = match ironic_start {
-            Some(t) => (Some(t), Some(t)),
-            None => (newest(&nodes, node_mark), newest(&ports, port_mark)),
-        };
         let last_full_ms = self
             .with_state(|s| {
                 s.node_mark = nm.or(Some(0));
