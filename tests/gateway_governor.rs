@@ -166,3 +166,79 @@ fn the_node_sync_keeps_the_index_fresh_behind_a_lookup_storm() {
         "the unknown MAC was answered from a fresh index, not by Ironic"
     );
 }
+
+/// While a boot storm slows the node sync past the index's freshness bound, a manageable
+/// node's first heartbeat is still ranked as one (what the index said of the node a moment
+/// ago), not as one that may drive a step: it waits 2 s for a place and is kept for the relay,
+/// instead of holding its agent for the whole deadline. (At 1,000 agents every boot heartbeat
+/// was classed `drive` once rounds took 26 s, and waited 25 s.)
+#[test]
+fn a_stale_index_still_ranks_a_manageable_nodes_first_heartbeat() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install_with_listings(&fake);
+    let node_mac = mac(5, 0);
+    let uuid = mini.add_node(&[node_mac.as_str()]);
+    let storm: Vec<String> = (1..4)
+        .map(|i| {
+            let m = mac(5, i);
+            mini.add_node(&[m.as_str()]);
+            m
+        })
+        .collect();
+    let env = Env::start_with_fake(fake, |c| {
+        c.with_seal_key()
+            .set("ironic_edge.sync.enabled", true)
+            .set("ironic_edge.sync.interval_seconds", 1)
+            .set("ironic_edge.upstream.max_agent_requests_in_flight", 1)
+            .set("ironic_edge.upstream.agent_answer_within_ms", 8000);
+    });
+    env.wait_for_index();
+    let token = minted_token(&env, &node_mac);
+
+    // The sync stops getting answers: the index goes stale (older than 2 x 1 s + 5 s).
+    for path in ["/v1/nodes", "/v1/nodes/detail", "/v1/ports"] {
+        env.fake
+            .route("GET", path, |req, ctx| ctx.error(req, 503, "busy"));
+    }
+    let lag = || {
+        env.gw
+            .metric("ironic_edge_sync_lag_seconds", &[])
+            .unwrap_or(0.0)
+    };
+    let stale = common::wait_for(Duration::from_secs(30), || (lag() > 8.0).then_some(()));
+    assert!(stale.is_some(), "the index did not go stale: lag {}", lag());
+
+    // A slow lookup holds the one place for Ironic past the heartbeat's deadline (8 s), and
+    // more wait for it (a higher class): the heartbeat can only be held back.
+    let m = mini.clone();
+    env.fake.route("GET", "/v1/lookup", move |req, ctx| {
+        m.lookup(req, ctx).delay(Duration::from_secs(10))
+    });
+    let deferred = |class| {
+        env.gw
+            .metric("ironic_edge_budget_deferred_total", &[("class", class)])
+            .unwrap_or(0.0)
+    };
+    let (drive_before, first_before) = (deferred("drive"), deferred("first"));
+    std::thread::scope(|s| {
+        for m in &storm {
+            let env = &env;
+            s.spawn(move || {
+                let mut c = common::http::Client::connect(env.gw.addr());
+                c.set_read_timeout(Duration::from_secs(40));
+                c.send(&common::lookup(m))
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let r = env.send(&heartbeat(&uuid, &token, 1));
+        assert_eq!(r.status, 202, "a verified first heartbeat: {}", r.text());
+    });
+    assert_eq!(
+        (
+            deferred("drive") - drive_before,
+            deferred("first") - first_before
+        ),
+        (0.0, 1.0),
+        "the heartbeat was held back as a first heartbeat (drive, first)"
+    );
+}

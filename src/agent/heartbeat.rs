@@ -376,7 +376,12 @@ async fn decide_heartbeat(
     // Verified: the token the gateway knows, and Ironic (as far as the index shows) holds one.
     let verified = is_verified(Some(&checked), record.as_ref())
         && facts.ironic.as_ref().is_none_or(|n| n.token_held);
-    let class = class_of(&checked, record.as_ref(), facts.ironic.as_ref(), verified);
+    let class = class_of(
+        &checked,
+        record.as_ref(),
+        facts.ironic.as_ref().or(facts.class_hint.as_ref()),
+        verified,
+    );
     let forward = Forward {
         checked: Some(checked.clone()),
         record: record.clone(),
@@ -665,6 +670,9 @@ struct NodeFacts {
     record: Option<NodeRecord>,
     /// The node as the fresh index shows it (UUID idents only: the index is keyed by UUID).
     ironic: Option<IndexedNode>,
+    /// The node as an index too old to answer from shows it, for the load governor's class
+    /// only (`crate::sync::index_guides_class_at`), under the same session rule.
+    class_hint: Option<IndexedNode>,
 }
 
 impl NodeFacts {
@@ -682,10 +690,11 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
         missing: Some(rule),
         record: None,
         ironic: None,
+        class_hint: None,
     };
     if is_canonical_uuid(ident) {
         return match uuid_facts(r, ident).await {
-            Ok((indexed, synced_at, record)) => known_facts(indexed, synced_at, record),
+            Ok((indexed, synced_at, record, hint)) => known_facts(indexed, synced_at, record, hint),
             Err(rule) => missing(rule),
         };
     }
@@ -701,12 +710,17 @@ async fn node_facts(r: &AgentRequest<'_>, ident: &str) -> NodeFacts {
     }
     // Records are kept under the node's UUID (agents heartbeat by the UUID lookup gave them):
     // an ident that is not one has none.
-    known_facts(indexed, synced_at, None)
+    known_facts(indexed, synced_at, None, None)
 }
 
-/// What the index says of a node (as [`indexed_by_ident`]), when its round started, and the
-/// node's record.
-type UuidFacts = (Option<Option<IndexedNode>>, u64, Option<NodeRecord>);
+/// What the index says of a node (as [`indexed_by_ident`]), when its round started, the
+/// node's record, and the entry of an index too old to answer from (the class hint).
+type UuidFacts = (
+    Option<Option<IndexedNode>>,
+    u64,
+    Option<NodeRecord>,
+    Option<IndexedNode>,
+);
 
 /// What a canonical UUID's heartbeat needs, read in one step (one call into the view, no
 /// Redis round trip for what it holds; it was four calls, each with its own deadline and
@@ -732,7 +746,7 @@ async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Result<UuidFacts, Rule>
             for _ in 0..if sync.enabled { 3 } else { 2 } {
                 store_error(r, &err);
             }
-            return Ok((None, 0, None));
+            return Ok((None, 0, None, None));
         }
     };
     match replies.take(not_found) {
@@ -740,16 +754,22 @@ async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Result<UuidFacts, Rule>
         Ok(false) => {}
         Err(err) => store_error(r, &err),
     }
-    let (indexed, synced_at) = match index {
-        None => (None, 0),
+    let now = crate::store::now_ms();
+    let (indexed, synced_at, hint) = match index {
+        None => (None, 0, None),
         Some(slot) => match store.index.take_lookup(&mut replies, slot).await {
             Ok(read) => match read.synced_at_ms {
-                Some(at) if crate::sync::index_is_fresh(sync, at) => (Some(read.node), at),
-                _ => (None, 0),
+                Some(at) if crate::sync::index_is_fresh_at(sync, at, now) => {
+                    (Some(read.node), at, None)
+                }
+                Some(at) if crate::sync::index_guides_class_at(sync, at, now) => {
+                    (None, 0, read.node)
+                }
+                _ => (None, 0, None),
             },
             Err(err) => {
                 store_error(r, &err);
-                (None, 0)
+                (None, 0, None)
             }
         },
     };
@@ -763,7 +783,7 @@ async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Result<UuidFacts, Rule>
             None
         }
     };
-    Ok((indexed, synced_at, record))
+    Ok((indexed, synced_at, record, hint))
 }
 
 /// The facts of a node known not to be missing.
@@ -771,10 +791,15 @@ fn known_facts(
     indexed: Option<Option<IndexedNode>>,
     synced_at: u64,
     record: Option<NodeRecord>,
+    stale: Option<IndexedNode>,
 ) -> NodeFacts {
     let ironic = indexed
         .flatten()
         .map(|node| with_newer_token_knowledge(node, record.as_ref(), synced_at));
+    // The hint obeys the session rule too: after a forwarded action, none.
+    let class_hint = stale.filter(|n| {
+        super::session::state(record.as_ref(), Some(n)) != super::session::SessionState::Unsettled
+    });
     // After an action forwarded on the node, what the gateway knew of its agent session is
     // not used until Ironic's outcome is known.
     let (record, ironic) = super::session::view(record, ironic);
@@ -782,6 +807,7 @@ fn known_facts(
         missing: None,
         record,
         ironic,
+        class_hint,
     }
 }
 

@@ -110,6 +110,17 @@ pub fn index_is_fresh_at(cfg: &SyncConfig, synced_at_ms: u64, now_ms: u64) -> bo
     now_ms.saturating_sub(synced_at_ms) <= fresh_ms
 }
 
+/// Whether an index too old to answer from (see [`index_is_fresh_at`]) still tells the load
+/// governor what a heartbeat is likely for: while a boot storm slows the rounds, what Ironic
+/// said of a node at most a full-round interval ago (its provision state changes only through
+/// an action, and one forwarded through the gateway unsettles the node's session) ranks its
+/// heartbeat better than "may drive a step". A wrong guess only changes when the heartbeat is
+/// sent (a step's heartbeat kept for the relay instead of held), never an answer.
+pub fn index_guides_class_at(cfg: &SyncConfig, synced_at_ms: u64, now_ms: u64) -> bool {
+    let bound_ms = cfg.full_resync_seconds.max(2 * cfg.interval_seconds + 5) * 1000;
+    now_ms.saturating_sub(synced_at_ms) <= bound_ms
+}
+
 /// How old the index may be and still answer: two intervals and 5 s.
 pub fn staleness_bound(cfg: &SyncConfig) -> Duration {
     Duration::from_secs(2 * cfg.interval_seconds + 5)
@@ -698,6 +709,41 @@ mod tests {
         let old = r#"{"node_mark": 1, "port_mark": 2, "last_full_ms": 3}"#;
         let marks: SyncMarks = serde_json::from_str(old).unwrap();
         assert_eq!(marks.generation, "");
+    }
+
+    #[test]
+    fn a_stale_index_guides_the_class_for_a_full_round_interval() {
+        let cfg = SyncConfig {
+            interval_seconds: 10,
+            full_resync_seconds: 600,
+            ..SyncConfig::default()
+        };
+        let synced = 1_000_000;
+        for (age_s, fresh, guides) in [
+            (0, true, true),
+            (25, true, true),
+            (26, false, true),
+            (600, false, true),
+            (601, false, false),
+        ] {
+            let now = synced + age_s * 1000;
+            assert_eq!(
+                index_is_fresh_at(&cfg, synced, now),
+                fresh,
+                "{age_s} s: fresh"
+            );
+            assert_eq!(
+                index_guides_class_at(&cfg, synced, now),
+                guides,
+                "{age_s} s: class"
+            );
+        }
+        // A full-round interval shorter than the freshness bound never guides less than it.
+        let short = SyncConfig {
+            full_resync_seconds: 1,
+            ..cfg
+        };
+        assert!(index_guides_class_at(&short, synced, synced + 25_000));
     }
 
     #[test]
