@@ -108,6 +108,8 @@ struct Watch {
     last_addr: Option<(String, u16)>,
     /// The sentinel that answered last (asked first next time).
     first: usize,
+    /// No sentinel answered the last look (logged once per silence, not every look).
+    sentinels_silent: bool,
     distrust: Option<Distrust>,
 }
 
@@ -261,6 +263,19 @@ impl Follow {
         let timeout = conn.command_timeout();
         let current = self.current_master();
         let said = self.ask_sentinels(timeout, &mut w.first).await;
+        if said.is_none() != w.sentinels_silent {
+            w.sentinels_silent = said.is_none();
+            if w.sentinels_silent {
+                log::warn!(
+                    "redis sentinel: none of the {} sentinels named master {:?}; staying with \
+                     the master known, if any",
+                    self.sentinels.len(),
+                    self.master_name
+                );
+            } else {
+                log::info!("redis sentinel: the sentinels answer again");
+            }
+        }
         let Some(target) = said.or_else(|| current.as_ref().map(|m| m.addr.clone())) else {
             return;
         };
