@@ -206,32 +206,7 @@ fn a_killed_master_is_followed_under_agent_traffic() {
     site.wait_until_coalesced(&token);
     site.topo.wait_replica_in_sync(1);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let wrong = Arc::new(Mutex::new(Vec::new()));
-    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let agents: Vec<_> = (0..2)
-        .map(|i| {
-            let (stop, wrong, sent) = (stop.clone(), wrong.clone(), sent.clone());
-            let (addr, uuid, token) = (site.gw.cfg.listen, site.uuid.clone(), token.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let (req, want) = if i == 0 {
-                        (heartbeat(&uuid, CB, &token), 202)
-                    } else {
-                        (lookup(&ironic::random_mac()), 404)
-                    };
-                    let r = http::send(addr, &req);
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    if r.status != want {
-                        wrong
-                            .lock()
-                            .unwrap()
-                            .push(format!("{} {}", r.status, r.text()));
-                    }
-                }
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(&site, &token);
     // Recovery times, reported (`--nocapture`), never asserted.
     let killed = std::time::Instant::now();
     site.topo.kill_master_and_wait_promotion();
@@ -240,21 +215,15 @@ fn a_killed_master_is_followed_under_agent_traffic() {
     let followed = killed.elapsed();
     site.wait_local_lookup_answers();
     let local_again = killed.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    for a in agents {
-        a.join().unwrap();
-    }
+    let (sent, wrong) = traffic.stop();
     eprintln!(
         "failover: promoted after {promoted:?}, followed after {followed:?}, local answers \
-         again after {local_again:?}; {} agent requests meanwhile",
-        sent.load(Ordering::SeqCst)
+         again after {local_again:?}; {sent} agent requests meanwhile"
     );
-    let wrong = wrong.lock().unwrap();
     assert!(
         wrong.is_empty(),
-        "{} of {} answers were not Ironic's: {:?}",
+        "{} of {sent} answers were not Ironic's: {:?}",
         wrong.len(),
-        sent.load(Ordering::SeqCst),
         &wrong[..wrong.len().min(5)]
     );
     // The gateway talks to the promoted replica now.
@@ -263,6 +232,92 @@ fn a_killed_master_is_followed_under_agent_traffic() {
         .keys()
         .iter()
         .any(|k| k.contains("idx:v2:synced_at")));
+}
+
+/// Two agents' traffic through the gateway until stopped: one heartbeating with a valid token
+/// (Ironic's answer: 202), one looking up machines nobody enrolled (404). Every other answer
+/// is kept.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    wrong: Arc<Mutex<Vec<String>>>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+    agents: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(site: &Site, token: &str) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wrong = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let agents = (0..2)
+            .map(|i| {
+                let (stop, wrong, sent) = (stop.clone(), wrong.clone(), sent.clone());
+                let (addr, uuid, token) =
+                    (site.gw.cfg.listen, site.uuid.clone(), token.to_string());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let (req, want) = if i == 0 {
+                            (heartbeat(&uuid, CB, &token), 202)
+                        } else {
+                            (lookup(&ironic::random_mac()), 404)
+                        };
+                        let r = http::send(addr, &req);
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        if r.status != want {
+                            wrong
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} {}", r.status, r.text()));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            wrong,
+            sent,
+            agents,
+        }
+    }
+
+    /// Stops the agents: how many requests they sent, and the answers that were not Ironic's.
+    fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for a in self.agents {
+            a.join().unwrap();
+        }
+        let wrong = self.wrong.lock().unwrap().clone();
+        (self.sent.load(Ordering::SeqCst), wrong)
+    }
+}
+
+/// A failover the sentinels are told to make while the master is alive: the old master
+/// becomes a replica (writes to it are refused with READONLY); the gateway moves to the new
+/// master with every answer Ironic's meanwhile.
+#[test]
+fn a_forced_failover_is_followed() {
+    let mut site = Site::start();
+    let token = minted_token_of(&site);
+    assert_eq!(site.send(&heartbeat(&site.uuid, CB, &token)).status, 202);
+    site.wait_until_coalesced(&token);
+    site.topo.wait_replica_in_sync(1);
+    let traffic = Traffic::start(&site, &token);
+    site.topo.force_failover_and_wait_promotion();
+    site.wait_switch();
+    site.wait_local_lookup_answers();
+    let (sent, wrong) = traffic.stop();
+    assert!(
+        wrong.is_empty(),
+        "{} of {sent} answers were not Ironic's: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let demoted = wait_for(Duration::from_secs(30), || {
+        let role = site.topo.redis[0].cmd(&["ROLE"]).strings();
+        (role.first().map(String::as_str) == Some("slave")).then_some(())
+    });
+    assert!(demoted.is_some(), "the old master was not demoted");
 }
 
 /// The promoted replica misses the last writes (replication cut before them): the gateway had

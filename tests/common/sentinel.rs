@@ -192,9 +192,24 @@ impl Topology {
     pub fn kill_master_and_wait_promotion(&mut self) {
         let replica = self.redis[1].port();
         self.redis[0].kill();
+        self.wait_promotion(replica);
+    }
+
+    /// Has a sentinel fail the master over now (`SENTINEL FAILOVER`, no agreement needed;
+    /// the master stays up and becomes a replica) and waits until the sentinels name
+    /// `redis[1]` (60 s at most).
+    pub fn force_failover_and_wait_promotion(&mut self) {
+        let replica = self.redis[1].port();
+        let r = self.sentinels[0].cmd(&["SENTINEL", "FAILOVER", MASTER_NAME]);
+        assert_eq!(r, Some(Resp::Simple("OK".into())), "{}", self.logs());
+        self.wait_promotion(replica);
+    }
+
+    fn wait_promotion(&self, replica: u16) {
         let promoted = super::wait_for(Duration::from_secs(60), || {
             (self.master_port() == Some(replica)
-                && self.redis[1]
+                && self
+                    .server(replica)
                     .conn()
                     .cmd(&["ROLE"])
                     .ok()?
