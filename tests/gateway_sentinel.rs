@@ -98,6 +98,60 @@ impl Site {
         assert!(coalesced.is_some(), "not coalesced:\n{}", self.gw.logs());
     }
 
+    /// Replication stops: the master asks for a password the replica does not have, and the
+    /// replica's link is dropped (it cannot come back). The sentinels' links stay, so the
+    /// replica can still be promoted; what the master takes from now on it never gets.
+    fn cut_replication(&self) {
+        let master = &self.topo.redis[0];
+        assert_eq!(
+            master.cmd(&["CONFIG", "SET", "requirepass", "cut"]),
+            common::redis::Resp::Simple("OK".into())
+        );
+        self.topo.redis[1].cmd(&["CLIENT", "KILL", "TYPE", "master"]);
+        let cut = wait_for(Duration::from_secs(20), || {
+            let info = self.topo.redis[1].cmd(&["INFO", "replication"]).to_text();
+            info.contains("master_link_status:down").then_some(())
+        });
+        assert!(cut.is_some(), "replication not cut");
+    }
+
+    /// Heartbeats with `token` (one Ironic no longer holds) get Ironic's 400 (from Ironic, or
+    /// repeated at the edge once Ironic refused that token), never a 202: until the gateway
+    /// answers at the edge again on the new master, and five times after.
+    fn assert_only_ironics_400_until_local_again(&self, token: &str) {
+        let invalid = ironic::fault_body(400, "Invalid or missing agent token received.");
+        let mut answers = Vec::new();
+        let local_again = wait_for(Duration::from_secs(40), || {
+            let r = self.send(&heartbeat(&self.uuid, CB, token));
+            answers.push((r.status, r.text()));
+            let before = self.local_lookups();
+            let r = self.send(&lookup(&ironic::random_mac()));
+            (r.status == 404 && self.local_lookups() > before).then_some(())
+        });
+        assert!(
+            local_again.is_some(),
+            "no local answers:\n{}",
+            self.gw.logs()
+        );
+        for _ in 0..5 {
+            let r = self.send(&heartbeat(&self.uuid, CB, token));
+            answers.push((r.status, r.text()));
+        }
+        let not_ironics: Vec<_> = answers
+            .iter()
+            .filter(|(status, body)| (*status, body) != (400, &invalid))
+            .collect();
+        assert!(
+            not_ironics.is_empty(),
+            "{} of {} answers to the token were not Ironic's 400: {:?}",
+            not_ironics.len(),
+            answers.len(),
+            &not_ironics[..not_ironics.len().min(3)]
+        );
+        assert_eq!(self.metric("ironic_edge_redis_rollbacks_total"), 1.0);
+        assert_eq!(self.metric("ironic_edge_redis_master_distrusted"), 0.0);
+    }
+
     fn metric(&self, name: &str) -> f64 {
         self.gw.metric(name, &[]).unwrap_or(0.0)
     }
@@ -332,19 +386,7 @@ fn a_rolled_back_master_never_accepts_a_wiped_token() {
     site.wait_until_coalesced(&token);
     site.topo.wait_replica_in_sync(1);
 
-    // Replication stops: the master asks for a password the replica does not have, and the
-    // replica's link is dropped (it cannot come back). The sentinels' links stay.
-    let master = &site.topo.redis[0];
-    assert_eq!(
-        master.cmd(&["CONFIG", "SET", "requirepass", "cut"]),
-        common::redis::Resp::Simple("OK".into())
-    );
-    site.topo.redis[1].cmd(&["CLIENT", "KILL", "TYPE", "master"]);
-    let cut = wait_for(Duration::from_secs(20), || {
-        let info = site.topo.redis[1].cmd(&["INFO", "replication"]).to_text();
-        info.contains("master_link_status:down").then_some(())
-    });
-    assert!(cut.is_some(), "replication not cut");
+    site.cut_replication();
 
     // Ironic wipes the token; the gateway learns it (on the master only).
     site.mini.wipe(&site.uuid);
@@ -360,39 +402,38 @@ fn a_rolled_back_master_never_accepts_a_wiped_token() {
 
     site.topo.kill_master_and_wait_promotion();
     site.wait_switch();
-    // Until and after the index is rebuilt on the new master: Ironic's 400 every time (from
-    // Ironic, or repeated at the edge once Ironic refused that token), never a 202.
-    let invalid = ironic::fault_body(400, "Invalid or missing agent token received.");
-    let mut answers = Vec::new();
-    let local_again = wait_for(Duration::from_secs(40), || {
-        let r = site.send(&heartbeat(&site.uuid, CB, &token));
-        answers.push((r.status, r.text()));
-        let before = site.local_lookups();
-        let r = site.send(&lookup(&ironic::random_mac()));
-        (r.status == 404 && site.local_lookups() > before).then_some(())
+    site.assert_only_ironics_400_until_local_again(&token);
+}
+
+/// The promoted replica misses that Ironic minted a new token (the gateway learnt it from
+/// Ironic's 202 on the master only): the old token, which the replica's record still holds,
+/// is never accepted at the edge, even once the index (the node holds a token) is rebuilt.
+#[test]
+fn a_rolled_back_master_never_accepts_a_replaced_token() {
+    let mut site = Site::start();
+    let old = minted_token_of(&site);
+    assert_eq!(site.send(&heartbeat(&site.uuid, CB, &old)).status, 202);
+    site.wait_until_coalesced(&old);
+    site.topo.wait_replica_in_sync(1);
+    site.cut_replication();
+
+    // A new token, minted where the gateway did not see it; learnt from Ironic's 202.
+    let new = site.mini.mint(&site.uuid);
+    let learnt = wait_for(Duration::from_secs(20), || {
+        (site.send(&heartbeat(&site.uuid, CB, &new)).status == 202).then_some(())
     });
     assert!(
-        local_again.is_some(),
-        "no local answers:\n{}",
+        learnt.is_some(),
+        "the new token was not taken:\n{}",
         site.gw.logs()
     );
-    for _ in 0..5 {
-        let r = site.send(&heartbeat(&site.uuid, CB, &token));
-        answers.push((r.status, r.text()));
-    }
-    let not_ironics: Vec<_> = answers
-        .iter()
-        .filter(|(status, body)| (*status, body) != (400, &invalid))
-        .collect();
-    assert!(
-        not_ironics.is_empty(),
-        "{} of {} answers to the wiped token were not Ironic's 400: {:?}",
-        not_ironics.len(),
-        answers.len(),
-        &not_ironics[..not_ironics.len().min(3)]
-    );
-    assert_eq!(site.metric("ironic_edge_redis_rollbacks_total"), 1.0);
-    assert_eq!(site.metric("ironic_edge_redis_master_distrusted"), 0.0);
+
+    site.topo.kill_master_and_wait_promotion();
+    site.wait_switch();
+    site.assert_only_ironics_400_until_local_again(&old);
+    // The new token is learnt again on the new master.
+    assert_eq!(site.send(&heartbeat(&site.uuid, CB, &new)).status, 202);
+    site.wait_until_coalesced(&new);
 }
 
 /// After the failover the sync runs on the new master (its lease and index live there), and a

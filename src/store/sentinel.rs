@@ -20,7 +20,7 @@
 use super::conn::Conn;
 use crate::config::{ConfigError, EdgeConfig};
 use redis::aio::ConnectionManager;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -66,6 +66,26 @@ pub(crate) fn index_rebuilt(
     };
     let complete = gen_nodes == Some(generation.as_str()) && gen_macs == Some(generation.as_str());
     complete && stale != Some(generation.as_str())
+}
+
+/// When this process last found its master on another history (Unix ms; 0: never). A
+/// process-wide fact, like the one connection it belongs to, kept here so that the parse of a
+/// node record (a plain function of the answer) can apply [`learnt_before_history_changed`].
+static HISTORY_CHANGED_AT_MS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn history_changed_at_ms() -> u64 {
+    HISTORY_CHANGED_AT_MS.load(Ordering::Relaxed)
+}
+
+/// Whether a node record's token knowledge (learnt at `token_seen_ms`) predates the last
+/// change of history (`changed_at_ms`, 0: none). Such a hash may be one the lost writes had
+/// replaced (a token minted since) or removed (a token Ironic wiped): it is not used, and the
+/// node's next heartbeat Ironic accepts teaches the token again, as after a seal key change.
+pub(crate) fn learnt_before_history_changed(
+    token_seen_ms: Option<u64>,
+    changed_at_ms: u64,
+) -> bool {
+    changed_at_ms > 0 && token_seen_ms.is_none_or(|seen| seen < changed_at_ms)
 }
 
 /// `role` and `master_replid` of an `INFO replication` answer.
@@ -349,6 +369,7 @@ impl Follow {
              may have lost the last writes; nothing is answered from Redis until a full sync \
              round rebuilds the node index there"
         );
+        HISTORY_CHANGED_AT_MS.store(super::now_ms(), Ordering::Relaxed);
         conn.calls().master.rollbacks.inc();
         conn.calls().master.distrusted.set(1);
         self.distrusted.store(true, Ordering::Relaxed);
@@ -529,6 +550,28 @@ mod tests {
             Some(""),
             Some("")
         ));
+    }
+
+    #[test]
+    fn without_a_change_of_history_every_token_counts() {
+        assert!(!learnt_before_history_changed(Some(5), 0));
+        assert!(!learnt_before_history_changed(None, 0));
+    }
+
+    #[test]
+    fn a_token_learnt_before_the_change_does_not_count() {
+        assert!(learnt_before_history_changed(Some(999), 1_000));
+    }
+
+    #[test]
+    fn a_token_of_unknown_age_does_not_count_after_a_change() {
+        assert!(learnt_before_history_changed(None, 1_000));
+    }
+
+    #[test]
+    fn a_token_learnt_since_the_change_counts() {
+        assert!(!learnt_before_history_changed(Some(1_000), 1_000));
+        assert!(!learnt_before_history_changed(Some(1_001), 1_000));
     }
 
     #[test]
