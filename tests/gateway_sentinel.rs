@@ -468,3 +468,16 @@ fn the_sync_resumes_and_heartbeats_are_relearned_on_the_new_master() {
     assert_eq!(site.send(&heartbeat(&site.uuid, CB, &token)).status, 202);
     site.wait_until_coalesced(&token);
 }
+
+/// The sentinel the gateway asked first is gone: the others are asked in turn, and a failover
+/// the two left agree on is followed.
+#[test]
+fn a_failover_is_followed_with_a_sentinel_down() {
+    let mut site = Site::start();
+    drop(site.topo.sentinels.remove(0));
+    site.wait_local_lookup_answers();
+    site.topo.wait_replica_in_sync(1);
+    site.topo.kill_master_and_wait_promotion();
+    site.wait_switch();
+    site.wait_local_lookup_answers();
+}

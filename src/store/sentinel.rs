@@ -130,6 +130,8 @@ struct Watch {
     first: usize,
     /// No sentinel answered the last look (logged once per silence, not every look).
     sentinels_silent: bool,
+    /// A connection to each sentinel that answered, kept for the next look.
+    sentinel_conns: Vec<Option<redis::aio::MultiplexedConnection>>,
     distrust: Option<Distrust>,
 }
 
@@ -222,33 +224,48 @@ impl Follow {
 
     /// Where the sentinels say the master is: each asked in turn, the last one that answered
     /// first; `None` if none answered in time.
-    async fn ask_sentinels(&self, timeout: Duration, first: &mut usize) -> Option<(String, u16)> {
+    async fn ask_sentinels(&self, timeout: Duration, w: &mut Watch) -> Option<(String, u16)> {
         let n = self.sentinels.len();
+        w.sentinel_conns.resize_with(n, || None);
         for i in 0..n {
-            let at = (*first + i) % n;
+            let at = (w.first + i) % n;
             let client = &self.sentinels[at];
+            // The connection to each sentinel is kept between looks (two looks a second);
+            // one that failed is made again at the next.
+            let kept = w.sentinel_conns[at].take();
             let ask = async {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout));
-                let mut c = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("SENTINEL")
+                let mut c = match kept {
+                    Some(c) => c,
+                    None => {
+                        let config = redis::AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(timeout))
+                            .set_response_timeout(Some(timeout));
+                        client
+                            .get_multiplexed_async_connection_with_config(&config)
+                            .await?
+                    }
+                };
+                let addr = redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(&self.master_name)
                     .query_async::<Option<(String, u16)>>(&mut c)
-                    .await
+                    .await?;
+                Ok::<_, redis::RedisError>((addr, c))
             };
             match tokio::time::timeout(timeout * 2, ask).await {
-                Ok(Ok(Some(addr))) => {
-                    *first = at;
-                    return Some(addr);
+                Ok(Ok((addr, c))) => {
+                    w.sentinel_conns[at] = Some(c);
+                    match addr {
+                        Some(addr) => {
+                            w.first = at;
+                            return Some(addr);
+                        }
+                        None => log::debug!(
+                            "redis sentinel {at}: does not know master {:?}",
+                            self.master_name
+                        ),
+                    }
                 }
-                Ok(Ok(None)) => log::debug!(
-                    "redis sentinel {at}: does not know master {:?}",
-                    self.master_name
-                ),
                 Ok(Err(e)) => log::debug!("redis sentinel {at}: {e}"),
                 Err(_) => log::debug!("redis sentinel {at}: no answer in time"),
             }
@@ -282,7 +299,7 @@ impl Follow {
     async fn step(&self, conn: &Conn, w: &mut Watch) {
         let timeout = conn.command_timeout();
         let current = self.current_master();
-        let said = self.ask_sentinels(timeout, &mut w.first).await;
+        let said = self.ask_sentinels(timeout, w).await;
         if said.is_none() != w.sentinels_silent {
             w.sentinels_silent = said.is_none();
             if w.sentinels_silent {
