@@ -328,10 +328,14 @@ impl Follow {
         };
         let (role, replid) = match probe(&candidate.manager, timeout).await {
             Ok(found) => found,
-            Err(e) => {
-                log::debug!("redis master {}:{}: {e}", target.0, target.1);
-                // Calls fail at once rather than each waiting on a reconnect.
-                self.set_current(conn, None);
+            Err(ProbeError { why, slow }) => {
+                log::debug!("redis master {}:{}: {why}", target.0, target.1);
+                // A master that cannot be reached: calls fail at once rather than each
+                // waiting on a reconnect. One merely slow (a busy machine) is kept: every
+                // call has its own deadline, and a new manager would start an empty view.
+                if !slow {
+                    self.set_current(conn, None);
+                }
                 return;
             }
         };
@@ -464,24 +468,54 @@ async fn run<T: redis::FromRedisValue>(
     }
 }
 
+/// Why a probe of the master failed; `slow`: it did not answer in time (it may be busy),
+/// rather than could not be reached or answered something else.
+struct ProbeError {
+    why: String,
+    slow: bool,
+}
+
+impl ProbeError {
+    fn other(why: &str) -> Self {
+        ProbeError {
+            why: why.into(),
+            slow: false,
+        }
+    }
+}
+
 /// `ROLE` (its first element) and `master_replid`, in one round trip.
-async fn probe(manager: &ConnectionManager, timeout: Duration) -> Result<(String, String), String> {
+async fn probe(
+    manager: &ConnectionManager,
+    timeout: Duration,
+) -> Result<(String, String), ProbeError> {
     let mut pipe = redis::pipe();
     pipe.cmd("ROLE").cmd("INFO").arg("replication");
     let mut m = manager.clone();
     let (role, info): (Vec<redis::Value>, String) =
         match tokio::time::timeout(timeout, pipe.query_async(&mut m)).await {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no answer in time".into()),
+            Ok(Err(e)) => {
+                return Err(ProbeError {
+                    slow: e.is_timeout(),
+                    why: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(ProbeError {
+                    why: "no answer in time".into(),
+                    slow: true,
+                })
+            }
         };
     let role = role
         .into_iter()
         .next()
         .and_then(|v| redis::from_redis_value::<String>(v).ok())
-        .ok_or("ROLE answered nothing")?;
+        .ok_or_else(|| ProbeError::other("ROLE answered nothing"))?;
     let (_, replid) = replication(&info);
-    let replid = replid.ok_or("INFO replication has no master_replid")?;
+    let replid =
+        replid.ok_or_else(|| ProbeError::other("INFO replication has no master_replid"))?;
     Ok((role, replid.to_string()))
 }
 
