@@ -241,19 +241,19 @@ impl Conn {
     /// may have lost the last writes, see [`super::sentinel`]). The store's reads that decide
     /// an answer fail then, and their callers forward, as with Redis down.
     pub(crate) fn trusted(&self) -> StoreResult<()> {
-        match self.follow() {
-            Some(f) if f.distrusted() => Err(StoreError(
+        if self.distrusted() {
+            return Err(StoreError(
                 "the Redis master may have lost the last writes (a failover); not used until \
                  the node index is rebuilt there"
                     .into(),
-            )),
-            _ => Ok(()),
+            ));
         }
+        Ok(())
     }
 
     /// Whether the master is distrusted now (see [`Self::trusted`]).
     pub(crate) fn distrusted(&self) -> bool {
-        self.trusted().is_err()
+        self.follow().is_some_and(|f| f.distrusted())
     }
 
     /// How each manager connects, retries and keeps the in-process view.

@@ -348,6 +348,12 @@ impl Follow {
             self.set_current(conn, None);
             return;
         }
+        // Decided before the master is installed: no request may read a master on another
+        // history while it still counts as trusted.
+        let other_history = master_trust(w.replid.as_deref(), &replid) == MasterTrust::Other;
+        if other_history {
+            self.distrust_now(conn);
+        }
         let installed = self
             .current_master()
             .is_some_and(|m| m.addr == candidate.addr);
@@ -365,7 +371,7 @@ impl Follow {
             w.last_addr = Some(target.clone());
             self.set_current(conn, Some(candidate.clone()));
         }
-        if master_trust(w.replid.as_deref(), &replid) == MasterTrust::Other {
+        if other_history {
             self.begin_distrust(conn, &candidate.manager, w).await;
         }
         w.replid = Some(replid);
@@ -374,6 +380,15 @@ impl Follow {
         }
     }
 
+    /// From now on nothing is answered from Redis, and token hashes learnt so far are not used.
+    fn distrust_now(&self, conn: &Conn) {
+        self.distrusted.store(true, Ordering::Relaxed);
+        HISTORY_CHANGED_AT_MS.store(super::now_ms(), Ordering::Relaxed);
+        conn.calls().master.rollbacks.inc();
+        conn.calls().master.distrusted.set(1);
+    }
+
+    /// What ends the distrust: the index generation the master holds now is not proof.
     async fn begin_distrust(&self, conn: &Conn, manager: &ConnectionManager, w: &mut Watch) {
         let keys = &conn.keys;
         let stale = run(
@@ -390,10 +405,6 @@ impl Follow {
              may have lost the last writes; nothing is answered from Redis until a full sync \
              round rebuilds the node index there"
         );
-        HISTORY_CHANGED_AT_MS.store(super::now_ms(), Ordering::Relaxed);
-        conn.calls().master.rollbacks.inc();
-        conn.calls().master.distrusted.set(1);
-        self.distrusted.store(true, Ordering::Relaxed);
         w.distrust = Some(Distrust {
             stale,
             marker_cleared: false,
