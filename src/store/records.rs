@@ -249,5 +249,64 @@ impl NodeRecords {
 
 /// A record from its `HMGET` answer (every field missing: nothing known).
 fn parse_record(value: redis::Value) -> StoreResult<Option<NodeRecord>> {
-    parsed(value).map(record_of)
+    let changed_at = super::sentinel::history_changed_at_ms();
+    parsed(value).map(|fields| record_of(fields).map(|r| without_stale_token(r, changed_at)))
+}
+
+/// The record without its token knowledge if it was learnt before the master's history
+/// changed at `changed_at_ms` (a failover: the writes that replaced or removed it may be lost).
+fn without_stale_token(record: NodeRecord, changed_at_ms: u64) -> NodeRecord {
+    if super::sentinel::learnt_before_history_changed(record.token_seen_ms, changed_at_ms)
+        && record.token_hash.is_some()
+    {
+        NodeRecord {
+            token_hash: None,
+            agent_url: None,
+            last_heartbeat: None,
+            token_seen_ms: None,
+            ..record
+        }
+    } else {
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn learnt_at(seen: Option<u64>) -> NodeRecord {
+        NodeRecord {
+            token_hash: Some("h".into()),
+            agent_url: Some("https://a:9999".into()),
+            last_heartbeat: Some(("fp".into(), 7)),
+            token_seen_ms: seen,
+            unsettled_since_ms: Some(3),
+        }
+    }
+
+    #[test]
+    fn a_token_learnt_before_a_failover_is_dropped_with_its_agent_url() {
+        let r = without_stale_token(learnt_at(Some(900)), 1_000);
+        assert_eq!(
+            r,
+            NodeRecord {
+                unsettled_since_ms: Some(3),
+                ..NodeRecord::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_token_learnt_since_the_failover_is_kept() {
+        assert_eq!(
+            without_stale_token(learnt_at(Some(1_000)), 1_000),
+            learnt_at(Some(1_000))
+        );
+    }
+
+    #[test]
+    fn without_a_failover_the_record_is_as_read() {
+        assert_eq!(without_stale_token(learnt_at(None), 0), learnt_at(None));
+    }
 }
