@@ -47,7 +47,8 @@ pub enum Decision {
 /// gateway never saw the node's token, or Ironic holds none) for a node known to exist is
 /// forwarded once per presented token per interval, else refused at the edge with Ironic's
 /// answer: only Ironic can tell whether a token minted elsewhere is good, and a flood of
-/// wrong tokens must not reach it.
+/// wrong tokens must not reach it. (The handler checks the token once: [`decide_with`].)
+#[cfg(test)]
 pub fn decide(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
@@ -67,7 +68,7 @@ pub(crate) fn token_matches(hb: &CheckedHeartbeat, record: Option<&NodeRecord>) 
         })
 }
 
-/// [`decide`], given whether the token matches the record's hash ([`token_matches`]).
+/// `decide`, given whether the token matches the record's hash ([`token_matches`]).
 pub(crate) fn decide_with(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
@@ -145,6 +146,7 @@ pub fn fingerprint(hb: &CheckedHeartbeat) -> String {
 /// verified and that is identical to the last one Ironic accepted less than `coalesce` ago is
 /// accepted at the edge: at least one per `coalesce` still reaches Ironic, so
 /// `agent_last_heartbeat` stays fresh for fast track. Pure.
+#[cfg(test)]
 pub fn shield(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
@@ -156,7 +158,7 @@ pub fn shield(
     shield_with(hb, record, ironic, now_ms, coalesce, matches)
 }
 
-/// [`shield`], given whether the token matches the record's hash ([`token_matches`]).
+/// `shield`, given whether the token matches the record's hash ([`token_matches`]).
 pub(crate) fn shield_with(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
