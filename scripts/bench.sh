@@ -93,6 +93,9 @@
 #   BENCH_RUN_DIR               run folder (default: a new mktemp -d, removed afterwards)
 #   BENCH_KEEP_RUN=1            keep the run folder (configs, logs, seed file)
 #   BENCH_SKIP_BUILD=1          skip `cargo build --release` (the gateway binary must exist)
+#   BENCH_BIN                   the gateway binary to bench (default: target/release/ironic-edge;
+#                               with BENCH_SKIP_BUILD=1, e.g. a copy of the binary of an older
+#                               commit, to compare two builds with the same bench)
 #   BENCH_SKIP_PARSE=1          skip the parse_cost rows
 #   CARGO, CARGO_TARGET_DIR, IRONIC_PEER_VENV (see scripts/ironic-peer-up.sh)
 set -euo pipefail
@@ -101,7 +104,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PROJECT_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 CARGO="${CARGO:-cargo}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$PROJECT_DIR/target}"
-BIN="$TARGET_DIR/release/ironic-edge"
+BIN="${BENCH_BIN:-$TARGET_DIR/release/ironic-edge}"
 DURATION="${BENCH_DURATION:-5}"
 WARMUP="${BENCH_WARMUP:-1}"
 CONC="${BENCH_CONC:-16}"

@@ -113,31 +113,32 @@ pub async fn write_local(
     info: Option<&UpstreamInfo>,
     version: Option<ApiVersion>,
 ) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(answer.status, Some(8))?;
-    if let (Some(info), Some(v)) = (info, version) {
-        for (name, value) in version_header_values(answer.header_set, &info.range, v) {
-            resp.append_header(name, value)?;
+    let mut resp = ResponseHeader::build(answer.status, Some(10))?;
+    let versions = match (info, version) {
+        (Some(info), Some(v)) => Some((answer.header_set, info.range, v)),
+        (Some(info), None) if answer.header_set != HeaderSet::None => {
+            Some((HeaderSet::RangeOnly, info.range, info.range.min))
         }
-    } else if let Some(info) = info {
-        if answer.header_set != HeaderSet::None {
-            for (name, value) in
-                version_header_values(HeaderSet::RangeOnly, &info.range, info.range.min)
-            {
-                resp.append_header(name, value)?;
-            }
+        _ => None,
+    };
+    if let Some((set, range, v)) = versions {
+        for (name, value) in version_values(set, range, v) {
+            resp.append_header(name, value)?;
         }
     }
     if let Some(allow) = answer.allow {
-        resp.append_header("Allow", allow)?;
+        resp.append_header("Allow", http::HeaderValue::from_static(allow))?;
     }
     if let Some(ct) = answer.content_type {
-        resp.append_header("Content-Type", ct)?;
+        resp.append_header("Content-Type", http::HeaderValue::from_static(ct))?;
     }
-    resp.append_header("Content-Length", answer.body.len().to_string())?;
-    let rid = request_id();
-    resp.append_header("x-openstack-request-id", rid.as_str())?;
-    resp.append_header("openstack-request-id", rid.as_str())?;
-    resp.append_header("Date", httpdate::fmt_http_date(SystemTime::now()))?;
+    resp.append_header("Content-Length", http::HeaderValue::from(answer.body.len()))?;
+    // One buffer for both request-id headers (a clone shares it).
+    let rid = http::HeaderValue::try_from(request_id())
+        .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "id", e))?;
+    resp.append_header("x-openstack-request-id", rid.clone())?;
+    resp.append_header("openstack-request-id", rid)?;
+    resp.append_header("Date", date_value())?;
     if let Some(server) = info.and_then(|i| i.server.as_deref()) {
         resp.append_header("Server", server)?;
     }
@@ -149,6 +150,65 @@ pub async fn write_local(
             .await?;
     }
     Ok(())
+}
+
+/// The version headers of an answer (`set` at `negotiated` within `range`), as
+/// [`version_header_values`] renders them, kept per thread for the last (set, range,
+/// version) asked: every local answer repeats the same few, and rendering them was a good
+/// part of writing one.
+fn version_values(
+    set: HeaderSet,
+    range: crate::ironic::VersionRange,
+    negotiated: ApiVersion,
+) -> Vec<(&'static str, http::HeaderValue)> {
+    type Rendered = (
+        (HeaderSet, crate::ironic::VersionRange, ApiVersion),
+        Vec<(&'static str, http::HeaderValue)>,
+    );
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Rendered>> = const { std::cell::RefCell::new(None) };
+    }
+    let key = (set, range, negotiated);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((k, values)) = last.as_ref() {
+            if *k == key {
+                return values.clone();
+            }
+        }
+        let values: Vec<(&'static str, http::HeaderValue)> =
+            version_header_values(set, &range, negotiated)
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, http::HeaderValue::try_from(value).ok()?)))
+                .collect();
+        *last = Some((key, values.clone()));
+        values
+    })
+}
+
+/// The `Date` header of an answer written now: rendered once per second per thread
+/// (`httpdate`'s resolution is the second).
+fn date_value() -> http::HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, http::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some((at, value)) if *at == second => value.clone(),
+            _ => {
+                let value = http::HeaderValue::try_from(httpdate::fmt_http_date(now))
+                    .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+                *last = Some((second, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 /// Relays a buffered upstream answer to the client: status, headers (hop-by-hop removed,
@@ -190,6 +250,41 @@ pub async fn write_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_values_are_those_of_the_renderer() {
+        let range = crate::ironic::VersionRange {
+            min: ApiVersion::new(1, 1),
+            max: ApiVersion::new(1, 99),
+        };
+        for (set, v) in [
+            (HeaderSet::Versions, ApiVersion::new(1, 68)),
+            (HeaderSet::Versions, ApiVersion::new(1, 62)),
+            (HeaderSet::RangeOnly, ApiVersion::new(1, 1)),
+            (HeaderSet::None, ApiVersion::new(1, 1)),
+            (HeaderSet::Versions, ApiVersion::new(1, 68)),
+        ] {
+            let want: Vec<(&str, String)> = version_header_values(set, &range, v);
+            let got: Vec<(&str, String)> = version_values(set, range, v)
+                .into_iter()
+                .map(|(n, v)| (n, v.to_str().unwrap().to_string()))
+                .collect();
+            assert_eq!(got, want, "{set:?} {v}");
+        }
+    }
+
+    #[test]
+    fn the_date_is_an_http_date_of_now() {
+        let before = SystemTime::now();
+        let date = date_value();
+        let parsed = httpdate::parse_http_date(date.to_str().unwrap()).unwrap();
+        let after = SystemTime::now();
+        // (Whole seconds: the parsed date is at most a second before `before`.)
+        assert!(parsed <= after);
+        assert!(before
+            .duration_since(parsed)
+            .map_or(true, |d| d.as_secs() < 1));
+    }
 
     #[test]
     fn request_ids_look_like_ironics() {

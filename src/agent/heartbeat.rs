@@ -47,11 +47,33 @@ pub enum Decision {
 /// gateway never saw the node's token, or Ironic holds none) for a node known to exist is
 /// forwarded once per presented token per interval, else refused at the edge with Ironic's
 /// answer: only Ironic can tell whether a token minted elsewhere is good, and a flood of
-/// wrong tokens must not reach it.
+/// wrong tokens must not reach it. (The handler checks the token once: [`decide_with`].)
+#[cfg(test)]
 pub fn decide(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
     ironic: Option<&IndexedNode>,
+) -> Decision {
+    decide_with(hb, record, ironic, token_matches(hb, record))
+}
+
+/// Whether the heartbeat's token matches the token hash the record holds (`false` without
+/// one). An HMAC per call: a heartbeat computes it once and hands it to [`decide_with`],
+/// [`shield_with`] and [`is_verified_with`].
+pub(crate) fn token_matches(hb: &CheckedHeartbeat, record: Option<&NodeRecord>) -> bool {
+    record
+        .and_then(|r| r.token_hash.as_deref())
+        .is_some_and(|h| {
+            token_hash::verify_token(h, hb.request.agent_token.as_deref().unwrap_or_default())
+        })
+}
+
+/// `decide`, given whether the token matches the record's hash ([`token_matches`]).
+pub(crate) fn decide_with(
+    hb: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    ironic: Option<&IndexedNode>,
+    token_matches: bool,
 ) -> Decision {
     let stored = record.and_then(|r| r.token_hash.as_deref());
     let agent_url = match ironic {
@@ -60,9 +82,8 @@ pub fn decide(
     };
     // Ironic compares the normalised callback_url with the stored agent_url before the token.
     let url_changed = agent_url.is_some_and(|u| u != hb.normalized_callback_url);
-    let token = hb.request.agent_token.as_deref().unwrap_or_default();
     let held = ironic.is_none_or(|n| n.token_held);
-    let verified = held && stored.is_some_and(|h| token_hash::verify_token(h, token));
+    let verified = held && stored.is_some() && token_matches;
     let refusal = if url_changed {
         callback_url_changed()
     } else {
@@ -125,6 +146,7 @@ pub fn fingerprint(hb: &CheckedHeartbeat) -> String {
 /// verified and that is identical to the last one Ironic accepted less than `coalesce` ago is
 /// accepted at the edge: at least one per `coalesce` still reaches Ironic, so
 /// `agent_last_heartbeat` stays fresh for fast track. Pure.
+#[cfg(test)]
 pub fn shield(
     hb: &CheckedHeartbeat,
     record: Option<&NodeRecord>,
@@ -132,15 +154,23 @@ pub fn shield(
     now_ms: u64,
     coalesce: Duration,
 ) -> Shield {
+    let matches = token_matches(hb, record);
+    shield_with(hb, record, ironic, now_ms, coalesce, matches)
+}
+
+/// `shield`, given whether the token matches the record's hash ([`token_matches`]).
+pub(crate) fn shield_with(
+    hb: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    ironic: Option<&IndexedNode>,
+    now_ms: u64,
+    coalesce: Duration,
+    token_matches: bool,
+) -> Shield {
     let (Some(record), Some(node)) = (record, ironic) else {
         return Shield::Forward;
     };
-    let token = hb.request.agent_token.as_deref().unwrap_or_default();
-    let verified = node.token_held
-        && record
-            .token_hash
-            .as_deref()
-            .is_some_and(|h| token_hash::verify_token(h, token));
+    let verified = node.token_held && record.token_hash.is_some() && token_matches;
     let record_only = HEARTBEAT_RECORD_ONLY.contains(&node.provision_state.as_str())
         && !HEARTBEAT_DRIVES_WORK.contains(&node.provision_state.as_str());
     let recent_same = record.last_heartbeat.as_ref().is_some_and(|(fp, at)| {
@@ -278,6 +308,8 @@ struct Forward {
     /// The heartbeat, when it passed the API-side checks.
     checked: Option<CheckedHeartbeat>,
     record: Option<NodeRecord>,
+    /// The heartbeat's token matches `record`'s hash ([`token_matches`]).
+    token_matches: bool,
     verified: bool,
     class: Class,
 }
@@ -289,6 +321,7 @@ impl Forward {
         Forward {
             checked: None,
             record: None,
+            token_matches: false,
             verified: false,
             class: Class::First,
         }
@@ -372,27 +405,42 @@ async fn decide_heartbeat(
     if let Some(rule) = facts.missing {
         return Step::Answer(r.answer_error(rule, &node_not_found(ident)), unchecked());
     }
-    let record = facts.record.clone();
+    let NodeFacts {
+        record,
+        ironic,
+        class_hint,
+        ..
+    } = facts;
+    let ironic = ironic.as_ref();
+    // The token's HMAC, once for every check below.
+    let matches = token_matches(&checked, record.as_ref());
     // Verified: the token the gateway knows, and Ironic (as far as the index shows) holds one.
-    let verified = is_verified(Some(&checked), record.as_ref())
-        && facts.ironic.as_ref().is_none_or(|n| n.token_held);
+    let verified =
+        is_verified_with(&checked, record.as_ref(), matches) && ironic.is_none_or(|n| n.token_held);
     let class = class_of(
         &checked,
         record.as_ref(),
-        facts.ironic.as_ref().or(facts.class_hint.as_ref()),
+        ironic.or(class_hint.as_ref()),
         verified,
     );
+    // What forwarding needs owns the heartbeat and the record (no copies on a local answer);
+    // the decisions below read them from it.
     let forward = Forward {
-        checked: Some(checked.clone()),
-        record: record.clone(),
+        checked: Some(checked),
+        record,
+        token_matches: matches,
         verified,
         class,
     };
+    let (Some(checked), record) = (forward.checked.as_ref(), forward.record.as_ref()) else {
+        return Step::Forward(forward);
+    };
     if super::over_source_limit(ctx) {
-        let answer = over_limit(r, ident, &checked, record.as_ref(), session, body).await;
+        let verified = is_verified_with(checked, record, matches);
+        let answer = over_limit(r, ident, verified, session, body).await;
         return Step::Answer(answer, forward);
     }
-    match decide(&checked, record.as_ref(), facts.ironic.as_ref()) {
+    match decide_with(checked, record, ironic, matches) {
         Decision::Forward => {
             let coalesce = coalesce_window(
                 r.edge.config.heartbeat.coalesce_seconds,
@@ -400,14 +448,7 @@ async fn decide_heartbeat(
                     .heartbeat_timeout_s
                     .load(std::sync::atomic::Ordering::Relaxed),
             );
-            if shield(
-                &checked,
-                record.as_ref(),
-                facts.ironic.as_ref(),
-                now_ms(),
-                coalesce,
-            ) == Shield::Accept
-            {
+            if shield_with(checked, record, ironic, now_ms(), coalesce, matches) == Shield::Accept {
                 log::debug!("heartbeat for {ident}: same as the one Ironic accepted recently; 202 at the edge");
                 let accepted = r.answer_local(Rule::Coalesced, LocalAnswer::accepted());
                 return Step::Answer(accepted, forward);
@@ -449,6 +490,7 @@ async fn forward_and_learn(
     let Forward {
         checked,
         record,
+        token_matches,
         verified,
         class,
     } = forward;
@@ -503,13 +545,10 @@ async fn forward_and_learn(
             // Record under the node's UUID only; agents heartbeat by the UUID lookup gave them.
             let token = hb.request.agent_token.as_deref().unwrap_or_default();
             let canonical = ident::is_uuid_like(ident) && ident.len() == 36;
-            let unchanged = record.is_some_and(|rec| {
-                rec.agent_url.as_deref() == Some(hb.normalized_callback_url.as_str())
-                    && rec
-                        .token_hash
-                        .as_deref()
-                        .is_some_and(|h| token_hash::verify_token(h, token))
-            });
+            let unchanged = token_matches
+                && record.is_some_and(|rec| {
+                    rec.agent_url.as_deref() == Some(hb.normalized_callback_url.as_str())
+                });
             if !canonical {
                 Ok(())
             } else {
@@ -549,14 +588,10 @@ async fn forward_and_learn(
                 .remember_heartbeat_not_found(ident, ttl)
                 .await
         }
-        (400, Some(hb)) if is_invalid_token_answer(&resp.body) => {
+        (400, Some(_)) if is_invalid_token_answer(&resp.body) => {
             // Ironic refused a token we thought current: it was wiped (power off, end of
             // deploy...). Forget it so the next agent's token is learnt afresh.
-            let token = hb.request.agent_token.as_deref().unwrap_or_default();
-            let was_known = record
-                .and_then(|rec| rec.token_hash.as_deref())
-                .is_some_and(|h| token_hash::verify_token(h, token));
-            if was_known {
+            if token_matches {
                 store.records.forget_token(ident).await
             } else {
                 Ok(())
@@ -576,12 +611,10 @@ async fn forward_and_learn(
 async fn over_limit(
     r: &AgentRequest<'_>,
     ident: &str,
-    checked: &CheckedHeartbeat,
-    record: Option<&NodeRecord>,
+    verified: bool,
     session: &Session,
     body: &Bytes,
 ) -> Disposition {
-    let verified = is_verified(Some(checked), record);
     // (Shadow mode keeps nothing for the relay: Ironic answers.)
     if verified && r.edge.config.heartbeat.relay_when_upstream_fails && !r.shadow() {
         let pending = crate::relay::PendingHeartbeat::from_request(session.req_header(), body);
@@ -637,17 +670,15 @@ async fn send_within_deadline(
 }
 
 /// Does the heartbeat carry the token the gateway knows for the node (a UUID ident)?
-fn is_verified(checked: Option<&CheckedHeartbeat>, record: Option<&NodeRecord>) -> bool {
-    let (Some(hb), Some(stored)) = (checked, record.and_then(|r| r.token_hash.as_deref())) else {
-        return false;
-    };
+/// `token_matches`: [`token_matches`] of the same heartbeat and record.
+fn is_verified_with(
+    hb: &CheckedHeartbeat,
+    record: Option<&NodeRecord>,
+    token_matches: bool,
+) -> bool {
     let canonical =
         hb.request.node_ident.len() == 36 && ident::is_uuid_like(&hb.request.node_ident);
-    canonical
-        && token_hash::verify_token(
-            stored,
-            hb.request.agent_token.as_deref().unwrap_or_default(),
-        )
+    canonical && record.is_some_and(|r| r.token_hash.is_some()) && token_matches
 }
 
 /// Ironic's `Node <ident> could not be found.`
@@ -1207,6 +1238,45 @@ mod tests {
             ),
             Shield::Forward
         );
+    }
+
+    #[test]
+    fn the_token_checked_once_decides_as_each_check_did() {
+        let url = "https://a:9999";
+        let node = indexed("manageable", Some(url));
+        let mut seen = rec(Some("good"), Some(url));
+        let beat = hb("good", url);
+        seen.last_heartbeat = Some((fingerprint(&beat), 1_000));
+        let window = Duration::from_secs(60);
+        for (what, beat, record) in [
+            ("verified", hb("good", url), Some(seen.clone())),
+            ("wrong token", hb("bad", url), Some(seen.clone())),
+            (
+                "other url",
+                hb("good", "https://b:9999"),
+                Some(seen.clone()),
+            ),
+            ("no hash", hb("good", url), Some(rec(None, Some(url)))),
+            ("no record", hb("good", url), None),
+        ] {
+            let record = record.as_ref();
+            let matches = token_matches(&beat, record);
+            for ironic in [None, Some(&node)] {
+                assert_eq!(
+                    decide(&beat, record, ironic),
+                    decide_with(&beat, record, ironic, matches),
+                    "{what}"
+                );
+                assert_eq!(
+                    shield(&beat, record, ironic, 2_000, window),
+                    shield_with(&beat, record, ironic, 2_000, window, matches),
+                    "{what}"
+                );
+            }
+        }
+        assert!(token_matches(&beat, Some(&seen)));
+        assert!(!token_matches(&hb("bad", url), Some(&seen)));
+        assert!(!token_matches(&beat, None));
     }
 
     #[test]

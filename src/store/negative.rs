@@ -26,9 +26,8 @@ impl NegativeCache {
 
     /// Reads, in `step`, whether an upstream 404 for this lookup key is still remembered.
     pub(crate) fn read_lookup_not_found(&self, step: &mut ReadStep, key: &str) -> Slot<bool> {
-        let cmd = redis::cmd("EXISTS")
-            .arg(self.conn.keys.lookup_not_found(key))
-            .clone();
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.conn.keys.lookup_not_found(key));
         step.read(viewed(cmd), parsed::<bool>)
     }
 
@@ -47,9 +46,8 @@ impl NegativeCache {
     /// Reads, in `step`, whether an upstream 404 for a heartbeat of this node ident is still
     /// remembered.
     pub(crate) fn read_heartbeat_not_found(&self, step: &mut ReadStep, ident: &str) -> Slot<bool> {
-        let cmd = redis::cmd("EXISTS")
-            .arg(self.conn.keys.heartbeat_not_found(ident))
-            .clone();
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.conn.keys.heartbeat_not_found(ident));
         step.read(viewed(cmd), parsed::<bool>)
     }
 

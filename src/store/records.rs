@@ -76,16 +76,17 @@ impl NodeRecords {
     }
 
     fn record_read(&self, uuid: &str) -> redis::Cmd {
-        redis::cmd("HMGET")
-            .arg(self.conn.keys.node(uuid))
+        // Built in place (no `.clone()` of the builder): on every heartbeat.
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.conn.keys.node(uuid))
             .arg("token")
             .arg("agent_url")
             .arg("hb_fp")
             .arg("hb_at")
             .arg("node")
             .arg("token_at")
-            .arg("reset_at")
-            .clone()
+            .arg("reset_at");
+        cmd
     }
 
     /// A new token was minted for the node: remember its hash, forget the old `agent_url`,
