@@ -1586,8 +1586,8 @@ impl Sampler {
 }
 
 /// One gateway's recovery from a master kill, and its samples (`[t from the kill, master
-/// switches, master known, local heartbeat answers, forwarded, store errors]`, counters as
-/// read).
+/// switches, master known, master distrusted, local heartbeat answers, forwarded, store
+/// errors]`, counters as read).
 fn failover_json(ops: &Target, points: &[failover::Point], t_kill: f64) -> Value {
     let r = failover::recovery(points, t_kill);
     let samples: Vec<Value> = points
@@ -1597,6 +1597,7 @@ fn failover_json(ops: &Target, points: &[failover::Point], t_kill: f64) -> Value
                 ((p.t - t_kill) * 1000.0).round() / 1000.0,
                 p.switches,
                 p.known,
+                p.distrusted,
                 p.local,
                 p.forwarded,
                 p.store_errors
@@ -1614,7 +1615,7 @@ fn failover_json(ops: &Target, points: &[failover::Point], t_kill: f64) -> Value
         "heartbeats_forwarded_until_local": r.forwarded_until_local,
         "undisturbed": r.undisturbed,
         "samples": {"every_ms": FAILOVER_SAMPLE_EVERY.as_millis() as u64,
-                    "columns": ["t_from_kill_s", "master_switches", "master_known",
+                    "columns": ["t_from_kill_s", "master_switches", "master_known", "master_distrusted",
                                 "local_heartbeats", "forwarded", "store_errors"],
                     "rows": samples},
     })

@@ -5,18 +5,22 @@
 //!
 //! "Answers locally again" is read from the decisions counter: a heartbeat answered at the edge
 //! (`coalesced_202`, `kept_202`) needs what Redis holds; while the master is gone the gateway
-//! forwards instead (its safe fallback). A Redis call that fails (`ironic_edge_store_errors_total`)
-//! or a master the gateway does not know (`ironic_edge_redis_master_known` 0) marks a sample
-//! interval as disturbed; the gateway is back once it answered locally in an interval after the
-//! last disturbed one of the window (an isolated success between failures, e.g. a restarted
-//! old master that accepts writes until the sentinels make it a replica, is not a recovery).
-//! The resolution is the sampling interval, and a gateway that few agents talk to shows its
-//! first local answer only at the next heartbeat one of them sends.
+//! forwards instead (its safe fallback). A Redis call that fails
+//! (`ironic_edge_store_errors_total`), a master the gateway does not know
+//! (`ironic_edge_redis_master_known` 0) or distrusts (`ironic_edge_redis_master_distrusted` 1)
+//! marks a sample interval as disturbed; the gateway is back once it answered locally in an
+//! interval after the last disturbed one of the window (an isolated success between failures,
+//! e.g. a restarted old master that accepts writes until the sentinels make it a replica, is not
+//! a recovery). The resolution is the sampling interval, and a gateway that few agents talk to
+//! shows its first local answer only at the next heartbeat one of them sends.
 
 use super::prom::{family_sum, Samples};
 
 pub const SWITCHES: &str = "ironic_edge_redis_master_switches_total";
 pub const KNOWN: &str = "ironic_edge_redis_master_known";
+/// 1 while the gateway distrusts a master on another replication history (a promoted replica)
+/// and forwards what it would answer from it, until a full sync round.
+pub const DISTRUSTED: &str = "ironic_edge_redis_master_distrusted";
 pub const STORE_ERRORS: &str = "ironic_edge_store_errors_total";
 /// The heartbeats answered at the edge from what Redis holds.
 pub const LOCAL_HEARTBEAT: [&str; 2] = [
@@ -32,6 +36,7 @@ pub struct Point {
     pub t: f64,
     pub switches: Option<f64>,
     pub known: Option<f64>,
+    pub distrusted: Option<f64>,
     pub local: f64,
     pub forwarded: f64,
     pub store_errors: f64,
@@ -43,6 +48,7 @@ impl Point {
             t,
             switches: m.get(SWITCHES).copied(),
             known: m.get(KNOWN).copied(),
+            distrusted: m.get(DISTRUSTED).copied(),
             local: LOCAL_HEARTBEAT
                 .iter()
                 .map(|k| m.get(*k).copied().unwrap_or(0.0))
@@ -85,8 +91,11 @@ pub fn recovery(points: &[Point], t_kill: f64) -> Recovery {
     };
     let base = &points[base_i];
     let after = &points[base_i..];
-    let disturbed =
-        |prev: &Point, cur: &Point| cur.store_errors > prev.store_errors || cur.known == Some(0.0);
+    let disturbed = |prev: &Point, cur: &Point| {
+        cur.store_errors > prev.store_errors
+            || cur.known == Some(0.0)
+            || cur.distrusted == Some(1.0)
+    };
     let mut r = Recovery {
         store_errors: after
             .last()
@@ -133,6 +142,7 @@ pub(super) fn self_check() {
             t,
             switches: known.map(|_| switches),
             known,
+            distrusted: None,
             local,
             forwarded: fwd,
             store_errors: err,
@@ -200,6 +210,32 @@ pub(super) fn self_check() {
             },
         ),
         (
+            "a distrusted master forwards without errors: back once trusted again",
+            {
+                let mut v = vec![
+                    p(1.0, k, 0.0, 4.0, 0.0, 0.0),
+                    p(1.5, u, 0.0, 4.0, 1.0, 1.0),
+                    p(2.0, k, 1.0, 4.0, 2.0, 1.0),
+                    p(2.5, k, 1.0, 4.0, 3.0, 1.0),
+                    p(3.0, k, 1.0, 6.0, 3.0, 1.0),
+                ];
+                v[2].distrusted = Some(1.0);
+                v[3].distrusted = Some(1.0);
+                v
+            },
+            1.0,
+            Recovery {
+                noticed_s: Some(0.5),
+                switch_seen_s: Some(1.0),
+                switches: Some(1.0),
+                master_unknown_s: Some(0.5),
+                store_errors: 1.0,
+                local_again_s: Some(2.0),
+                forwarded_until_local: 3.0,
+                undisturbed: false,
+            },
+        ),
+        (
             "undisturbed: the first local answer after the kill",
             vec![
                 p(0.8, k, 2.0, 4.0, 0.0, 0.0),
@@ -233,6 +269,7 @@ pub(super) fn self_check() {
             t: 2.0,
             switches: None,
             known: Some(1.0),
+            distrusted: None,
             local: 5.0,
             forwarded: 7.0,
             store_errors: 1.0
