@@ -265,6 +265,61 @@ pub struct RedisConfig {
     /// TRACKING`, RESP3), which Redis keeps consistent by invalidating an entry whenever any
     /// process changes its key. 0: off (every read goes to Redis).
     pub view_entries: usize,
+    /// The master is found through Redis Sentinel (and followed across failovers) instead of
+    /// at `url`'s host; `url` still gives the database, the master's password and TLS.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `redis.sentinel`: the sentinels that know the master, and how to reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// `host:port` of each sentinel (asked in turn; three or more, in other failure domains).
+    pub nodes: Vec<String>,
+    /// The sentinels' own password (`requirepass` of the sentinels), if any.
+    pub password: String,
+    /// The sentinels are reached over TLS.
+    pub tls: bool,
+}
+
+impl SentinelConfig {
+    /// Each sentinel's `(host, port)`, or the field and why it is refused.
+    pub(crate) fn addresses(&self) -> Result<Vec<(String, u16)>, ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(ConfigError::new(
+                "ironic_edge.redis.sentinel.nodes",
+                "at least one sentinel (host:port) is needed",
+            ));
+        }
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                parse_host_port(node).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("ironic_edge.redis.sentinel.nodes[{i}]"),
+                        format!("{node:?} is not host:port"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// `host:port` (`[v6]:port` for an IPv6 address): a non-empty host without white space, a
+/// port from 1 to 65535.
+pub(crate) fn parse_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    (!host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c == '/'))
+        .then(|| (host.to_string(), port))
 }
 
 impl Default for RedisConfig {
@@ -276,6 +331,7 @@ impl Default for RedisConfig {
             command_timeout_ms: 250,
             connect_timeout_ms: 250,
             view_entries: 20_000,
+            sentinel: None,
         }
     }
 }
@@ -622,6 +678,23 @@ impl EdgeConfig {
                 "ironic_edge.redis.key_prefix",
                 "must not contain white space",
             ));
+        }
+        if let Some(sentinel) = &self.redis.sentinel {
+            if sentinel.master_name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "ironic_edge.redis.sentinel.master_name",
+                    "must name the master the sentinels monitor",
+                ));
+            }
+            sentinel.addresses()?;
+            if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://"))
+            {
+                return Err(ConfigError::new(
+                    "ironic_edge.redis.url",
+                    "with redis.sentinel, must start with redis:// or rediss:// (the master is \
+                     reached over TCP at the address the sentinels give)",
+                ));
+            }
         }
         positive(
             "ironic_edge.lookup.not_found_ttl_seconds",
@@ -1026,6 +1099,102 @@ mod tests {
         let info = cfg.redis_connection_info().unwrap();
         assert_eq!(info.redis_settings().password(), Some("new"));
         assert_eq!(info.redis_settings().db(), 3);
+    }
+
+    fn sentinel_error(yaml: &str) -> String {
+        let text = format!(
+            "ironic_edge:\n  redis:\n    url: redis://127.0.0.1:6379/2\n    sentinel:\n{yaml}"
+        );
+        EdgeConfig::from_yaml(&text).unwrap_err().field
+    }
+
+    #[test]
+    fn a_sentinel_block_is_read() {
+        let cfg = EdgeConfig::from_yaml(
+            "ironic_edge:\n  redis:\n    sentinel:\n      master_name: edge\n      \
+             nodes: ['10.0.0.1:26379', '[fd00::1]:26379', 'redis-a.example:26380']\n",
+        )
+        .unwrap();
+        let sentinel = cfg.redis.sentinel.unwrap();
+        assert_eq!(sentinel.master_name, "edge");
+        assert_eq!(
+            sentinel.addresses().unwrap(),
+            vec![
+                ("10.0.0.1".to_string(), 26379),
+                ("fd00::1".to_string(), 26379),
+                ("redis-a.example".to_string(), 26380)
+            ]
+        );
+        assert!(!sentinel.tls);
+    }
+
+    #[test]
+    fn no_sentinel_block_means_no_sentinel() {
+        assert_eq!(EdgeConfig::default().redis.sentinel, None);
+    }
+
+    #[test]
+    fn an_empty_master_name_is_named() {
+        assert_eq!(
+            sentinel_error("      master_name: ''\n      nodes: ['h:1']\n"),
+            "ironic_edge.redis.sentinel.master_name"
+        );
+    }
+
+    #[test]
+    fn no_sentinel_nodes_is_named() {
+        assert_eq!(
+            sentinel_error("      master_name: m\n      nodes: []\n"),
+            "ironic_edge.redis.sentinel.nodes"
+        );
+    }
+
+    #[test]
+    fn a_sentinel_node_that_is_not_host_port_is_named() {
+        for node in [
+            "h",
+            "h:",
+            ":1",
+            "h:0",
+            "h:70000",
+            "::1:26379",
+            "h:x",
+            "a b:1",
+        ] {
+            assert_eq!(
+                sentinel_error(&format!(
+                    "      master_name: m\n      nodes: ['h:1', '{node}']\n"
+                )),
+                "ironic_edge.redis.sentinel.nodes[1]",
+                "{node}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_sentinel_key_is_named() {
+        assert_eq!(
+            sentinel_error("      master_name: m\n      nodes: ['h:1']\n      quorum: 2\n"),
+            "ironic_edge.redis.sentinel"
+        );
+    }
+
+    #[test]
+    fn a_unix_socket_url_with_sentinel_is_refused() {
+        let text = "ironic_edge:\n  redis:\n    url: unix:///tmp/r.sock\n    sentinel:\n      \
+                    master_name: m\n      nodes: ['h:1']\n";
+        assert_eq!(
+            EdgeConfig::from_yaml(text).unwrap_err().field,
+            "ironic_edge.redis.url"
+        );
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(parse_host_port("h:1"), Some(("h".into(), 1)));
+        assert_eq!(parse_host_port("[::1]:2"), Some(("::1".into(), 2)));
+        assert_eq!(parse_host_port("[::1]"), None);
+        assert_eq!(parse_host_port("h/x:1"), None);
     }
 
     #[test]

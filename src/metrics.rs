@@ -225,6 +225,54 @@ pub(crate) mod buckets {
 pub(crate) struct RedisCalls {
     seconds: Histogram,
     deadline_misses: IntCounter,
+    /// With `redis.sentinel`: how the process follows the master (see [`RedisMaster`]).
+    pub(crate) master: RedisMaster,
+}
+
+/// How the process follows a Sentinel-managed master (all 0 without `redis.sentinel`).
+#[derive(Clone)]
+pub(crate) struct RedisMaster {
+    /// Times this process moved to another master (a failover, or a master at another address).
+    pub(crate) switches: IntCounter,
+    /// 1 while the process has a master to talk to (the sentinels named it and it says it is
+    /// one); 0 while it forwards for want of one.
+    pub(crate) known: IntGauge,
+    /// 1 while the process distrusts what Redis holds (it found the master on another
+    /// replication history: a promoted replica or a restarted master may have lost the last
+    /// writes), until the node index is rebuilt there by a full sync round.
+    pub(crate) distrusted: IntGauge,
+    /// Times the process found its master on another replication history.
+    pub(crate) rollbacks: IntCounter,
+}
+
+impl Default for RedisMaster {
+    fn default() -> Self {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("a valid gauge");
+        let counter =
+            |name: &str, help: &str| IntCounter::new(name, help).expect("a valid counter");
+        RedisMaster {
+            switches: counter(
+                "ironic_edge_redis_master_switches_total",
+                "Times this process moved to another Redis master (redis.sentinel: a failover).",
+            ),
+            known: gauge(
+                "ironic_edge_redis_master_known",
+                "1 while this process has a Redis master to talk to (redis.sentinel); 0 while \
+                 it forwards for want of one.",
+            ),
+            distrusted: gauge(
+                "ironic_edge_redis_master_distrusted",
+                "1 while this process distrusts what Redis holds (its master is on another \
+                 replication history and may have lost the last writes) and forwards what it \
+                 would answer from it, until a full sync round rebuilds the node index there.",
+            ),
+            rollbacks: counter(
+                "ironic_edge_redis_rollbacks_total",
+                "Times this process found its Redis master on another replication history \
+                 (a promoted replica, a restarted master): what Redis held may be older.",
+            ),
+        }
+    }
 }
 
 impl RedisCalls {
@@ -244,6 +292,7 @@ impl RedisCalls {
                  frozen, slow or being reconnected to; the request went on without it.",
             )
             .expect("a valid counter"),
+            master: RedisMaster::default(),
         }
     }
 
@@ -447,6 +496,10 @@ impl Metrics {
             .set(1);
         registered(&r, redis.seconds.clone());
         registered(&r, redis.deadline_misses.clone());
+        registered(&r, redis.master.switches.clone());
+        registered(&r, redis.master.known.clone());
+        registered(&r, redis.master.distrusted.clone());
+        registered(&r, redis.master.rollbacks.clone());
         let routes = Route::ALL.map(Route::label);
         Metrics {
             decisions: Rule::ALL.map(|rule| decisions.with_label_values(&[rule.label()])),
@@ -815,6 +868,10 @@ mod tests {
             ("ironic_edge_store_errors_total", "counter"),
             ("ironic_edge_redis_duration_seconds", "histogram"),
             ("ironic_edge_redis_deadline_misses_total", "counter"),
+            ("ironic_edge_redis_master_switches_total", "counter"),
+            ("ironic_edge_redis_master_known", "gauge"),
+            ("ironic_edge_redis_master_distrusted", "gauge"),
+            ("ironic_edge_redis_rollbacks_total", "counter"),
             ("ironic_edge_sync_requests_total", "counter"),
             ("ironic_edge_sync_round_duration_seconds", "histogram"),
             ("ironic_edge_sync_lag_seconds", "gauge"),

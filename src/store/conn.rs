@@ -22,14 +22,24 @@ pub(crate) struct Conn {
 }
 
 struct Inner {
-    client: redis::Client,
-    manager: OnceCell<ConnectionManager>,
+    source: Source,
     timeout: Duration,
     connect_timeout: Duration,
     /// Entries of the in-process view (0: off).
     view_entries: usize,
     /// Every call's latency and deadline misses (exposed by [`crate::metrics::Metrics`]).
     calls: crate::metrics::RedisCalls,
+}
+
+/// Where the master is.
+enum Source {
+    /// At `redis.url`: one manager, made on first use.
+    Direct {
+        client: redis::Client,
+        manager: OnceCell<ConnectionManager>,
+    },
+    /// Wherever the sentinels say: followed across failovers.
+    Sentinel(super::sentinel::Follow),
 }
 
 /// Marks a read as served by the in-process view: Redis tracks the key for this process and
@@ -185,13 +195,21 @@ pub(crate) fn millis(d: Duration) -> u64 {
 
 impl Conn {
     pub(crate) fn new(cfg: &EdgeConfig) -> Result<Self, ConfigError> {
-        let info = cfg.redis_connection_info()?;
-        let client = redis::Client::open(info)
-            .map_err(|e| ConfigError::new("ironic_edge.redis.url", e.to_string()))?;
+        let source = match super::sentinel::Follow::new(cfg)? {
+            Some(follow) => Source::Sentinel(follow),
+            None => {
+                let info = cfg.redis_connection_info()?;
+                let client = redis::Client::open(info)
+                    .map_err(|e| ConfigError::new("ironic_edge.redis.url", e.to_string()))?;
+                Source::Direct {
+                    client,
+                    manager: OnceCell::new(),
+                }
+            }
+        };
         Ok(Conn {
             inner: Arc::new(Inner {
-                client,
-                manager: OnceCell::new(),
+                source,
                 timeout: cfg.redis_command_timeout(),
                 connect_timeout: Duration::from_millis(cfg.redis.connect_timeout_ms),
                 view_entries: cfg.redis.view_entries,
@@ -206,33 +224,75 @@ impl Conn {
         self.inner.view_entries
     }
 
-    fn manager(&self) -> StoreResult<ConnectionManager> {
+    /// The follower of a Sentinel-managed master (`None`: the master is at `redis.url`).
+    pub(crate) fn follow(&self) -> Option<&super::sentinel::Follow> {
+        match &self.inner.source {
+            Source::Sentinel(f) => Some(f),
+            Source::Direct { .. } => None,
+        }
+    }
+
+    /// The per-call deadline (`redis.command_timeout_ms`).
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Whether what Redis holds may be answered from: not while the master is distrusted (it
+    /// may have lost the last writes, see [`super::sentinel`]). The store's reads that decide
+    /// an answer fail then, and their callers forward, as with Redis down.
+    pub(crate) fn trusted(&self) -> StoreResult<()> {
+        match self.follow() {
+            Some(f) if f.distrusted() => Err(StoreError(
+                "the Redis master may have lost the last writes (a failover); not used until \
+                 the node index is rebuilt there"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the master is distrusted now (see [`Self::trusted`]).
+    pub(crate) fn distrusted(&self) -> bool {
+        self.trusted().is_err()
+    }
+
+    /// How each manager connects, retries and keeps the in-process view.
+    pub(crate) fn manager_config(&self) -> ConnectionManagerConfig {
         let inner = &*self.inner;
-        inner
-            .manager
-            .get_or_try_init(|| {
-                let mut config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(200))
-                    .set_response_timeout(Some(inner.timeout))
-                    .set_connection_timeout(Some(inner.connect_timeout));
-                if let Some(entries) = std::num::NonZeroUsize::new(inner.view_entries) {
-                    config = config.set_cache_config(
-                        redis::caching::CacheConfig::new()
-                            .set_mode(redis::caching::CacheMode::OptIn)
-                            .set_size(entries)
-                            // A bound on what a lost invalidation can cost: an entry is
-                            // read from Redis again after this, whatever Redis pushed (seen
-                            // under load: an entry cached after its invalidation was
-                            // processed stayed stale until the 30-minute default).
-                            .set_default_client_ttl(VIEW_ENTRY_TTL),
-                    );
-                }
-                ConnectionManager::new_lazy_with_config(inner.client.clone(), config)
-            })
-            .cloned()
-            .map_err(|e| StoreError(e.to_string()))
+        let mut config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200))
+            .set_response_timeout(Some(inner.timeout))
+            .set_connection_timeout(Some(inner.connect_timeout));
+        if let Some(entries) = std::num::NonZeroUsize::new(inner.view_entries) {
+            config = config.set_cache_config(
+                redis::caching::CacheConfig::new()
+                    .set_mode(redis::caching::CacheMode::OptIn)
+                    .set_size(entries)
+                    // A bound on what a lost invalidation can cost: an entry is
+                    // read from Redis again after this, whatever Redis pushed (seen
+                    // under load: an entry cached after its invalidation was
+                    // processed stayed stale until the 30-minute default).
+                    .set_default_client_ttl(VIEW_ENTRY_TTL),
+            );
+        }
+        config
+    }
+
+    fn manager(&self) -> StoreResult<ConnectionManager> {
+        match &self.inner.source {
+            Source::Direct { client, manager } => manager
+                .get_or_try_init(|| {
+                    ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
+                })
+                .cloned()
+                .map_err(|e| StoreError(e.to_string())),
+            // Never waits for the sentinels: without a master the call fails now (forwarded).
+            Source::Sentinel(follow) => follow
+                .manager(self)
+                .ok_or_else(|| StoreError("no Redis master known (redis.sentinel)".into())),
+        }
     }
 
     /// Every call goes through here: the hard per-call deadline on top of the client's own
@@ -258,6 +318,12 @@ impl Conn {
                     || e.is_connection_refusal()
                     || e.is_connection_dropped();
                 let error = StoreError(e.to_string());
+                let read_only =
+                    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+                if let Some(follow) = self.follow().filter(|_| unreachable || read_only) {
+                    // The master may have moved: the sentinels are asked again now.
+                    follow.suspect();
+                }
                 if unreachable {
                     crate::incident::REDIS.failed(&error);
                 } else {
@@ -314,6 +380,7 @@ impl Conn {
 
     /// Runs a [`ReadStep`] in one round trip (the view answers the [`viewed`] reads it holds).
     pub(crate) async fn read_step(&self, step: ReadStep) -> StoreResult<Replies> {
+        self.trusted()?;
         if step.is_empty() {
             return Ok(Replies(Vec::new()));
         }

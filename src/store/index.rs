@@ -548,6 +548,11 @@ impl NodeIndex {
 
     /// The markers, through the in-process view or (`through_view` false) from Redis.
     async fn read_marker(&self, through_view: bool) -> StoreResult<Option<(u64, String)>> {
+        if self.conn.distrusted() {
+            // The master may have lost the last writes: no complete index until a full round
+            // rebuilds it (the sync sees none, as after Redis lost its data).
+            return Ok(None);
+        }
         let maybe_viewed = |cmd: redis::Cmd| if through_view { viewed(cmd) } else { cmd };
         let mut pipe = redis::pipe();
         pipe.add_command(maybe_viewed(
@@ -586,6 +591,7 @@ impl NodeIndex {
     /// missing entry of a half that Redis lost is not "no such node"). From the entry cache
     /// while the half's version tag (read through the view) is the one it was read under.
     async fn index_read(&self, fields: &[String]) -> StoreResult<Vec<Option<String>>> {
+        self.conn.trusted()?;
         let half = self.conn.keys.index_nodes();
         let mut pipe = redis::pipe();
         pipe.add_command(viewed(

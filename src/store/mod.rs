@@ -18,6 +18,7 @@ mod records;
 mod relay_queue;
 mod replay;
 pub(crate) mod seal;
+pub(crate) mod sentinel;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]

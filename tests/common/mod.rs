@@ -12,6 +12,7 @@ pub mod http;
 pub mod ironic;
 pub mod mini;
 pub mod redis;
+pub mod sentinel;
 pub mod tls;
 
 pub use fake_ironic::{Answer, Ctx, FakeIronic, FakeResponse, Recorded};

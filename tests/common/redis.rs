@@ -198,11 +198,18 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     frozen: bool,
+    /// More arguments for redis-server (`--replicaof`, ...).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until PING answers.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new())
+    }
+
+    /// [`Self::start`] with more redis-server arguments.
+    pub fn start_with(extra: Vec<String>) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("edge-redis-")
             .tempdir()
@@ -212,6 +219,7 @@ impl RedisServer {
             dir,
             child: None,
             frozen: false,
+            extra,
         };
         r.spawn();
         r
@@ -237,6 +245,7 @@ impl RedisServer {
             "--logfile",
             self.log_path().to_str().unwrap(),
         ])
+        .args(&self.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -273,6 +282,10 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+    /// What redis-server logged (for diagnostics).
+    pub fn log(&self) -> String {
+        read_to_string_lossy(&self.log_path())
     }
     /// `redis://127.0.0.1:PORT/0`
     pub fn url(&self) -> String {
