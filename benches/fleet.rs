@@ -87,8 +87,9 @@
 //! (the outage commands kill the Redis master and restart it as a replica): each gateway's
 //! `/metrics` are also read every 0.5 s from 2 s before the kill to the end of the recovery,
 //! and the report gives, per gateway, when it noticed (a store error, or the master unknown),
-//! when it saw the master switch, how long it did not know the master, and when it answered
-//! heartbeats locally again (`common::failover`); the recovery also waits for that.
+//! when it saw the master switch, how long it did not know the master, when it was healthy
+//! again and when it answered locally from Redis again (`common::failover`); the recovery also
+//! waits until every gateway is healthy again.
 //! Results: `<out>/fleet.{md,json}` (+ time-stamped copies). Loopback targets only.
 
 #![recursion_limit = "256"]
@@ -1585,6 +1586,11 @@ impl Sampler {
     }
 }
 
+/// How much one sample (labels included) grew from `m0` to `m1`.
+fn sample_delta(m0: &Samples, m1: &Samples, key: &str) -> f64 {
+    m1.get(key).copied().unwrap_or(0.0) - m0.get(key).copied().unwrap_or(0.0)
+}
+
 /// One gateway's recovery from a master kill, and its samples (`[t from the kill, master
 /// switches, master known, master distrusted, local heartbeat answers, forwarded, store
 /// errors]`, counters as read).
@@ -1611,12 +1617,13 @@ fn failover_json(ops: &Target, points: &[failover::Point], t_kill: f64) -> Value
         "master_switches": r.switches,
         "master_unknown_for_s": r.master_unknown_s,
         "store_errors": r.store_errors,
+        "healthy_again_after_s": r.healthy_again_s,
         "local_again_after_s": r.local_again_s,
         "heartbeats_forwarded_until_local": r.forwarded_until_local,
         "undisturbed": r.undisturbed,
         "samples": {"every_ms": FAILOVER_SAMPLE_EVERY.as_millis() as u64,
                     "columns": ["t_from_kill_s", "master_switches", "master_known", "master_distrusted",
-                                "local_heartbeats", "forwarded", "store_errors"],
+                                "local_answers_from_redis", "heartbeats_forwarded", "store_errors"],
                     "rows": samples},
     })
 }
@@ -1922,11 +1929,12 @@ async fn run_target(
                 }
             }
             let relay_done = kept.is_none() || drained_at.is_some();
-            // after a master kill: until every gateway answered locally again, too
+            // after a master kill: until every gateway is healthy again (no Redis failure, a
+            // master it knows and trusts), too
             let gateways_back = sampler.as_ref().is_none_or(|sm| {
                 lock(&sm.points)
                     .iter()
-                    .all(|pts| failover::recovery(pts, t_kill).local_again_s.is_some())
+                    .all(|pts| failover::recovery(pts, t_kill).healthy_again_s.is_some())
             });
             if now >= deadline
                 || (recovered_at.is_some()
@@ -2119,8 +2127,8 @@ fn summarize(
                 "heartbeats_relayed": d("ironic_edge_heartbeats_relayed_total"),
                 "heartbeats_dropped": d("ironic_edge_heartbeats_dropped_total"),
                 "heartbeats_kept_waiting_at_end": m1.get(KEPT_GAUGE),
-                "heartbeats_local": d("ironic_edge_requests_total{outcome=\"local\",route=\"heartbeat\"}"),
-                "heartbeats_forwarded": d("ironic_edge_requests_total{outcome=\"forwarded\",route=\"heartbeat\"}"),
+                "heartbeats_local": sample_delta(m0, m1, "ironic_edge_requests_total{outcome=\"local\",route=\"heartbeat\"}"),
+                "heartbeats_forwarded": sample_delta(m0, m1, failover::HEARTBEATS_FORWARDED),
             });
         }
         phases.insert(PHASES[*p as usize].into(), phase);
@@ -2720,13 +2728,16 @@ fn rows(reports: &[Value], has_outage: bool, outage_mode: &str) -> Vec<(String, 
                 &|r| f1(get(r, "/outage/down_s").as_f64()),
             );
             row(
-                "master kill, per gateway: noticed / master switch seen / answers locally again after (s)",
+                "master kill, per gateway: noticed / master switch seen / healthy again / answers locally (from Redis) again after (s)",
                 &|r| {
                     per_gateway(r, &|g| {
                         format!(
-                            "{} / {} / {}",
+                            "{} / {} / {} / {}",
                             f1(g.get("noticed_after_s").and_then(Value::as_f64)),
                             f1(g.get("master_switch_seen_after_s").and_then(Value::as_f64)),
+                            g.get("healthy_again_after_s")
+                                .and_then(Value::as_f64)
+                                .map_or("NOT within the run".into(), |t| format!("{t:.1}")),
                             g.get("local_again_after_s")
                                 .and_then(Value::as_f64)
                                 .map_or("NOT within the run".into(), |t| format!("{t:.1}"))

@@ -3,16 +3,20 @@
 //! master switch, how long it did not know the master, and when it answered heartbeats at the
 //! edge again. Measured, never asserted: the figures go into the report.
 //!
-//! "Answers locally again" is read from the decisions counter: a heartbeat answered at the edge
-//! (`coalesced_202`, `kept_202`) needs what Redis holds; while the master is gone the gateway
+//! "Answers locally again" is read from the decisions counter: an answer made at the edge from
+//! what Redis holds (`index_404`, `negative_cache_404`, `coalesced_202`, `kept_202`,
+//! `replayed`; not `document`, which is kept in memory); while the master is gone the gateway
 //! forwards instead (its safe fallback). A Redis call that fails
 //! (`ironic_edge_store_errors_total`), a master the gateway does not know
 //! (`ironic_edge_redis_master_known` 0) or distrusts (`ironic_edge_redis_master_distrusted` 1)
-//! marks a sample interval as disturbed; the gateway is back once it answered locally in an
-//! interval after the last disturbed one of the window (an isolated success between failures,
+//! marks a sample interval as disturbed; the gateway is healthy again at the first sample after
+//! the last disturbed interval of the window, and back once it answered locally in an interval
+//! after that one (an isolated success between failures,
 //! e.g. a restarted old master that accepts writes until the sentinels make it a replica, is not
 //! a recovery). The resolution is the sampling interval, and a gateway that few agents talk to
-//! shows its first local answer only at the next heartbeat one of them sends.
+//! shows its first local answer only at the next request one of them sends that Redis can
+//! answer (with `heartbeat_timeout` 60 few heartbeats fall within the coalescing window: the
+//! unenrolled machines' lookups, answered from the index, are most of them).
 
 use super::prom::{family_sum, Samples};
 
@@ -22,12 +26,16 @@ pub const KNOWN: &str = "ironic_edge_redis_master_known";
 /// and forwards what it would answer from it, until a full sync round.
 pub const DISTRUSTED: &str = "ironic_edge_redis_master_distrusted";
 pub const STORE_ERRORS: &str = "ironic_edge_store_errors_total";
-/// The heartbeats answered at the edge from what Redis holds.
-pub const LOCAL_HEARTBEAT: [&str; 2] = [
+/// The answers made at the edge from what Redis holds.
+pub const LOCAL_FROM_REDIS: [&str; 5] = [
+    "ironic_edge_decisions_total{rule=\"index_404\"}",
+    "ironic_edge_decisions_total{rule=\"negative_cache_404\"}",
     "ironic_edge_decisions_total{rule=\"coalesced_202\"}",
     "ironic_edge_decisions_total{rule=\"kept_202\"}",
+    "ironic_edge_decisions_total{rule=\"replayed\"}",
 ];
-pub const FORWARDED: &str = "ironic_edge_decisions_total{rule=\"forwarded\"}";
+pub const HEARTBEATS_FORWARDED: &str =
+    "ironic_edge_requests_total{outcome=\"forwarded\",route=\"heartbeat\"}";
 
 /// One sample of one gateway (`switches`, `known`: `None` for a gateway without Sentinel
 /// support, whose page lacks them).
@@ -49,11 +57,11 @@ impl Point {
             switches: m.get(SWITCHES).copied(),
             known: m.get(KNOWN).copied(),
             distrusted: m.get(DISTRUSTED).copied(),
-            local: LOCAL_HEARTBEAT
+            local: LOCAL_FROM_REDIS
                 .iter()
                 .map(|k| m.get(*k).copied().unwrap_or(0.0))
                 .sum(),
-            forwarded: m.get(FORWARDED).copied().unwrap_or(0.0),
+            forwarded: m.get(HEARTBEATS_FORWARDED).copied().unwrap_or(0.0),
             store_errors: family_sum(m, STORE_ERRORS),
         }
     }
@@ -70,8 +78,10 @@ pub struct Recovery {
     /// the sampled time the gateway said it did not know the master
     pub master_unknown_s: Option<f64>,
     pub store_errors: f64,
-    /// the end of the first interval with a local heartbeat answer after the last disturbed one
-    /// (`None`: not within the window)
+    /// the first sample after the last disturbed interval (`None`: the window ends disturbed)
+    pub healthy_again_s: Option<f64>,
+    /// the end of the first interval with a local answer from Redis after the last disturbed
+    /// one (`None`: not within the window)
     pub local_again_s: Option<f64>,
     /// heartbeats forwarded from the kill until then (or the window's end)
     pub forwarded_until_local: f64,
@@ -125,6 +135,10 @@ pub fn recovery(points: &[Point], t_kill: f64) -> Recovery {
     }
     r.undisturbed = last_bad.is_none();
     let from = last_bad.map_or(0, |i| i + 1);
+    r.healthy_again_s = match last_bad {
+        Some(i) => after.get(i + 2).map(|p| p.t - t_kill),
+        None => None,
+    };
     let back = after
         .windows(2)
         .skip(from)
@@ -170,6 +184,7 @@ pub(super) fn self_check() {
                 switches: Some(1.0),
                 master_unknown_s: Some(1.0),
                 store_errors: 3.0,
+                healthy_again_s: Some(1.5),
                 local_again_s: Some(2.0),
                 forwarded_until_local: 4.0,
                 undisturbed: false,
@@ -189,6 +204,7 @@ pub(super) fn self_check() {
             Recovery {
                 noticed_s: Some(0.5),
                 store_errors: 2.0,
+                healthy_again_s: Some(2.0),
                 local_again_s: Some(2.5),
                 forwarded_until_local: 2.0,
                 ..Recovery::default()
@@ -230,6 +246,7 @@ pub(super) fn self_check() {
                 switches: Some(1.0),
                 master_unknown_s: Some(0.5),
                 store_errors: 1.0,
+                healthy_again_s: Some(2.0),
                 local_again_s: Some(2.0),
                 forwarded_until_local: 3.0,
                 undisturbed: false,
@@ -258,7 +275,9 @@ pub(super) fn self_check() {
     let page = super::prom::parse(
         "ironic_edge_decisions_total{rule=\"coalesced_202\"} 3\n\
          ironic_edge_decisions_total{rule=\"kept_202\"} 2\n\
-         ironic_edge_decisions_total{rule=\"forwarded\"} 7\n\
+         ironic_edge_decisions_total{rule=\"index_404\"} 4\n\
+         ironic_edge_decisions_total{rule=\"document\"} 9\n\
+         ironic_edge_requests_total{outcome=\"forwarded\",route=\"heartbeat\"} 7\n\
          ironic_edge_store_errors_total 1\n\
          ironic_edge_redis_master_known 1\n",
         "ironic_edge_",
@@ -270,7 +289,7 @@ pub(super) fn self_check() {
             switches: None,
             known: Some(1.0),
             distrusted: None,
-            local: 5.0,
+            local: 9.0,
             forwarded: 7.0,
             store_errors: 1.0
         }
