@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo bench --bench fleet -- --seed SEED.json --ironic 127.0.0.1:PORT --relay 127.0.0.1:PORT
-//!     [--gateway URL --gateway-ops URL] [--targets direct,gateway] [--agents N] [--unknown M]
+//!     [--gateway URL[,URL..] --gateway-ops URL[,URL..]] [--targets direct,gateway] [--agents N] [--unknown M]
 //!     [--ramp S] [--settle S] [--steady S] [--outage S] [--recovery S] [--recovery-min S]
 //!     [--reset-cmd CMD] [--outage-stop-cmd CMD] [--outage-start-cmd CMD] [--ironic-log FILE]
 //!     [--out DIR] [--label T]
@@ -79,6 +79,17 @@
 //! counted) give the latent bricked agents: Ironic holds a token (`driver_internal_info`) that the
 //! agent never got, and it is not bricked yet (its next lookup answer is `"******"`); an agent
 //! whose lookup was in flight when the run ended counts too.
+//!
+//! Several gateways (`--gateway` and `--gateway-ops` lists, in the same order): agent `i` talks
+//! to gateway `i % n` only, as IPA would behind DNS or a VIP bound to one of them; their
+//! `/metrics` are read at every phase boundary and summed (the relay's backlog gauge, which every
+//! process reads from Redis, is not: the largest is kept). `--outage-mode redis-master-kill`
+//! (the outage commands kill the Redis master and restart it as a replica): each gateway's
+//! `/metrics` are also read every 0.5 s from 2 s before the kill to the end of the recovery,
+//! and the report gives, per gateway, when it noticed (a store error, or the master unknown),
+//! when it saw the master switch, how long it did not know the master, when it was healthy
+//! again and when it answered locally from Redis again (`common::failover`); the recovery also
+//! waits until every gateway is healthy again.
 //! Results: `<out>/fleet.{md,json}` (+ time-stamped copies). Loopback targets only.
 
 #![recursion_limit = "256"]
@@ -86,6 +97,7 @@
 mod common;
 
 use common::cli::{Args, Opt, Spec, Unknown};
+use common::failover;
 use common::http::{parse_target, Client, HttpError, Reply, RequestSpec, Target};
 use common::prom::{self, family_sum, Samples};
 use common::report::{self, Align, Table};
@@ -175,8 +187,11 @@ struct Config {
     nodes: Vec<NodeSeed>,
     ironic: Target,
     relay: Target,
-    gateway: Option<Target>,
-    gateway_ops: Option<Target>,
+    /// the gateways of the gateway run (`--gateway URL[,URL...]`): agent `i` talks to
+    /// gateway `i % n` only, as IPA would behind DNS or a VIP bound to one of them
+    gateways: Vec<Target>,
+    /// their ops endpoints, in the same order (empty: none given)
+    gateway_ops: Vec<Target>,
     targets: Vec<String>,
     agents: usize,
     unknown: usize,
@@ -254,15 +269,24 @@ fn load_config(m: Args) -> Result<Config, String> {
     let nodes = load_seed(&seed_file)?;
     let ironic = endpoint("--ironic", m.get("ironic").ok_or("--ironic is required")?)?;
     let relay = endpoint("--relay", m.get("relay").ok_or("--relay is required")?)?;
-    let gateway = m
-        .get("gateway")
-        .map(|s| endpoint("--gateway", s))
-        .transpose()?;
-    let gateway_ops = m
-        .get("gateway-ops")
-        .map(|s| endpoint("--gateway-ops", s))
-        .transpose()?;
-    let default_targets = if gateway.is_some() {
+    let list = |what: &str, s: Option<&str>| -> Result<Vec<Target>, String> {
+        s.unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| endpoint(what, s))
+            .collect()
+    };
+    let gateways = list("--gateway", m.get("gateway"))?;
+    let gateway_ops = list("--gateway-ops", m.get("gateway-ops"))?;
+    if !gateway_ops.is_empty() && gateway_ops.len() != gateways.len() {
+        return Err(format!(
+            "--gateway-ops names {} endpoints for {} gateways",
+            gateway_ops.len(),
+            gateways.len()
+        ));
+    }
+    let default_targets = if !gateways.is_empty() {
         "direct,gateway"
     } else {
         "direct"
@@ -277,7 +301,7 @@ fn load_config(m: Args) -> Result<Config, String> {
     for t in &targets {
         match t.as_str() {
             "direct" => {}
-            "gateway" if gateway.is_some() => {}
+            "gateway" if !gateways.is_empty() => {}
             "gateway" => return Err("target gateway needs --gateway".into()),
             other => return Err(format!("unknown target {other:?} (direct, gateway)")),
         }
@@ -308,7 +332,7 @@ fn load_config(m: Args) -> Result<Config, String> {
         nodes,
         ironic,
         relay,
-        gateway,
+        gateways,
         gateway_ops,
         targets,
         agents,
@@ -1055,7 +1079,8 @@ struct RunState {
 
 struct RunCtx {
     cfg: Arc<Config>,
-    ep: Target,
+    /// agent `i` talks to `eps[i % eps.len()]`
+    eps: Vec<Target>,
     clock: Arc<Clock>,
     phase: AtomicU8,
     specs: Vec<AgentSpec>,
@@ -1101,6 +1126,10 @@ fn pystr(s: &str) -> String {
 }
 
 impl RunCtx {
+    fn ep(&self, idx: usize) -> &Target {
+        &self.eps[idx % self.eps.len()]
+    }
+
     fn phase(&self) -> u8 {
         self.phase.load(Ordering::Relaxed)
     }
@@ -1253,7 +1282,7 @@ enum BootEnd {
 async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
     let spec = &ctx.specs[idx];
     let cfg = &ctx.cfg;
-    let mut http = Client::new(ctx.ep.clone());
+    let mut http = Client::new(ctx.ep(idx).clone());
     let mut version: Option<(u32, u32)> = None;
     let started = Instant::now();
     let mut attempt: i32 = 0;
@@ -1331,7 +1360,7 @@ async fn boot(ctx: &RunCtx, idx: usize) -> BootEnd {
             .or_insert(0) += 1;
     }
     // ---- heartbeater start: set_agent_advertise_addr -> a plain GET of the API URL
-    let mut probe = Client::new(ctx.ep.clone());
+    let mut probe = Client::new(ctx.ep(idx).clone());
     let h = [
         ("User-Agent", USER_AGENT),
         ("Accept-Encoding", "gzip, deflate"),
@@ -1485,7 +1514,20 @@ async fn gateway_metrics(ops: &Target) -> Option<Samples> {
         .map(|t| prom::parse(&t, "ironic_edge_"))
 }
 
-/// The counters at each phase boundary: the relay's, and the gateway's `/metrics`.
+/// The gateways' `ironic_edge_*` samples as one page (counters summed; `None` if one of
+/// them did not answer, or there are none).
+async fn gateways_metrics(ops: &[Target]) -> Option<Samples> {
+    if ops.is_empty() {
+        return None;
+    }
+    let mut pages = Vec::with_capacity(ops.len());
+    for o in ops {
+        pages.push(gateway_metrics(o).await?);
+    }
+    Some(prom::merge(&pages, &[KEPT_GAUGE]))
+}
+
+/// The counters at each phase boundary: the relay's, and the gateways' `/metrics`.
 #[derive(Default)]
 struct Marks {
     relay: Vec<[u64; 4]>,
@@ -1493,17 +1535,98 @@ struct Marks {
 }
 
 impl Marks {
-    async fn take(&mut self, relay: &RelayStats, ops: Option<&Target>) {
+    async fn take(&mut self, relay: &RelayStats, ops: &[Target]) {
         self.relay.push(relay.snapshot());
-        self.gateway.push(match ops {
-            Some(o) => gateway_metrics(o).await,
-            None => None,
-        });
+        self.gateway.push(gateways_metrics(ops).await);
     }
 }
 
-/// The gateway's gauge of kept heartbeats waiting for the relay.
+/// The gateway's gauge of kept heartbeats waiting for the relay (of every gateway process:
+/// the relay counts them in Redis).
 const KEPT_GAUGE: &str = "ironic_edge_heartbeats_kept";
+
+/// The outage mode that kills the Redis master instead of stopping Ironic.
+const REDIS_MASTER_KILL: &str = "redis-master-kill";
+/// How often the gateways' `/metrics` are read around a master kill.
+const FAILOVER_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+/// Each gateway's `/metrics`, read every [`FAILOVER_SAMPLE_EVERY`] until stopped (a
+/// gateway that does not answer is skipped for that sample).
+struct Sampler {
+    points: Arc<Mutex<Vec<Vec<failover::Point>>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(ops: &[Target], clock: Arc<Clock>) -> Sampler {
+        let points = Arc::new(Mutex::new(vec![Vec::new(); ops.len()]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, st, ops) = (points.clone(), stop.clone(), ops.to_vec());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FAILOVER_SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !st.load(Ordering::Relaxed) {
+                tick.tick().await;
+                for (i, o) in ops.iter().enumerate() {
+                    if let Some(m) = gateway_metrics(o).await {
+                        let point = failover::Point::of(clock.now(), &m);
+                        lock(&p)[i].push(point);
+                    }
+                }
+            }
+        });
+        Sampler { points, stop, task }
+    }
+
+    async fn finish(self) -> Vec<Vec<failover::Point>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        std::mem::take(&mut *lock(&self.points))
+    }
+}
+
+/// How much one sample (labels included) grew from `m0` to `m1`.
+fn sample_delta(m0: &Samples, m1: &Samples, key: &str) -> f64 {
+    m1.get(key).copied().unwrap_or(0.0) - m0.get(key).copied().unwrap_or(0.0)
+}
+
+/// One gateway's recovery from a master kill, and its samples (`[t from the kill, master
+/// switches, master known, master distrusted, local heartbeat answers, forwarded, store
+/// errors]`, counters as read).
+fn failover_json(ops: &Target, points: &[failover::Point], t_kill: f64) -> Value {
+    let r = failover::recovery(points, t_kill);
+    let samples: Vec<Value> = points
+        .iter()
+        .map(|p| {
+            json!([
+                ((p.t - t_kill) * 1000.0).round() / 1000.0,
+                p.switches,
+                p.known,
+                p.distrusted,
+                p.local,
+                p.forwarded,
+                p.store_errors
+            ])
+        })
+        .collect();
+    json!({
+        "ops": ops.url,
+        "noticed_after_s": r.noticed_s,
+        "master_switch_seen_after_s": r.switch_seen_s,
+        "master_switches": r.switches,
+        "master_unknown_for_s": r.master_unknown_s,
+        "store_errors": r.store_errors,
+        "healthy_again_after_s": r.healthy_again_s,
+        "local_again_after_s": r.local_again_s,
+        "heartbeats_forwarded_until_local": r.forwarded_until_local,
+        "undisturbed": r.undisturbed,
+        "samples": {"every_ms": FAILOVER_SAMPLE_EVERY.as_millis() as u64,
+                    "columns": ["t_from_kill_s", "master_switches", "master_known", "master_distrusted",
+                                "local_answers_from_redis", "heartbeats_forwarded", "store_errors"],
+                    "rows": samples},
+    })
+}
 
 // ------------------------------------------------------------------------------------------
 // one run against one target
@@ -1530,17 +1653,24 @@ async fn run_target(
     if let Some(cmd) = &cfg.reset_cmd {
         run_cmd("reset", cmd, target, cfg.cmd_timeout).await?;
     }
-    let (ep, ops) = if target == "gateway" {
-        let gw = cfg.gateway.clone().ok_or("no --gateway")?;
-        if let Some(ops) = &cfg.gateway_ops {
-            wait_gateway_ready(ops, cfg.ready_timeout).await?;
+    let (eps, ops) = if target == "gateway" {
+        if cfg.gateways.is_empty() {
+            return Err("no --gateway".into());
         }
-        (gw, cfg.gateway_ops.clone())
+        for o in &cfg.gateway_ops {
+            wait_gateway_ready(o, cfg.ready_timeout).await?;
+        }
+        (cfg.gateways.clone(), cfg.gateway_ops.clone())
     } else {
-        (cfg.relay.clone(), None)
+        (vec![cfg.relay.clone()], Vec::new())
     };
-    // Ironic must answer before the agents boot
-    {
+    let urls = eps
+        .iter()
+        .map(|e| e.url.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Ironic must answer before the agents boot (through each gateway)
+    for ep in &eps {
         let t0 = Instant::now();
         loop {
             let mut h = Client::new(ep.clone());
@@ -1605,7 +1735,7 @@ async fn run_target(
     }
     let ctx = Arc::new(RunCtx {
         cfg: cfg.clone(),
-        ep: ep.clone(),
+        eps: eps.clone(),
         clock: clock.clone(),
         phase: AtomicU8::new(P_BOOT),
         st: Mutex::new(RunState {
@@ -1615,13 +1745,13 @@ async fn run_target(
         specs,
     });
     let mut marks = Marks::default();
-    marks.take(&relay, ops.as_ref()).await;
-    if ops.is_some() && marks.gateway[0].is_none() {
-        return Err(format!("{target}: cannot read the gateway's /metrics"));
+    marks.take(&relay, &ops).await;
+    if !ops.is_empty() && marks.gateway[0].is_none() {
+        return Err(format!("{target}: cannot read the gateways' /metrics"));
     }
     println!(
         "  {} enrolled + {} unenrolled agents booting over {:.0} s against {} ({})",
-        cfg.agents, cfg.unknown, cfg.ramp, target, ep.url
+        cfg.agents, cfg.unknown, cfg.ramp, target, urls
     );
     let handles: Vec<_> = (0..total)
         .map(|i| tokio::spawn(agent(ctx.clone(), i)))
@@ -1673,7 +1803,7 @@ async fn run_target(
         ends: [None; 4],
     };
     times.ends[0] = Some(clock.now());
-    marks.take(&relay, ops.as_ref()).await;
+    marks.take(&relay, &ops).await;
     let (up, lost) = all_up(&ctx);
     match fleet_up {
         Some(t) => println!("  fleet up after {t:.1} s ({up} heartbeating, {lost} lost)"),
@@ -1686,18 +1816,34 @@ async fn run_target(
     // ---- steady
     ctx.phase.store(P_STEADY, Ordering::Relaxed);
     println!("  steady state: {:.0} s", cfg.steady);
-    tokio::time::sleep(Duration::from_secs_f64(cfg.steady)).await;
+    let master_kill = cfg.outage_mode == REDIS_MASTER_KILL && cfg.outage_stop_cmd.is_some();
+    // a few samples before the kill: the baseline
+    let lead = if master_kill {
+        cfg.steady.min(2.0)
+    } else {
+        0.0
+    };
+    tokio::time::sleep(Duration::from_secs_f64(cfg.steady - lead)).await;
+    let sampler = (master_kill && !ops.is_empty()).then(|| Sampler::start(&ops, clock.clone()));
+    tokio::time::sleep(Duration::from_secs_f64(lead)).await;
     times.ends[1] = Some(clock.now());
-    marks.take(&relay, ops.as_ref()).await;
+    marks.take(&relay, &ops).await;
     // ---- outage
     let mut outage = Map::new();
     if let (Some(stop), Some(start)) = (&cfg.outage_stop_cmd, &cfg.outage_start_cmd) {
         ctx.phase.store(P_OUTAGE, Ordering::Relaxed);
         let t_out = clock.now();
-        println!(
-            "  outage ({}): stopping Ironic for {:.0} s",
-            cfg.outage_mode, cfg.outage
-        );
+        if master_kill {
+            println!(
+                "  outage ({}): killing the Redis master, restarting it after {:.0} s",
+                cfg.outage_mode, cfg.outage
+            );
+        } else {
+            println!(
+                "  outage ({}): stopping Ironic for {:.0} s",
+                cfg.outage_mode, cfg.outage
+            );
+        }
         let stop_took = run_cmd("outage stop", stop, target, cfg.cmd_timeout).await;
         let stop_took = match stop_took {
             Ok(t) => t,
@@ -1708,6 +1854,9 @@ async fn run_target(
                 return Err(e);
             }
         };
+        // the kill is done once the command returned (it asks a sentinel for the master, then
+        // kills it: a few ms after t_out)
+        let t_kill = t_out + stop_took;
         tokio::time::sleep_until(clock.at(t_out + cfg.outage).into()).await;
         let t_start_cmd = clock.now();
         if let Err(e) = run_cmd("outage start", start, target, cfg.cmd_timeout).await {
@@ -1726,10 +1875,15 @@ async fn run_target(
         }
         ctx.phase.store(P_RECOVERY, Ordering::Relaxed);
         times.ends[2] = Some(t_up);
-        marks.take(&relay, ops.as_ref()).await;
+        marks.take(&relay, &ops).await;
         println!(
-            "  Ironic back after {:.1} s; measuring at least {:.0} s, until every agent's next \
+            "  {} after {:.1} s; measuring at least {:.0} s, until every agent's next \
              202 and the relay had nothing left (at most {:.0} s)",
+            if master_kill {
+                "the killed master restarted"
+            } else {
+                "Ironic back"
+            },
             t_up - t_out,
             cfg.recovery_min,
             cfg.recovery.max(cfg.recovery_min)
@@ -1759,10 +1913,10 @@ async fn run_target(
                     recovered_at = Some(now);
                 }
             }
-            if let (Some(o), Some(_)) = (&ops, kept) {
+            if let (false, Some(_)) = (ops.is_empty(), kept) {
                 if polled.elapsed() >= Duration::from_millis(500) {
                     polled = Instant::now();
-                    kept = gateway_metrics(o)
+                    kept = gateways_metrics(&ops)
                         .await
                         .and_then(|m| m.get(KEPT_GAUGE).copied())
                         .or(kept);
@@ -1775,15 +1929,25 @@ async fn run_target(
                 }
             }
             let relay_done = kept.is_none() || drained_at.is_some();
+            // after a master kill: until every gateway is healthy again (no Redis failure, a
+            // master it knows and trusts), too
+            let gateways_back = sampler.as_ref().is_none_or(|sm| {
+                lock(&sm.points)
+                    .iter()
+                    .all(|pts| failover::recovery(pts, t_kill).healthy_again_s.is_some())
+            });
             if now >= deadline
-                || (recovered_at.is_some() && relay_done && now >= t_up + cfg.recovery_min)
+                || (recovered_at.is_some()
+                    && relay_done
+                    && gateways_back
+                    && now >= t_up + cfg.recovery_min)
             {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         times.ends[3] = Some(clock.now());
-        marks.take(&relay, ops.as_ref()).await;
+        marks.take(&relay, &ops).await;
         if kept.is_some() {
             outage.insert(
                 "relay_kept_at_up".into(),
@@ -1794,6 +1958,16 @@ async fn run_target(
                 "relay_drained_after_up_s".into(),
                 json!(drained_at.map(|d| d - t_up)),
             );
+        }
+        if let Some(sm) = sampler {
+            let series = sm.finish().await;
+            let per_gateway: Vec<Value> = series
+                .iter()
+                .zip(&ops)
+                .map(|(pts, o)| failover_json(o, pts, t_kill))
+                .collect();
+            outage.insert("redis_master_killed_s".into(), json!(t_kill - t_start));
+            outage.insert("gateways".into(), Value::Array(per_gateway));
         }
         outage.insert("mode".into(), json!(cfg.outage_mode));
         outage.insert("stop_started_s".into(), json!(t_out - t_start));
@@ -1813,10 +1987,7 @@ async fn run_target(
     for h in handles {
         let _ = h.await;
     }
-    let metrics_after = match &ops {
-        Some(o) => gateway_metrics(o).await,
-        None => None,
-    };
+    let metrics_after = gateways_metrics(&ops).await;
     // Ironic's side: who holds a token now, and its log of the run
     let token_holders = match ironic_token_holders(&cfg.ironic).await {
         Ok(h) => Some(h),
@@ -1836,7 +2007,7 @@ async fn run_target(
     let report = summarize(
         &cfg,
         target,
-        &ep,
+        &eps,
         &ctx,
         &st,
         &times,
@@ -1856,7 +2027,7 @@ async fn run_target(
 fn summarize(
     cfg: &Config,
     target: &str,
-    ep: &Target,
+    eps: &[Target],
     ctx: &RunCtx,
     st: &RunState,
     times: &PhaseTimes,
@@ -1956,6 +2127,8 @@ fn summarize(
                 "heartbeats_relayed": d("ironic_edge_heartbeats_relayed_total"),
                 "heartbeats_dropped": d("ironic_edge_heartbeats_dropped_total"),
                 "heartbeats_kept_waiting_at_end": m1.get(KEPT_GAUGE),
+                "heartbeats_local": sample_delta(m0, m1, "ironic_edge_requests_total{outcome=\"local\",route=\"heartbeat\"}"),
+                "heartbeats_forwarded": sample_delta(m0, m1, failover::HEARTBEATS_FORWARDED),
             });
         }
         phases.insert(PHASES[*p as usize].into(), phase);
@@ -2129,7 +2302,8 @@ fn summarize(
         .collect();
     json!({
         "target": target,
-        "url": ep.url,
+        "url": eps[0].url,
+        "urls": eps.iter().map(|e| e.url.clone()).collect::<Vec<_>>(),
         "agents": {"enrolled": cfg.agents, "unenrolled": cfg.unknown,
                    "extra_macs_per_agent": cfg.extra_macs},
         "heartbeat_timeout_from_lookup": st.hb_timeouts,
@@ -2338,7 +2512,21 @@ fn q3(v: &Value) -> String {
         .join(" / ")
 }
 
-fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
+/// One cell per gateway of a master kill's per-gateway figures (`a / b / c` each).
+fn per_gateway(r: &Value, f: &dyn Fn(&Value) -> String) -> String {
+    match get(r, "/outage/gateways").as_array() {
+        Some(g) if !g.is_empty() => g
+            .iter()
+            .enumerate()
+            .map(|(i, x)| format!("#{}: {}", i + 1, f(x)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "-".into(),
+    }
+}
+
+fn rows(reports: &[Value], has_outage: bool, outage_mode: &str) -> Vec<(String, Vec<String>)> {
+    let master_kill = outage_mode == REDIS_MASTER_KILL;
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, f: &dyn Fn(&Value) -> String| {
         rows.push((name.to_string(), reports.iter().map(f).collect()));
@@ -2468,6 +2656,19 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
         "gateway: requests answered locally / forwarded (whole run)",
         &|r| gateway_summary(get(r, "/gateway_metrics_delta")),
     );
+    row(
+        "gateway: heartbeats accepted locally / forwarded: boot / steady / outage / recovery",
+        &|r| {
+            per_phase(r, &|ph| {
+                let g = ph.get("gateway")?;
+                Some(format!(
+                    "{}/{}",
+                    n0(g.get("heartbeats_local")?),
+                    n0(g.get("heartbeats_forwarded")?)
+                ))
+            })
+        },
+    );
     for (kind, label) in [
         ("root", "GET /"),
         ("lookup", "lookup"),
@@ -2521,16 +2722,54 @@ fn rows(reports: &[Value], has_outage: bool) -> Vec<(String, Vec<String>)> {
         lat_pair(r, "steady", "heartbeat")
     });
     if has_outage {
-        row("outage: Ironic down for (s)", &|r| {
-            f1(get(r, "/outage/down_s").as_f64())
-        });
-        row("outage: agent errors while down", &|r| {
+        if master_kill {
+            row(
+                "outage: Redis master killed (-9); restarted (as a replica) after (s)",
+                &|r| f1(get(r, "/outage/down_s").as_f64()),
+            );
+            row(
+                "master kill, per gateway: noticed / master switch seen / healthy again / answers locally (from Redis) again after (s)",
+                &|r| {
+                    per_gateway(r, &|g| {
+                        format!(
+                            "{} / {} / {} / {}",
+                            f1(g.get("noticed_after_s").and_then(Value::as_f64)),
+                            f1(g.get("master_switch_seen_after_s").and_then(Value::as_f64)),
+                            g.get("healthy_again_after_s")
+                                .and_then(Value::as_f64)
+                                .map_or("NOT within the run".into(), |t| format!("{t:.1}")),
+                            g.get("local_again_after_s")
+                                .and_then(Value::as_f64)
+                                .map_or("NOT within the run".into(), |t| format!("{t:.1}"))
+                        )
+                    })
+                },
+            );
+            row(
+                "master kill, per gateway: master unknown for (s) / store errors / heartbeats forwarded until local",
+                &|r| {
+                    per_gateway(r, &|g| {
+                        format!(
+                            "{} / {} / {}",
+                            f1(g.get("master_unknown_for_s").and_then(Value::as_f64)),
+                            n0(&g["store_errors"]),
+                            n0(&g["heartbeats_forwarded_until_local"])
+                        )
+                    })
+                },
+            );
+        } else {
+            row("outage: Ironic down for (s)", &|r| {
+                f1(get(r, "/outage/down_s").as_f64())
+            });
+        }
+        row("outage: agent errors during it", &|r| {
             with_kinds(
                 u(r, "/phases/outage/agent_errors"),
                 get(r, "/phases/outage/agent_errors_by_kind"),
             )
         });
-        row("outage: requests reaching Ironic while down", &|r| {
+        row("outage: requests reaching Ironic during it", &|r| {
             u(r, "/phases/outage/ironic_requests").to_string()
         });
         row("recovery: every agent had a 202 again after (s)", &|r| {
@@ -2714,7 +2953,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         reports.push(r);
     }
     let has_outage = cfg.outage_stop_cmd.is_some();
-    let table = table(&cfg.targets, rows(&reports, has_outage));
+    let table = table(&cfg.targets, rows(&reports, has_outage, &cfg.outage_mode));
     println!("\n{}", table.text());
     let stamp = report::unix_stamp(started);
     let (cpus, load) = report::machine();
@@ -2725,7 +2964,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         "heartbeat_timeout_override": cfg.hb_override, "request_timeout_s": cfg.request_timeout,
         "lookup_timeout_s": cfg.lookup_timeout, "restart_delay_s": cfg.restart_delay,
         "seed_file": cfg.seed_file.display().to_string(), "ironic": cfg.ironic.url,
-        "relay": cfg.relay.url, "gateway": cfg.gateway.as_ref().map(|g| g.url.clone()),
+        "relay": cfg.relay.url, "gateway": cfg.gateways.first().map(|g| g.url.clone()),
+        "gateways": cfg.gateways.iter().map(|g| g.url.clone()).collect::<Vec<_>>(),
     });
     let doc = json!({
         "bench": "fleet",
@@ -2760,7 +3000,13 @@ async fn run(cfg: Config) -> Result<(), String> {
         cfg.unknown,
         cfg.ramp,
         cfg.steady,
-        if has_outage {
+        if has_outage && cfg.outage_mode == REDIS_MASTER_KILL {
+            format!(
+                ", then the Redis master killed (-9, {}: the sentinels promote the replica) and \
+                 restarted {:.0} s later",
+                cfg.outage_mode, cfg.outage
+            )
+        } else if has_outage {
             format!(
                 ", then Ironic stopped for {:.0} s ({}) and started again",
                 cfg.outage, cfg.outage_mode

@@ -7,7 +7,9 @@
 //! - [`stats`]: the one percentile estimator every bench uses (nearest rank) and a latency
 //!   summary;
 //! - [`report`]: number formats, ratios, text and Markdown tables, result files;
-//! - [`prom`]: Prometheus text pages (the gateway's `/metrics`): samples, family sums, deltas;
+//! - [`prom`]: Prometheus text pages (the gateway's `/metrics`): samples, family sums, deltas,
+//!   several gateways' pages as one;
+//! - [`failover`]: what a Redis master kill did to a gateway, from its sampled `/metrics`;
 //! - [`procs`]: what a server process costs (CPU from `/proc/<pid>/stat`, RSS) and what a
 //!   Redis did (`INFO stats` through a tiny RESP client).
 //!
@@ -17,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod failover;
 pub mod http;
 pub mod procs;
 pub mod prom;
@@ -32,4 +35,5 @@ pub fn self_check() {
     report::self_check();
     procs::self_check();
     prom::self_check();
+    failover::self_check();
 }

@@ -46,6 +46,23 @@ pub fn delta(before: &Samples, after: &Samples) -> Samples {
         .collect()
 }
 
+/// Several processes' pages as one (the gateways of a fleet run): every sample summed, except
+/// those named in `same_everywhere` (a gauge each process reads from the shared Redis, such as
+/// the relay's backlog of all processes: summed, it would count the backlog once per process),
+/// of which the largest is kept.
+pub fn merge(pages: &[Samples], same_everywhere: &[&str]) -> Samples {
+    let mut m = Samples::new();
+    for page in pages {
+        for (k, v) in page {
+            let shared = same_everywhere.contains(&k.split('{').next().unwrap_or(k));
+            m.entry(k.clone())
+                .and_modify(|x| *x = if shared { x.max(*v) } else { *x + v })
+                .or_insert(*v);
+        }
+    }
+    m
+}
+
 pub(super) fn self_check() {
     let page = "# HELP x\nironic_edge_a{lane=\"hb\"} 2\nironic_edge_a{lane=\"all\"} 3\n\
                 ironic_edge_a_total 7\nother_b 1\nironic_edge_c NaNx\n";
@@ -65,4 +82,21 @@ pub(super) fn self_check() {
             ("ironic_edge_new".to_string(), 1.0)
         ]
     );
+    // two gateways: counters add up, a gauge of the shared Redis is not counted twice
+    let a = parse("ironic_edge_a_total 2\nironic_edge_kept 5\n", "");
+    let b = parse(
+        "ironic_edge_a_total 3\nironic_edge_kept 4\nironic_edge_b 1\n",
+        "",
+    );
+    let both = merge(&[a.clone(), b], &["ironic_edge_kept"]);
+    assert_eq!(
+        both.into_iter().collect::<Vec<_>>(),
+        [
+            ("ironic_edge_a_total".to_string(), 5.0),
+            ("ironic_edge_b".to_string(), 1.0),
+            ("ironic_edge_kept".to_string(), 5.0)
+        ]
+    );
+    assert_eq!(merge(std::slice::from_ref(&a), &[]), a);
+    assert!(merge(&[], &[]).is_empty());
 }
