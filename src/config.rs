@@ -163,6 +163,11 @@ pub struct UpstreamConfig {
     pub agent_answer_within_ms: u64,
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
+    /// A lookup's answer is awaited this long (instead of `read_timeout_ms`): Ironic mints the
+    /// token at the end of a lookup however long it takes (one took 150 s under a boot storm,
+    /// with no RPC timeout in an all-in-one Ironic), and only an answer the gateway receives
+    /// can reach the agent's retry; one it gave up on bricks the agent.
+    pub lookup_read_timeout_ms: u64,
     pub write_timeout_ms: u64,
     pub ca_file: String,
     pub verify_tls: bool,
@@ -243,6 +248,7 @@ impl Default for UpstreamConfig {
             agent_answer_within_ms: 25_000,
             connect_timeout_ms: 2000,
             read_timeout_ms: 65_000,
+            lookup_read_timeout_ms: 300_000,
             write_timeout_ms: 10_000,
             ca_file: String::new(),
             verify_tls: true,
@@ -640,6 +646,12 @@ impl EdgeConfig {
             u.connect_timeout_ms,
         )?;
         positive("ironic_edge.upstream.read_timeout_ms", u.read_timeout_ms)?;
+        if u.lookup_read_timeout_ms < u.read_timeout_ms {
+            return Err(ConfigError::new(
+                "ironic_edge.upstream.lookup_read_timeout_ms",
+                "must be at least read_timeout_ms",
+            ));
+        }
         positive("ironic_edge.upstream.write_timeout_ms", u.write_timeout_ms)?;
         if !(1000..=30_000).contains(&u.agent_answer_within_ms) {
             return Err(ConfigError::new(
@@ -1025,6 +1037,10 @@ mod tests {
             (
                 "ironic_edge:\n  redis:\n    url: 'http://x'\n",
                 "ironic_edge.redis.url",
+            ),
+            (
+                "ironic_edge:\n  upstream:\n    read_timeout_ms: 9000\n    lookup_read_timeout_ms: 8000\n",
+                "ironic_edge.upstream.lookup_read_timeout_ms",
             ),
             (
                 "ironic_edge:\n  ops_address: '0.0.0.0:9000'\n",

@@ -182,3 +182,43 @@ fn the_replay_is_for_the_same_caller_and_ends_with_the_first_heartbeat() {
     let r = http::send(env.gw.addr(), &Request::get("/v1/lookup").version("1.62"));
     assert_eq!(r.status, 400, "unrelated: still validated");
 }
+
+/// Ironic can take minutes to answer a lookup under a storm (one took 150 s at 1,000 agents,
+/// its node lock held meanwhile) and mints the token at the end: the gateway waits for that
+/// answer longer than for any other (`upstream.lookup_read_timeout_ms`), so that the agent's
+/// retry gets the token. (It gave up after `read_timeout_ms`, 65 s, the token reached nobody,
+/// and the retry got "******": bricked.)
+#[test]
+fn a_lookup_ironic_answers_after_the_read_timeout_still_reaches_the_agent() {
+    let fake = FakeIronic::start();
+    let mini = MiniIronic::install(&fake);
+    let mac = "52:54:0c:00:02:01";
+    let uuid = mini.add_node(&[mac]);
+    let m = mini.clone();
+    fake.route("GET", "/v1/lookup", move |req, ctx| {
+        m.lookup(req, ctx).delay(Duration::from_secs(6))
+    });
+    // Any other exchange with Ironic ends within 1 + 2 + 1 s.
+    let env = Env::start_with_fake(fake, |cfg| {
+        cfg.with_seal_key()
+            .set("ironic_edge.upstream.agent_answer_within_ms", 1000)
+            .set("ironic_edge.upstream.connect_timeout_ms", 1000)
+            .set("ironic_edge.upstream.write_timeout_ms", 1000)
+            .set("ironic_edge.upstream.read_timeout_ms", 2000)
+            .set("ironic_edge.upstream.lookup_read_timeout_ms", 20000);
+    });
+
+    let first = env.send(&common::lookup(mac));
+    assert_eq!(first.status, 503, "{}", first.text());
+    // Ironic answers 6 s after the first lookup, past any other exchange's end.
+    let answered = common::wait_for(Duration::from_secs(20), || {
+        let retry = env.send(&common::lookup(mac));
+        (retry.status != 503).then_some(retry)
+    })
+    .expect("the retries got an answer");
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    let token = token_of(&answered);
+    assert_eq!(token.len(), 43, "the minted token: {}", answered.text());
+    let hb = env.send(&common::heartbeat(&uuid, "https://127.0.0.1:9999", &token));
+    assert_eq!(hb.status, 202, "{}", hb.text());
+}

@@ -222,7 +222,10 @@ impl Prepared {
         };
         edge.metrics.upstream_request(self.route);
         let sent_at = Instant::now();
-        let result = edge.upstream.send(&req, &self.body).await;
+        let result = match self.route {
+            Route::Lookup => edge.upstream.send_lookup(&req, &self.body).await,
+            _ => edge.upstream.send(&req, &self.body).await,
+        };
         edge.metrics
             .upstream_exchange(self.route, &result, sent_at.elapsed());
         if let Some(permit) = permit {

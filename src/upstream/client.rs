@@ -58,9 +58,13 @@ impl UpstreamResponse {
 pub struct UpstreamClient {
     connector: Connector,
     peer: HttpPeer,
+    /// The same peer with `lookup_read_timeout_ms` as its read timeout.
+    lookup_peer: HttpPeer,
     target: UpstreamTarget,
     /// A deadline on the whole exchange, on top of the per-operation timeouts.
     deadline: Duration,
+    /// The same for a lookup.
+    lookup_deadline: Duration,
 }
 
 impl UpstreamClient {
@@ -69,14 +73,18 @@ impl UpstreamClient {
         if !cfg.upstream.ca_file.is_empty() {
             options.ca_file = Some(cfg.upstream.ca_file.clone());
         }
+        let u = &cfg.upstream;
+        let peer = build_peer(cfg, &target);
+        let mut lookup_peer = peer.clone();
+        lookup_peer.options.read_timeout = Some(Duration::from_millis(u.lookup_read_timeout_ms));
+        let deadline =
+            |read_ms| Duration::from_millis(u.connect_timeout_ms + read_ms + u.write_timeout_ms);
         UpstreamClient {
             connector: Connector::new(Some(options)),
-            peer: build_peer(cfg, &target),
-            deadline: Duration::from_millis(
-                cfg.upstream.connect_timeout_ms
-                    + cfg.upstream.read_timeout_ms
-                    + cfg.upstream.write_timeout_ms,
-            ),
+            peer,
+            lookup_peer,
+            deadline: deadline(u.read_timeout_ms),
+            lookup_deadline: deadline(u.lookup_read_timeout_ms),
             target,
         }
     }
@@ -99,6 +107,26 @@ impl UpstreamClient {
         req: &RequestHeader,
         body: &[u8],
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_on(&self.peer, self.deadline, req, body).await
+    }
+
+    /// [`Self::send`] for a lookup: its answer is awaited up to `lookup_read_timeout_ms`.
+    pub async fn send_lookup(
+        &self,
+        req: &RequestHeader,
+        body: &[u8],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_on(&self.lookup_peer, self.lookup_deadline, req, body)
+            .await
+    }
+
+    async fn send_on(
+        &self,
+        peer: &HttpPeer,
+        deadline: Duration,
+        req: &RequestHeader,
+        body: &[u8],
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let mut req = req.clone();
         if !self.target.base_path.is_empty() {
             let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -110,7 +138,7 @@ impl UpstreamClient {
         }
         let started = std::time::Instant::now();
         let result =
-            match tokio::time::timeout(self.deadline, self.exchange(&req, body, true)).await {
+            match tokio::time::timeout(deadline, self.exchange(peer, &req, body, true)).await {
                 Ok(r) => r.map(|mut resp| {
                     resp.elapsed_ms = started.elapsed().as_millis() as u64;
                     resp
@@ -128,15 +156,20 @@ impl UpstreamClient {
 
     async fn exchange(
         &self,
+        peer: &HttpPeer,
         req: &RequestHeader,
         body: &[u8],
         allow_retry: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let (mut session, reused) = self
             .connector
-            .get_http_session(&self.peer)
+            .get_http_session(peer)
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        // Pingora's connector leaves a session's timeouts unset (its proxy sets them from the
+        // peer): without these only the exchange's deadline bounded a read.
+        session.set_read_timeout(peer.options.read_timeout);
+        session.set_write_timeout(peer.options.write_timeout);
         let result = async {
             session.write_request_header(Box::new(req.clone())).await?;
             if !body.is_empty() {
@@ -152,7 +185,7 @@ impl UpstreamClient {
         if let Err(e) = result {
             if reused && allow_retry {
                 log::debug!("pooled upstream connection failed ({e}); retrying on a new one");
-                return Box::pin(self.exchange(req, body, false)).await;
+                return Box::pin(self.exchange(peer, req, body, false)).await;
             }
             return Err(UpstreamError::Exchange(e.to_string()));
         }
@@ -175,7 +208,7 @@ impl UpstreamClient {
             }
         }
         self.connector
-            .release_http_session(session, &self.peer, Some(Duration::from_secs(60)))
+            .release_http_session(session, peer, Some(Duration::from_secs(60)))
             .await;
         Ok(UpstreamResponse {
             header,
