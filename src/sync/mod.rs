@@ -117,8 +117,8 @@ pub fn index_is_fresh_at(cfg: &SyncConfig, synced_at_ms: u64, now_ms: u64) -> bo
 /// heartbeat better than "may drive a step". A wrong guess only changes when the heartbeat is
 /// sent (a step's heartbeat kept for the relay instead of held), never an answer.
 pub fn index_guides_class_at(cfg: &SyncConfig, synced_at_ms: u64, now_ms: u64) -> bool {
-    let bound_ms = cfg.full_resync_seconds.max(2 * cfg.interval_seconds + 5) * 1000;
-    now_ms.saturating_sub(synced_at_ms) <= bound_ms
+    let bound = Duration::from_secs(cfg.full_resync_seconds).max(staleness_bound(cfg));
+    now_ms.saturating_sub(synced_at_ms) <= bound.as_millis() as u64
 }
 
 /// How old the index may be and still answer: two intervals and 5 s.
