@@ -245,14 +245,18 @@ impl Gateway {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Waits until the ops `GET /status` answers 200.
+    /// Waits until the ops `GET /status` answers 200 and the first listener accepts.
+    ///
+    /// Both are needed: Pingora starts each service on its own runtime and binds a service's
+    /// listeners inside it, so the ops listener can answer before the agents' one is bound
+    /// (seen on CI as a refused connect right after a successful start).
     pub fn wait_status(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(mut c) = http::Client::try_connect(self.cfg.ops) {
                 c.set_read_timeout(Duration::from_secs(2));
                 if let Ok(r) = c.try_send(&Request::get("/status")) {
-                    if r.status == 200 {
+                    if r.status == 200 && std::net::TcpStream::connect(self.cfg.listen).is_ok() {
                         return;
                     }
                 }
