@@ -85,6 +85,9 @@ pub fn negotiate(
     headers: &http::HeaderMap,
     range: &VersionRange,
 ) -> Result<ApiVersion, IronicError> {
+    if let Some(v) = plain_legacy_version(headers, range) {
+        return Ok(v);
+    }
     let standard = folded_header(headers, STANDARD_HEADER);
     let legacy = folded_header(headers, LEGACY_HEADER);
     negotiate_values(standard.as_deref(), legacy.as_deref(), range)
@@ -160,17 +163,56 @@ fn invalid_header() -> IronicError {
     )
 }
 
+/// What an agent sends, answered without the general parse (which allocates a dozen times):
+/// one legacy header of plain digits `X.Y` (at most 4 each), no standard header, a major of
+/// 1 and a minor within `range`. `None` for anything else, which [`negotiate`] then parses as
+/// Ironic does; where this answers, that parse gives the same version (a property test holds
+/// them together).
+fn plain_legacy_version(headers: &http::HeaderMap, range: &VersionRange) -> Option<ApiVersion> {
+    let mut legacy = None;
+    for (k, v) in headers.iter() {
+        step();
+        if same_header(k.as_str(), STANDARD_HEADER) {
+            return None;
+        }
+        if same_header(k.as_str(), LEGACY_HEADER) {
+            if legacy.is_some() {
+                return None;
+            }
+            legacy = Some(v.as_bytes());
+        }
+    }
+    let (major, minor) = split_plain_version(legacy?)?;
+    let v = ApiVersion::new(major, minor);
+    (major == 1 && range.min <= v && v <= range.max).then_some(v)
+}
+
+/// `X.Y` of ASCII digits, 1 to 4 each.
+fn split_plain_version(value: &[u8]) -> Option<(u32, u32)> {
+    let dot = value.iter().position(|&b| b == b'.')?;
+    let number = |t: &[u8]| -> Option<u32> {
+        if t.is_empty() || t.len() > 4 || !t.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(t.iter().fold(0, |n, &d| n * 10 + u32::from(d - b'0')))
+    };
+    Some((number(&value[..dot])?, number(&value[dot + 1..])?))
+}
+
+/// A header name as the WSGI server sees it: `_` and `-` are the same.
+fn same_header(k: &str, name: &str) -> bool {
+    k.len() == name.len()
+        && k.bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+}
+
 /// All values of a header (its `_` spelling included), latin-1 decoded, joined with `,`.
 fn folded_header(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let mut values: Vec<String> = Vec::new();
     for (k, v) in headers.iter() {
         step();
-        let k = k.as_str();
-        if k.len() == name.len()
-            && k.bytes()
-                .zip(name.bytes())
-                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-        {
+        if same_header(k.as_str(), name) {
             values.push(v.as_bytes().iter().map(|&b| b as char).collect());
         }
     }
@@ -629,5 +671,69 @@ mod tests {
             negotiate_values(None, None, &r).unwrap(),
             ApiVersion::new(1, 1)
         );
+    }
+
+    /// The general parse, as `negotiate` runs it when the plain form does not apply.
+    fn general(h: &http::HeaderMap, r: &VersionRange) -> Result<ApiVersion, IronicError> {
+        let standard = folded_header(h, STANDARD_HEADER);
+        let legacy = folded_header(h, LEGACY_HEADER);
+        negotiate_values(standard.as_deref(), legacy.as_deref(), r)
+    }
+
+    #[test]
+    fn the_plain_form_answers_only_what_the_general_parse_accepts_alike() {
+        let r = VersionRange {
+            min: ApiVersion::new(1, 31),
+            max: ApiVersion::new(1, 96),
+        };
+        let x_ = "x_openstack_ironic_api_version";
+        let cases: &[(&[(&str, &[u8])], Option<ApiVersion>)] = &[
+            (&[(V, b"1.62")], Some(ApiVersion::new(1, 62))),
+            (&[(x_, b"1.68")], Some(ApiVersion::new(1, 68))),
+            (&[(V, b"01.062")], Some(ApiVersion::new(1, 62))),
+            (&[(V, b"1.31")], Some(ApiVersion::new(1, 31))),
+            (&[(V, b"1.96")], Some(ApiVersion::new(1, 96))),
+            // Left to the general parse: out of range, other majors, other spellings,
+            // repeated or standard headers.
+            (&[(V, b"1.30")], None),
+            (&[(V, b"1.97")], None),
+            (&[(V, b"2.62")], None),
+            (&[(V, b" 1.62")], None),
+            (&[(V, b"1.6_2")], None),
+            (&[(V, b"+1.62")], None),
+            (&[(V, b"1.00062")], None),
+            (&[(V, b"latest")], None),
+            (&[(V, b"1.62"), (V, b"1.40")], None),
+            (&[(V, b"1.62"), (S, b"baremetal 1.40")], None),
+            (&[(S, b"baremetal 1.40")], None),
+            (&[], None),
+        ];
+        for (pairs, want) in cases {
+            let h = hm(pairs);
+            assert_eq!(plain_legacy_version(&h, &r), *want, "{pairs:?}");
+            assert_eq!(negotiate(&h, &r).ok(), general(&h, &r).ok(), "{pairs:?}");
+            if let Some(v) = want {
+                assert_eq!(general(&h, &r).ok(), Some(*v), "{pairs:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the value, `negotiate` answers as the general parse does.
+        #[test]
+        fn negotiate_agrees_with_the_general_parse(
+            value in "[0-9._ +-]{0,12}",
+            min in 1u32..40,
+            span in 0u32..80,
+        ) {
+            let r = VersionRange { min: ApiVersion::new(1, min), max: ApiVersion::new(1, min + span) };
+            let h = hm(&[(V, value.as_bytes())]);
+            let (fast, slow) = (negotiate(&h, &r), general(&h, &r));
+            proptest::prop_assert_eq!(fast.as_ref().ok(), slow.as_ref().ok());
+            proptest::prop_assert_eq!(
+                fast.err().map(|e| e.message().to_string()),
+                slow.err().map(|e| e.message().to_string())
+            );
+        }
     }
 }
