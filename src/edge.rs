@@ -113,7 +113,6 @@ pub async fn write_local(
     info: Option<&UpstreamInfo>,
     version: Option<ApiVersion>,
 ) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(answer.status, Some(10))?;
     let versions = match (info, version) {
         (Some(info), Some(v)) => Some((answer.header_set, info.range, v)),
         (Some(info), None) if answer.header_set != HeaderSet::None => {
@@ -121,27 +120,22 @@ pub async fn write_local(
         }
         _ => None,
     };
-    if let Some((set, range, v)) = versions {
-        for (name, value) in version_values(set, range, v) {
-            resp.append_header(name, value)?;
-        }
-    }
-    if let Some(allow) = answer.allow {
-        resp.append_header("Allow", http::HeaderValue::from_static(allow))?;
-    }
-    if let Some(ct) = answer.content_type {
-        resp.append_header("Content-Type", http::HeaderValue::from_static(ct))?;
-    }
-    resp.append_header("Content-Length", http::HeaderValue::from(answer.body.len()))?;
-    // One buffer for both request-id headers (a clone shares it).
-    let rid = http::HeaderValue::try_from(request_id())
+    let shape = AnswerShape {
+        status: answer.status,
+        versions,
+        allow: answer.allow,
+        content_type: answer.content_type,
+        content_length: answer.body.len(),
+        server: info.and_then(|i| i.server.clone()),
+    };
+    let mut resp = shape.head()?;
+    // The head holds these already (placeholders): set in place, they keep their order and
+    // the head its size. One buffer for both request-id headers (a clone shares it).
+    let rid = http::HeaderValue::from_maybe_shared(Bytes::from(request_id()))
         .map_err(|e| pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "id", e))?;
-    resp.append_header("x-openstack-request-id", rid.clone())?;
-    resp.append_header("openstack-request-id", rid)?;
-    resp.append_header("Date", date_value())?;
-    if let Some(server) = info.and_then(|i| i.server.as_deref()) {
-        resp.append_header("Server", server)?;
-    }
+    resp.insert_header(REQUEST_ID, rid.clone())?;
+    resp.insert_header(REQUEST_ID_STANDARD, rid)?;
+    resp.insert_header("Date", date_value())?;
     let empty = answer.body.is_empty();
     session.write_response_header(Box::new(resp), empty).await?;
     if !empty {
@@ -152,38 +146,91 @@ pub async fn write_local(
     Ok(())
 }
 
+/// The request-id headers of every answer, as Ironic spells them.
+const REQUEST_ID: &str = "x-openstack-request-id";
+const REQUEST_ID_STANDARD: &str = "openstack-request-id";
+
+/// What a local answer's head is made of apart from its request ids and Date: the same few
+/// shapes repeat on every local answer.
+#[derive(Clone, PartialEq, Eq)]
+struct AnswerShape {
+    status: u16,
+    versions: Option<(HeaderSet, crate::ironic::VersionRange, ApiVersion)>,
+    allow: Option<&'static str>,
+    content_type: Option<&'static str>,
+    content_length: usize,
+    server: Option<Arc<str>>,
+}
+
+/// Heads kept per thread ([`AnswerShape::head`]): more than the shapes a steady load repeats
+/// (a few statuses at one version), few enough to search in a glance.
+const KEPT_HEADS: usize = 8;
+
+impl AnswerShape {
+    /// The head of this shape, built once per thread and cloned after: building one parses
+    /// every header name again (Pingora keeps their case), a good part of a local answer's
+    /// allocations.
+    fn head(&self) -> pingora::Result<ResponseHeader> {
+        thread_local! {
+            static KEPT: std::cell::RefCell<Vec<(AnswerShape, ResponseHeader)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        if let Some(head) = KEPT.with(|kept| {
+            let kept = kept.borrow();
+            kept.iter().find(|(s, _)| s == self).map(|(_, h)| h.clone())
+        }) {
+            return Ok(head);
+        }
+        let head = self.build()?;
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.len() == KEPT_HEADS {
+                kept.remove(0);
+            }
+            kept.push((self.clone(), head.clone()));
+        });
+        Ok(head)
+    }
+
+    fn build(&self) -> pingora::Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(self.status, Some(10))?;
+        if let Some((set, range, v)) = self.versions {
+            for (name, value) in version_values(set, range, v) {
+                resp.append_header(name, value)?;
+            }
+        }
+        if let Some(allow) = self.allow {
+            resp.append_header("Allow", http::HeaderValue::from_static(allow))?;
+        }
+        if let Some(ct) = self.content_type {
+            resp.append_header("Content-Type", http::HeaderValue::from_static(ct))?;
+        }
+        resp.append_header(
+            "Content-Length",
+            http::HeaderValue::from(self.content_length),
+        )?;
+        let placeholder = http::HeaderValue::from_static("");
+        resp.append_header(REQUEST_ID, placeholder.clone())?;
+        resp.append_header(REQUEST_ID_STANDARD, placeholder.clone())?;
+        resp.append_header("Date", placeholder)?;
+        if let Some(server) = &self.server {
+            resp.append_header("Server", &**server)?;
+        }
+        Ok(resp)
+    }
+}
+
 /// The version headers of an answer (`set` at `negotiated` within `range`), as
-/// [`version_header_values`] renders them, kept per thread for the last (set, range,
-/// version) asked: every local answer repeats the same few, and rendering them was a good
-/// part of writing one.
+/// [`version_header_values`] renders them.
 fn version_values(
     set: HeaderSet,
     range: crate::ironic::VersionRange,
     negotiated: ApiVersion,
 ) -> Vec<(&'static str, http::HeaderValue)> {
-    type Rendered = (
-        (HeaderSet, crate::ironic::VersionRange, ApiVersion),
-        Vec<(&'static str, http::HeaderValue)>,
-    );
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<Rendered>> = const { std::cell::RefCell::new(None) };
-    }
-    let key = (set, range, negotiated);
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if let Some((k, values)) = last.as_ref() {
-            if *k == key {
-                return values.clone();
-            }
-        }
-        let values: Vec<(&'static str, http::HeaderValue)> =
-            version_header_values(set, &range, negotiated)
-                .into_iter()
-                .filter_map(|(name, value)| Some((name, http::HeaderValue::try_from(value).ok()?)))
-                .collect();
-        *last = Some((key, values.clone()));
-        values
-    })
+    version_header_values(set, &range, negotiated)
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, http::HeaderValue::try_from(value).ok()?)))
+        .collect()
 }
 
 /// The `Date` header of an answer written now: rendered once per second per thread
@@ -271,6 +318,50 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{set:?} {v}");
         }
+    }
+
+    fn wire(head: &ResponseHeader) -> (u16, Vec<u8>) {
+        let mut buf = Vec::new();
+        head.header_to_h1_wire(&mut buf);
+        (head.status.as_u16(), buf)
+    }
+
+    #[test]
+    fn a_kept_head_is_the_head_its_shape_builds_and_no_other() {
+        let range = crate::ironic::VersionRange {
+            min: ApiVersion::new(1, 1),
+            max: ApiVersion::new(1, 99),
+        };
+        let shape = |status, v: u32, len| AnswerShape {
+            status,
+            versions: Some((HeaderSet::Versions, range, ApiVersion::new(1, v))),
+            allow: None,
+            content_type: Some("application/json"),
+            content_length: len,
+            server: None,
+        };
+        // More shapes than are kept, asked twice in turn: every answer is its own shape's.
+        let shapes: Vec<AnswerShape> = (0..KEPT_HEADS as u32 + 3)
+            .map(|i| shape(if i % 2 == 0 { 404 } else { 400 }, 60 + i, 100 + i as usize))
+            .chain([AnswerShape {
+                status: 405,
+                versions: None,
+                allow: Some("GET"),
+                content_type: Some("application/json"),
+                content_length: 7,
+                server: Some(Arc::from("ironic_api")),
+            }])
+            .collect();
+        for _ in 0..2 {
+            for s in &shapes {
+                assert_eq!(wire(&s.head().unwrap()), wire(&s.build().unwrap()));
+            }
+        }
+        let (a, b) = (shapes[0].head().unwrap(), shapes[1].head().unwrap());
+        assert_ne!(wire(&a), wire(&b));
+        let text = String::from_utf8(wire(&a).1).unwrap();
+        assert!(text.contains("X-OpenStack-Ironic-API-Version: 1.60\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 100\r\n"), "{text}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use lru::LruCache;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A read of index entries and the version tags of the halves it depends on (in a fixed order
 /// the caller chooses: for MACs, the MACs half then, if the read named one node, the nodes half).
@@ -34,7 +34,7 @@ impl TaggedRead {
 pub(crate) const MAX_KEY_BYTES: usize = 512;
 
 pub(crate) struct EntryCache {
-    entries: Option<Mutex<LruCache<String, TaggedRead>>>,
+    entries: Option<Mutex<LruCache<String, Arc<TaggedRead>>>>,
 }
 
 impl EntryCache {
@@ -45,7 +45,8 @@ impl EntryCache {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<TaggedRead> {
+    /// Shared, not copied: a hit on every local answer must not copy the tags it checks.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<TaggedRead>> {
         self.entries.as_ref()?.lock().ok()?.get(key).cloned()
     }
 
@@ -54,7 +55,7 @@ impl EntryCache {
             return;
         }
         if let Some(Ok(mut entries)) = self.entries.as_ref().map(Mutex::lock) {
-            entries.put(key, read);
+            entries.put(key, Arc::new(read));
         }
     }
 

@@ -119,7 +119,7 @@ pub(crate) struct LookupSlot {
 enum LookupEntries {
     Read(Slot<Vec<Option<String>>>),
     /// From the entry cache, if the markers read in the step show the same version tags.
-    Cached(TaggedRead),
+    Cached(Arc<TaggedRead>),
 }
 
 /// The index's markers as the view serves them: the freshness, and each half's generation and
@@ -495,7 +495,7 @@ impl NodeIndex {
         let by_macs = slot.by_macs;
         let entries = match (slot.entries, &slot.key) {
             (LookupEntries::Cached(cached), _) if cached.is_current(&markers.tags(by_macs)) => {
-                cached.entries
+                cached.entries.clone()
             }
             (LookupEntries::Cached(_), Some((by, key))) => {
                 self.cache.forget(key);
@@ -605,7 +605,9 @@ impl NodeIndex {
             self.conn.run_pipe_viewed(pipe).await?;
         let key = format!("n {}", fields.join(" "));
         let found = match self.cache.get(&key) {
-            Some(cached) if cached.is_current(std::slice::from_ref(&version)) => cached.entries,
+            Some(cached) if cached.is_current(std::slice::from_ref(&version)) => {
+                cached.entries.clone()
+            }
             _ => {
                 // Never through the view: it keeps every distinct read of a key, command and
                 // answer, under that key until the key changes, and the whole index is two

@@ -22,8 +22,9 @@ const MAX_V1_DOCUMENTS: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamInfo {
     pub range: VersionRange,
-    /// The upstream's `Server` header (`ironic_api`), repeated on local answers.
-    pub server: Option<String>,
+    /// The upstream's `Server` header (`ironic_api`), repeated on local answers (shared: the
+    /// info is copied for every agent request).
+    pub server: Option<Arc<str>>,
     /// Ironic's root document, for `GET /` at the edge (`None`: not learnt, forwarded).
     pub(crate) root: Option<Arc<VersionDocument>>,
 }
@@ -192,7 +193,7 @@ impl VersionDiscovery {
             .headers
             .get("server")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+            .map(Arc::from);
         let root = VersionDocument::learn_root(&resp.body).map(Arc::new);
         Ok(UpstreamInfo {
             range,
