@@ -360,7 +360,10 @@ mod tests {
         let (a, b) = (shapes[0].head().unwrap(), shapes[1].head().unwrap());
         assert_ne!(wire(&a), wire(&b));
         let text = String::from_utf8(wire(&a).1).unwrap();
-        assert!(text.contains("X-OpenStack-Ironic-API-Version: 1.60\r\n"), "{text}");
+        assert!(
+            text.contains("X-OpenStack-Ironic-API-Version: 1.60\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Content-Length: 100\r\n"), "{text}");
     }
 

@@ -34,10 +34,14 @@ impl IronicError {
     /// `Client` below 500, `Server` from 500.
     pub fn fault(status: u16, faultstring: &str) -> Self {
         let faultcode = if status < 500 { "Client" } else { "Server" };
-        let inner = format!(
-            "{{\"faultcode\": \"{faultcode}\", \"faultstring\": {}, \"debuginfo\": null}}",
-            dumps_str(faultstring)
-        );
+        // Built in place: local 404s and 400s make one per answer.
+        let faultstring = dumps_str(faultstring);
+        let mut inner = String::with_capacity(64 + faultstring.len());
+        inner.push_str("{\"faultcode\": \"");
+        inner.push_str(faultcode);
+        inner.push_str("\", \"faultstring\": ");
+        inner.push_str(&faultstring);
+        inner.push_str(", \"debuginfo\": null}");
         IronicError {
             status,
             body: wrap(&inner),
@@ -119,7 +123,12 @@ impl IronicError {
 
 /// `json.dumps({"error_message": inner})` (the `ParsableErrorMiddleware` wrapper).
 fn wrap(inner: &str) -> String {
-    format!("{{\"error_message\": {}}}", dumps_str(inner))
+    let quoted = dumps_str(inner);
+    let mut out = String::with_capacity(20 + quoted.len());
+    out.push_str("{\"error_message\": ");
+    out.push_str(&quoted);
+    out.push('}');
+    out
 }
 
 fn pick_message(v: &serde_json::Value) -> Option<String> {

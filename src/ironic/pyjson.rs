@@ -146,7 +146,8 @@ fn dumps_into(value: &Value, out: &mut String) {
 
 /// `json.dumps(s)` for one string.
 pub fn dumps_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+    // Room for a few escapes (an error message quoted again escapes each of its quotes).
+    let mut out = String::with_capacity(s.len() + 2 + 16);
     out.push('"');
     for c in s.chars() {
         match c {
@@ -359,7 +360,9 @@ const MAX_INT_DIGITS: usize = 4300;
 /// surrogates kept (see the module docs), a leading BOM rejected, duplicate keys resolved as a
 /// `dict`, whitespace only ` \t\n\r`.
 pub fn loads(text: &str) -> Result<PyValue, LoadsError> {
-    let chars: Vec<char> = text.chars().collect();
+    // At most one char per byte: one allocation.
+    let mut chars: Vec<char> = Vec::with_capacity(text.len());
+    chars.extend(text.chars());
     if chars.first() == Some(&'\u{feff}') {
         return Err(LoadsError::Invalid);
     }
@@ -525,7 +528,14 @@ impl Parser<'_> {
 
     /// After the opening quote.
     fn string(&mut self) -> Result<String, LoadsError> {
-        let mut out = String::new();
+        // Sized to the run before the first quote or escape (most strings are that run): one
+        // allocation, not one per doubling. Each character is looked at twice at most.
+        let rest = &self.s[self.i.min(self.s.len())..];
+        let run = rest
+            .iter()
+            .position(|&c| c == '"' || c == '\\')
+            .unwrap_or(rest.len());
+        let mut out = String::with_capacity(run);
         loop {
             step();
             let c = self.peek().ok_or(LoadsError::Invalid)?;
