@@ -116,7 +116,7 @@ pub fn resolve<'a>(
     if !trusted.contains(peer) {
         return ClientAddr {
             ip: peer,
-            forwarded_for: peer.to_string(),
+            forwarded_for: address_text(peer),
         };
     }
     // Right to left: the hops, nearest first.
@@ -143,6 +143,15 @@ pub fn resolve<'a>(
         .collect::<Vec<_>>()
         .join(", ");
     ClientAddr { ip, forwarded_for }
+}
+
+/// An address as text, in one allocation (`to_string` grows its buffer: on every request).
+fn address_text(ip: IpAddr) -> String {
+    use std::fmt::Write;
+    // The longest IPv6 text is 39 characters, an IPv4-mapped one 45.
+    let mut text = String::with_capacity(45);
+    let _ = write!(text, "{ip}");
+    text
 }
 
 /// One `X-Forwarded-For` element: `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]` or `[::1]:80`.

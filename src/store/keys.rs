@@ -39,7 +39,11 @@ impl Keys {
     }
 
     fn full(&self, logical: &str) -> String {
-        format!("{}{logical}", self.prefix)
+        // Every agent request names a few keys: one allocation each.
+        let mut key = String::with_capacity(self.prefix.len() + logical.len());
+        key.push_str(&self.prefix);
+        key.push_str(logical);
+        key
     }
 
     /// An upstream 404 for this lookup key.
@@ -151,7 +155,13 @@ impl Keys {
 /// never appear in Redis.
 fn lookup_key_name(kind: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    format!("lookup:{kind}:{}", super::token_hash::hex(&digest))
+    let hex = super::token_hash::hex(&digest);
+    let mut name = String::with_capacity(8 + kind.len() + hex.len());
+    name.push_str("lookup:");
+    name.push_str(kind);
+    name.push(':');
+    name.push_str(&hex);
+    name
 }
 
 /// The logical key (no prefix) of the minted answer kept for `replay_key`: what its seal is
