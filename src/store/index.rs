@@ -158,7 +158,7 @@ pub(crate) struct NodeIndex {
     conn: Conn,
     /// The entries the agent path read recently, kept under the halves' version tags.
     cache: Arc<EntryCache>,
-    /// The viewed reads of the markers ([`Self::marker_reads`]): the same five commands on
+    /// The viewed reads of the markers ([`Self::marker_reads`]): the same three commands on
     /// every agent request, built once (building them was a few percent of a local answer).
     markers: Arc<[redis::Cmd]>,
 }
@@ -651,19 +651,19 @@ impl NodeIndex {
 
 /// The viewed reads of the markers, in the order [`parse_markers`] reads them.
 fn marker_commands(keys: &super::keys::Keys) -> Vec<redis::Cmd> {
-    let field = |half: String, field: &str| {
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(half).arg(field);
+    // Three reads, not five: each command read costs the view a lookup and a copy on every
+    // agent request.
+    let generation_and_tag = |half: String| {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(half).arg(GENERATION_FIELD).arg(VERSION_FIELD);
         viewed(cmd)
     };
     let mut synced_at = redis::cmd("GET");
     synced_at.arg(keys.index_synced_at());
     vec![
         viewed(synced_at),
-        field(keys.index_nodes(), GENERATION_FIELD),
-        field(keys.index_macs(), GENERATION_FIELD),
-        field(keys.index_nodes(), VERSION_FIELD),
-        field(keys.index_macs(), VERSION_FIELD),
+        generation_and_tag(keys.index_nodes()),
+        generation_and_tag(keys.index_macs()),
     ]
 }
 
@@ -703,14 +703,20 @@ const LOOKUP_BY_MACS: &str = r"local gen_macs = false
   return {gen_macs, first, second, entry[1], entry[2], vers[1], vers[2]}";
 
 fn parse_markers(values: Vec<redis::Value>) -> StoreResult<Markers> {
-    let [synced, gen_nodes, gen_macs, ver_nodes, ver_macs] = <[redis::Value; 5]>::try_from(values)
-        .map_err(|_| StoreError("an index read answered short".into()))?;
+    let short = || StoreError("an index read answered short".into());
+    let [synced, nodes, macs] = <[redis::Value; 3]>::try_from(values).map_err(|_| short())?;
+    let half = |v| -> StoreResult<(Option<String>, Option<String>)> {
+        let [generation, tag] = <[Option<String>; 2]>::try_from(parsed::<Vec<Option<String>>>(v)?)
+            .map_err(|_| short())?;
+        Ok((generation, tag))
+    };
+    let ((gen_nodes, ver_nodes), (gen_macs, ver_macs)) = (half(nodes)?, half(macs)?);
     Ok(Markers {
         synced: parsed(synced)?,
-        gen_nodes: parsed(gen_nodes)?,
-        gen_macs: parsed(gen_macs)?,
-        ver_nodes: parsed(ver_nodes)?,
-        ver_macs: parsed(ver_macs)?,
+        gen_nodes,
+        gen_macs,
+        ver_nodes,
+        ver_macs,
     })
 }
 
