@@ -10,9 +10,25 @@
 /// `{{<uuid>}}`, `-<32 hex>-` and `1234…567-8` are "UUID-like", `URN:UUID:…` and a trailing
 /// newline are not.
 pub fn is_uuid_like(value: &str) -> bool {
+    // The canonical form (every heartbeat's node): no copies. Anything else as Ironic reads it.
+    is_canonical_uuid(value) || oslo_uuid_like(value)
+}
+
+/// `is_uuid_like` as oslo writes it.
+fn oslo_uuid_like(value: &str) -> bool {
     let h = value.replace("urn:", "").replace("uuid:", "");
     let h = h.trim_matches(|c| c == '{' || c == '}').replace('-', "");
     h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `8-4-4-4-12` hex digits: UUID-like as it stands.
+fn is_canonical_uuid(value: &str) -> bool {
+    let b = value.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// `is_valid_logical_name` (RFC 3986 unreserved characters, at most 255, not UUID-like is NOT required).
@@ -208,6 +224,30 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(is_uuid_like(v), want, "{v:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The canonical form is only a shortcut: oslo's rule reads it alike.
+        #[test]
+        fn the_canonical_form_is_uuid_like_by_oslos_rule(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 16),
+            at in 0usize..37,
+            with in proptest::sample::select(vec!['0', 'F', 'g', '-', '{', ':', ' ', 'x']),
+        ) {
+            let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
+            let canonical = format!(
+                "{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]
+            );
+            proptest::prop_assert!(is_canonical_uuid(&canonical) && oslo_uuid_like(&canonical));
+            // One character changed, or one added at the end: never UUID-like by the shortcut
+            // where oslo's rule says otherwise.
+            let mut v: Vec<char> = canonical.chars().collect();
+            if at < v.len() { v[at] = with } else { v.push(with) }
+            let v: String = v.into_iter().collect();
+            if is_canonical_uuid(&v) {
+                proptest::prop_assert!(oslo_uuid_like(&v), "{v:?}");
+            }
         }
     }
 
