@@ -160,7 +160,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.client = Some(client);
         }
         if let Some(clock) = clock_of(session) {
-            let agent = crate::agent::classify(req.method.as_str(), req.uri.path()).is_some();
+            let agent = crate::agent::is_agent_endpoint(req.method.as_str(), req.uri.path());
             clock.head_done(agent && has_body(req));
         }
         Ok(())

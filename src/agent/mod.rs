@@ -36,19 +36,32 @@ pub enum AgentRoute {
 pub fn classify(method: &str, path: &str) -> Option<AgentRoute> {
     match (method, path) {
         ("GET", "/v1/lookup" | "/v1/lookup/") => Some(AgentRoute::Lookup),
-        ("POST", p) => {
-            let ident = p.strip_prefix("/v1/heartbeat/")?;
-            let public = !ident.is_empty()
-                && ident.len() <= 255
-                && ident
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            public.then(|| AgentRoute::Heartbeat {
-                ident: ident.to_string(),
-            })
-        }
+        ("POST", p) => heartbeat_ident(p).map(|ident| AgentRoute::Heartbeat {
+            ident: ident.to_string(),
+        }),
         _ => None,
     }
+}
+
+/// Whether [`classify`] names an agent endpoint, without copying the node's ident (asked of
+/// every request before it is handled).
+pub(crate) fn is_agent_endpoint(method: &str, path: &str) -> bool {
+    match (method, path) {
+        ("GET", "/v1/lookup" | "/v1/lookup/") => true,
+        ("POST", p) => heartbeat_ident(p).is_some(),
+        _ => false,
+    }
+}
+
+/// The node ident of a heartbeat path, within Ironic's public-route pattern.
+fn heartbeat_ident(path: &str) -> Option<&str> {
+    let ident = path.strip_prefix("/v1/heartbeat/")?;
+    let public = !ident.is_empty()
+        && ident.len() <= 255
+        && ident
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    public.then_some(ident)
 }
 
 /// What an agent request is (for the per-source limits, and the route a refusal is counted
@@ -58,11 +71,13 @@ pub(crate) fn route_of(method: &http::Method, path: &str) -> Route {
     if method == http::Method::GET && may_route_to_lookup(path) {
         return Route::Lookup;
     }
-    match classify(method.as_str(), path) {
-        Some(AgentRoute::Heartbeat { .. }) => Route::Heartbeat,
-        Some(AgentRoute::Lookup) => Route::Lookup,
-        None => Route::Other,
+    if method == http::Method::POST && heartbeat_ident(path).is_some() {
+        return Route::Heartbeat;
     }
+    if is_agent_endpoint(method.as_str(), path) {
+        return Route::Lookup;
+    }
+    Route::Other
 }
 
 /// Whether a request may reach Ironic's lookup controller, whatever the spelling of its path
@@ -594,6 +609,19 @@ mod tests {
             ("GET", "/v1/nodes"),
         ] {
             assert_eq!(classify(m, p), None, "{m} {p}");
+            assert!(!is_agent_endpoint(m, p), "{m} {p}");
         }
+        for (m, p) in [
+            ("GET", "/v1/lookup"),
+            ("GET", "/v1/lookup/"),
+            ("POST", "/v1/heartbeat/node-1"),
+        ] {
+            assert!(is_agent_endpoint(m, p), "{m} {p}");
+        }
+        let post = http::Method::POST;
+        assert_eq!(route_of(&post, "/v1/heartbeat/node-1"), Route::Heartbeat);
+        assert_eq!(route_of(&post, "/v1/heartbeat/Node"), Route::Other);
+        assert_eq!(route_of(&http::Method::GET, "/v1/lookup"), Route::Lookup);
+        assert_eq!(route_of(&http::Method::GET, "/v1/nodes"), Route::Other);
     }
 }
