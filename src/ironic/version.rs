@@ -687,7 +687,8 @@ mod tests {
             max: ApiVersion::new(1, 96),
         };
         let x_ = "x_openstack_ironic_api_version";
-        let cases: &[(&[(&str, &[u8])], Option<ApiVersion>)] = &[
+        type Headers<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: &[(Headers, Option<ApiVersion>)] = &[
             (&[(V, b"1.62")], Some(ApiVersion::new(1, 62))),
             (&[(x_, b"1.68")], Some(ApiVersion::new(1, 68))),
             (&[(V, b"01.062")], Some(ApiVersion::new(1, 62))),
