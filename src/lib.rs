@@ -20,6 +20,7 @@ pub mod edge;
 mod edge_accepts;
 pub(crate) mod incident;
 pub mod ironic;
+pub(crate) mod listen_ready;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -164,10 +164,15 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
         crate::conn_guard::GuardedApp::new(app, &edge_conf.limits, trusted)
             .with_tls(crate::tls::TlsListeners::from_config(&edge_conf)?),
     );
+    let mut probed = Vec::new();
     for l in &edge_conf.listeners {
         proxy.add_tcp(&l.address);
+        let addr = crate::config::parse_socket_addr(&l.address)
+            .map_err(|r| ConfigError::new("ironic_edge.listeners", r))?;
+        probed.push((addr, l.tls.is_some()));
     }
-    server.add_service(proxy);
+    // The ops listener (its `/status`) comes up only once the agents' one accepts.
+    let agents = server.add_service(crate::listen_ready::ReadyWhenListening::new(proxy, &probed));
 
     let mut ops = Service::new(
         "ironic-edge ops".to_string(),
@@ -181,7 +186,7 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
         },
     );
     ops.add_tcp(&edge_conf.ops_address);
-    server.add_service(ops);
+    server.add_service(ops).add_dependency(&agents);
 
     // A drained process exits at once rather than sleeping out its grace period.
     server.add_service(background_service(

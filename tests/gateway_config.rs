@@ -508,3 +508,31 @@ fn harness_leaves_no_process_behind_on_panic() {
     assert!(pid != 0);
     assert!(!alive(pid), "redis-server {pid} survived a panicking test");
 }
+
+/// The ops `/status` answers 200 only once the agents' listener accepts: a health check that
+/// passes must not send agents to a port that still refuses them (Pingora binds each service
+/// on its own runtime; the ops one used to be up first).
+#[test]
+fn status_answers_200_only_once_the_agents_listener_accepts() {
+    let redis = RedisServer::start();
+    let fake = FakeIronic::start();
+    for round in 0..6 {
+        let gw = Gateway::spawn(GatewayConfig::new(&fake.url(), &redis.url()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no /status 200:\n{}", gw.logs());
+            let status = http::Client::try_connect(gw.ops_addr())
+                .and_then(|mut c| c.try_send(&Request::get("/status")))
+                .map(|r| r.status);
+            if let Ok(200) = status {
+                let agents = std::net::TcpStream::connect(gw.addr());
+                assert!(
+                    agents.is_ok(),
+                    "round {round}: /status said 200, the agents' listener refused: {agents:?}"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
