@@ -147,6 +147,14 @@ pub struct Listener {
     pub deny: Vec<String>,
 }
 
+impl Listener {
+    /// Its address; the error names the field (`i`: its place in `ironic_edge.listeners`).
+    pub(crate) fn socket_addr(&self, i: usize) -> Result<SocketAddr, ConfigError> {
+        parse_socket_addr(&self.address)
+            .map_err(|r| ConfigError::new(format!("ironic_edge.listeners[{i}].address"), r))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
@@ -603,8 +611,7 @@ impl EdgeConfig {
             ));
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            let field = format!("ironic_edge.listeners[{i}].address");
-            parse_socket_addr(&l.address).map_err(|r| ConfigError::new(&field, r))?;
+            l.socket_addr(i)?;
             crate::source_policy::SourcePolicy::parse(i, &l.allow, &l.deny)?;
             if let Some(tls) = &l.tls {
                 for (name, p) in [("cert", &tls.cert), ("key", &tls.key)] {

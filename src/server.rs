@@ -165,11 +165,9 @@ pub fn build(opt: Option<Opt>, prepared: Prepared) -> Result<Server, ConfigError
             .with_tls(crate::tls::TlsListeners::from_config(&edge_conf)?),
     );
     let mut probed = Vec::new();
-    for l in &edge_conf.listeners {
+    for (i, l) in edge_conf.listeners.iter().enumerate() {
         proxy.add_tcp(&l.address);
-        let addr = crate::config::parse_socket_addr(&l.address)
-            .map_err(|r| ConfigError::new("ironic_edge.listeners", r))?;
-        probed.push((addr, l.tls.is_some()));
+        probed.push((l.socket_addr(i)?, l.tls.is_some()));
     }
     // The ops listener (its `/status`) comes up only once the agents' one accepts.
     let agents = server.add_service(crate::listen_ready::ReadyWhenListening::new(proxy, &probed));

@@ -218,8 +218,7 @@ impl TlsListeners {
         let mut listeners = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let Some(tls) = &l.tls else { continue };
-            let addr = crate::config::parse_socket_addr(&l.address)
-                .map_err(|r| ConfigError::new(format!("ironic_edge.listeners[{i}].address"), r))?;
+            let addr = l.socket_addr(i)?;
             let config = server_config(i, tls)?;
             listeners.push((
                 addr,

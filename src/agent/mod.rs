@@ -71,11 +71,9 @@ pub(crate) fn route_of(method: &http::Method, path: &str) -> Route {
     if method == http::Method::GET && may_route_to_lookup(path) {
         return Route::Lookup;
     }
+    // (The exact lookup path is among those that may route to the lookup controller.)
     if method == http::Method::POST && heartbeat_ident(path).is_some() {
         return Route::Heartbeat;
-    }
-    if is_agent_endpoint(method.as_str(), path) {
-        return Route::Lookup;
     }
     Route::Other
 }

@@ -247,9 +247,9 @@ impl Gateway {
 
     /// Waits until the ops `GET /status` answers 200 and the first listener accepts.
     ///
-    /// Both are needed: Pingora starts each service on its own runtime and binds a service's
-    /// listeners inside it, so the ops listener can answer before the agents' one is bound
-    /// (seen on CI as a refused connect right after a successful start).
+    /// The gateway itself brings `/status` up only once the agents' listener accepts
+    /// (`listen_ready`, tested by `gateway_config`); the harness checks the listener too, so
+    /// that a start it reports is one a test can connect to whatever the config.
     pub fn wait_status(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
