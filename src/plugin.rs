@@ -12,7 +12,12 @@ use std::time::Instant;
 /// Per-request state the proxy and the plugins share.
 pub struct RequestCtx {
     pub started: Instant,
+    /// The route the request is counted under, set by whichever plugin answers it (a request
+    /// proxied unchanged counts as "other").
     pub route: Route,
+    /// What the request is by its method and path ([`crate::agent::route_of`]), computed once
+    /// when its head is in (`early_request_filter`), for every rule that asks.
+    pub(crate) kind: Route,
     /// How the request was answered, once it was (counted once, read by the access log).
     pub answered: Option<crate::metrics::Outcome>,
     /// The status the client got, for the access log.
@@ -40,6 +45,7 @@ impl Default for RequestCtx {
         RequestCtx {
             started: Instant::now(),
             route: Route::Other,
+            kind: Route::Other,
             answered: None,
             status: None,
             rule: None,

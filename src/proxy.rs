@@ -141,7 +141,7 @@ impl ProxyHttp for EdgeProxy {
         let req = session.req_header();
         // What the request is, for the per-source limits; the route it is counted under is
         // set by whichever plugin answers it (a request proxied unchanged counts as "other").
-        let agent_route = crate::agent::route_of(&req.method, req.uri.path());
+        ctx.kind = crate::agent::route_of(&req.method, req.uri.path());
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -154,7 +154,7 @@ impl ProxyHttp for EdgeProxy {
                 .iter()
                 .map(|v| v.to_str().unwrap_or(""));
             let client = crate::client_addr::resolve(peer, forwarded, &self.trusted);
-            if agent_route != crate::metrics::Route::Other {
+            if ctx.kind != crate::metrics::Route::Other {
                 ctx.source = Some(self.edge.source_limits.admit(client.ip));
             }
             ctx.client = Some(client);
@@ -259,11 +259,8 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        for (name, value) in forwarded_values(
-            &session.req_header().headers,
-            None,
-            self.listener_is_tls(session),
-        ) {
+        let tls = self.listener_is_tls(session);
+        for (name, value) in forwarded_values(&session.req_header().headers, tls) {
             upstream_request.insert_header(name, value)?;
         }
         // The chain the gateway vouches for replaces whatever the client wrote.

@@ -165,7 +165,7 @@ impl Plugin for SourcePolicyPlugin {
             return Ok(Disposition::Continue);
         }
         let req = session.req_header();
-        ctx.route = crate::agent::route_of(&req.method, req.uri.path());
+        ctx.route = ctx.kind;
         let path = req.uri.path().to_string();
         let info = self.edge.versions.get();
         let version = info.as_ref().and_then(|i| {

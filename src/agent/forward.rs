@@ -85,7 +85,7 @@ impl Recipe {
             req.append_header(name.clone(), value.clone())?;
         }
         // X-Forwarded-For is the chain the gateway vouches for, not what the client sent.
-        for (name, value) in forwarded_values(src, None, self.tls) {
+        for (name, value) in forwarded_values(src, self.tls) {
             req.insert_header(name, value)?;
         }
         if let Some(chain) = &self.forwarded_for {

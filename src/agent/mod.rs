@@ -90,9 +90,19 @@ pub(crate) fn route_of(method: &http::Method, path: &str) -> Route {
 /// over-includes a few paths (`/v1/nodes/lookup-1`), which then only take the plugin's
 /// client instead of the proxy: same request, same answer.
 pub(crate) fn may_route_to_lookup(path: &str) -> bool {
-    // Every request passes here: a sliding window over the decoded bytes, no allocation.
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'%') {
+        // Nothing to decode (most paths): the bytes are the decoded path.
+        return bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"lookup"));
+    }
+    decoded_contains_lookup(bytes)
+}
+
+/// Whether the percent-decoded `path` contains `lookup`, ASCII case-insensitively: a sliding
+/// window over the decoded bytes, no allocation.
+fn decoded_contains_lookup(path: &[u8]) -> bool {
     let mut window = [0u8; 6];
-    for (i, b) in percent_encoding::percent_decode(path.as_bytes()).enumerate() {
+    for (i, b) in percent_encoding::percent_decode(path).enumerate() {
         window.rotate_left(1);
         window[5] = b.to_ascii_lowercase();
         if i >= 5 && &window == b"lookup" {
@@ -248,7 +258,7 @@ impl AgentPlugin {
         let Some(predicted) = would.prediction(req.uri.path()) else {
             return Ok(would);
         };
-        if req.method == http::Method::GET && may_route_to_lookup(req.uri.path()) {
+        if ctx.kind == Route::Lookup {
             let relayed = self.forward_guarded_lookup(session, ctx).await?;
             return Ok(relayed.predicting(Some(predicted)));
         }
@@ -327,11 +337,11 @@ impl Plugin for AgentPlugin {
         // A source over its limits: no lookup, and no heartbeat the gateway cannot verify, goes
         // on (a verified heartbeat is still accepted: `heartbeat::handle`).
         if over_source_limit(ctx) {
-            let verifiable = route_of(&req.method, path) == Route::Heartbeat
+            let verifiable = ctx.kind == Route::Heartbeat
                 && edge_may_answer
                 && self.edge.versions.get().is_some();
             if !verifiable {
-                ctx.route = route_of(&req.method, path);
+                ctx.route = ctx.kind;
                 let refusal = self.refuse_over_limit(session);
                 return self.instead_of(refusal, None, session, ctx).await;
             }
@@ -342,7 +352,8 @@ impl Plugin for AgentPlugin {
         // way out exists. HEAD answers carry no body; any other method reaches the controller
         // only through pecan's `_method`, which Ironic then refuses as an unexpected argument
         // (400): those are proxied.
-        if req.method == http::Method::GET && may_route_to_lookup(path) {
+        // (`ctx.kind` is Lookup exactly for a GET that may route to the lookup controller.)
+        if ctx.kind == Route::Lookup {
             ctx.route = Route::Lookup;
             let exact = classify("GET", path) == Some(AgentRoute::Lookup);
             if !(exact && edge_may_answer) {
@@ -567,6 +578,18 @@ mod tests {
             "/v1/lookup/52:54:00:00:00:00/get_all",
         ] {
             assert!(may_route_to_lookup(p), "{p}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The plain-path shortcut and the decoding walk agree on every path (letters of
+        /// `lookup` in both cases, escapes, separators).
+        #[test]
+        fn the_plain_path_shortcut_agrees_with_decoding(
+            path in "[lokupLOKUP%0-9a-fA-F/.x]{0,24}"
+        ) {
+            let shortcut = may_route_to_lookup(&path);
+            proptest::prop_assert_eq!(shortcut, decoded_contains_lookup(path.as_bytes()));
         }
     }
 

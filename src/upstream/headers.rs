@@ -1,6 +1,6 @@
 //! Header rules shared by both forwarding paths (the proxy and the agent client).
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): never copied between the two connections.
 pub const HOP_BY_HOP: [&str; 8] = [
@@ -18,55 +18,59 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.eq_ignore_ascii_case("upgrade")
 }
 
-/// The `X-Forwarded-*` values to set on a forwarded request: the client address appended to
-/// any `X-Forwarded-For` already present, the scheme the client used, and the client's `Host`.
+/// The `X-Forwarded-Proto` and `X-Forwarded-Host` values to set on a forwarded request: the
+/// scheme the client used, and the client's `Host` if it is text (its value shared, not
+/// copied: this runs on every forwarded request). `X-Forwarded-For` is the chain
+/// `crate::client_addr` vouches for, set by each caller.
 pub fn forwarded_values(
     headers: &HeaderMap,
-    client_ip: Option<std::net::IpAddr>,
     tls: bool,
-) -> Vec<(&'static str, String)> {
-    let mut out = Vec::with_capacity(3);
-    if let Some(ip) = client_ip {
-        let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let value = if prior.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        };
-        out.push(("X-Forwarded-For", value));
-    }
-    out.push((
-        "X-Forwarded-Proto",
-        if tls { "https" } else { "http" }.to_string(),
-    ));
-    if let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) {
-        out.push(("X-Forwarded-Host", host.to_string()));
-    }
-    out
+) -> impl Iterator<Item = (&'static str, HeaderValue)> {
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    let host = headers
+        .get(http::header::HOST)
+        .filter(|h| h.to_str().is_ok())
+        .cloned();
+    std::iter::once(("X-Forwarded-Proto", proto)).chain(host.map(|h| ("X-Forwarded-Host", h)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn values(h: &HeaderMap, tls: bool) -> Vec<(&'static str, String)> {
+        forwarded_values(h, tls)
+            .map(|(n, v)| (n, v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
     #[test]
-    fn forwarded_for_appends() {
+    fn forwarded_proto_and_host() {
         let mut h = HeaderMap::new();
         h.insert("host", "gw:6385".parse().unwrap());
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        let v = forwarded_values(&h, Some("127.0.0.2".parse().unwrap()), false);
         assert_eq!(
-            v,
+            values(&h, false),
             vec![
-                ("X-Forwarded-For", "10.0.0.1, 127.0.0.2".to_string()),
                 ("X-Forwarded-Proto", "http".to_string()),
                 ("X-Forwarded-Host", "gw:6385".to_string()),
             ]
         );
+        assert_eq!(
+            values(&h, true)[0],
+            ("X-Forwarded-Proto", "https".to_string())
+        );
+    }
+
+    #[test]
+    fn a_host_that_is_not_text_is_not_forwarded() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_bytes(b"gw\xff").unwrap());
+        assert_eq!(
+            values(&h, false),
+            vec![("X-Forwarded-Proto", "http".to_string())]
+        );
+        assert_eq!(values(&HeaderMap::new(), false).len(), 1);
     }
 
     #[test]
