@@ -764,11 +764,8 @@ async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Result<UuidFacts, Rule>
     let sync = &r.edge.config.sync;
     let mut step = crate::store::ReadStep::new();
     let not_found = store.negative.read_heartbeat_not_found(&mut step, uuid);
-    let index = sync.enabled.then(|| {
-        store
-            .index
-            .read_lookup(&mut step, crate::store::IndexKey::Uuid(uuid))
-    });
+    let by = crate::store::IndexKey::Uuid(uuid);
+    let index = sync.enabled.then(|| store.index.read_lookup(&mut step, by));
     let record = store.records.read(&mut step, uuid);
     let mut replies = match store.read(step).await {
         Ok(replies) => replies,
@@ -788,7 +785,7 @@ async fn uuid_facts(r: &AgentRequest<'_>, uuid: &str) -> Result<UuidFacts, Rule>
     let now = crate::store::now_ms();
     let (indexed, synced_at, hint) = match index {
         None => (None, 0, None),
-        Some(slot) => match store.index.take_lookup(&mut replies, slot).await {
+        Some(slot) => match store.index.take_lookup(&mut replies, slot, by).await {
             Ok(read) => match read.synced_at_ms {
                 Some(at) if crate::sync::index_is_fresh_at(sync, at, now) => {
                     (Some(read.node), at, None)

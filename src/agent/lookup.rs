@@ -446,7 +446,7 @@ async fn read_facts(
                 IndexKey::Macs(&macs)
             }
         };
-        Some(store.index.read_lookup(&mut step, by))
+        Some((store.index.read_lookup(&mut step, by), by))
     } else {
         None
     };
@@ -472,8 +472,8 @@ async fn read_facts(
             }
         }
     }
-    if let Some(slot) = index {
-        match store.index.take_lookup(&mut replies, slot).await {
+    if let Some((slot, by)) = index {
+        match store.index.take_lookup(&mut replies, slot, by).await {
             Ok(read) => facts.index = Some(read),
             Err(e) => store_error(edge, &e),
         }

@@ -83,27 +83,6 @@ impl IndexKey<'_> {
             IndexKey::Macs(m) => format!("m {}", m.join(",")),
         })
     }
-
-    fn owned(&self) -> OwnedIndexKey {
-        match self {
-            IndexKey::Uuid(u) => OwnedIndexKey::Uuid(u.to_string()),
-            IndexKey::Macs(m) => OwnedIndexKey::Macs(m.to_vec()),
-        }
-    }
-}
-
-enum OwnedIndexKey {
-    Uuid(String),
-    Macs(Vec<String>),
-}
-
-impl OwnedIndexKey {
-    fn borrowed(&self) -> IndexKey<'_> {
-        match self {
-            OwnedIndexKey::Uuid(u) => IndexKey::Uuid(u),
-            OwnedIndexKey::Macs(m) => IndexKey::Macs(m),
-        }
-    }
 }
 
 /// Where a lookup's index read is in a [`ReadStep`] ([`NodeIndex::read_lookup`]), taken with
@@ -111,8 +90,8 @@ impl OwnedIndexKey {
 pub(crate) struct LookupSlot {
     markers: Slot<Markers>,
     entries: LookupEntries,
-    /// What was read, and its key in the entry cache: only for reads the cache may keep.
-    key: Option<(OwnedIndexKey, String)>,
+    /// The read's key in the entry cache: only for reads the cache may keep.
+    key: Option<String>,
     by_macs: bool,
 }
 
@@ -465,7 +444,7 @@ impl NodeIndex {
         LookupSlot {
             markers,
             entries,
-            key: key.map(|k| (by.owned(), k)),
+            key,
             by_macs: matches!(by, IndexKey::Macs(_)),
         }
     }
@@ -484,12 +463,14 @@ impl NodeIndex {
         }
     }
 
-    /// What a lookup's index read in the step found. A cached read whose halves changed since
-    /// is read again from Redis (one more round trip, once per change).
+    /// What a lookup's index read in the step found (`by`: what [`Self::read_lookup`] was
+    /// given). A cached read whose halves changed since is read again from Redis (one more
+    /// round trip, once per change).
     pub(crate) async fn take_lookup(
         &self,
         replies: &mut Replies,
         slot: LookupSlot,
+        by: IndexKey<'_>,
     ) -> StoreResult<IndexRead> {
         let markers = replies.take(slot.markers)?;
         let by_macs = slot.by_macs;
@@ -497,17 +478,17 @@ impl NodeIndex {
             (LookupEntries::Cached(cached), _) if cached.is_current(&markers.tags(by_macs)) => {
                 cached.entries.clone()
             }
-            (LookupEntries::Cached(_), Some((by, key))) => {
+            (LookupEntries::Cached(_), Some(key)) => {
                 self.cache.forget(key);
                 let mut step = ReadStep::new();
-                let again = step.read(self.entries_read(by.borrowed()), parsed);
+                let again = step.read(self.entries_read(by), parsed);
                 let mut replies = self.conn.read_step(step).await?;
                 self.learnt(by_macs, key, replies.take(again)?)
             }
             (LookupEntries::Cached(_), None) => {
                 return Err(StoreError("a cached index read without its key".into()))
             }
-            (LookupEntries::Read(read), Some((_, key))) => {
+            (LookupEntries::Read(read), Some(key)) => {
                 self.learnt(by_macs, key, replies.take(read)?)
             }
             (LookupEntries::Read(read), None) => replies.take(read)?,

@@ -317,7 +317,7 @@ async fn lookup_read(r: &TestRedis, by: IndexKey<'_>) -> IndexRead {
     let mut replies = r.stores.read(step).await.unwrap();
     r.stores
         .index
-        .take_lookup(&mut replies, slot)
+        .take_lookup(&mut replies, slot, by)
         .await
         .unwrap()
 }
@@ -426,7 +426,7 @@ async fn one_read_step_serves_every_handle() {
         assert_eq!(
             r.stores
                 .index
-                .take_lookup(&mut replies, index)
+                .take_lookup(&mut replies, index, IndexKey::Uuid("u"))
                 .await
                 .unwrap()
                 .synced_at_ms,
