@@ -88,7 +88,7 @@ impl LocalAnswer {
         LocalAnswer {
             status: e.status,
             content_type: Some(e.content_type()),
-            body: Bytes::from(e.body.clone()),
+            body: e.body.clone(),
             header_set: e.headers,
             allow: e.allow,
         }

@@ -105,7 +105,7 @@ pub(crate) fn compare(rule: Rule, edge: Answer<'_>, ironic: Answer<'_>) -> Verdi
 
 /// The edge's 400 for a heartbeat token it cannot verify.
 fn is_token_refusal(body: &[u8]) -> bool {
-    body == crate::ironic::error::invalid_token().body.as_bytes()
+    body == &crate::ironic::error::invalid_token().body[..]
 }
 
 /// Equal bytes, or equal JSON values once `Unexpected arguments` lists are sorted.
@@ -322,7 +322,7 @@ mod tests {
     fn verdicts() {
         let a = |status, body| Answer { status, body };
         let replay = lookup_answer(RAW, "clean wait");
-        let token_refusal = crate::ironic::error::invalid_token().body.into_bytes();
+        let token_refusal = crate::ironic::error::invalid_token().body.to_vec();
         let ironic_masked = lookup_answer(MASK, "clean wait");
         let ironic_moved_on = lookup_answer(MASK, "cleaning");
         let spaced = br#"{"error_message":"{\"faultcode\": \"Client\", \"faultstring\": \"Node 52:54:00:00:00:01 could not be found.\", \"debuginfo\": null}"}"#;

@@ -1301,12 +1301,9 @@ mod tests {
     fn only_ironics_node_not_found_is_remembered() {
         let uuid = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
         let not_found = node_not_found(uuid);
-        assert!(is_node_not_found_answer(not_found.body.as_bytes(), uuid));
-        assert!(!is_node_not_found_answer(
-            not_found.body.as_bytes(),
-            "other"
-        ));
+        assert!(is_node_not_found_answer(&not_found.body[..], uuid));
+        assert!(!is_node_not_found_answer(&not_found.body[..], "other"));
         let gate = crate::ironic::error::resource_not_found();
-        assert!(!is_node_not_found_answer(gate.body.as_bytes(), uuid));
+        assert!(!is_node_not_found_answer(&gate.body[..], uuid));
     }
 }

@@ -569,7 +569,7 @@ async fn after_upstream_answer(
             let e = crate::ironic::error::upstream_unavailable();
             FlightResult::Shared {
                 status: e.status,
-                body: e.body,
+                body: String::from_utf8_lossy(&e.body).into_owned(),
             }
         }
     };

@@ -4,6 +4,7 @@ use super::pyjson::dumps_str;
 use super::version::{ApiVersion, VersionRange};
 // The fixed answers the edge gives in storms (an index 404, a wrong token) are built once:
 // each was three `format!`s and two JSON string encodings per answer.
+use bytes::Bytes;
 use once_cell::sync::Lazy;
 
 /// Which Ironic version headers an answer carries.
@@ -21,9 +22,10 @@ pub enum HeaderSet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IronicError {
     pub status: u16,
-    /// The complete body, byte-exact (`Content-Type: application/json`; empty for the bare 500,
-    /// see [`IronicError::content_type`]).
-    pub body: String,
+    /// The complete body, byte-exact, UTF-8 (`Content-Type: application/json`; empty for the
+    /// bare 500, see [`IronicError::content_type`]). Shared, not copied, by every answer made
+    /// of it: the fixed errors of a storm (an index 404, a wrong token) are built once.
+    pub body: Bytes,
     pub headers: HeaderSet,
     /// `Allow` header value for 405s.
     pub allow: Option<&'static str>,
@@ -44,7 +46,7 @@ impl IronicError {
         inner.push_str(", \"debuginfo\": null}");
         IronicError {
             status,
-            body: wrap(&inner),
+            body: wrap(&inner).into(),
             headers: HeaderSet::Versions,
             allow: None,
         }
@@ -58,7 +60,7 @@ impl IronicError {
         );
         IronicError {
             status,
-            body: wrap(&inner),
+            body: wrap(&inner).into(),
             headers,
             allow: None,
         }
@@ -71,7 +73,8 @@ impl IronicError {
             body: format!(
                 "{{\"faultcode\": \"Client\", \"faultstring\": {}}}",
                 dumps_str(faultstring)
-            ),
+            )
+            .into(),
             headers: HeaderSet::None,
             allow: None,
         }
@@ -90,7 +93,7 @@ impl IronicError {
     pub fn bare_server_error() -> Self {
         IronicError {
             status: 500,
-            body: String::new(),
+            body: Bytes::new(),
             headers: HeaderSet::None,
             allow: None,
         }
@@ -106,13 +109,14 @@ impl IronicError {
     }
     /// The faultstring (or description) carried by this error, for logs.
     pub fn message(&self) -> String {
-        let Ok(outer) = serde_json::from_str::<serde_json::Value>(&self.body) else {
-            return self.body.clone();
+        let text = || String::from_utf8_lossy(&self.body).into_owned();
+        let Ok(outer) = serde_json::from_slice::<serde_json::Value>(&self.body) else {
+            return text();
         };
         let inner_text = match outer.get("error_message") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
-            None => return pick_message(&outer).unwrap_or_else(|| self.body.clone()),
+            None => return pick_message(&outer).unwrap_or_else(text),
         };
         match serde_json::from_str::<serde_json::Value>(&inner_text) {
             Ok(inner) => pick_message(&inner).unwrap_or(inner_text),
@@ -271,13 +275,17 @@ mod tests {
     fn server_faults() {
         let e = upstream_unavailable();
         assert_eq!(e.status, 503);
-        assert!(e.body.contains(r#"\"faultcode\": \"Server\""#));
+        assert!(std::str::from_utf8(&e.body)
+            .unwrap()
+            .contains(r#"\"faultcode\": \"Server\""#));
         let e = IronicError::fault(500, "a bytes-like object is required, not 'str'");
         assert_eq!(
             e.body,
             r#"{"error_message": "{\"faultcode\": \"Server\", \"faultstring\": \"a bytes-like object is required, not 'str'\", \"debuginfo\": null}"}"#
         );
-        assert!(IronicError::fault(499, "x").body.contains("Client"));
+        assert!(std::str::from_utf8(&IronicError::fault(499, "x").body)
+            .unwrap()
+            .contains("Client"));
     }
 
     #[test]

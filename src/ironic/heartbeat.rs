@@ -739,7 +739,9 @@ mod tests {
         ));
         assert_eq!(e.status, 500);
         assert_eq!(e.message(), "a bytes-like object is required, not 'str'");
-        assert!(e.body.contains(r#"\"faultcode\": \"Server\""#));
+        assert!(std::str::from_utf8(&e.body)
+            .unwrap()
+            .contains(r#"\"faultcode\": \"Server\""#));
         assert_eq!(e.headers, HeaderSet::Versions);
     }
 
