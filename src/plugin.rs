@@ -75,9 +75,17 @@ pub(crate) trait Plugin: Send + Sync {
 pub(crate) fn build_plugins(
     edge: &Arc<Edge>,
 ) -> Result<Vec<Box<dyn Plugin>>, crate::config::ConfigError> {
-    Ok(vec![
-        Box::new(crate::source_policy::SourcePolicyPlugin::new(edge.clone())?),
-        Box::new(crate::route_policy::RoutePolicyPlugin::new(edge.clone())?),
-        Box::new(crate::agent::AgentPlugin::new(edge.clone())?),
-    ])
+    // A plugin with nothing to refuse is left out: each call costs the request a boxed future.
+    let mut plugins: Vec<Box<dyn Plugin>> = Vec::with_capacity(3);
+    let source_policy = crate::source_policy::SourcePolicyPlugin::new(edge.clone())?;
+    if !source_policy.is_open() {
+        plugins.push(Box::new(source_policy));
+    }
+    if edge.config.route_policy != crate::config::RoutePolicy::All {
+        plugins.push(Box::new(crate::route_policy::RoutePolicyPlugin::new(
+            edge.clone(),
+        )?));
+    }
+    plugins.push(Box::new(crate::agent::AgentPlugin::new(edge.clone())?));
+    Ok(plugins)
 }

@@ -140,6 +140,11 @@ impl SourcePolicyPlugin {
         let policies = ListenerPolicies::from_config(&edge.config)?;
         Ok(SourcePolicyPlugin { edge, policies })
     }
+
+    /// Whether no listener has a source block: the plugin then admits every request.
+    pub(crate) fn is_open(&self) -> bool {
+        self.policies.is_open()
+    }
 }
 
 #[async_trait]

@@ -255,7 +255,8 @@ pub enum BodyKept {
 /// before anything else.
 pub async fn read_checked_body(edge: &Edge, session: &mut Session) -> pingora::Result<BodyRead> {
     let content_type = content_type(session);
-    let is_json = content_type.as_deref().is_some_and(|c| c.contains("json"));
+    let content_type = content_type.as_ref().and_then(|v| v.to_str().ok());
+    let is_json = content_type.is_some_and(|c| c.contains("json"));
     let limit = edge.config.heartbeat.max_body_bytes;
     let declared = session
         .req_header()
@@ -280,19 +281,20 @@ pub async fn read_checked_body(edge: &Edge, session: &mut Session) -> pingora::R
         // answer (the part read cannot be put back).
         return Ok(BodyRead::Refused(too_large(), BodyKept::Part));
     };
-    Ok(match check_body_limit(content_type.as_deref(), &body) {
+    Ok(match check_body_limit(content_type, &body) {
         Ok(()) => BodyRead::Body(body),
         Err(e) => BodyRead::Refused(e, BodyKept::Whole(body)),
     })
 }
 
-fn content_type(session: &Session) -> Option<String> {
+/// The request's `Content-Type`, shared with the request (not copied): read while the
+/// session is borrowed for the body.
+fn content_type(session: &Session) -> Option<http::HeaderValue> {
     session
         .req_header()
         .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+        .get(http::header::CONTENT_TYPE)
+        .cloned()
 }
 
 /// Where a heartbeat's decision leads.
@@ -361,16 +363,11 @@ async fn decide_heartbeat(
     ctx: &mut RequestCtx,
 ) -> Step {
     let content_type = content_type(session);
-    let query = session.req_header().uri.query().map(str::to_string);
+    let content_type = content_type.as_ref().and_then(|v| v.to_str().ok());
+    // The URI shares its bytes with the request (a clone copies nothing).
+    let uri = session.req_header().uri.clone();
     let check = |agent_url: Option<&str>| {
-        check_heartbeat_with_agent_url(
-            ident,
-            query.as_deref(),
-            content_type.as_deref(),
-            body,
-            r.version,
-            agent_url,
-        )
+        check_heartbeat_with_agent_url(ident, uri.query(), content_type, body, r.version, agent_url)
     };
     let checked = check(None);
     let store = &r.edge.store;
