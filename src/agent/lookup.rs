@@ -87,7 +87,7 @@ async fn decide_and_answer(
         );
     }
     let key = bounded_key(cache_key);
-    let caller = replay_key(&key, ctx);
+    let caller = replay_key(r.edge, &key, ctx);
     let mut facts = read_facts(r, &query, &key, caller.as_deref()).await;
     // Shadow mode: what the edge would have answered, Ironic answering instead.
     let mut predicted = None;
@@ -693,8 +693,12 @@ fn bounded_key(key: String) -> String {
 }
 
 /// Whom a kept minted answer belongs to: the normalised request and the caller's address
-/// (behind a trusted proxy, the client it forwarded for).
-fn replay_key(key: &str, ctx: &RequestCtx) -> Option<String> {
+/// (behind a trusted proxy, the client it forwarded for). `None` where nothing is kept for a
+/// replay (no seal key, or the window off): every use of it stops there.
+fn replay_key(edge: &Edge, key: &str, ctx: &RequestCtx) -> Option<String> {
+    if edge.sealer.is_none() || edge.config.lookup.replay_window_seconds == 0 {
+        return None;
+    }
     let ip = ctx.client.as_ref()?.ip;
     Some(format!("{key}\0{ip}"))
 }
