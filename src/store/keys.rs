@@ -39,10 +39,18 @@ impl Keys {
     }
 
     fn full(&self, logical: &str) -> String {
-        // Every agent request names a few keys: one allocation each.
-        let mut key = String::with_capacity(self.prefix.len() + logical.len());
+        self.full_of(&[logical])
+    }
+
+    /// The key whose logical name is `parts` joined: every agent request names a few keys,
+    /// one allocation each.
+    fn full_of(&self, parts: &[&str]) -> String {
+        let len = self.prefix.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut key = String::with_capacity(len);
         key.push_str(&self.prefix);
-        key.push_str(logical);
+        for part in parts {
+            key.push_str(part);
+        }
         key
     }
 
@@ -78,22 +86,22 @@ impl Keys {
 
     /// A node's record.
     pub(crate) fn node(&self, uuid: &str) -> String {
-        self.full(&format!("node:{uuid}"))
+        self.full_of(&["node:", uuid])
     }
 
     /// A heartbeat 404 for this ident.
     pub(crate) fn heartbeat_not_found(&self, ident: &str) -> String {
-        self.full(&format!("hb:nf:{ident}"))
+        self.full_of(&["hb:nf:", ident])
     }
 
     /// The forward slot of one presented token of a node.
     pub(crate) fn mismatch_slot(&self, ident: &str, token_tag: &str) -> String {
-        self.full(&format!("hb:mismatch:{ident}:{token_tag}"))
+        self.full_of(&["hb:mismatch:", ident, ":", token_tag])
     }
 
     /// How many presented tokens of a node were forwarded this interval.
     pub(crate) fn mismatch_count(&self, ident: &str) -> String {
-        self.full(&format!("hb:mismatch:{ident}"))
+        self.full_of(&["hb:mismatch:", ident])
     }
 
     /// The index's half uuid → node JSON (and `name:<name>` → uuid).
