@@ -221,6 +221,9 @@ fn take_string_list(found: &mut Macs, value: &str) {
     }
 }
 
+/// Unused places a lookup's MAC list may keep (7 bytes each).
+const SPARE_MACS: usize = 8;
+
 /// The lookup, once its MACs are read: Ironic's 400 when it names nothing valid.
 fn finish(node_uuid: Option<String>, found: Macs) -> Result<LookupQuery, IronicError> {
     let Macs {
@@ -232,7 +235,11 @@ fn finish(node_uuid: Option<String>, found: Macs) -> Result<LookupQuery, IronicE
     if macs.is_empty() && node_uuid.is_none() {
         return Err(IronicError::fault(400, INCOMPLETE_LOOKUP));
     }
-    macs.shrink_to_fit();
+    // What a long list left unused is given back (a lookup may wait for Ironic holding it);
+    // a few spare places are not worth a reallocation on every lookup.
+    if macs.capacity() > macs.len() + SPARE_MACS {
+        macs.shrink_to_fit();
+    }
     Ok(LookupQuery {
         node_uuid,
         macs,
