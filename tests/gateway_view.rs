@@ -187,8 +187,12 @@ fn a_change_made_elsewhere_is_seen_at_once() {
 }
 
 /// Two gateways over one Redis (issue 10, item 7): a token minted through one is honoured by
-/// the other at once, and the other's view of the node's old session is gone with it (its old
-/// token is never coalesced at the edge once Ironic wiped it).
+/// the other, and the other's view of the node's old session ends with it: its old token is
+/// refused within the view's bound and never coalesced at the edge again. (Not "at
+/// once": B's view drops the record when its connection reads Redis's push, which a loaded
+/// machine can delay past B's next request; `make test` once saw the old token coalesced
+/// right after the mint. Whatever Redis pushed, the view reads an entry again after
+/// `VIEW_ENTRY_TTL`, 2 s.)
 #[test]
 fn a_mint_on_one_gateway_is_honoured_by_the_other_at_once() {
     let fake = FakeIronic::start();
@@ -221,14 +225,21 @@ fn a_mint_on_one_gateway_is_honoured_by_the_other_at_once() {
         .unwrap()
         .to_string();
     assert_ne!(t1, t2);
-    // At once, through B: the old token is Ironic's to refuse, the new one accepted.
-    let old = send_b(&heartbeat(&uuid, CB, &t1));
-    assert_eq!(
-        old.status,
-        400,
-        "B no longer holds the old session: {}",
-        old.text()
-    );
+    // Through B, within the view's bound: the old token is Ironic's to refuse, and stays so.
+    let refused = common::wait_for(Duration::from_millis(2500), || {
+        (send_b(&heartbeat(&uuid, CB, &t1)).status == 400).then_some(())
+    });
+    assert!(refused.is_some(), "B no longer holds the old session");
+    for _ in 0..3 {
+        let old = send_b(&heartbeat(&uuid, CB, &t1));
+        assert_eq!(
+            old.status,
+            400,
+            "the old session stays ended: {}",
+            old.text()
+        );
+    }
+    // The new token, accepted through B.
     let new = send_b(&heartbeat(&uuid, CB, &t2));
     assert_eq!(new.status, 202, "{}", new.text());
 }
