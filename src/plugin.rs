@@ -75,16 +75,14 @@ pub(crate) trait Plugin: Send + Sync {
 pub(crate) fn build_plugins(
     edge: &Arc<Edge>,
 ) -> Result<Vec<Box<dyn Plugin>>, crate::config::ConfigError> {
-    // A plugin with nothing to refuse is left out: each call costs the request a boxed future.
+    // A policy with nothing to refuse makes no plugin: each call costs the request a boxed
+    // future.
     let mut plugins: Vec<Box<dyn Plugin>> = Vec::with_capacity(3);
-    let source_policy = crate::source_policy::SourcePolicyPlugin::new(edge.clone())?;
-    if !source_policy.is_open() {
+    if let Some(source_policy) = crate::source_policy::SourcePolicyPlugin::new(edge.clone())? {
         plugins.push(Box::new(source_policy));
     }
-    if edge.config.route_policy != crate::config::RoutePolicy::All {
-        plugins.push(Box::new(crate::route_policy::RoutePolicyPlugin::new(
-            edge.clone(),
-        )?));
+    if let Some(route_policy) = crate::route_policy::RoutePolicyPlugin::new(edge.clone())? {
+        plugins.push(Box::new(route_policy));
     }
     plugins.push(Box::new(crate::agent::AgentPlugin::new(edge.clone())?));
     Ok(plugins)

@@ -16,8 +16,13 @@ pub struct RoutePolicyPlugin {
 }
 
 impl RoutePolicyPlugin {
-    pub fn new(edge: Arc<Edge>) -> Result<Self, ConfigError> {
-        Ok(RoutePolicyPlugin { edge })
+    /// The plugin of `route_policy: ramdisk`; `None` for `all`: it would let every request
+    /// through.
+    pub fn new(edge: Arc<Edge>) -> Result<Option<Self>, ConfigError> {
+        if edge.config.route_policy == RoutePolicy::All {
+            return Ok(None);
+        }
+        Ok(Some(RoutePolicyPlugin { edge }))
     }
 }
 
@@ -47,9 +52,6 @@ impl Plugin for RoutePolicyPlugin {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> pingora::Result<Disposition> {
-        if self.edge.config.route_policy == RoutePolicy::All {
-            return Ok(Disposition::Continue);
-        }
         let path = session.req_header().uri.path().to_string();
         if is_ramdisk_route(&path) {
             return Ok(Disposition::Continue);

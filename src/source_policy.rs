@@ -136,14 +136,14 @@ pub(crate) struct SourcePolicyPlugin {
 }
 
 impl SourcePolicyPlugin {
-    pub(crate) fn new(edge: Arc<Edge>) -> Result<Self, ConfigError> {
+    /// The plugin of the listeners' source blocks (checked, naming the field); `None` when no
+    /// listener has one: it would admit every request.
+    pub(crate) fn new(edge: Arc<Edge>) -> Result<Option<Self>, ConfigError> {
         let policies = ListenerPolicies::from_config(&edge.config)?;
-        Ok(SourcePolicyPlugin { edge, policies })
-    }
-
-    /// Whether no listener has a source block: the plugin then admits every request.
-    pub(crate) fn is_open(&self) -> bool {
-        self.policies.is_open()
+        if policies.is_open() {
+            return Ok(None);
+        }
+        Ok(Some(SourcePolicyPlugin { edge, policies }))
     }
 }
 
@@ -154,9 +154,6 @@ impl Plugin for SourcePolicyPlugin {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Disposition> {
-        if self.policies.is_open() {
-            return Ok(Disposition::Continue);
-        }
         let local = session
             .server_addr()
             .and_then(|a| a.as_inet())
